@@ -1,0 +1,53 @@
+"""SQL in, a safe DuckDB query out: parse, expand forecast_table, check read-only, inline views,
+bind operators, generate.
+
+Each step is one module over the shared sqlglot tree (the sqlglot optimizer pattern).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from sqlglot import exp
+
+from flight_lstm.plan.forecast_table import expand_forecast_tables
+from flight_lstm.plan.operators import bind_operators
+from flight_lstm.plan.parse import parse_one_query
+from flight_lstm.plan.read_only import check_read_only
+from flight_lstm.plan.views import inline_views, source_tables
+
+
+@dataclass(frozen=True)
+class Plan:
+    sql: str  # what the execution engine runs (DuckDB dialect)
+    tables: tuple[str, ...]  # source tables the query reads
+    operators: frozenset[str]  # operator names it calls
+
+
+@dataclass
+class Catalog:
+    """What planning needs to know about the world: operators, models, published views."""
+
+    operators: Iterable = ()
+    check_model: Callable[[str, str], None] = lambda kind, ref: None
+    views: dict[str, exp.Query] = field(default_factory=dict)
+
+    def add_view(self, name: str, sql: str) -> Plan:
+        """Publish `sql` as a named, queryable view; it may use operators and earlier views."""
+        tree = self._prepare(sql)
+        self.views[name.lower()] = tree
+        return self._finish(tree)
+
+    def plan(self, sql: str) -> Plan:
+        return self._finish(self._prepare(sql))
+
+    def _prepare(self, sql: str) -> exp.Query:
+        tree = expand_forecast_tables(parse_one_query(sql))
+        check_read_only(tree)
+        tree = inline_views(tree, self.views)
+        return bind_operators(tree, self.operators, self.check_model)
+
+    def _finish(self, tree: exp.Query) -> Plan:
+        names = {name: op.name for op in self.operators for name in (op.name, op.with_model_name)}
+        called = {names[f.name.lower()] for f in tree.find_all(exp.Anonymous) if f.name.lower() in names}
+        return Plan(tree.sql(dialect="duckdb"), tuple(source_tables(tree)), frozenset(called))

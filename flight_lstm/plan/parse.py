@@ -1,0 +1,37 @@
+"""Parse user SQL into exactly one statement tree, with a clear error otherwise."""
+from __future__ import annotations
+
+import logging
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import ParseError, TokenError
+
+from flight_lstm.errors import InvalidQuery, QueryRefused
+
+MAX_SQL_BYTES = 1_000_000
+
+# sqlglot logs a warning when it falls back to a raw Command; we refuse those with our own error.
+logging.getLogger("sqlglot").setLevel(logging.ERROR)
+
+
+def parse_one_query(sql: str) -> exp.Expression:
+    if not sql or not sql.strip():
+        raise InvalidQuery("empty query: send one SELECT statement")
+    if len(sql) > MAX_SQL_BYTES:
+        raise InvalidQuery(f"query text is over {MAX_SQL_BYTES} bytes")
+    try:
+        statements = [s for s in sqlglot.parse(sql, read="duckdb") if s is not None]
+    except (ParseError, TokenError) as e:
+        raise InvalidQuery(f"syntax error: {_first_line(e)}") from None
+    if len(statements) != 1:
+        raise QueryRefused(f"send exactly one statement, got {len(statements)}")
+    return statements[0]
+
+
+def _first_line(error: Exception) -> str:
+    errors = getattr(error, "errors", None)
+    if errors:
+        e = errors[0]
+        return f"{e.get('description')} at line {e.get('line')}, column {e.get('col')}"
+    return str(error).splitlines()[0]

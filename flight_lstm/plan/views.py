@@ -1,0 +1,45 @@
+"""Published views become CTEs of the query that names them, so predictions query like tables."""
+from __future__ import annotations
+
+from sqlglot import exp
+
+
+def cte_names(tree: exp.Expression) -> set[str]:
+    return {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
+
+
+def source_tables(tree: exp.Expression) -> list[str]:
+    """Tables the query reads from the source (CTE references and table functions left out)."""
+    local = cte_names(tree)
+    names = []
+    for table in tree.find_all(exp.Table):
+        if isinstance(table.this, exp.Identifier) and table.name.lower() not in local:
+            name = ".".join(p.name for p in table.parts)
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def inline_views(tree: exp.Query, views: dict[str, exp.Query]) -> exp.Query:
+    """Prepend a CTE for each view the query names (its own CTEs of the same name win)."""
+    if not views:
+        return tree
+    shadowed = cte_names(tree)
+    used = [
+        name
+        for name in dict.fromkeys(t.name.lower() for t in tree.find_all(exp.Table) if not t.db)
+        if name in views and name not in shadowed
+    ]
+    for name in reversed(used):
+        tree = _prepend_cte(tree, name, views[name])
+    return tree
+
+
+def _prepend_cte(tree: exp.Query, name: str, body: exp.Query) -> exp.Query:
+    cte = exp.CTE(this=body.copy(), alias=exp.TableAlias(this=exp.to_identifier(name)))
+    with_ = tree.args.get("with_")
+    if with_ is None:
+        tree.set("with_", exp.With(expressions=[cte]))
+    else:
+        with_.set("expressions", [cte, *with_.expressions])
+    return tree

@@ -1,0 +1,95 @@
+"""The planner: one read-only SELECT in, rewritten DuckDB SQL out, refusals with clear reasons."""
+import pytest
+
+import udfs
+from flight_lstm.errors import InvalidQuery, QueryRefused
+from flight_lstm.plan import Catalog
+
+
+@pytest.fixture
+def catalog():
+    def check_model(kind, ref):
+        if ref.split("@")[0] != "known":
+            raise InvalidQuery(f"unknown {kind} model {ref}")
+
+    c = Catalog(operators=udfs.OPERATORS, check_model=check_model)
+    c.add_view("scored", "SELECT id, sentiment(review) AS s FROM reviews")
+    return c
+
+
+@pytest.mark.parametrize("sql", [
+    "DROP TABLE reviews",
+    "DELETE FROM reviews",
+    "INSERT INTO reviews VALUES (1, 'x')",
+    "UPDATE reviews SET review = ''",
+    "CREATE TABLE t AS SELECT 1",
+    "COPY reviews TO '/tmp/out.csv'",
+    "ATTACH '/tmp/other.db'",
+    "INSTALL httpfs",
+    "LOAD httpfs",
+    "SET threads = 1",
+    "PRAGMA database_list",
+    "SELECT 1; SELECT 2",
+    "SELECT 1; DROP TABLE reviews",
+    "SELECT * FROM read_csv('/etc/passwd')",
+    "SELECT * FROM read_parquet('/tmp/x.parquet')",
+    "SELECT * FROM glob('/etc/*')",
+    "SELECT * FROM read_text('/etc/hostname')",
+    "SELECT getenv('HOME')",
+    "WITH x AS (SELECT * FROM read_csv_auto('/etc/passwd')) SELECT * FROM x",
+    "SELECT * FROM (SELECT * FROM parquet_scan('/tmp/x.parquet'))",
+    "USE memory",
+    "DESCRIBE reviews",
+])
+def test_refuses_anything_but_one_read_only_query(catalog, sql):
+    with pytest.raises(QueryRefused):
+        catalog.plan(sql)
+
+
+def test_comment_cannot_hide_a_second_statement(catalog):
+    plan = catalog.plan("SELECT 1 /* ; DROP TABLE reviews */")
+    assert "DROP" not in plan.sql.split("/*")[0]
+
+
+@pytest.mark.parametrize("sql", ["", "   ", "SELEC 1", "SELECT FROM WHERE", "SELECT (1"])
+def test_bad_sql_is_an_invalid_query(catalog, sql):
+    with pytest.raises(InvalidQuery):
+        catalog.plan(sql)
+
+
+def test_model_argument_routes_to_internal_name(catalog):
+    plan = catalog.plan("SELECT sentiment(review, 'known@1') FROM reviews")
+    assert "sentiment__with_model" in plan.sql.lower()
+    assert plan.tables == ("reviews",)
+
+
+def test_unknown_model_and_bad_model_argument(catalog):
+    with pytest.raises(InvalidQuery, match="unknown sentiment model"):
+        catalog.plan("SELECT sentiment(review, 'nope') FROM reviews")
+    with pytest.raises(InvalidQuery, match="string literal"):
+        catalog.plan("SELECT sentiment(review, review) FROM reviews")
+    with pytest.raises(InvalidQuery, match="takes 2 argument"):
+        catalog.plan("SELECT forecast([1.0, 2.0]) FROM reviews")
+    with pytest.raises(InvalidQuery, match="unknown function"):
+        catalog.plan("SELECT sentiment__with_model(review, 'known') FROM reviews")
+
+
+def test_views_inline_as_ctes_and_user_ctes_win(catalog):
+    plan = catalog.plan("SELECT * FROM scored WHERE s > 0")
+    assert plan.sql.startswith("WITH scored AS")
+    assert plan.tables == ("reviews",)
+    assert "sentiment" in plan.operators
+    shadowed = catalog.plan("WITH scored AS (SELECT 1 AS s) SELECT * FROM scored")
+    assert "reviews" not in shadowed.sql
+
+
+def test_view_may_build_on_an_earlier_view(catalog):
+    catalog.add_view("positive", "SELECT * FROM scored WHERE s > 0")
+    plan = catalog.plan("SELECT count(*) FROM positive")
+    assert plan.tables == ("reviews",)
+    assert plan.sql.lower().count("sentiment(") == 1
+
+
+def test_a_view_must_itself_be_safe(catalog):
+    with pytest.raises(QueryRefused):
+        catalog.add_view("bad", "SELECT * FROM read_csv('/etc/passwd')")
