@@ -1,0 +1,145 @@
+"""Run a plan: a fresh local DuckDB per query, operators registered, the source attached
+read-only, file access off and configuration locked; results leave as bounded Arrow batches."""
+from __future__ import annotations
+
+import re
+import threading
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import duckdb
+import pyarrow as pa
+
+from flight_lstm.errors import FlightLSTMError, InvalidQuery, QueryCancelled, QueryRefused
+from flight_lstm.plan import Plan
+from flight_lstm.sources import Source
+from udfs.base import Operator, constant
+
+BATCH_ROWS = 65_536
+
+
+class Engine:
+    def __init__(
+        self,
+        source: Source,
+        operators: tuple[Operator, ...],
+        *,
+        batch_rows: int = BATCH_ROWS,
+        memory_limit: str | None = None,
+        threads: int | None = None,
+    ):
+        self.source = source
+        self.operators = operators
+        self.batch_rows = batch_rows
+        self.settings = {"memory_limit": memory_limit, "threads": threads}
+
+    def schema(self, plan: Plan) -> pa.Schema:
+        """The result schema, found without running any operator (LIMIT 0 plans but never calls)."""
+        con = self.connect(plan)
+        try:
+            with translated_errors():
+                return con.sql(plan.sql).limit(0).to_arrow_table().schema
+        finally:
+            con.close()
+
+    def stream(
+        self, plan: Plan, cancelled: Callable[[], bool] = lambda: False
+    ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+        """Start the query; batches of at most `batch_rows` rows follow as the consumer pulls them.
+
+        The connection closes when the iterator is exhausted or closed; `cancelled` is polled so a
+        client that goes away interrupts DuckDB mid-operator, not only between batches.
+        """
+        con = self.connect(plan)
+        try:
+            with translated_errors():
+                reader = con.sql(plan.sql).to_arrow_reader(self.batch_rows)
+        except BaseException:
+            con.close()
+            raise
+        return reader.schema, _batches(con, reader, cancelled)
+
+    def connect(self, plan: Plan) -> duckdb.DuckDBPyConnection:
+        """A locked-down connection in which exactly the plan's source tables are readable."""
+        con = duckdb.connect(
+            ":memory:",
+            config={
+                "autoinstall_known_extensions": False,
+                "autoload_known_extensions": False,
+                "python_enable_replacements": False,
+                **{k: v for k, v in self.settings.items() if v is not None},
+            },
+        )
+        try:
+            for op in self.operators:
+                _register(con, op)
+            self.source.attach(con, plan.tables)
+            con.execute("SET enable_external_access = false")
+            con.execute("SET lock_configuration = true")
+            return con
+        except BaseException:
+            con.close()
+            raise
+
+
+def _batches(con, reader, cancelled) -> Iterator[pa.RecordBatch]:
+    done = threading.Event()
+    watchdog = threading.Thread(target=_interrupt_when, args=(cancelled, done, con), daemon=True)
+    watchdog.start()
+    try:
+        with translated_errors():
+            for batch in reader:
+                if cancelled():
+                    raise QueryCancelled("the client cancelled the query")
+                yield batch
+    finally:
+        done.set()
+        con.interrupt()
+        watchdog.join()
+        con.close()
+
+
+def _register(con: duckdb.DuckDBPyConnection, op: Operator) -> None:
+    def with_model(*arrays):
+        return op.fn(*arrays[:-1], model=constant(arrays[-1], "the model name"))
+
+    for name, params, fn in ((op.name, op.params, op.fn), (op.with_model_name, (*op.params, "VARCHAR"), with_model)):
+        con.create_function(
+            name, fn, list(params), op.returns, type="arrow", null_handling="special", side_effects=False
+        )
+
+
+def _interrupt_when(cancelled: Callable[[], bool], done: threading.Event, con) -> None:
+    while not done.wait(0.1):
+        if cancelled():
+            con.interrupt()
+            return
+
+
+# DuckDB prefixes messages with their class ("Binder Error: ..."); UDF failures wrap the Python one.
+_UDF_ERROR = re.compile(r"Python exception occurred while executing the UDF: (?:\w+Error: )?(.*)", re.S)
+
+
+def _message(error: duckdb.Error) -> str:
+    text = str(error).strip()
+    found = _UDF_ERROR.search(text)
+    if found:
+        text = found.group(1).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+@contextmanager
+def translated_errors():
+    """DuckDB's exceptions become ours, with a one-line message fit for a client."""
+    try:
+        yield
+    except FlightLSTMError:
+        raise
+    except duckdb.InterruptException:
+        raise QueryCancelled("the query was cancelled") from None
+    except duckdb.PermissionException as e:
+        raise QueryRefused(_message(e)) from None
+    except (duckdb.ParserException, duckdb.CatalogException, duckdb.BinderException,
+            duckdb.InvalidInputException, duckdb.ConversionException, duckdb.OutOfRangeException,
+            duckdb.TypeMismatchException, duckdb.NotImplementedException) as e:
+        raise InvalidQuery(_message(e)) from None

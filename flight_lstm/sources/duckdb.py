@@ -1,0 +1,60 @@
+"""A DuckDB file as the source: attached read-only for each query, so no lock outlives a query
+and a writer (an enrichment run, a loader) can take the file between queries."""
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import duckdb
+
+from flight_lstm.errors import SourceUnavailable
+from flight_lstm.sources.base import Source
+
+ALIAS = "lake"
+
+
+class DuckDBSource(Source):
+    scheme = "duckdb"
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path).resolve()
+
+    @classmethod
+    def from_uri(cls, uri: str) -> "DuckDBSource":
+        parsed = urlparse(uri)
+        if parsed.scheme not in ("", cls.scheme):
+            raise ValueError(f"not a DuckDB URI: {parsed.scheme}://")
+        path = unquote(parsed.netloc + parsed.path) if parsed.scheme else uri
+        if not path:
+            raise ValueError("a DuckDB source needs a file: duckdb:///abs/path/lake.db")
+        return cls(path)
+
+    def tables(self) -> list[str]:
+        con = duckdb.connect()
+        try:
+            self.attach(con, ())
+            rows = con.execute(
+                "SELECT table_schema, table_name FROM information_schema.tables "
+                "WHERE table_catalog = ? ORDER BY 1, 2",
+                [ALIAS],
+            ).fetchall()
+        finally:
+            con.close()
+        return [name if schema == "main" else f"{schema}.{name}" for schema, name in rows]
+
+    def attach(self, con: duckdb.DuckDBPyConnection, tables: tuple[str, ...]) -> None:
+        if not self.path.is_file():
+            raise SourceUnavailable(f"DuckDB file {self.path.name} does not exist")
+        literal = str(self.path).replace("'", "''")
+        try:
+            con.execute(f"ATTACH '{literal}' AS {ALIAS} (READ_ONLY)")
+        except duckdb.IOException as e:
+            if "lock" in str(e).lower():
+                raise SourceUnavailable(
+                    f"DuckDB file {self.path.name} is locked by a writer; retry shortly"
+                ) from None
+            raise SourceUnavailable(f"cannot open DuckDB file {self.path.name}") from None
+        con.execute(f"USE {ALIAS}")
+
+    def describe(self) -> str:
+        return f"duckdb:{self.path.name}"

@@ -1,0 +1,87 @@
+"""What an operator is: a SQL signature plus the vectorized Arrow function behind it.
+
+Operators know Arrow arrays and the model registry, nothing about DuckDB, Flight or sources.
+Registration in an engine is generic: one loop over `OPERATORS` (see udfs/__init__.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class Operator:
+    """A SQL function `name(params...)`; the same name with one more VARCHAR picks a model."""
+
+    name: str
+    params: tuple[str, ...]
+    returns: str
+    fn: Callable[..., pa.Array]
+    model_kind: str
+    row_wise: bool = True
+
+    @property
+    def with_model_name(self) -> str:
+        """Engines register one signature per name, so the model-choosing form gets its own."""
+        return f"{self.name}__with_model"
+
+
+@cache
+def registry():
+    """The process-wide model registry (torch and weights load on first use, not at import)."""
+    from flight_lstm.models import default_registry
+
+    return default_registry()
+
+
+def load_model(kind: str, model: str | None):
+    return registry().load(kind, model)
+
+
+def as_array(values) -> pa.Array:
+    """Accept an Array, ChunkedArray or Python sequence; string views become large strings."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    elif not isinstance(values, pa.Array):
+        values = pa.array(values)
+    if pa.types.is_string_view(values.type):
+        values = values.cast(pa.large_string())
+    return values
+
+
+def constant(values, what: str):
+    """The single value of a per-call parameter such as a model name (SQL passes it per row)."""
+    if values is None or isinstance(values, (str, int, float)):
+        return values
+    distinct = as_array(values).drop_null().unique()
+    if len(distinct) > 1:
+        raise ValueError(f"{what} must be the same for every row, got {len(distinct)} values")
+    return distinct[0].as_py() if len(distinct) else None
+
+
+def parameter_groups(n: int, *params):
+    """Split rows by their distinct parameter tuple (usually one group: a constant horizon).
+
+    Yields (values tuple, row indices). Rows with a NULL parameter are left out: their result is NULL.
+    A scalar parameter applies to every row.
+    """
+    columns, valid = [], np.ones(n, dtype=bool)
+    for p in params:
+        if p is None or np.isscalar(p):
+            columns.append(np.full(n, np.nan if p is None else p, dtype=np.float64))
+            valid &= p is not None
+            continue
+        arr = as_array(p)
+        valid &= ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+        columns.append(np.asarray(arr.cast(pa.float64()).fill_null(0).to_numpy(), dtype=np.float64))
+    rows = np.flatnonzero(valid)
+    if not len(rows):
+        return
+    keys = np.column_stack([c[rows] for c in columns])
+    distinct, inverse = np.unique(keys, axis=0, return_inverse=True)
+    for g, key in enumerate(distinct):
+        yield tuple(key), rows[inverse.ravel() == g]
