@@ -1,0 +1,124 @@
+"""The command line: argument parsing and printing; the work lives in the modules it calls."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=getattr(args, "log_level", "INFO"), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    return args.run(args) or 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flight-lstm", description=__doc__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="serve SQL with LSTM operators over Arrow Flight")
+    serve.add_argument("--source", required=True, help="duckdb:///abs/path/lake.db")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8815)
+    serve.add_argument("--view", action="append", default=[], metavar='NAME="SQL"',
+                       help="publish a query as a named dataset (repeatable)")
+    serve.add_argument("--batch-rows", type=int, default=65_536, help="rows per streamed batch")
+    serve.add_argument("--memory-limit", help="DuckDB memory limit per query, e.g. 2GB")
+    serve.add_argument("--threads", type=int, help="DuckDB threads per query")
+    serve.add_argument("--log-level", default="INFO")
+    serve.set_defaults(run=_serve)
+
+    query = commands.add_parser("query", help="run SQL on a server and print the result")
+    query.add_argument("sql")
+    query.add_argument("--server", default="grpc://127.0.0.1:8815")
+    query.add_argument("--output", type=Path, help="write .parquet or .csv instead of printing")
+    query.add_argument("--max-rows", type=int, default=40, help="rows to print")
+    query.set_defaults(run=_query)
+
+    models = commands.add_parser("models", help="list the registered models")
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(run=_models)
+
+    train = commands.add_parser("train", help="train a model on the shared benchmark data")
+    train.add_argument("kind", choices=["sentiment", "forecast"])
+    train.add_argument("--data", type=Path, required=True,
+                       help="sst2/ folder (sentiment) or m4_hourly/ folder (forecast)")
+    train.add_argument("--out", type=Path, required=True, help="models directory to write into")
+    train.set_defaults(run=_train)
+    return parser
+
+
+def _serve(args) -> int:
+    from flight_lstm.server import FlightLSTMServer
+    from flight_lstm.service import Service
+    from flight_lstm.sources import open_source
+
+    views = dict(_split_view(v) for v in args.view)
+    service = Service(open_source(args.source), views=views, batch_rows=args.batch_rows,
+                      memory_limit=args.memory_limit, threads=args.threads)
+    server = FlightLSTMServer(service, f"grpc://{args.host}:{args.port}")
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    print(f"flight-lstm serving {service.source.describe()} on grpc://{args.host}:{server.port}", flush=True)
+    server.serve()
+    return 0
+
+
+def _split_view(text: str) -> tuple[str, str]:
+    name, sep, sql = text.partition("=")
+    if not sep or not name.strip() or not sql.strip():
+        raise SystemExit(f'--view takes NAME="SQL", got {text!r}')
+    return name.strip(), sql.strip()
+
+
+def _query(args) -> int:
+    import duckdb
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    from flight_lstm.client import connect, query, short_message
+
+    try:
+        table = query(connect(args.server), args.sql)
+    except (pa.ArrowException, OSError) as e:
+        print(f"error: {short_message(e)}", file=sys.stderr)
+        return 1
+    if args.output:
+        writer = pq.write_table if args.output.suffix == ".parquet" else pcsv.write_csv
+        writer(table, args.output)
+        print(f"wrote {table.num_rows} rows to {args.output}")
+    else:
+        duckdb.from_arrow(table).show(max_rows=args.max_rows, max_width=160)
+    return 0
+
+
+def _models(args) -> int:
+    from flight_lstm.service import card_summary
+    from udfs.base import registry
+
+    cards = [card_summary(card) for card in registry().cards()]
+    if args.json:
+        print(json.dumps(cards, indent=2))
+        return 0
+    for c in cards:
+        metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in c["metrics"].items())
+        print(f"{c['name']}@{c['version']}  {c['kind']:<9}  {metrics}")
+    return 0
+
+
+def _train(args) -> int:
+    from flight_lstm.models import train_shipped_forecast, train_shipped_sentiment
+    from flight_lstm.service import card_summary
+
+    train = train_shipped_sentiment if args.kind == "sentiment" else train_shipped_forecast
+    card = train(args.data, args.out)
+    print(json.dumps(card_summary(card), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,4 @@
+"""Serving: the Flight face over the Service."""
+from flight_lstm.server.flight import FlightLSTMServer
+
+__all__ = ["FlightLSTMServer"]

@@ -1,0 +1,56 @@
+"""Our errors become Flight statuses with one-line messages; anything else is logged here and
+reaches the client only as an internal error with an id, never as a traceback.
+
+Only pyarrow's Flight exception classes leave a Python server without a traceback attached
+(any other exception, ArrowInvalid included, ships its formatted traceback as the status detail).
+So a bad query is a FlightServerError (gRPC UNKNOWN) rather than INVALID_ARGUMENT."""
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+
+import pyarrow.flight as flight
+
+from flight_lstm.errors import InvalidQuery, QueryCancelled, QueryRefused, SourceUnavailable
+
+log = logging.getLogger("flight_lstm.server")
+
+STATUS = {
+    InvalidQuery: flight.FlightServerError,
+    QueryRefused: flight.FlightUnauthorizedError,  # PERMISSION_DENIED
+    SourceUnavailable: flight.FlightUnavailableError,  # UNAVAILABLE: retryable
+    QueryCancelled: flight.FlightCancelledError,
+}
+
+
+def to_flight_error(error: BaseException) -> BaseException:
+    if isinstance(error, flight.FlightError):
+        return error
+    for ours, theirs in STATUS.items():
+        if isinstance(error, ours):
+            return theirs(str(error))
+    incident = uuid.uuid4().hex[:12]
+    log.error("internal error %s", incident, exc_info=error)
+    return flight.FlightInternalError(f"internal error {incident}; the server log has the details")
+
+
+def flight_errors(handler):
+    """Wrap a Flight handler so every exception leaves it as a Flight status."""
+
+    @functools.wraps(handler)
+    def wrapped(*args, **kwargs):
+        try:
+            return handler(*args, **kwargs)
+        except Exception as e:
+            raise to_flight_error(e) from None
+
+    return wrapped
+
+
+def mapped(batches):
+    """The same for errors raised while a result streams."""
+    try:
+        yield from batches
+    except Exception as e:
+        raise to_flight_error(e) from None

@@ -1,0 +1,100 @@
+"""The Flight face: descriptors and tickets in, FlightInfo and record batch streams out.
+
+A command descriptor carries SQL text; a path descriptor names a source table or published view.
+The ticket is the SQL itself, so any replica can serve it and DoGet re-checks it like new input.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import pyarrow.flight as flight
+
+from flight_lstm.errors import InvalidQuery
+from flight_lstm.server.errors import flight_errors, mapped
+from flight_lstm.service import Service, quote
+
+log = logging.getLogger("flight_lstm.server")
+
+ACTIONS = {
+    "health": "Readiness: status, source and published views (JSON).",
+    "models": "The model registry: name, version, kind, training data and scores (JSON list).",
+}
+
+
+def sql_of(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidQuery("the command must be UTF-8 SQL text") from None
+
+
+class FlightLSTMServer(flight.FlightServerBase):
+    def __init__(self, service: Service, location: str = "grpc://127.0.0.1:8815", **kwargs):
+        super().__init__(location, **kwargs)
+        self.service = service
+
+    def _ticket_sql(self, descriptor: flight.FlightDescriptor) -> str:
+        if descriptor.descriptor_type == flight.DescriptorType.CMD:
+            return sql_of(descriptor.command)
+        name = ".".join(p.decode() if isinstance(p, bytes) else p for p in descriptor.path)
+        self.service.plan_dataset(name)
+        return f"SELECT * FROM {quote(name)}"
+
+    def _info(self, descriptor: flight.FlightDescriptor) -> flight.FlightInfo:
+        sql = self._ticket_sql(descriptor)
+        schema = self.service.schema(self.service.plan(sql))
+        endpoint = flight.FlightEndpoint(sql.encode(), [])
+        return flight.FlightInfo(schema, descriptor, [endpoint], -1, -1)
+
+    @flight_errors
+    def list_flights(self, context, criteria):
+        return [
+            flight.FlightInfo(schema, flight.FlightDescriptor.for_path(name),
+                              [flight.FlightEndpoint(f"SELECT * FROM {quote(name)}".encode(), [])], -1, -1)
+            for name, schema in self.service.datasets()
+        ]
+
+    @flight_errors
+    def get_flight_info(self, context, descriptor):
+        return self._info(descriptor)
+
+    @flight_errors
+    def get_schema(self, context, descriptor):
+        return flight.SchemaResult(self._info(descriptor).schema)
+
+    @flight_errors
+    def do_get(self, context, ticket):
+        sql = sql_of(ticket.ticket)
+        plan = self.service.plan(sql)
+        schema, batches = self.service.stream(plan, context.is_cancelled)
+        return flight.GeneratorStream(schema, mapped(_logged(batches, plan.operators)))
+
+    def list_actions(self, context):
+        return list(ACTIONS.items())
+
+    @flight_errors
+    def do_action(self, context, action):
+        if action.type == "health":
+            body = self.service.health()
+        elif action.type == "models":
+            body = self.service.models()
+        else:
+            raise InvalidQuery(f"unknown action {action.type!r}; known: {', '.join(ACTIONS)}")
+        return [flight.Result(json.dumps(body).encode())]
+
+
+def _logged(batches, operators):
+    """One log line per query: rows, seconds, outcome (never the SQL text or the data)."""
+    started, rows, outcome = time.perf_counter(), 0, "ok"
+    try:
+        for batch in batches:
+            rows += batch.num_rows
+            yield batch
+    except BaseException as e:
+        outcome = type(e).__name__
+        raise
+    finally:
+        log.info("query outcome=%s rows=%d seconds=%.3f operators=%s", outcome, rows,
+                 time.perf_counter() - started, ",".join(sorted(operators)) or "-")
