@@ -2,6 +2,7 @@
 read-only, file access off and configuration locked; results leave as bounded Arrow batches."""
 from __future__ import annotations
 
+import inspect
 import re
 import threading
 from contextlib import contextmanager
@@ -35,7 +36,7 @@ class Engine:
 
     def schema(self, plan: Plan) -> pa.Schema:
         """The result schema, found without running any operator (LIMIT 0 plans but never calls)."""
-        con = self.connect(plan)
+        con = self.connect(plan, schema_only=True)
         try:
             with translated_errors():
                 return con.sql(plan.sql).limit(0).to_arrow_table().schema
@@ -59,7 +60,7 @@ class Engine:
             raise
         return reader.schema, _batches(con, reader, cancelled)
 
-    def connect(self, plan: Plan) -> duckdb.DuckDBPyConnection:
+    def connect(self, plan: Plan, *, schema_only: bool = False) -> duckdb.DuckDBPyConnection:
         """A locked-down connection in which exactly the plan's source tables are readable."""
         con = duckdb.connect(
             ":memory:",
@@ -73,7 +74,7 @@ class Engine:
         try:
             for op in self.operators:
                 _register(con, op)
-            self.source.attach(con, plan.tables)
+            self.source.attach(con, plan, schema_only=schema_only)
             con.execute("SET enable_external_access = false")
             con.execute("SET lock_configuration = true")
             return con
@@ -105,8 +106,21 @@ def _register(con: duckdb.DuckDBPyConnection, op: Operator) -> None:
 
     for name, params, fn in ((op.name, op.params, op.fn), (op.with_model_name, (*op.params, "VARCHAR"), with_model)):
         con.create_function(
-            name, fn, list(params), op.returns, type="arrow", null_handling="special", side_effects=False
+            name, _arity(fn, len(params)), list(params), op.returns,
+            type="arrow", null_handling="special", side_effects=False,
         )
+
+
+def _arity(fn: Callable, n: int) -> Callable:
+    """DuckDB checks a UDF's signature against its SQL parameters; give it exactly `n`."""
+
+    def call(*arrays):
+        return fn(*arrays)
+
+    call.__signature__ = inspect.Signature(
+        [inspect.Parameter(f"arg{i}", inspect.Parameter.POSITIONAL_ONLY) for i in range(n)]
+    )
+    return call
 
 
 def _interrupt_when(cancelled: Callable[[], bool], done: threading.Event, con) -> None:

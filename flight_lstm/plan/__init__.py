@@ -22,6 +22,8 @@ class Plan:
     sql: str  # what the execution engine runs (DuckDB dialect)
     tables: tuple[str, ...]  # source tables the query reads
     operators: frozenset[str]  # operator names it calls
+    # For a pushdown source: (local name, SQL in the source's dialect) for each piece it runs.
+    scans: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass

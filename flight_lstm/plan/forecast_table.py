@@ -39,10 +39,10 @@ WITH _points AS (
 ), _forecasts AS (
     SELECT s._key, s._origin, s._step, unnest(forecast_interval(
         CASE
-            WHEN s._distinct < s._n THEN error('forecast_table: series ' || coalesce(s._key::VARCHAR, 'NULL') || ' has duplicate timestamps')
+            WHEN s._distinct < s._n THEN error('forecast_table: ' || {label} || ' has duplicate timestamps')
             WHEN s._n = 1 THEN [s._single]
-            WHEN l._values IS NULL THEN error('forecast_table: series ' || coalesce(s._key::VARCHAR, 'NULL') || ' has too sparse timestamps to lay on a regular grid')
-            WHEN l._on_grid < s._n THEN error('forecast_table: series ' || coalesce(s._key::VARCHAR, 'NULL') || ' has irregular timestamps: steps are not multiples of its usual step')
+            WHEN l._values IS NULL THEN error('forecast_table: ' || {label} || ' has too sparse timestamps to lay on a regular grid')
+            WHEN l._on_grid < s._n THEN error('forecast_table: ' || {label} || ' has irregular timestamps: steps are not multiples of its usual step')
             ELSE l._values
         END, {horizon}, {level}{model})) AS _f
     FROM _series AS s LEFT JOIN _lists AS l ON s._key IS NOT DISTINCT FROM l._key
@@ -83,6 +83,7 @@ def _expansion(call: exp.Anonymous) -> str:
         table=exp.to_table(_string(positional[0], "table")).sql("duckdb"),
         key=_column(key) if key else "NULL",
         key_out=f"_key AS {_column(key)}, " if key else "",
+        label="'series ' || coalesce(s._key::VARCHAR, 'NULL')" if key else "'the series'",
         ts=_column(ts),
         ts_name=_column(ts),
         value=_column(_string(named["value"], "value")),

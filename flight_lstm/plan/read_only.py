@@ -38,7 +38,7 @@ def function_name(node: exp.Func) -> str:
 
 def check_read_only(tree: exp.Expression) -> None:
     if not isinstance(tree, exp.Query):
-        raise QueryRefused(f"only SELECT queries are allowed, got {tree.key.upper()}")
+        raise QueryRefused(f"queries are read-only: only SELECT is allowed, got {tree.key.upper()}")
     for node in tree.walk():
         if isinstance(node, DENIED_NODES):
             raise QueryRefused(f"{node.key.upper()} is not allowed: queries are read-only")

@@ -5,12 +5,16 @@ from abc import ABC, abstractmethod
 
 import duckdb
 
+from flight_lstm.plan import Plan
+
 
 class Source(ABC):
     """Where tables come from. A query runs in a fresh local DuckDB connection; a source makes the
     tables a plan reads visible there, for the life of that one query, and holds nothing between."""
 
     scheme: str
+    # A source that runs SQL itself names its sqlglot dialect; the planner then pushes work to it.
+    pushdown_dialect: str | None = None
 
     @classmethod
     @abstractmethod
@@ -22,9 +26,11 @@ class Source(ABC):
         """Names of the tables and views a query may read."""
 
     @abstractmethod
-    def attach(self, con: duckdb.DuckDBPyConnection, tables: tuple[str, ...]) -> None:
-        """Make `tables` queryable by name in `con` (read-only). Raise SourceUnavailable when the
-        source cannot answer now."""
+    def attach(self, con: duckdb.DuckDBPyConnection, plan: Plan, *, schema_only: bool = False) -> None:
+        """Make what `plan` reads queryable in `con`, read-only: its `tables` by name, or for a
+        pushdown source each of its `scans` under its local name. With `schema_only`, only the
+        schemas are needed (no remote query may run). Raise SourceUnavailable when the source
+        cannot answer now."""
 
     @abstractmethod
     def describe(self) -> str:

@@ -8,6 +8,7 @@ from urllib.parse import unquote, urlparse
 import duckdb
 
 from flight_lstm.errors import SourceUnavailable
+from flight_lstm.plan import Plan
 from flight_lstm.sources.base import Source
 
 ALIAS = "lake"
@@ -32,7 +33,7 @@ class DuckDBSource(Source):
     def tables(self) -> list[str]:
         con = duckdb.connect()
         try:
-            self.attach(con, ())
+            self.attach(con, None)
             rows = con.execute(
                 "SELECT table_schema, table_name FROM information_schema.tables "
                 "WHERE table_catalog = ? ORDER BY 1, 2",
@@ -42,7 +43,7 @@ class DuckDBSource(Source):
             con.close()
         return [name if schema == "main" else f"{schema}.{name}" for schema, name in rows]
 
-    def attach(self, con: duckdb.DuckDBPyConnection, tables: tuple[str, ...]) -> None:
+    def attach(self, con: duckdb.DuckDBPyConnection, plan: Plan | None, *, schema_only: bool = False) -> None:
         if not self.path.is_file():
             raise SourceUnavailable(f"DuckDB file {self.path.name} does not exist")
         literal = str(self.path).replace("'", "''")

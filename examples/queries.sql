@@ -1,0 +1,26 @@
+-- Sentiment of every review, next to its row
+SELECT id, review, sentiment(review) AS score, sentiment_label(review) AS label
+FROM reviews
+ORDER BY id;
+
+-- The same through the published view (served with --view review_scores="...")
+SELECT label, count(*) AS reviews, round(avg(score), 3) AS mean_score
+FROM review_scores
+WHERE label IS NOT NULL
+GROUP BY label
+ORDER BY label;
+
+-- Next 24 hours for every store: one batched model call for all series
+SELECT store, list_transform(forecast(list(amount ORDER BY ts), 24), x -> round(x, 1)) AS next_24h
+FROM sales
+GROUP BY store
+ORDER BY store;
+
+-- A 90% interval per step, one row per store and step
+SELECT store, f.step, round(f.mean, 1) AS mean, round(f.lo, 1) AS lo, round(f.hi, 1) AS hi
+FROM (
+    SELECT store, unnest(forecast_interval(list(amount ORDER BY ts), 6, 0.9)) AS f
+    FROM sales
+    GROUP BY store
+)
+ORDER BY store, f.step;

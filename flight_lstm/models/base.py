@@ -1,0 +1,161 @@
+"""Shared base for all models: persistence, the seeded training loop and the model card.
+
+Each model is one nn.Module subclass that declares its `kind`, keeps its constructor arguments in
+`self.config` and implements `training_loss`.  The base then saves/loads it as
+`<root>/<name>/<version>/{model.pt,card.json}` and trains it the same way as every other model.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .registry import CARD_FILE, WEIGHTS_FILE, ModelCard
+
+_KINDS: dict[str, type[BaseModel]] = {}
+
+
+def model_class(kind: str) -> type[BaseModel]:
+    return _KINDS[kind]
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    """Seed torch (weight init, dropout) and return the numpy generator used for batching."""
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def training_record(info: dict, seed: int, epochs: int, data_files, command: str) -> dict:
+    """The card's `training` entry: data provenance, command, seed and what `fit` reported."""
+    files = [{"path": str(p), "sha256_16": hashlib.sha256(Path(p).read_bytes()).hexdigest()[:16]}
+             for p in data_files]
+    return {"data_files": files, "command": command, "seed": seed, "epochs": epochs,
+            "torch": torch.__version__, **info}
+
+
+class BaseModel(nn.Module):
+    kind: ClassVar[str]
+    card: ModelCard | None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _KINDS[cls.kind] = cls
+
+    def __init__(self, **config: Any):
+        super().__init__()
+        self.config = config
+        self.card = None
+
+    def training_loss(self, batch: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- persistence -------------------------------------------------------------------------
+
+    def save(self, out_dir: str | Path, card: ModelCard) -> ModelCard:
+        """Write model.pt (parameters as float16) and card.json under out_dir/name/version.
+
+        The live parameters are rounded the same way, so the saved and live model agree exactly.
+        """
+        directory = Path(out_dir) / card.name / card.version
+        directory.mkdir(parents=True, exist_ok=True)
+        params = {name for name, _ in self.named_parameters()}
+        self.round_to_float16()
+        state = {k: (v.half() if k in params else v) for k, v in self.state_dict().items()}
+        torch.save({"config": self.config, "state": state}, directory / WEIGHTS_FILE)
+        card.path = str(directory)
+        card.write(directory)
+        self.card = card
+        return card
+
+    def round_to_float16(self) -> None:
+        """Round parameters to what float16 storage keeps, so evaluation sees the shipped model."""
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(p.half().float())
+
+    @classmethod
+    def load(cls, directory: str | Path) -> BaseModel:
+        directory = Path(directory)
+        blob = torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        model = cls(**blob["config"])
+        model.load_state_dict(blob["state"])  # copies float16 into the float32 parameters
+        model.eval()
+        model.card = ModelCard.read(directory) if (directory / CARD_FILE).exists() else None
+        return model
+
+    # -- training ----------------------------------------------------------------------------
+
+    def fit(
+        self,
+        batches: Callable[[np.random.Generator], Iterable[Any]],
+        validate: Callable[[], float],
+        *,
+        rng: np.random.Generator,
+        epochs: int,
+        lr: float,
+        weight_decay: float = 1e-2,
+        clip: float = 1.0,
+        patience: int = 3,
+        desc: str = "train",
+        progress: bool = True,
+    ) -> dict[str, Any]:
+        """AdamW with cosine decay and gradient clipping; keeps the weights of the best validation
+        epoch (lowest `validate()`), stopping after `patience` epochs without improvement, rounded
+        to float16 precision as they will be stored."""
+        opt = torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda e: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(e, epochs) / epochs))
+        )
+        best, best_state, best_epoch, history = math.inf, None, -1, []
+        started = time.perf_counter()
+        for epoch in range(epochs):
+            self.train()
+            total, count = 0.0, 0
+            bar = tqdm(batches(rng), desc=f"{desc} {epoch + 1}/{epochs}", disable=not progress,
+                       mininterval=5, leave=False)
+            for batch in bar:
+                loss = self.training_loss(batch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(self.parameters(), clip)
+                opt.step()
+                total, count = total + loss.item(), count + 1
+                bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
+            sched.step()
+            self.eval()
+            with torch.inference_mode():
+                score = float(validate())
+            history.append({"epoch": epoch + 1, "train_loss": total / max(count, 1), "val": score})
+            if progress:
+                tqdm.write(f"{desc} epoch {epoch + 1}: train loss {total / max(count, 1):.4f}, "
+                           f"val {score:.4f} ({time.perf_counter() - started:.0f}s)")
+            if score < best:
+                best, best_state, best_epoch = score, copy.deepcopy(self.state_dict()), epoch + 1
+            elif epoch + 1 - best_epoch >= patience:
+                break
+        if best_state is not None:
+            self.load_state_dict(best_state)
+        self.round_to_float16()
+        self.eval()
+        return {
+            "epochs_run": len(history),
+            "best_epoch": best_epoch,
+            "best_val": best,
+            "seconds": round(time.perf_counter() - started, 1),
+            "history": history,
+        }

@@ -1,0 +1,108 @@
+"""Text normalisation and tokenization, vectorized with pyarrow.compute.
+
+SST-2 is lowercased, Penn-Treebank tokenized text ("is n't", "-lrb- great ! -rrb-"), while users
+send raw text ("isn't", "(great!)").  Both go through the same normalisation, at training and at
+inference, so that both spellings become the same tokens.  Every step is an Arrow kernel over the
+whole column; there is no per-row Python.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+MAX_CHARS = 20_000  # longer texts are cut before any regex work, so cost per row is bounded
+MAX_TOKENS = 1_024  # tokens beyond this are not fed to the model
+PAD, UNK = 0, 1  # reserved ids; vocabulary words start at 2
+
+# (pattern, replacement) applied in order with RE2; "\1" refers to a capture group.
+_RULES: tuple[tuple[str, str], ...] = (
+    # PTB bracket and escape spellings used by the SST sentence files.
+    (r"-lrb-", " ( "),
+    (r"-rrb-", " ) "),
+    (r"-lsb-", " [ "),
+    (r"-rsb-", " ] "),
+    (r"-lcb-", " { "),
+    (r"-rcb-", " } "),
+    (r"\\", ""),
+    # Quotes: PTB writes `` '' ` ', raw text writes " ' and typographic variants.
+    (r"[\x{2018}\x{2019}\x{201B}`\x{00B4}]", "'"),
+    (r"[\x{201C}\x{201D}]|''", '"'),
+    # PTB contraction split: isn't -> is n't, can't -> ca n't, it's -> it 's, cannot -> can not.
+    (r"\bcannot\b", "can not"),
+    (r"(\w)n't\b", r"\1 n't"),
+    (r"(\w)'(s|re|ve|ll|d|m)\b", r"\1 '\2"),
+    # Single quotes used as quotation marks are split off, as PTB does.
+    (r"(^|\s)'(\S)", r"\1' \2"),
+    (r"(^|\s)' (s|re|ve|ll|d|m)(\s|$)", r"\1'\2\3"),
+    (r"(\S)'(\s|$)", r"\1 '\2"),
+    # Punctuation becomes its own token; runs of dots and dashes stay one token ("...", "--").
+    (r"(\.+|-{2,}|[,!?;:()\[\]{}\"$%])", r" \1 "),
+)
+
+
+def normalize(texts: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Lowercase, truncate and re-space a string column into PTB-like, space-separated tokens."""
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks()
+    if pa.types.is_null(texts.type):  # an all-null column without a string type
+        texts = texts.cast(pa.string())
+    out = pc.utf8_slice_codeunits(texts, 0, MAX_CHARS)
+    out = pc.utf8_lower(out)
+    for pattern, replacement in _RULES:
+        out = pc.replace_substring_regex(out, pattern=pattern, replacement=replacement)
+    return pc.utf8_trim_whitespace(out)
+
+
+def tokenize(texts: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Normalised tokens per row as a list array; null, empty and blank rows become null lists."""
+    text = normalize(texts)
+    text = pc.if_else(pc.equal(text, ""), pa.scalar(None, text.type), text)
+    return pc.utf8_split_whitespace(text)
+
+
+def build_vocab(tokens: pa.Array, max_size: int, min_count: int = 1) -> list[str]:
+    """Most frequent tokens first; ties break alphabetically so the vocabulary is deterministic."""
+    counts = pc.value_counts(pc.list_flatten(tokens))
+    words = counts.field("values").to_numpy(zero_copy_only=False)
+    freq = counts.field("counts").to_numpy()
+    order = np.lexsort((words, -freq))
+    keep = order[freq[order] >= min_count][:max_size]
+    return [str(w) for w in words[keep]]
+
+
+class Encoded:
+    """Token ids of a column kept flat (ids + per-row start/length); padding happens per batch."""
+
+    def __init__(self, ids: np.ndarray, starts: np.ndarray, lengths: np.ndarray):
+        self.ids, self.starts, self.lengths = ids, starts, lengths
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def pad(self, rows: np.ndarray) -> np.ndarray:
+        """Padded id matrix (len(rows), max length) built by one vectorized scatter."""
+        lengths = self.lengths[rows]
+        width = int(lengths.max(initial=0))
+        out = np.full((len(rows), max(width, 1)), PAD, dtype=np.int64)
+        total = int(lengths.sum())
+        row_pos = np.repeat(np.arange(len(rows)), lengths)
+        col = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        out[row_pos, col] = self.ids[np.repeat(self.starts[rows], lengths) + col]
+        return out
+
+
+def encode(texts: pa.Array | pa.ChunkedArray, vocab: pa.Array | Sequence[str]) -> Encoded:
+    """Tokenize and map tokens to ids (unknown words -> UNK); rows are capped at MAX_TOKENS."""
+    if not isinstance(vocab, pa.Array):
+        vocab = pa.array(vocab, pa.string())
+    tokens = tokenize(texts)
+    lengths = pc.fill_null(pc.list_value_length(tokens), 0).to_numpy().astype(np.int64)
+    flat = pc.list_flatten(tokens)
+    ids = pc.fill_null(pc.index_in(flat, value_set=vocab.cast(flat.type)), UNK - 2)
+    ids = ids.to_numpy().astype(np.int64) + 2
+    starts = np.cumsum(lengths) - lengths
+    return Encoded(ids, starts, np.minimum(lengths, MAX_TOKENS))

@@ -1,0 +1,74 @@
+"""Shared fixtures: a real DuckDB file made by the test, a real Flight server on a loopback port."""
+from __future__ import annotations
+
+import threading
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.flight as flight
+import pytest
+
+from flight_lstm.server import FlightLSTMServer
+from flight_lstm.service import Service
+from flight_lstm.sources.duckdb import DuckDBSource
+
+REVIEWS = [
+    "a moving , beautifully acted film .",
+    "dull , lifeless and far too long .",
+    "It isn't good at all.",
+    "one of the best films of the year",
+    None,
+    "",
+    "🎬🍿 😍",
+    "terrible script , awful acting",
+]
+VIEWS = {"scored": "SELECT id, review, sentiment(review) AS score FROM reviews"}
+
+
+def make_lake(path, hours: int = 24 * 10, stores=("a", "b", "c")) -> str:
+    rng = np.random.default_rng(0)
+    t = np.arange(hours)
+    ts = (np.datetime64("2026-01-01T00:00") + t.astype("timedelta64[h]")).astype("datetime64[us]")
+    sales = pa.table({
+        "store": np.repeat(stores, hours),
+        "ts": pa.array(np.tile(ts, len(stores)), pa.timestamp("us")),
+        "amount": np.concatenate([
+            (i + 1) * 100 * (1 + 0.5 * np.sin(2 * np.pi * t / 24)) + rng.normal(0, 2, hours)
+            for i in range(len(stores))
+        ]),
+    })
+    reviews = pa.table({"id": pa.array(range(len(REVIEWS)), pa.int64()), "review": REVIEWS})
+    with duckdb.connect(str(path)) as con:
+        con.execute("CREATE TABLE reviews AS SELECT * FROM reviews")
+        con.execute("CREATE TABLE sales AS SELECT * FROM sales")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def lake(tmp_path_factory) -> str:
+    return make_lake(tmp_path_factory.mktemp("lake") / "lake.db")
+
+
+def start_server(service: Service) -> tuple[FlightLSTMServer, str]:
+    server = FlightLSTMServer(service, "grpc://127.0.0.1:0")
+    threading.Thread(target=server.serve, daemon=True).start()
+    return server, f"grpc://127.0.0.1:{server.port}"
+
+
+@pytest.fixture(scope="session")
+def server(lake):
+    srv, uri = start_server(Service(DuckDBSource(lake), views=VIEWS, batch_rows=1000))
+    yield uri
+    srv.shutdown()
+
+
+@pytest.fixture
+def client(server):
+    with flight.connect(server) as c:
+        yield c
+
+
+def run(client: flight.FlightClient, sql: str) -> pa.Table:
+    info = client.get_flight_info(flight.FlightDescriptor.for_command(sql))
+    return pa.concat_tables(client.do_get(e.ticket).read_all() for e in info.endpoints)

@@ -1,0 +1,51 @@
+"""The command line as a user runs it: real processes against a real server."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args, check=True):
+    return subprocess.run([sys.executable, "-m", "flight_lstm.cli", *args], capture_output=True, text=True,
+                          check=check, timeout=120)
+
+
+def test_query_prints_a_table(server):
+    out = cli("query", "--server", server, "SELECT id, sentiment_label(review) AS label FROM reviews ORDER BY id").stdout
+    assert "label" in out and "positive" in out and "negative" in out
+
+
+def test_query_writes_parquet_and_csv(server, tmp_path):
+    sql = "SELECT store, forecast(list(amount ORDER BY ts), 4) AS f FROM sales GROUP BY store"
+    cli("query", "--server", server, sql, "--output", str(tmp_path / "f.parquet"))
+    table = pq.read_table(tmp_path / "f.parquet")
+    assert table.num_rows == 3 and all(len(v) == 4 for v in table.column("f").to_pylist())
+    cli("query", "--server", server, "SELECT id, sentiment(review) AS s FROM reviews", "--output", str(tmp_path / "s.csv"))
+    assert (tmp_path / "s.csv").read_text().splitlines()[0] == '"id","s"'
+
+
+def test_query_error_is_one_clean_line(server):
+    result = cli("query", "--server", server, "DROP TABLE reviews", check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("error:") and "read-only" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_models_lists_both_shipped_models():
+    out = cli("models").stdout
+    assert "sentiment" in out and "forecast" in out
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    """The main job, exactly as `make demo` runs it: lakehouse, server, queries, plot, stop."""
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "demo.py"), "--workdir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    assert "positive" in out and "negative" in out and "next_24h" in out
+    assert "server stopped" in out
+    png = tmp_path / "forecast.png"
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,332 @@
+"""Model layer: text normalisation, training, persistence, registry, and forecast robustness."""
+
+import json
+import threading
+import time
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from flight_lstm.models import (
+    MAX_HORIZON,
+    ForecastModel,
+    ModelNotFound,
+    Registry,
+    SentimentModel,
+    default_registry,
+    tokenize,
+    train_forecast,
+    train_sentiment,
+)
+from flight_lstm.models.forecast import fill_gaps, fit_forecast, naive2, seasonality_test, to_arrow
+from flight_lstm.models.sentiment import detokenize, fit_sentiment
+
+POS = ["good", "great", "fun", "moving", "brilliant", "charming"]
+NEG = ["bad", "dull", "boring", "awful", "tedious", "clumsy"]
+FILL = ["the", "film", "is", "a", "movie", "plot", "it", "and", "with", "story"]
+
+
+def synthetic_reviews(n, seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    texts = []
+    for y in labels:
+        words = list(rng.choice(FILL, rng.integers(3, 9))) + list(
+            rng.choice(POS if y else NEG, rng.integers(1, 3)))
+        texts.append(" ".join(rng.permutation(words)))
+    return pa.array(texts), labels
+
+
+def synthetic_series(n, length, seed):
+    rng = np.random.default_rng(seed)
+    t = np.arange(length)
+    level = rng.uniform(10, 1000, (n, 1))
+    season = np.sin(2 * np.pi * (t + rng.integers(0, 24, (n, 1))) / 24)
+    return list(level * (1 + 0.3 * season + 0.05 * rng.standard_normal((n, length))))
+
+
+# -- text -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw, ptb", [
+    ("Isn't it GREAT?", "is n't it great ?"),
+    ("(great!)", "-lrb- great ! -rrb-"),
+    ("I can't and won't, it's fine.", "i ca n't and wo n't , it 's fine ."),
+    ("we've 'seen' it", "we 've ` seen ' it"),
+    ("and/or 5*", "and\\/or 5\\*"),
+    ("\u201cQuote\u201d \u2014 it\u2019s", "`` quote '' \u2014 it 's"),
+])
+def test_raw_and_ptb_spellings_tokenize_alike(raw, ptb):
+    assert tokenize(pa.array([raw])).to_pylist() == tokenize(pa.array([ptb])).to_pylist()
+
+
+def test_tokenize_blank_rows_are_null_and_huge_text_is_cut():
+    out = tokenize(pa.array([None, "", "  \t ", "ok"], pa.large_string())).to_pylist()
+    assert out == [None, None, None, ["ok"]]
+    huge = tokenize(pa.array(["word " * 200_000])).to_pylist()[0]
+    assert 3_000 < len(huge) <= 4_000  # 20k characters of "word " is 4000 words
+
+
+def test_detokenize_makes_raw_text_that_tokenizes_back():
+    ptb = pa.array(["it 's not -lrb- quite -rrb- what i expected , is n't it ?"])
+    raw = detokenize(ptb)
+    assert raw.to_pylist() == ["It's not (quite) what i expected, isn't it?"]
+    assert tokenize(raw).to_pylist() == tokenize(ptb).to_pylist()
+
+
+# -- sentiment ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_sentiment(tmp_path_factory):
+    texts, labels = synthetic_reviews(600, seed=1)
+    dev = synthetic_reviews(200, seed=2)
+    out = tmp_path_factory.mktemp("models")
+    card = train_sentiment(texts, labels, name="tiny-sent", version="1", out_dir=out, epochs=4,
+                           dev=dev, embed_dim=16, hidden=16, dropout=0.1, batch_size=32,
+                           lr=1e-2, progress=False)
+    return card, out, dev
+
+
+def test_sentiment_training_learns(tiny_sentiment):
+    card, _, _ = tiny_sentiment
+    history = card.training["history"]
+    assert history[-1]["train_loss"] < 0.5 * history[0]["train_loss"]
+    assert card.metrics["selection_accuracy"] >= 0.95
+
+
+def test_sentiment_save_load_identical_and_scores_in_range(tiny_sentiment):
+    card, out, dev = tiny_sentiment
+    model = Registry([out]).load("sentiment", "tiny-sent@1")
+    assert isinstance(model, SentimentModel) and model.card.name == "tiny-sent"
+    again = SentimentModel.load(card.path)
+    a, b = model.score(dev[0]), again.score(dev[0])
+    assert np.array_equal(a, b)
+    assert a.dtype == np.float64 and np.all(np.abs(a) <= 1)
+    accuracy = np.mean((a > 0) == (dev[1] == 1))
+    assert accuracy >= 0.95
+    assert round(accuracy, 4) == card.metrics["selection_accuracy"]  # metrics are of the saved model
+    assert json.loads((out / "tiny-sent" / "1" / "card.json").read_text())["kind"] == "sentiment"
+
+
+def test_sentiment_edge_texts(tiny_sentiment):
+    model = SentimentModel.load(tiny_sentiment[0].path)
+    texts = pa.array([None, "", "   \n", "\U0001F600\U0001F44D", "great fun", "x" * 1_000_000,
+                      "good " * 250_000], pa.large_string())
+    started = time.perf_counter()
+    s = model.score(texts)
+    assert time.perf_counter() - started < 10
+    assert s.shape == (7,) and np.isnan(s[:3]).all() and np.isfinite(s[3:]).all()
+    assert s[4] > 0 and s[6] > 0
+    chunked = pa.chunked_array([texts.slice(0, 3), texts.slice(3)])
+    assert np.array_equal(model.score(chunked), s, equal_nan=True)
+    assert np.allclose(model.score(texts.slice(4, 1)), s[4:5], rtol=1e-6)  # batch-size noise only
+    assert np.isnan(model.score(pa.array([None, None]))).all()  # untyped all-null column
+
+
+def test_sentiment_scores_both_spellings_alike(tiny_sentiment):
+    model = SentimentModel.load(tiny_sentiment[0].path)
+    s = model.score(pa.array(["it isn't (great!)", "it is n't -lrb- great ! -rrb-"]))
+    assert np.isfinite(s).all() and s[0] == pytest.approx(s[1], rel=1e-6)  # same tokens
+
+
+def test_shipped_sentiment_model():
+    model = default_registry().load("sentiment")
+    assert (model.card.name, model.card.version) == ("sst2-bilstm", "1")
+    assert model.card.metrics["dev"]["accuracy"] >= 0.80
+    s = model.score(pa.array(["A moving, beautifully acted and funny film.",
+                              "Dull, tedious and badly written; a waste of time."]))
+    assert s[0] > 0.3 and s[1] < -0.3
+
+
+# -- registry -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def registry_dirs(tmp_path_factory):
+    first, second = tmp_path_factory.mktemp("first"), tmp_path_factory.mktemp("second")
+    texts, labels = synthetic_reviews(64, seed=3)
+    for root, name, version in [(second, "sent", "2"), (second, "sent", "10"),
+                                (first, "sent", "2"), (second, "sst2-bilstm", "1")]:
+        train_sentiment(texts, labels, name=name, version=version, out_dir=root, epochs=1,
+                        embed_dim=8, hidden=8, progress=False, command=f"{root.name}")
+    series = synthetic_series(3, 300, seed=4)
+    train_forecast(series, name="fc", version="1", out_dir=second, epochs=1, steps_per_epoch=2,
+                   batch_size=8, window=168, hidden=8, layers=1, progress=False)
+    return first, second
+
+
+def test_registry_resolve(registry_dirs):
+    first, second = registry_dirs
+    reg = Registry([first, second])
+    assert sorted(c.ref for c in reg.cards()) == ["fc@1", "sent@10", "sent@2", "sst2-bilstm@1"]
+    assert reg.resolve("sentiment", "sent").version == "10"  # numeric, not string, order
+    assert reg.resolve("sentiment", "sent@2").training["command"] == first.name  # first dir wins
+    assert reg.resolve("sentiment").ref == "sst2-bilstm@1"
+    assert reg.resolve("forecast", "fc@1").kind == "forecast"
+
+
+@pytest.mark.parametrize("kind, ref, fragment", [
+    ("sentiment", "nope", "available sentiment models: sent@10, sent@2, sst2-bilstm@1"),
+    ("sentiment", "sent@3", "no sentiment model 'sent@3'"),
+    ("sentiment", "fc", "'fc' is a forecast model"),
+    ("forecast", None, "default m4-hourly-lstm@1"),
+    ("vision", None, "unknown model kind"),
+])
+def test_registry_errors(registry_dirs, kind, ref, fragment):
+    with pytest.raises(ModelNotFound, match=fragment.replace("(", r"\(")) as err:
+        Registry(list(registry_dirs)).resolve(kind, ref)
+    assert isinstance(err.value, ValueError)
+
+
+def test_registry_load_is_cached_and_thread_safe(registry_dirs):
+    reg = Registry(list(registry_dirs))
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(reg.load("sentiment", "sent")))
+               for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 8 and all(m is got[0] for m in got)
+    assert reg.load("forecast", "fc") is not got[0]
+
+
+def test_default_registry_searches_env_dirs_first(registry_dirs, monkeypatch):
+    monkeypatch.setenv("FLIGHT_LSTM_MODELS", str(registry_dirs[1]))
+    assert default_registry().resolve("sentiment").path.startswith(str(registry_dirs[1]))
+    assert default_registry().resolve("forecast").name == "m4-hourly-lstm"  # packaged fallback
+    monkeypatch.delenv("FLIGHT_LSTM_MODELS")
+    assert "weights" in default_registry().resolve("sentiment").path
+
+
+# -- forecast training ----------------------------------------------------------------------------
+
+
+def test_forecast_training_learns_and_round_trips(tmp_path):
+    series = synthetic_series(24, 400, seed=5)
+    model, info = fit_forecast(series, epochs=4, steps_per_epoch=15, batch_size=64, window=168,
+                               hidden=32, layers=1, lr=3e-3, trunc_p=0.0, gap_p=0.0,
+                               progress=False)
+    history = info["history"]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert info["best_val"] < history[0]["val"]
+    q = model.abs_resid_q.numpy()
+    assert np.all(np.diff(q, axis=0) >= 0) and np.all(q > 0)  # quantiles rise with the level
+    card = train_forecast(series, name="fc", version="3", out_dir=tmp_path, epochs=1,
+                          steps_per_epoch=3, batch_size=16, window=168, hidden=8, layers=1,
+                          progress=False)
+    saved = ForecastModel.load(card.path)
+    live = Registry([tmp_path]).load("forecast", "fc@3")
+    arr = to_arrow([s[:300] for s in series])
+    a, b = saved.predict(arr, 60, 0.9), live.predict(arr, 60, 0.9)
+    assert np.array_equal(a.mean, b.mean) and np.array_equal(a.hi, b.hi)
+
+
+def test_fill_gaps_interpolates_within_rows_only():
+    values = np.array([np.nan, 1.0, np.nan, 3.0, np.nan, np.nan, 7.0, np.nan, np.nan])
+    filled, observed, valid = fill_gaps(values, np.array([5, 0, 2, 2]))
+    assert np.allclose(filled[:5], [1, 1, 2, 3, 3])
+    assert np.allclose(filled[5:7], [7, 7])
+    assert np.isnan(filled[7:]).all() and list(valid) == [True, False, True, False]
+    assert observed.sum() == 3
+
+
+def test_naive2_deseasonalizes_seasonal_series_only():
+    t = np.arange(24 * 20)
+    seasonal = 100 * (1 + 0.5 * np.sin(2 * np.pi * t / 24))
+    assert seasonality_test(seasonal, 24)
+    assert np.allclose(naive2(seasonal, 48, 24), seasonal[-24:][np.arange(48) % 24], rtol=0.02)
+    flat = np.random.default_rng(0).normal(100, 1, 24 * 20)
+    assert not seasonality_test(flat, 24)
+    assert np.all(naive2(flat, 5, 24) == flat[-1])
+
+
+# -- shipped forecast model robustness ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def forecaster():
+    model = default_registry().load("forecast")
+    assert (model.card.name, model.card.version) == ("m4-hourly-lstm", "1")
+    return model
+
+
+def hourly(length, level=100.0, amp=20.0, seed=0):
+    t = np.arange(length)
+    noise = np.random.default_rng(seed).normal(0, 0.05 * amp, length)
+    return level + amp * np.sin(2 * np.pi * t / 24) + noise
+
+
+def test_shipped_forecast_metrics(forecaster):
+    m = forecaster.card.metrics
+    assert m["model"]["owa"] < m["seasonal_naive"]["owa"] < 1.0
+    assert 0.85 <= m["model"]["coverage_95"] <= 1.0
+
+
+@pytest.mark.parametrize("horizon", [1, 48, 100])
+def test_forecast_edge_series(forecaster, horizon):
+    gaps = hourly(500)
+    gaps[[0, 1, 100, 101, 102, 300, 499]] = np.nan
+    gaps[200] = np.inf  # non-finite values count as missing
+    rows = [[], [5.0], [1.0, 2.0, 3.0], [np.nan] * 10, list(gaps), [42.5] * 200,
+            list(hourly(400, 0.05, 0.01)), list(hourly(400, 1e6, 2e5)),
+            list(np.arange(300) * 3.0 + hourly(300)), list(hourly(300) - 1000.0), None,
+            list(hourly(30)), [1.0, None, np.nan, 4.0] * 10]
+    arr = pa.array(rows, pa.list_(pa.float64()))
+    r = forecaster.predict(arr, horizon=horizon, level=0.9)
+    assert r.mean.shape == r.lo.shape == r.hi.shape == (13, horizon)
+    assert list(r.valid) == [False, True, True, False] + [True] * 6 + [False, True, True]
+    assert np.all(r.mean[~r.valid] == 0)
+    for a in (r.mean, r.lo, r.hi):
+        assert a.dtype == np.float64 and np.isfinite(a).all()
+    assert np.all(r.lo <= r.mean) and np.all(r.mean <= r.hi)
+    assert np.allclose(r.mean[1], 5.0, rtol=1e-4) and np.allclose(r.mean[5], 42.5, rtol=1e-4)
+    assert np.all(r.mean[9] < -800) and np.all(np.abs(r.mean[6] - 0.05) < 0.05)
+    assert np.all(np.abs(r.mean[7] / 1e6 - 1) < 0.6)
+
+
+def test_forecast_is_scale_and_shift_equivariant(forecaster):
+    base = [hourly(400, seed=s) for s in range(4)]
+    f = forecaster.predict(to_arrow(base), 48, 0.95)
+    for c in (1e-3, 1e6):
+        g = forecaster.predict(to_arrow([c * s for s in base]), 48, 0.95)
+        assert np.allclose(g.mean, c * f.mean, rtol=1e-4) and np.allclose(g.hi, c * f.hi, rtol=1e-4)
+    h = forecaster.predict(to_arrow([s - 1e4 for s in base]), 48)
+    assert np.allclose(h.mean, f.mean - 1e4, atol=0.5) and h.lo is None and h.hi is None
+
+
+def test_forecast_trend_continues(forecaster):
+    t = np.arange(600, dtype=float)
+    r = forecaster.predict(to_arrow([50 + 2 * t + hourly(600, 0, 5)]), 48)
+    assert np.isfinite(r.mean).all()
+    # Continues from the recent level (~1225) rather than falling back to the window mean (~913).
+    assert r.mean[0].mean() > 1150
+
+
+def test_forecast_accepts_other_types_and_long_horizons(forecaster):
+    ints = [list(np.round(hourly(200)).astype(int)), [3, 3, 3]]
+    as_int = forecaster.predict(pa.array(ints, pa.list_(pa.int64())), 24)
+    as_f32 = forecaster.predict(pa.array(ints, pa.list_(pa.float32())), 24)
+    as_large = forecaster.predict(pa.array(ints, pa.large_list(pa.float64())), 24)
+    assert np.array_equal(as_int.mean, as_f32.mean) and np.array_equal(as_int.mean, as_large.mean)
+    long = forecaster.predict(to_arrow([hourly(300)]), MAX_HORIZON, 0.8)
+    short = forecaster.predict(to_arrow([hourly(300)]), 48, 0.8)
+    assert long.mean.shape == (1, MAX_HORIZON) and np.isfinite(long.hi).all()
+    assert np.array_equal(long.mean[:, :48], short.mean)
+    assert np.all(long.hi[0, 48:96] - long.lo[0, 48:96] > short.hi[0] - short.lo[0])
+    wider = forecaster.predict(to_arrow([hourly(300)]), 48, 0.99)
+    assert np.all(wider.hi - wider.lo > short.hi - short.lo)
+
+
+@pytest.mark.parametrize("horizon", [0, -1, MAX_HORIZON + 1, 2.5, True])
+def test_forecast_invalid_horizon(forecaster, horizon):
+    with pytest.raises(ValueError, match="horizon"):
+        forecaster.predict(to_arrow([hourly(100)]), horizon)
+
+
+@pytest.mark.parametrize("level", [0, 1, 95, -0.5])
+def test_forecast_invalid_level(forecaster, level):
+    with pytest.raises(ValueError, match="level"):
+        forecaster.predict(to_arrow([hourly(100)]), 24, level)

@@ -1,0 +1,169 @@
+"""The Flight server end to end on a loopback port: real DuckDB file, real client."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.flight as flight
+import pytest
+
+from conftest import REVIEWS, run
+from flight_lstm.errors import QueryRefused
+from flight_lstm.execute import Engine
+from flight_lstm.plan import Plan
+from flight_lstm.sources.duckdb import DuckDBSource
+from udfs import OPERATORS, sentiment
+
+
+def test_sentiment_query_matches_the_operator(client):
+    table = run(client, "SELECT id, review, sentiment(review) AS s, sentiment_label(review) AS l FROM reviews ORDER BY id")
+    assert table.column("id").to_pylist() == list(range(len(REVIEWS)))
+    expected = sentiment(pa.array(REVIEWS)).to_pylist()
+    got = table.column("s").to_pylist()
+    assert [g is None for g in got] == [e is None for e in expected]
+    np.testing.assert_allclose([g for g in got if g is not None], [e for e in expected if e is not None], atol=1e-9)
+    for s, label in zip(got, table.column("l").to_pylist()):
+        assert label == (None if s is None else "positive" if s > 0 else "negative")
+
+
+def test_forecast_per_series_in_one_query(client):
+    table = run(client, "SELECT store, forecast(list(amount ORDER BY ts), 24) AS f FROM sales GROUP BY store ORDER BY store")
+    assert table.column("store").to_pylist() == ["a", "b", "c"]
+    means = [np.mean(v) for v in table.column("f").to_pylist()]
+    assert all(len(v) == 24 for v in table.column("f").to_pylist())
+    assert means[0] < means[1] < means[2]  # store levels are 100, 200, 300
+
+
+def test_forecast_interval_unnests_to_rows(client):
+    table = run(client, """
+        SELECT store, f.step, f.mean, f.lo, f.hi FROM (
+            SELECT store, unnest(forecast_interval(list(amount ORDER BY ts), 5, 0.95)) AS f
+            FROM sales GROUP BY store) ORDER BY store, f.step""")
+    assert table.num_rows == 15
+    rows = table.to_pylist()
+    assert all(r["lo"] <= r["mean"] <= r["hi"] for r in rows)
+
+
+def test_flight_info_schema_matches_stream(client):
+    sql = "SELECT id, sentiment(review) AS s FROM reviews"
+    info = client.get_flight_info(flight.FlightDescriptor.for_command(sql))
+    assert info.schema.names == ["id", "s"] and info.schema.field("s").type == pa.float64()
+    assert len(info.endpoints) == 1
+    assert client.do_get(info.endpoints[0].ticket).read_all().schema.equals(info.schema)
+    assert client.get_schema(flight.FlightDescriptor.for_command(sql)).schema.equals(info.schema)
+
+
+def test_results_stream_in_bounded_batches(client):
+    reader = client.do_get(flight.Ticket(b"SELECT range AS i, sentiment('good ' || range) AS s FROM range(5000)"))
+    sizes = [chunk.data.num_rows for chunk in reader]
+    assert sum(sizes) == 5000 and len(sizes) >= 5 and max(sizes) <= 1000
+
+
+def test_list_flights_lists_tables_and_views(client):
+    infos = {"/".join(p.decode() for p in i.descriptor.path): i for i in client.list_flights()}
+    assert {"reviews", "sales", "scored"} <= set(infos)
+    assert infos["scored"].schema.names == ["id", "review", "score"]
+
+
+def test_view_by_path_and_by_name_in_sql(client):
+    info = client.get_flight_info(flight.FlightDescriptor.for_path("scored"))
+    by_path = client.do_get(info.endpoints[0].ticket).read_all()
+    assert by_path.num_rows == len(REVIEWS)
+    by_sql = run(client, "SELECT count(*) AS n FROM scored WHERE score > 0")
+    assert by_sql.column("n")[0].as_py() == sum(1 for s in by_path.column("score").to_pylist() if s and s > 0)
+
+
+def test_actions_health_and_models(client):
+    health = json.loads(next(iter(client.do_action(flight.Action("health", b"")))).body.to_pybytes())
+    assert health["status"] == "ok" and health["views"] == ["scored"]
+    models = json.loads(next(iter(client.do_action(flight.Action("models", b"")))).body.to_pybytes())
+    assert {m["kind"] for m in models} == {"sentiment", "forecast"}
+    assert {t for t, _ in client.list_actions()} >= {"health", "models"}
+
+
+@pytest.mark.parametrize("sql, error, words", [
+    ("SELEC 1", flight.FlightServerError, "syntax error"),
+    ("SELECT * FROM nowhere", flight.FlightServerError, "nowhere"),
+    ("SELECT no_such_fn(review) FROM reviews", flight.FlightServerError, "no_such_fn"),
+    ("SELECT sentiment(42) FROM reviews", flight.FlightServerError, "sentiment"),
+    ("SELECT forecast(list(amount), 0) FROM sales", flight.FlightServerError, "horizon"),
+    ("SELECT forecast(list(amount), 100000000) FROM sales", flight.FlightServerError, "horizon"),
+    ("SELECT sentiment(review, 'no-such-model') FROM reviews", flight.FlightServerError, "no-such-model"),
+    ("DROP TABLE reviews", flight.FlightUnauthorizedError, "read-only"),
+    ("SELECT * FROM read_csv('/etc/passwd')", flight.FlightUnauthorizedError, "read_csv"),
+    ("SELECT 1; SELECT 2", flight.FlightUnauthorizedError, "one statement"),
+])
+def test_bad_queries_get_clear_errors_and_the_server_keeps_serving(client, sql, error, words):
+    with pytest.raises(error, match=words) as caught:
+        run(client, sql)
+    assert "Traceback" not in str(caught.value) and "File " not in str(caught.value)
+    assert run(client, "SELECT count(*) AS n FROM reviews").column("n")[0].as_py() == len(REVIEWS)
+
+
+def test_bad_ticket_bytes_are_an_error(client):
+    with pytest.raises(flight.FlightServerError, match="UTF-8"):
+        client.do_get(flight.Ticket(b"\xff\xfe")).read_all()
+
+
+def test_edge_inputs_have_defined_answers(client):
+    table = run(client, """SELECT sentiment(NULL::VARCHAR) AS a, sentiment('') AS b, sentiment(repeat('bad ', 250000)) AS c,
+                                  forecast([]::DOUBLE[], 3) AS d, forecast([1.0], 3) AS e, forecast([1.0, 'nan'::DOUBLE, 3.0], 2) AS f,
+                                  forecast(NULL::DOUBLE[], 3) AS g, forecast([1, 2, 3], 2) AS h""")
+    row = table.to_pylist()[0]
+    assert row["a"] is None and row["b"] is None and -1 <= row["c"] < 0
+    assert row["d"] is None and row["g"] is None
+    assert len(row["e"]) == 3 and len(row["f"]) == 2 and len(row["h"]) == 2
+    assert all(np.isfinite(row["e"] + row["f"] + row["h"]))
+
+
+def test_engine_refuses_file_access_even_if_the_planner_missed_it(lake):
+    engine = Engine(DuckDBSource(lake), OPERATORS)
+    for sql in ["SELECT * FROM read_csv('/etc/passwd')", "SELECT * FROM glob('/etc/*')"]:
+        with pytest.raises(QueryRefused):
+            engine.schema(Plan(sql, (), frozenset()))
+    schema, batches = engine.stream(Plan("SELECT count(*) FROM reviews", ("reviews",), frozenset()))
+    assert sum(b.num_rows for b in batches) == 1
+
+
+def test_engine_cannot_write_the_source(lake):
+    engine = Engine(DuckDBSource(lake), OPERATORS)
+    con = engine.connect(Plan("", (), frozenset()))
+    try:
+        with pytest.raises(Exception, match="read-only"):
+            con.execute("CREATE TABLE lake.main.x (a INT)")
+        with pytest.raises(Exception, match="locked"):
+            con.execute("SET enable_external_access = true")
+    finally:
+        con.close()
+
+
+def test_locked_file_is_unavailable_then_serves_again(tmp_path):
+    from conftest import make_lake, start_server
+    from flight_lstm.service import Service
+
+    path = make_lake(tmp_path / "busy.db")
+    srv, uri = start_server(Service(DuckDBSource(path)))
+    writer = subprocess.Popen(
+        [sys.executable, "-c", f"import duckdb,sys; c=duckdb.connect({path!r}); print('held', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert writer.stdout.readline().strip() == "held"
+        with flight.connect(uri) as c:
+            with pytest.raises(flight.FlightUnavailableError, match="locked"):
+                run(c, "SELECT count(*) FROM reviews")
+            writer.stdin.close()
+            writer.wait(timeout=30)
+            assert run(c, "SELECT count(*) AS n FROM reviews").column("n")[0].as_py() == len(REVIEWS)
+    finally:
+        writer.kill()
+        srv.shutdown()
+
+
+def test_server_holds_no_lock_between_queries(lake, client):
+    import duckdb
+
+    run(client, "SELECT sentiment(review) FROM reviews")
+    with duckdb.connect(lake) as writer:  # a read-write open succeeds: nothing is held
+        assert writer.execute("SELECT count(*) FROM reviews").fetchone()[0] == len(REVIEWS)
