@@ -22,17 +22,11 @@ from make_lakehouse import make_lakehouse  # noqa: E402
 VIEW = "review_scores=SELECT id, review, sentiment(review) AS score, sentiment_label(review) AS label FROM reviews"
 
 PLOT_SQL = """
-WITH history AS (
-    SELECT store, ts, amount FROM sales
-    WHERE ts > (SELECT max(ts) FROM sales) - INTERVAL 72 HOUR
-),
-predicted AS (
-    SELECT store, max(ts) AS origin, unnest(forecast_interval(list(amount ORDER BY ts), 48, 0.9)) AS f
-    FROM sales GROUP BY store
-)
-SELECT store, ts, amount AS value, NULL::DOUBLE AS lo, NULL::DOUBLE AS hi, 'history' AS kind FROM history
+SELECT store, ts, amount AS value, NULL::DOUBLE AS lo, NULL::DOUBLE AS hi, 'history' AS kind
+FROM sales WHERE ts > (SELECT max(ts) FROM sales) - INTERVAL 72 HOUR
 UNION ALL
-SELECT store, origin + f.step * INTERVAL 1 HOUR, f.mean, f.lo, f.hi, 'forecast' FROM predicted
+SELECT store, ts, mean, lo, hi, 'forecast'
+FROM forecast_table('sales', key => 'store', ts => 'ts', value => 'amount', horizon => 48, level => 0.9)
 ORDER BY store, ts
 """
 

@@ -16,7 +16,12 @@ FROM sales
 GROUP BY store
 ORDER BY store;
 
--- A 90% interval per step, one row per store and step
+-- Long form: one row per store and future hour, with timestamps and a 95% interval
+SELECT store, ts, step, round(mean, 1) AS mean, round(lo, 1) AS lo, round(hi, 1) AS hi, forecast_origin
+FROM forecast_table('sales', key => 'store', ts => 'ts', value => 'amount', horizon => 3, level => 0.95)
+ORDER BY store, step;
+
+-- The list form unnested by hand: a 90% interval per step
 SELECT store, f.step, round(f.mean, 1) AS mean, round(f.lo, 1) AS lo, round(f.hi, 1) AS hi
 FROM (
     SELECT store, unnest(forecast_interval(list(amount ORDER BY ts), 6, 0.9)) AS f

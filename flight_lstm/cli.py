@@ -43,12 +43,23 @@ def _parser() -> argparse.ArgumentParser:
     models.add_argument("--json", action="store_true")
     models.set_defaults(run=_models)
 
-    train = commands.add_parser("train", help="train a model on the shared benchmark data")
+    train = commands.add_parser("train", help="train a model: the shipped recipe, or on your own data")
     train.add_argument("kind", choices=["sentiment", "forecast"])
-    train.add_argument("--data", type=Path, required=True,
-                       help="sst2/ folder (sentiment) or m4_hourly/ folder (forecast)")
-    train.add_argument("--out", type=Path, required=True, help="models directory to write into")
+    data = train.add_mutually_exclusive_group(required=True)
+    data.add_argument("--data", type=Path, help="benchmark data: the sst2/ or m4_hourly/ folder (or their parent)")
+    data.add_argument("--source", help="a source URI to read your own training data from, with --sql")
+    train.add_argument("--sql", help="forecast: SELECT series_id, ts, value ...; sentiment: SELECT text, label ...")
+    train.add_argument("--name", help="model name to register a new version under (with --source)")
+    train.add_argument("--out", type=Path, help="models directory to write into (default: your models directory)")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--seed", type=int, default=0)
     train.set_defaults(run=_train)
+
+    evaluate = commands.add_parser("evaluate", help="benchmark scores of a model beside baselines")
+    evaluate.add_argument("kind", choices=["sentiment", "forecast"])
+    evaluate.add_argument("--data", type=Path, required=True, help="the sst2/ or m4_hourly/ folder (or their parent)")
+    evaluate.add_argument("--model", help="name or name@version (default: the shipped model)")
+    evaluate.set_defaults(run=_evaluate)
     return parser
 
 
@@ -112,11 +123,31 @@ def _models(args) -> int:
 
 def _train(args) -> int:
     from flight_lstm.models import train_shipped_forecast, train_shipped_sentiment
+    from flight_lstm.models.registry import user_models_dir
     from flight_lstm.service import card_summary
+    from flight_lstm.training import train_from_source
 
-    train = train_shipped_sentiment if args.kind == "sentiment" else train_shipped_forecast
-    card = train(args.data, args.out)
+    epochs = {"epochs": args.epochs} if args.epochs else {}
+    if args.source:
+        if not (args.sql and args.name):
+            raise SystemExit("--source needs --sql and --name")
+        card = train_from_source(args.kind, args.source, args.sql, args.name, out_dir=args.out, seed=args.seed,
+                                 epochs=args.epochs)
+    else:
+        train = train_shipped_sentiment if args.kind == "sentiment" else train_shipped_forecast
+        card = train(args.data, args.out or user_models_dir(), seed=args.seed, **epochs)
     print(json.dumps(card_summary(card), indent=2))
+    print(f"registered {card.ref}", file=sys.stderr)
+    return 0
+
+
+def _evaluate(args) -> int:
+    import duckdb
+
+    from flight_lstm.evaluate import forecast_report, sentiment_report
+
+    report = sentiment_report if args.kind == "sentiment" else forecast_report
+    duckdb.from_arrow(report(args.data, args.model)).show(max_width=160)
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
@@ -143,7 +144,7 @@ class BaseModel(nn.Module):
             history.append({"epoch": epoch + 1, "train_loss": total / max(count, 1), "val": score})
             if progress:
                 tqdm.write(f"{desc} epoch {epoch + 1}: train loss {total / max(count, 1):.4f}, "
-                           f"val {score:.4f} ({time.perf_counter() - started:.0f}s)")
+                           f"val {score:.4f} ({time.perf_counter() - started:.0f}s)", file=sys.stderr)
             if score < best:
                 best, best_state, best_epoch = score, copy.deepcopy(self.state_dict()), epoch + 1
             elif epoch + 1 - best_epoch >= patience:

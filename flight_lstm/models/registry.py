@@ -116,8 +116,16 @@ def _registry_for(dirs: tuple[str, ...]) -> Registry:
     return Registry(list(dirs))
 
 
-def default_registry() -> Registry:
-    """Registry over FLIGHT_LSTM_MODELS (os.pathsep-separated, searched first), then the
-    packaged weights."""
+def user_models_dir() -> Path:
+    """Where `flight-lstm train --source ...` registers new versions unless told otherwise."""
     extra = [d for d in os.environ.get("FLIGHT_LSTM_MODELS", "").split(os.pathsep) if d]
-    return _registry_for((*extra, str(PACKAGED_WEIGHTS)))
+    if extra:
+        return Path(extra[0])
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "flight-lstm" / "models"
+
+
+def default_registry() -> Registry:
+    """Registry over FLIGHT_LSTM_MODELS (os.pathsep-separated, searched first), the user's models
+    directory, then the packaged weights."""
+    extra = [d for d in os.environ.get("FLIGHT_LSTM_MODELS", "").split(os.pathsep) if d]
+    return _registry_for(tuple(dict.fromkeys((*extra, str(user_models_dir()), str(PACKAGED_WEIGHTS)))))

@@ -7,7 +7,8 @@ gives columns (store, ts, step, mean, lo, hi, forecast_origin). Each series' ste
 common gap between timestamps; missing steps are filled (as NaN, then interpolated by the model);
 duplicate timestamps or timestamps off that regular grid are refused with an error naming the
 series. Future timestamps are the last timestamp plus step multiples, in the column's own type
-(a TIMESTAMPTZ keeps its time zone). A series with a single point has no step: its ts is NULL.
+(a TIMESTAMPTZ keeps its time zone; DATE becomes TIMESTAMP). A series with a single point has
+no step: its ts is NULL.
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ WITH _points AS (
     FROM _series AS s LEFT JOIN _lists AS l ON s._key IS NOT DISTINCT FROM l._key
 )
 SELECT {key_out}_origin + to_microseconds(_step * _f.step) AS {ts_name}, _f.step AS step, _f.mean AS mean,
-       _f.lo AS lo, _f.hi AS hi, _origin AS forecast_origin
+       _f.lo AS lo, _f.hi AS hi, _origin + to_microseconds(0) AS forecast_origin
 FROM _forecasts
 """
 

@@ -1,0 +1,89 @@
+"""forecast_table(): the long, timestamped form of forecasts, with one gap policy."""
+import duckdb
+import pyarrow as pa
+import pytest
+
+from conftest import make_lake
+from flight_lstm.errors import InvalidQuery
+from flight_lstm.service import Service
+from flight_lstm.sources.duckdb import DuckDBSource
+
+CALL = "forecast_table('{table}', key => 'store', ts => 'ts', value => 'amount', horizon => {h}{extra})"
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    path = make_lake(tmp_path_factory.mktemp("ft") / "lake.db")
+    with duckdb.connect(path) as con:
+        con.execute("CREATE TABLE tz AS SELECT store, timezone('Europe/Paris', ts) AS ts, amount FROM sales")
+        con.execute("CREATE TABLE gappy AS SELECT * FROM sales WHERE NOT (store = 'a' AND hour(ts) IN (3, 4))")
+        con.execute("CREATE TABLE irregular AS SELECT * FROM sales UNION ALL SELECT 'a', TIMESTAMP '2026-01-03 05:30', 1.0")
+        con.execute("CREATE TABLE dup AS SELECT * FROM sales UNION ALL SELECT 'b', TIMESTAMP '2026-01-03 05:00', 1.0")
+        con.execute("CREATE TABLE daily AS SELECT 'x' AS store, DATE '2026-01-01' + i::INTEGER AS ts, 10.0 + i % 7 AS amount FROM range(60) t(i)")
+        con.execute("CREATE TABLE single AS SELECT 'x' AS store, TIMESTAMP '2026-01-01' AS ts, 5.0 AS amount")
+    return Service(DuckDBSource(path))
+
+
+def run(service, sql) -> pa.Table:
+    schema, batches = service.stream(service.plan(sql))
+    return pa.Table.from_batches(list(batches), schema)
+
+
+def test_one_row_per_series_and_step_with_future_timestamps(service):
+    t = run(service, f"SELECT * FROM {CALL.format(table='sales', h=3, extra=', level => 0.9')} ORDER BY store, step")
+    assert t.column_names == ["store", "ts", "step", "mean", "lo", "hi", "forecast_origin"]
+    rows = t.to_pylist()
+    assert [r["store"] for r in rows] == ["a"] * 3 + ["b"] * 3 + ["c"] * 3
+    last = rows[0]["forecast_origin"]
+    assert [(r["ts"] - last).total_seconds() for r in rows[:3]] == [3600, 7200, 10800]
+    assert all(r["lo"] <= r["mean"] <= r["hi"] for r in rows)
+
+
+def test_matches_forecast_interval_on_the_same_series(service):
+    long = run(service, f"SELECT store, step, mean FROM {CALL.format(table='sales', h=4, extra='')} ORDER BY store, step")
+    wide = run(service, "SELECT store, unnest(forecast_interval(list(amount ORDER BY ts), 4, 0.95)).mean AS mean FROM sales GROUP BY store ORDER BY store")
+    assert long.column("mean").to_pylist() == pytest.approx(wide.column("mean").to_pylist())
+
+
+def test_time_zone_is_kept(service):
+    t = run(service, f"SELECT ts FROM {CALL.format(table='tz', h=2, extra='')}")
+    assert t.schema.field("ts").type.tz is not None
+
+
+def test_gaps_are_filled_not_shifted(service):
+    t = run(service, f"SELECT store, ts, forecast_origin FROM {CALL.format(table='gappy', h=1, extra='')} ORDER BY store")
+    origins = {r["store"]: (r["ts"] - r["forecast_origin"]).total_seconds() for r in t.to_pylist()}
+    assert origins == {"a": 3600, "b": 3600, "c": 3600}
+
+
+def test_daily_dates_step_by_a_day(service):
+    t = run(service, f"SELECT ts, forecast_origin FROM {CALL.format(table='daily', h=2, extra='')} ORDER BY step")
+    deltas = [(r["ts"] - r["forecast_origin"]).days for r in t.to_pylist()]
+    assert deltas == [1, 2]
+
+
+def test_single_point_series_has_a_forecast_but_no_timestamp(service):
+    t = run(service, f"SELECT * FROM {CALL.format(table='single', h=2, extra='')}").to_pylist()
+    assert len(t) == 2 and all(r["ts"] is None and r["mean"] == pytest.approx(5.0, rel=1e-3) for r in t)
+
+
+@pytest.mark.parametrize("table, words", [("irregular", "series a has irregular timestamps"), ("dup", "series b has duplicate timestamps")])
+def test_irregular_or_duplicate_timestamps_are_refused(service, table, words):
+    with pytest.raises(InvalidQuery, match=words):
+        run(service, f"SELECT * FROM {CALL.format(table=table, h=2, extra='')}")
+
+
+@pytest.mark.parametrize("call, words", [
+    ("forecast_table('sales', ts => 'ts', horizon => 2)", "value"),
+    ("forecast_table('sales', key => 'store', ts => 'ts', value => 'amount', horizon => 2, color => 'red')", "unknown: color"),
+    ("forecast_table(sales, ts => 'ts', value => 'amount', horizon => 2)", "string literal"),
+    ("forecast_table('sales', ts => 'ts', value => 'amount', horizon => 'x')", "number"),
+])
+def test_bad_calls_name_the_problem(service, call, words):
+    with pytest.raises(InvalidQuery, match=words):
+        service.plan(f"SELECT * FROM {call}")
+
+
+def test_composes_with_sql_around_it(service):
+    t = run(service, f"SELECT store, max(hi - lo) AS widest FROM {CALL.format(table='sales', h=6, extra='')} GROUP BY store ORDER BY store")
+    assert t.num_rows == 3 and all(w > 0 for w in t.column("widest").to_pylist())

@@ -1,0 +1,90 @@
+"""Training and evaluation from the command line, on small data the test makes."""
+import json
+import os
+import subprocess
+import sys
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from conftest import make_lake
+from flight_lstm.training import train_from_source
+
+
+def cli(*args, env=None):
+    result = subprocess.run([sys.executable, "-m", "flight_lstm.cli", *args], capture_output=True, text=True,
+                            timeout=600, env={**os.environ, **(env or {})})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_train_on_lakehouse_data_then_query_the_new_model_by_name(tmp_path):
+    lake = make_lake(tmp_path / "lake.db", hours=24 * 20)
+    with duckdb.connect(lake) as con:
+        con.execute("""CREATE TABLE labelled AS SELECT CASE WHEN i % 2 = 0 THEN 'good great fine ' || i ELSE 'bad awful poor ' || i END AS text,
+                       (i % 2 = 0) AS label FROM range(300) t(i)""")
+    models = tmp_path / "models"
+    env = {"FLIGHT_LSTM_MODELS": str(models)}
+    out = json.loads(cli("train", "sentiment", "--source", f"duckdb://{lake}", "--sql", "SELECT text, label FROM labelled",
+                         "--name", "mine", "--epochs", "2", env=env))
+    assert (out["name"], out["version"], out["kind"]) == ("mine", "1", "sentiment")
+    assert "lake.db" in out["training"]["command"] and str(tmp_path) not in out["training"]["command"]
+    # The forecaster in-process, with few steps per epoch so the test stays short.
+    sql = "SELECT store, ts, amount FROM sales"
+    first = train_from_source("forecast", f"duckdb://{lake}", sql, "shop", out_dir=models, epochs=1, steps_per_epoch=4)
+    again = train_from_source("forecast", f"duckdb://{lake}", sql, "shop", out_dir=models, epochs=1, steps_per_epoch=4, seed=1)
+    assert (first.version, again.version) == ("1", "2")
+    listed = cli("models", env=env)
+    assert "shop@1" in listed and "shop@2" in listed and "mine@1" in listed
+
+    server = subprocess.Popen([sys.executable, "-m", "flight_lstm.cli", "serve", "--source", f"duckdb://{lake}", "--port", "0"],
+                              stdout=subprocess.PIPE, text=True, env={**os.environ, **env})
+    try:
+        uri = server.stdout.readline().strip().rsplit(" on ", 1)[1]
+        client = flight.connect(uri)
+        sql = """SELECT store, forecast(list(amount ORDER BY ts), 6, 'shop@1') AS f, forecast(list(amount ORDER BY ts), 6, 'shop') AS g,
+                        max(sentiment('good great', 'mine')) AS s FROM sales GROUP BY store"""
+        info = client.get_flight_info(flight.FlightDescriptor.for_command(sql))
+        rows = client.do_get(info.endpoints[0].ticket).read_all().to_pylist()
+        assert len(rows) == 3 and all(len(r["f"]) == 6 and np.all(np.isfinite(r["f"])) for r in rows)
+        assert any(r["f"] != r["g"] for r in rows)  # 'shop' is the latest version, 2
+        assert rows[0]["s"] > 0
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _sst_folder(path):
+    path.mkdir()
+    pos = ["a great , moving film", "wonderful and warm", "it is n't bad at all", "-lrb- truly -rrb- fine work"]
+    neg = ["a dull , lifeless mess", "awful and boring", "it is n't good", "bad \\/ worse"]
+    lines = "sentence\tlabel\n" + "".join(f"{t}\t1\n" for t in pos) + "".join(f"{t}\t0\n" for t in neg)
+    for name in ("train.tsv", "dev.tsv", "train_phrases.tsv"):
+        (path / name).write_text(lines)
+    return path
+
+
+def _m4_folder(path, n=6, length=400):
+    path.mkdir()
+    t = np.arange(length)
+    rows = ['"V1",' + ",".join(f'"V{i + 2}"' for i in range(length))]
+    for k in range(n):
+        values = 50 + 10 * k + 20 * np.sin(2 * np.pi * t / 24)
+        rows.append(f'"H{k + 1}",' + ",".join(f'"{v:.3f}"' for v in values))
+    (path / "Hourly-train.csv").write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_evaluate_prints_metrics_beside_baselines(tmp_path):
+    out = cli("evaluate", "sentiment", "--data", str(_sst_folder(tmp_path / "sst2")))
+    assert "sst2-bilstm@" in out and "VADER" in out and "majority class" in out
+
+
+def test_evaluate_forecast_on_a_small_m4_file(tmp_path):
+    _m4_folder(tmp_path / "m4_hourly")
+    out = cli("evaluate", "forecast", "--data", str(tmp_path))
+    lines = [line for line in out.splitlines() if "│" in line]
+    assert any("m4-hourly-lstm@" in line for line in lines)
+    assert any("seasonal naive" in line for line in lines) and any("Naive2" in line for line in lines)
