@@ -4,9 +4,10 @@ from __future__ import annotations
 from urllib.parse import urlparse
 
 from flight_lstm.sources.base import Source
+from flight_lstm.sources.dremio import DremioSource
 from flight_lstm.sources.duckdb import DuckDBSource
 
-SOURCES: dict[str, type[Source]] = {DuckDBSource.scheme: DuckDBSource}
+SOURCES: dict[str, type[Source]] = {DuckDBSource.scheme: DuckDBSource, DremioSource.scheme: DremioSource}
 
 
 def open_source(uri: str) -> Source:
