@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument("--server", default="grpc://127.0.0.1:8815")
     query.add_argument("--output", type=Path, help="write .parquet or .csv instead of printing")
     query.add_argument("--max-rows", type=int, default=40, help="rows to print")
+    query.add_argument("--explain", action="store_true",
+                       help="show how the query splits between the source and the local operators")
     query.set_defaults(run=_query)
 
     models = commands.add_parser("models", help="list the registered models")
@@ -91,9 +93,12 @@ def _query(args) -> int:
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
 
-    from flight_lstm.client import connect, query, short_message
+    from flight_lstm.client import action, connect, query, short_message
 
     try:
+        if args.explain:
+            print(json.dumps(action(connect(args.server), "explain", args.sql), indent=2))
+            return 0
         table = query(connect(args.server), args.sql)
     except (pa.ArrowException, OSError) as e:
         print(f"error: {short_message(e)}", file=sys.stderr)

@@ -18,9 +18,9 @@ def query(client: flight.FlightClient, sql: str) -> pa.Table:
     return pa.concat_tables(tables) if tables else info.schema.empty_table()
 
 
-def action(client: flight.FlightClient, name: str):
-    """A DoAction whose single result is JSON (health, models)."""
-    results = list(client.do_action(flight.Action(name, b"")))
+def action(client: flight.FlightClient, name: str, body: str = ""):
+    """A DoAction whose single result is JSON (health, models, explain)."""
+    results = list(client.do_action(flight.Action(name, body.encode())))
     return json.loads(results[0].body.to_pybytes())
 
 

@@ -38,7 +38,7 @@ class Engine:
         """The result schema, found without running any operator (LIMIT 0 plans but never calls)."""
         con = self.connect(plan, schema_only=True)
         try:
-            with translated_errors():
+            with translated_errors(self.source):
                 return con.sql(plan.sql).limit(0).to_arrow_table().schema
         finally:
             con.close()
@@ -53,12 +53,12 @@ class Engine:
         """
         con = self.connect(plan)
         try:
-            with translated_errors():
+            with translated_errors(self.source):
                 reader = con.sql(plan.sql).to_arrow_reader(self.batch_rows)
         except BaseException:
             con.close()
             raise
-        return reader.schema, _batches(con, reader, cancelled)
+        return reader.schema, _batches(con, reader, cancelled, self.source)
 
     def connect(self, plan: Plan, *, schema_only: bool = False) -> duckdb.DuckDBPyConnection:
         """A locked-down connection in which exactly the plan's source tables are readable."""
@@ -83,12 +83,12 @@ class Engine:
             raise
 
 
-def _batches(con, reader, cancelled) -> Iterator[pa.RecordBatch]:
+def _batches(con, reader, cancelled, source: Source) -> Iterator[pa.RecordBatch]:
     done = threading.Event()
     watchdog = threading.Thread(target=_interrupt_when, args=(cancelled, done, con), daemon=True)
     watchdog.start()
     try:
-        with translated_errors():
+        with translated_errors(source):
             for batch in reader:
                 if cancelled():
                     raise QueryCancelled("the client cancelled the query")
@@ -142,18 +142,27 @@ def _message(error: duckdb.Error) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+_DUCKDB_ERRORS = (
+    (duckdb.InterruptException, QueryCancelled),
+    (duckdb.PermissionException, QueryRefused),
+    ((duckdb.ParserException, duckdb.CatalogException, duckdb.BinderException, duckdb.InvalidInputException,
+      duckdb.ConversionException, duckdb.OutOfRangeException, duckdb.TypeMismatchException,
+      duckdb.NotImplementedException), InvalidQuery),
+)
+
+
 @contextmanager
-def translated_errors():
-    """DuckDB's exceptions become ours, with a one-line message fit for a client."""
+def translated_errors(source: Source):
+    """DuckDB's exceptions become ours, with a one-line message fit for a client; a failure of the
+    source's own stream keeps the source's error. Anything else passes unchanged."""
     try:
         yield
     except FlightLSTMError:
         raise
-    except duckdb.InterruptException:
-        raise QueryCancelled("the query was cancelled") from None
-    except duckdb.PermissionException as e:
-        raise QueryRefused(_message(e)) from None
-    except (duckdb.ParserException, duckdb.CatalogException, duckdb.BinderException,
-            duckdb.InvalidInputException, duckdb.ConversionException, duckdb.OutOfRangeException,
-            duckdb.TypeMismatchException, duckdb.NotImplementedException) as e:
-        raise InvalidQuery(_message(e)) from None
+    except (duckdb.Error, OSError) as e:
+        ours = source.translate_error(e)
+        if ours is None:
+            ours = next((kind(_message(e)) for duck, kind in _DUCKDB_ERRORS if isinstance(e, duck)), None)
+        if ours is None:
+            raise
+        raise ours from None

@@ -18,15 +18,16 @@ from udfs.base import registry
 
 
 def quote(name: str) -> str:
-    """A dataset name as a SQL reference: each dotted part double-quoted."""
-    return ".".join('"' + part.replace('"', '""') + '"' for part in name.split("."))
+    """A name as one double-quoted SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 class Service:
     def __init__(self, source: Source, *, views: dict[str, str] | None = None, **engine_options):
         self.source = source
         self.engine = Engine(source, OPERATORS, **engine_options)
-        self.catalog = Catalog(operators=OPERATORS, check_model=check_model)
+        self.catalog = Catalog(operators=OPERATORS, check_model=check_model,
+                               pushdown_dialect=source.pushdown_dialect, columns_of=source.columns)
         self.view_sql = dict(views or {})
         for name, sql in self.view_sql.items():
             self.catalog.add_view(name, sql)
@@ -34,15 +35,23 @@ class Service:
     def plan(self, sql: str) -> Plan:
         return self.catalog.plan(sql)
 
-    def plan_dataset(self, name: str) -> Plan:
-        """A published view or a source table, by name."""
-        if name.lower() not in self.catalog.views and name not in self.source.tables():
-            raise InvalidQuery(f"unknown dataset {name!r}; ListFlights lists them")
-        return self.plan(f"SELECT * FROM {quote(name)}")
+    def dataset_sql(self, name: str) -> str:
+        """The query behind a dataset: a published view (by name) or a source table (as listed)."""
+        if name.lower() in self.catalog.views:
+            return f"SELECT * FROM {quote(name)}"
+        if name in self.source.tables():
+            return f"SELECT * FROM {name}"
+        raise InvalidQuery(f"unknown dataset {name!r}; ListFlights lists them")
+
+    def explain(self, sql: str) -> dict:
+        """How a query splits: what each source scan runs there, and what runs here."""
+        plan = self.plan(sql)
+        return {"local_sql": plan.sql, "scans": [{"name": n, "sql": q} for n, q in plan.scans],
+                "tables": list(plan.tables), "operators": sorted(plan.operators)}
 
     def datasets(self) -> Iterator[tuple[str, pa.Schema]]:
         for name in [*self.source.tables(), *self.view_sql]:
-            yield name, self.schema(self.plan_dataset(name))
+            yield name, self.schema(self.plan(self.dataset_sql(name)))
 
     def schema(self, plan: Plan) -> pa.Schema:
         return self.engine.schema(plan)

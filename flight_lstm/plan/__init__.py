@@ -1,5 +1,5 @@
 """SQL in, a safe DuckDB query out: parse, expand forecast_table, check read-only, inline views,
-bind operators, generate.
+bind operators, push work down to a source that runs SQL, generate.
 
 Each step is one module over the shared sqlglot tree (the sqlglot optimizer pattern).
 """
@@ -13,6 +13,7 @@ from sqlglot import exp
 from flight_lstm.plan.forecast_table import expand_forecast_tables
 from flight_lstm.plan.operators import bind_operators
 from flight_lstm.plan.parse import parse_one_query
+from flight_lstm.plan.pushdown import push_down
 from flight_lstm.plan.read_only import check_read_only
 from flight_lstm.plan.views import inline_views, source_tables
 
@@ -33,12 +34,13 @@ class Catalog:
     operators: Iterable = ()
     check_model: Callable[[str, str], None] = lambda kind, ref: None
     views: dict[str, exp.Query] = field(default_factory=dict)
+    # A source that runs SQL itself: its sqlglot dialect, and how to learn a table's columns.
+    pushdown_dialect: str | None = None
+    columns_of: Callable[[str], list[str]] | None = None
 
-    def add_view(self, name: str, sql: str) -> Plan:
+    def add_view(self, name: str, sql: str) -> None:
         """Publish `sql` as a named, queryable view; it may use operators and earlier views."""
-        tree = self._prepare(sql)
-        self.views[name.lower()] = tree
-        return self._finish(tree)
+        self.views[name.lower()] = self._prepare(sql)
 
     def plan(self, sql: str) -> Plan:
         return self._finish(self._prepare(sql))
@@ -52,4 +54,7 @@ class Catalog:
     def _finish(self, tree: exp.Query) -> Plan:
         names = {name: op.name for op in self.operators for name in (op.name, op.with_model_name)}
         called = {names[f.name.lower()] for f in tree.find_all(exp.Anonymous) if f.name.lower() in names}
-        return Plan(tree.sql(dialect="duckdb"), tuple(source_tables(tree)), frozenset(called))
+        tables, scans = tuple(source_tables(tree)), []
+        if self.pushdown_dialect:
+            tree, scans = push_down(tree.copy(), self.pushdown_dialect, set(names), self.columns_of)
+        return Plan(tree.sql(dialect="duckdb"), tables, frozenset(called), tuple(scans))

@@ -13,13 +13,14 @@ import pyarrow.flight as flight
 
 from flight_lstm.errors import InvalidQuery
 from flight_lstm.server.errors import flight_errors, mapped
-from flight_lstm.service import Service, quote
+from flight_lstm.service import Service
 
 log = logging.getLogger("flight_lstm.server")
 
 ACTIONS = {
     "health": "Readiness: status, source and published views (JSON).",
     "models": "The model registry: name, version, kind, training data and scores (JSON list).",
+    "explain": "Body: SQL. How it splits: the scans a pushdown source runs and the local query (JSON).",
 }
 
 
@@ -38,9 +39,7 @@ class FlightLSTMServer(flight.FlightServerBase):
     def _ticket_sql(self, descriptor: flight.FlightDescriptor) -> str:
         if descriptor.descriptor_type == flight.DescriptorType.CMD:
             return sql_of(descriptor.command)
-        name = ".".join(p.decode() if isinstance(p, bytes) else p for p in descriptor.path)
-        self.service.plan_dataset(name)
-        return f"SELECT * FROM {quote(name)}"
+        return self.service.dataset_sql(".".join(p.decode() if isinstance(p, bytes) else p for p in descriptor.path))
 
     def _info(self, descriptor: flight.FlightDescriptor) -> flight.FlightInfo:
         sql = self._ticket_sql(descriptor)
@@ -52,7 +51,7 @@ class FlightLSTMServer(flight.FlightServerBase):
     def list_flights(self, context, criteria):
         return [
             flight.FlightInfo(schema, flight.FlightDescriptor.for_path(name),
-                              [flight.FlightEndpoint(f"SELECT * FROM {quote(name)}".encode(), [])], -1, -1)
+                              [flight.FlightEndpoint(self.service.dataset_sql(name).encode(), [])], -1, -1)
             for name, schema in self.service.datasets()
         ]
 
@@ -80,6 +79,8 @@ class FlightLSTMServer(flight.FlightServerBase):
             body = self.service.health()
         elif action.type == "models":
             body = self.service.models()
+        elif action.type == "explain":
+            body = self.service.explain(sql_of(action.body.to_pybytes()))
         else:
             raise InvalidQuery(f"unknown action {action.type!r}; known: {', '.join(ACTIONS)}")
         return [flight.Result(json.dumps(body).encode())]

@@ -5,6 +5,7 @@ from abc import ABC, abstractmethod
 
 import duckdb
 
+from flight_lstm.errors import FlightLSTMError
 from flight_lstm.plan import Plan
 
 
@@ -23,7 +24,7 @@ class Source(ABC):
 
     @abstractmethod
     def tables(self) -> list[str]:
-        """Names of the tables and views a query may read."""
+        """The tables and views a query may read, as SQL references (quoted where needed)."""
 
     @abstractmethod
     def attach(self, con: duckdb.DuckDBPyConnection, plan: Plan, *, schema_only: bool = False) -> None:
@@ -35,3 +36,12 @@ class Source(ABC):
     @abstractmethod
     def describe(self) -> str:
         """A short, secret-free description for logs and the health action."""
+
+    def columns(self, table: str) -> list[str]:
+        """Column names of a table (a SQL reference in the source's dialect). Pushdown sources
+        implement it so the planner sends only the columns a query uses."""
+        raise NotImplementedError
+
+    def translate_error(self, error: BaseException) -> FlightLSTMError | None:
+        """The source's own error behind a failure DuckDB reports while reading its stream."""
+        return None

@@ -1,0 +1,123 @@
+"""The Flight server over Dremio (the stand-in): what is pushed down, and the answers it gives."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow.flight as flight
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import REVIEWS, make_lake, run, start_server  # noqa: E402
+from dremio_standin import DremioStandin  # noqa: E402
+
+from flight_lstm.service import Service  # noqa: E402
+from flight_lstm.sources import open_source  # noqa: E402
+from flight_lstm.sources.duckdb import DuckDBSource  # noqa: E402
+
+PASSWORD = "pw-for-pushdown"
+DEEP = '"my space"."folder.with.dots".sub.reviews'
+OPERATORS = ("sentiment", "forecast", "forecast_interval")
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory):
+    return make_lake(tmp_path_factory.mktemp("dremio") / "lake.db")
+
+
+@pytest.fixture(scope="module")
+def standin(lake):
+    con = duckdb.connect()
+    con.execute(f"ATTACH '{lake}' AS lake (READ_ONLY)")
+    con.execute("CREATE TABLE reviews AS SELECT id, review, id % 5 AS stars FROM lake.reviews")
+    con.execute("CREATE TABLE sales AS SELECT * FROM lake.sales")
+    s = DremioStandin(con, {DEEP: "reviews", "shop.sales": "sales"}, users={"alice": PASSWORD}).start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def server(standin):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DREMIO_PASSWORD", PASSWORD)
+    mp.delenv("DREMIO_TOKEN", raising=False)
+    service = Service(open_source(f"dremio://alice@127.0.0.1:{standin.port}"),
+                      views={"scored": f"SELECT id, sentiment(review) AS s FROM {DEEP}"})
+    srv, uri = start_server(service)
+    yield uri
+    srv.shutdown()
+    mp.undo()
+
+
+@pytest.fixture
+def client(server):
+    with flight.connect(server) as c:
+        yield c
+
+
+def reached(standin, since: int) -> list[str]:
+    return standin.sql[since:]
+
+
+def test_operators_run_here_and_only_used_columns_and_filters_reach_dremio(client, standin):
+    before = len(standin.sql)
+    t = run(client, f"SELECT id, sentiment(review) AS s FROM {DEEP} WHERE stars >= 2 AND sentiment(review) > -2 ORDER BY id")
+    expected = [i for i, text in enumerate(REVIEWS) if i % 5 >= 2 and text]  # NULL score fails the filter
+    assert t.column("id").to_pylist() == expected
+    sent = reached(standin, before)
+    assert sent and all(op not in q.lower() for q in sent for op in OPERATORS)
+    scan = [q for q in sent if "reviews" in q][-1]
+    assert "stars >= 2" in scan.lower() and '"id"' in scan and '"review"' in scan
+
+
+def test_results_equal_the_duckdb_source(client, lake):
+    local = Service(DuckDBSource(lake))
+    sql_here = "SELECT id, sentiment(review) AS s FROM reviews ORDER BY id"
+    schema, batches = local.stream(local.plan(sql_here))
+    want = [b for batch in batches for b in batch.column(1).to_pylist()]
+    got = run(client, f"SELECT id, sentiment(review) AS s FROM {DEEP} ORDER BY id").column("s").to_pylist()
+    assert [g is None for g in got] == [w is None for w in want]
+    np.testing.assert_allclose([g for g in got if g is not None], [w for w in want if w is not None], atol=1e-9)
+
+
+def test_forecast_input_is_aggregated_in_dremio(client, standin):
+    before = len(standin.sql)
+    t = run(client, "SELECT store, forecast(list(amount ORDER BY ts), 12) AS f FROM shop.sales GROUP BY store ORDER BY store")
+    assert t.column("store").to_pylist() == ["a", "b", "c"] and all(len(f) == 12 for f in t.column("f").to_pylist())
+    scan = reached(standin, before)[-1].upper()
+    assert "ARRAY_AGG" in scan and "GROUP BY" in scan and "FORECAST" not in scan
+
+
+def test_an_operator_free_query_runs_wholly_in_dremio(client, standin):
+    before = len(standin.sql)
+    t = run(client, "SELECT store, count(*) AS n FROM shop.sales GROUP BY store ORDER BY store")
+    assert t.column("n").to_pylist() == [240, 240, 240]
+    assert any("COUNT(*)" in q.upper() and "GROUP BY" in q.upper() for q in reached(standin, before))
+
+
+def test_joins_and_views_over_dremio(client):
+    t = run(client, f"SELECT a.id, b.s FROM {DEEP} AS a JOIN scored AS b ON a.id = b.id WHERE a.id < 3 ORDER BY a.id")
+    assert t.column("id").to_pylist() == [0, 1, 2]
+    self_join = run(client, "WITH x AS (SELECT id, sentiment(review) AS s FROM " + DEEP + ") SELECT count(*) AS n FROM x a JOIN x b ON a.id = b.id")
+    assert self_join.column("n")[0].as_py() == len(REVIEWS)
+
+
+def test_explain_shows_the_split(client):
+    body = json.loads(next(iter(client.do_action(flight.Action("explain", f"SELECT id, sentiment(review) FROM {DEEP} WHERE id > 3".encode())))).body.to_pybytes())
+    assert [s["name"] for s in body["scans"]] == ["_scan_0"]
+    assert "sub" in body["scans"][0]["sql"] and "id > 3" in body["scans"][0]["sql"].lower()
+    assert "sentiment" in body["local_sql"].lower() and "_scan_0" in body["local_sql"]
+
+
+def test_bad_sql_in_dremio_is_a_clear_error_and_the_server_keeps_serving(client):
+    with pytest.raises(flight.FlightServerError, match="Dremio"):
+        run(client, "SELECT nope FROM shop.sales")
+    assert run(client, "SELECT count(*) AS n FROM shop.sales").column("n")[0].as_py() == 720
+
+
+def test_list_flights_shows_dremio_tables(client):
+    names = {"/".join(p.decode() for p in i.descriptor.path) for i in client.list_flights()}
+    assert {DEEP, "shop.sales", "scored"} <= names
