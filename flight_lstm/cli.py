@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -29,8 +30,20 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--batch-rows", type=int, default=65_536, help="rows per streamed batch")
     serve.add_argument("--memory-limit", help="DuckDB memory limit per query, e.g. 2GB")
     serve.add_argument("--threads", type=int, help="DuckDB threads per query")
+    serve.add_argument("--auth-file", type=Path, help="users file (flight-lstm users add); turns auth on")
+    serve.add_argument("--token-secret-file", type=Path,
+                       help="key that signs bearer tokens; share it between replicas (default: random per start)")
+    serve.add_argument("--tls-cert", type=Path, help="serve TLS only, with this certificate (PEM)")
+    serve.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")
+    serve.add_argument("--tls-client-ca", type=Path, help="require client certificates signed by this CA (mutual TLS)")
     serve.add_argument("--log-level", default="INFO")
     serve.set_defaults(run=_serve)
+
+    users = commands.add_parser("users", help="manage the users file for --auth-file")
+    users.add_argument("action", choices=["add"])
+    users.add_argument("file", type=Path)
+    users.add_argument("user")
+    users.set_defaults(run=_users)
 
     query = commands.add_parser("query", help="run SQL on a server and print the result")
     query.add_argument("sql")
@@ -39,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument("--max-rows", type=int, default=40, help="rows to print")
     query.add_argument("--explain", action="store_true",
                        help="show how the query splits between the source and the local operators")
+    query.add_argument("--user", help="log in as USER; the password comes from FLIGHT_LSTM_PASSWORD or a prompt")
+    query.add_argument("--tls-ca", type=Path, help="CA certificate (PEM) to trust for a grpc+tls:// server")
     query.set_defaults(run=_query)
 
     models = commands.add_parser("models", help="list the registered models")
@@ -73,10 +88,49 @@ def _serve(args) -> int:
     views = dict(_split_view(v) for v in args.view)
     service = Service(open_source(args.source), views=views, batch_rows=args.batch_rows,
                       memory_limit=args.memory_limit, threads=args.threads)
-    server = FlightLSTMServer(service, f"grpc://{args.host}:{args.port}")
+    options, scheme = _security(args)
+    server = FlightLSTMServer(service, f"{scheme}://{args.host}:{args.port}", **options)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
-    print(f"flight-lstm serving {service.source.describe()} on grpc://{args.host}:{server.port}", flush=True)
+    print(f"flight-lstm serving {service.source.describe()} on {scheme}://{args.host}:{server.port}", flush=True)
     server.serve()
+    return 0
+
+
+def _security(args) -> tuple[dict, str]:
+    """Auth and TLS options for the server, and the URI scheme it listens on."""
+    from flight_lstm.server.auth import BasicBearerAuth, Tokens, Users
+
+    options: dict = {}
+    if args.auth_file:
+        if not args.auth_file.exists():
+            raise SystemExit(f"no users file at {args.auth_file}: create it with flight-lstm users add")
+        secret = args.token_secret_file.read_bytes().strip() if args.token_secret_file else None
+        options["auth"] = BasicBearerAuth(Users(args.auth_file), Tokens(secret))
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise SystemExit("--tls-cert and --tls-key go together")
+    if args.tls_client_ca and not args.tls_cert:
+        raise SystemExit("--tls-client-ca needs --tls-cert and --tls-key")
+    if not args.tls_cert:
+        return options, "grpc"
+    import pyarrow.flight as flight
+
+    options["tls_certificates"] = [flight.CertKeyPair(args.tls_cert.read_bytes(), args.tls_key.read_bytes())]
+    if args.tls_client_ca:
+        options.update(verify_client=True, root_certificates=args.tls_client_ca.read_bytes())
+    return options, "grpc+tls"
+
+
+def _users(args) -> int:
+    from getpass import getpass
+
+    from flight_lstm.server.auth import Users
+
+    password = getpass() if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+    try:
+        Users(args.file).add(args.user, password)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    print(f"added {args.user} to {args.file}")
     return 0
 
 
@@ -88,6 +142,8 @@ def _split_view(text: str) -> tuple[str, str]:
 
 
 def _query(args) -> int:
+    from getpass import getpass
+
     import duckdb
     import pyarrow as pa
     import pyarrow.csv as pcsv
@@ -96,10 +152,14 @@ def _query(args) -> int:
     from flight_lstm.client import action, connect, query, short_message
 
     try:
+        password = None
+        if args.user:
+            password = os.environ.get("FLIGHT_LSTM_PASSWORD") or getpass(f"password for {args.user}: ")
+        client = connect(args.server, args.user, password, args.tls_ca.read_bytes() if args.tls_ca else None)
         if args.explain:
-            print(json.dumps(action(connect(args.server), "explain", args.sql), indent=2))
+            print(json.dumps(action(client, "explain", args.sql), indent=2))
             return 0
-        table = query(connect(args.server), args.sql)
+        table = query(client, args.sql)
     except (pa.ArrowException, OSError) as e:
         print(f"error: {short_message(e)}", file=sys.stderr)
         return 1

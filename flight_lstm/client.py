@@ -7,8 +7,33 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 
-def connect(server: str) -> flight.FlightClient:
-    return flight.connect(server)
+class _Bearer(flight.ClientMiddlewareFactory):
+    """Sends the bearer token the server answered the login with, on every later call."""
+
+    def __init__(self):
+        self.header: tuple[bytes, bytes] | None = None
+
+    def start_call(self, info):
+        return _BearerHeader(self.header)
+
+
+class _BearerHeader(flight.ClientMiddleware):
+    def __init__(self, header):
+        self.header = header
+
+    def sending_headers(self):
+        return {self.header[0].decode(): self.header[1].decode()} if self.header else {}
+
+
+def connect(server: str, user: str | None = None, password: str | None = None,
+            tls_root_certs: bytes | None = None) -> flight.FlightClient:
+    """A client for `grpc://` or `grpc+tls://`; with a user, logged in (Basic once, then bearer)."""
+    bearer = _Bearer()
+    options = {"tls_root_certs": tls_root_certs} if tls_root_certs else {}
+    client = flight.connect(server, middleware=[bearer], **options)
+    if user is not None:
+        bearer.header = client.authenticate_basic_token(user, password or "")
+    return client
 
 
 def query(client: flight.FlightClient, sql: str) -> pa.Table:

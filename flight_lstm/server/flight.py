@@ -12,6 +12,7 @@ import time
 import pyarrow.flight as flight
 
 from flight_lstm.errors import InvalidQuery
+from flight_lstm.server.auth import BasicBearerAuth, NoOpAuthHandler, caller
 from flight_lstm.server.errors import flight_errors, mapped
 from flight_lstm.service import Service
 
@@ -32,9 +33,13 @@ def sql_of(data: bytes) -> str:
 
 
 class FlightLSTMServer(flight.FlightServerBase):
-    def __init__(self, service: Service, location: str = "grpc://127.0.0.1:8815", **kwargs):
+    def __init__(self, service: Service, location: str = "grpc://127.0.0.1:8815", *,
+                 auth: BasicBearerAuth | None = None, **kwargs):
+        if auth is not None:
+            kwargs.update(auth_handler=NoOpAuthHandler(), middleware={"auth": auth})
         super().__init__(location, **kwargs)
         self.service = service
+        self.auth_required = auth is not None
 
     def _ticket_sql(self, descriptor: flight.FlightDescriptor) -> str:
         if descriptor.descriptor_type == flight.DescriptorType.CMD:
@@ -75,8 +80,12 @@ class FlightLSTMServer(flight.FlightServerBase):
 
     @flight_errors
     def do_action(self, context, action):
+        anonymous = self.auth_required and caller(context) is None
         if action.type == "health":
-            body = self.service.health()
+            # Open to load balancers and orchestrators; it tells an anonymous caller only readiness.
+            body = {"status": self.service.health()["status"]} if anonymous else self.service.health()
+        elif anonymous:
+            raise flight.FlightUnauthenticatedError("authentication required: log in with a user name and password")
         elif action.type == "models":
             body = self.service.models()
         elif action.type == "explain":

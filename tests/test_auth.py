@@ -1,0 +1,163 @@
+"""Auth and TLS with real clients: Basic once, then an expiring bearer; TLS and mutual TLS."""
+import json
+import logging
+import os
+import stat
+import subprocess
+import sys
+import threading
+
+import pyarrow.flight as flight
+import pytest
+
+from conftest import REVIEWS, run
+from flight_lstm.client import connect
+from flight_lstm.server import FlightLSTMServer
+from flight_lstm.server.auth import BasicBearerAuth, Tokens, Users
+from flight_lstm.service import Service
+from flight_lstm.sources.duckdb import DuckDBSource
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture(scope="module")
+def users(tmp_path_factory):
+    path = tmp_path_factory.mktemp("auth") / "users.json"
+    result = subprocess.run([sys.executable, "-m", "flight_lstm.cli", "users", "add", str(path), "ana"],
+                            input=PASSWORD + "\n", capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return Users(path)
+
+
+def serve(lake, users, tokens=None, **options):
+    server = FlightLSTMServer(Service(DuckDBSource(lake)), options.pop("location", "grpc://127.0.0.1:0"),
+                              auth=BasicBearerAuth(users, tokens or Tokens()), **options)
+    threading.Thread(target=server.serve, daemon=True).start()
+    return server
+
+
+@pytest.fixture(scope="module")
+def secured(lake, users):
+    server = serve(lake, users)
+    yield f"grpc://127.0.0.1:{server.port}"
+    server.shutdown()
+
+
+def test_users_file_holds_only_a_salted_slow_hash(users):
+    text = users.path.read_text()
+    assert PASSWORD not in text and json.loads(text)["ana"].startswith("scrypt$")
+    assert stat.S_IMODE(os.stat(users.path).st_mode) == 0o600
+    users.add("ben", PASSWORD)
+    a, b = users.load()["ana"], users.load()["ben"]
+    assert a != b  # salted
+    assert users.verify("ben", PASSWORD) and not users.verify("ben", "wrong password")
+
+
+def test_anonymous_calls_are_refused_but_health_stays_open(secured):
+    client = flight.connect(secured)
+    with pytest.raises(flight.FlightUnauthenticatedError):
+        run(client, "SELECT 1")
+    with pytest.raises(flight.FlightUnauthenticatedError):
+        list(client.list_flights())
+    with pytest.raises(flight.FlightUnauthenticatedError):
+        list(client.do_action(flight.Action("models", b"")))
+    health = json.loads(next(iter(client.do_action(flight.Action("health", b"")))).body.to_pybytes())
+    assert health == {"status": "ok"}
+
+
+def test_login_then_bearer_on_every_call(secured):
+    client = connect(secured, "ana", PASSWORD)
+    assert run(client, "SELECT count(*) AS n FROM reviews").column("n")[0].as_py() == len(REVIEWS)
+    health = json.loads(next(iter(client.do_action(flight.Action("health", b"")))).body.to_pybytes())
+    assert "source" in health  # the full answer once authenticated
+    header = flight.connect(secured).authenticate_basic_token("ana", PASSWORD)
+    assert header[0] == b"authorization" and header[1].startswith(b"Bearer ")
+
+
+def test_wrong_password_and_forged_or_expired_tokens(secured, lake, users, caplog):
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(flight.FlightUnauthenticatedError) as e:
+        connect(secured, "ana", "not the password")
+    assert "not the password" not in str(e.value) and "not the password" not in caplog.text
+    with pytest.raises(flight.FlightUnauthenticatedError):
+        connect(secured, "nobody", PASSWORD)
+    forged = flight.FlightCallOptions(headers=[(b"authorization", b"Bearer " + Tokens().issue("ana").encode())])
+    with pytest.raises(flight.FlightUnauthenticatedError, match="invalid or expired"):
+        flight.connect(secured).get_flight_info(flight.FlightDescriptor.for_command("SELECT 1"), forged)
+    short = serve(lake, users, Tokens(seconds=-1))
+    try:
+        client = connect(f"grpc://127.0.0.1:{short.port}", "ana", PASSWORD)
+        with pytest.raises(flight.FlightUnauthenticatedError, match="expired"):
+            run(client, "SELECT 1")
+    finally:
+        short.shutdown()
+
+
+def test_replicas_sharing_a_secret_accept_each_others_tokens(lake, users):
+    secret = b"shared-between-replicas"
+    one, two = serve(lake, users, Tokens(secret)), serve(lake, users, Tokens(secret))
+    try:
+        header = flight.connect(f"grpc://127.0.0.1:{one.port}").authenticate_basic_token("ana", PASSWORD)
+        options = flight.FlightCallOptions(headers=[header])
+        info = flight.connect(f"grpc://127.0.0.1:{two.port}").get_flight_info(
+            flight.FlightDescriptor.for_command("SELECT 42 AS x"), options)
+        assert info.schema.names == ["x"]
+    finally:
+        one.shutdown()
+        two.shutdown()
+
+
+def _certificate(tmp_path, name, ca=None):
+    key, cert = tmp_path / f"{name}.key", tmp_path / f"{name}.pem"
+    subj = ["-subj", f"/CN={'localhost' if name == 'server' else name}"]
+    if ca is None:
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                        "-days", "2", *subj, "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                       check=True, capture_output=True)
+    else:
+        csr = tmp_path / f"{name}.csr"
+        subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, *subj],
+                       check=True, capture_output=True)
+        subprocess.run(["openssl", "x509", "-req", "-in", csr, "-CA", ca[1], "-CAkey", ca[0], "-CAcreateserial",
+                        "-out", cert, "-days", "2"], check=True, capture_output=True)
+    return key, cert
+
+
+def test_tls_and_mutual_tls(tmp_path, lake, users):
+    skey, scert = _certificate(tmp_path, "server")
+    server = serve(lake, users, location="grpc+tls://127.0.0.1:0",
+                   tls_certificates=[flight.CertKeyPair(scert.read_bytes(), skey.read_bytes())])
+    try:
+        uri = f"grpc+tls://localhost:{server.port}"
+        client = connect(uri, "ana", PASSWORD, tls_root_certs=scert.read_bytes())
+        assert run(client, "SELECT 1 AS one").column("one")[0].as_py() == 1
+        with pytest.raises(flight.FlightError):  # plaintext cannot talk to a TLS-only server
+            flight.connect(f"grpc://127.0.0.1:{server.port}").authenticate_basic_token("ana", PASSWORD)
+    finally:
+        server.shutdown()
+
+    ca = _certificate(tmp_path, "ca")
+    ckey, ccert = _certificate(tmp_path, "client", ca=ca)
+    mutual = serve(lake, users, location="grpc+tls://127.0.0.1:0", verify_client=True, root_certificates=ca[1].read_bytes(),
+                   tls_certificates=[flight.CertKeyPair(scert.read_bytes(), skey.read_bytes())])
+    try:
+        uri = f"grpc+tls://localhost:{mutual.port}"
+        with pytest.raises(flight.FlightError):  # no client certificate
+            flight.connect(uri, tls_root_certs=scert.read_bytes()).authenticate_basic_token("ana", PASSWORD)
+        client = flight.connect(uri, tls_root_certs=scert.read_bytes(), cert_chain=ccert.read_bytes(),
+                                private_key=ckey.read_bytes())
+        header = client.authenticate_basic_token("ana", PASSWORD)
+        info = client.get_flight_info(flight.FlightDescriptor.for_command("SELECT 2 AS two"), flight.FlightCallOptions(headers=[header]))
+        assert info.schema.names == ["two"]
+    finally:
+        mutual.shutdown()
+
+
+def test_query_command_logs_in(secured):
+    env = {**os.environ, "FLIGHT_LSTM_PASSWORD": PASSWORD}
+    ok = subprocess.run([sys.executable, "-m", "flight_lstm.cli", "query", "--server", secured, "--user", "ana",
+                         "SELECT count(*) AS n FROM reviews"], capture_output=True, text=True, env=env, timeout=60)
+    assert ok.returncode == 0 and str(len(REVIEWS)) in ok.stdout
+    denied = subprocess.run([sys.executable, "-m", "flight_lstm.cli", "query", "--server", secured, "SELECT 1"],
+                            capture_output=True, text=True, timeout=60)
+    assert denied.returncode == 1 and "authentication required" in denied.stderr
