@@ -34,34 +34,39 @@ class Engine:
         self.batch_rows = batch_rows
         self.settings = {"memory_limit": memory_limit, "threads": threads}
 
-    def schema(self, plan: Plan) -> pa.Schema:
-        """The result schema, found without running any operator (LIMIT 0 plans but never calls)."""
+    def schema(self, plan: Plan, params: list | None = None) -> pa.Schema:
+        """The result schema, found without running any operator (LIMIT 0 plans but never calls).
+        `params` fill the query's `?`/`$1` placeholders: DuckDB binds them, nothing is pasted."""
         con = self.connect(plan, schema_only=True)
         try:
             with translated_errors(self.source):
-                return con.sql(plan.sql).limit(0).to_arrow_table().schema
+                return con.sql(plan.sql, params=params).limit(0).to_arrow_table().schema
         finally:
             con.close()
 
     def stream(
-        self, plan: Plan, cancelled: Callable[[], bool] = lambda: False
+        self, plan: Plan, cancelled: Callable[[], bool] = lambda: False,
+        extra_tables: dict[str, pa.Table] | None = None, params: list | None = None,
     ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
         """Start the query; batches of at most `batch_rows` rows follow as the consumer pulls them.
 
         The connection closes when the iterator is exhausted or closed; `cancelled` is polled so a
         client that goes away interrupts DuckDB mid-operator, not only between batches.
+        `extra_tables` are readable by name, as the plan's `local_tables`.
         """
-        con = self.connect(plan)
+        con = self.connect(plan, extra_tables=extra_tables)
         try:
             with translated_errors(self.source):
-                reader = con.sql(plan.sql).to_arrow_reader(self.batch_rows)
+                reader = con.sql(plan.sql, params=params).to_arrow_reader(self.batch_rows)
         except BaseException:
             con.close()
             raise
         return reader.schema, _batches(con, reader, cancelled, self.source)
 
-    def connect(self, plan: Plan, *, schema_only: bool = False) -> duckdb.DuckDBPyConnection:
-        """A locked-down connection in which exactly the plan's source tables are readable."""
+    def connect(self, plan: Plan | None, *, schema_only: bool = False,
+                extra_tables: dict[str, pa.Table] | None = None) -> duckdb.DuckDBPyConnection:
+        """A locked-down connection in which exactly the plan's source tables (and `extra_tables`,
+        registered before the lock) are readable. With no plan nothing is attached (DoExchange)."""
         con = duckdb.connect(
             ":memory:",
             config={
@@ -74,7 +79,10 @@ class Engine:
         try:
             for op in self.operators:
                 _register(con, op)
-            self.source.attach(con, plan, schema_only=schema_only)
+            if plan is not None:
+                self.source.attach(con, plan, schema_only=schema_only)
+            for name, table in (extra_tables or {}).items():
+                con.register(name, table)
             con.execute("SET enable_external_access = false")
             con.execute("SET lock_configuration = true")
             return con

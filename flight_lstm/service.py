@@ -5,13 +5,15 @@ The Flight server (and later the enrichment job) are thin faces over this.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import pyarrow as pa
 
 from flight_lstm.errors import InvalidQuery
+from flight_lstm.exchange import exchange
 from flight_lstm.execute import Engine
 from flight_lstm.plan import Catalog, Plan
+from flight_lstm.plan.row_wise import plan_row_wise
 from flight_lstm.sources import Source
 from udfs import OPERATORS
 from udfs.base import registry
@@ -50,20 +52,41 @@ class Service:
                 "tables": list(plan.tables), "operators": sorted(plan.operators)}
 
     def datasets(self) -> Iterator[tuple[str, pa.Schema]]:
-        for name in [*self.source.tables(), *self.view_sql]:
-            yield name, self.schema(self.plan(self.dataset_sql(name)))
+        for name, _ in self.relations():
+            yield name, self.dataset_schema(name)
 
-    def schema(self, plan: Plan) -> pa.Schema:
-        return self.engine.schema(plan)
+    def relations(self) -> list[tuple[str, str]]:
+        """(name, "TABLE" or "VIEW"): the source's tables, then the published views."""
+        return [*((t, "TABLE") for t in self.source.tables()), *((v, "VIEW") for v in self.view_sql)]
 
-    def stream(self, plan: Plan, cancelled: Callable[[], bool] = lambda: False):
-        return self.engine.stream(plan, cancelled)
+    def dataset_schema(self, name: str) -> pa.Schema:
+        return self.schema(self.plan(self.dataset_sql(name)))
+
+    def schema(self, plan: Plan, params: list | None = None) -> pa.Schema:
+        _check_params(plan, params)
+        return self.engine.schema(plan, params)
+
+    def stream(self, plan: Plan, cancelled: Callable[[], bool] = lambda: False, params: list | None = None):
+        _check_params(plan, params)
+        return self.engine.stream(plan, cancelled, params=params)
+
+    def exchange(self, sql: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch],
+                 cancelled: Callable[[], bool] = lambda: False) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+        """Run row-wise SQL over a table named `input` holding the caller's batches, one at a time:
+        (output schema, one output batch per input batch, in order)."""
+        return exchange(self.engine, plan_row_wise(sql, self.catalog), schema, batches, cancelled)
 
     def health(self) -> dict:
         return {"status": "ok", "source": self.source.describe(), "views": sorted(self.view_sql)}
 
     def models(self) -> list[dict]:
         return [card_summary(card) for card in registry().cards()]
+
+
+def _check_params(plan: Plan, params: list | None) -> None:
+    if params and plan.scans:
+        raise InvalidQuery("bound parameters work only with a DuckDB source: a pushdown source runs "
+                           "part of the query elsewhere")
 
 
 def card_summary(card) -> dict:

@@ -2,6 +2,8 @@
 
 A command descriptor carries SQL text; a path descriptor names a source table or published view.
 The ticket is the SQL itself, so any replica can serve it and DoGet re-checks it like new input.
+A command or ticket that is an Any-packed Flight SQL message goes to `FlightSQL` instead; DoExchange
+runs row-wise SQL over the client's own batches.
 """
 from __future__ import annotations
 
@@ -9,11 +11,15 @@ import json
 import logging
 import time
 
+import pyarrow as pa
 import pyarrow.flight as flight
 
-from flight_lstm.errors import InvalidQuery
+from flight_lstm.errors import InvalidQuery, QueryRefused
 from flight_lstm.server.auth import BasicBearerAuth, NoOpAuthHandler, caller
 from flight_lstm.server.errors import flight_errors, mapped
+from flight_lstm.server.flight_sql import ACTIONS as FLIGHT_SQL_ACTIONS
+from flight_lstm.server.flight_sql import FlightSQL
+from flight_lstm.server.flight_sql_messages import flight_sql_type
 from flight_lstm.service import Service
 
 log = logging.getLogger("flight_lstm.server")
@@ -39,6 +45,7 @@ class FlightLSTMServer(flight.FlightServerBase):
             kwargs.update(auth_handler=NoOpAuthHandler(), middleware={"auth": auth})
         super().__init__(location, **kwargs)
         self.service = service
+        self.flight_sql = FlightSQL(service)
         self.auth_required = auth is not None
 
     def _ticket_sql(self, descriptor: flight.FlightDescriptor) -> str:
@@ -47,6 +54,9 @@ class FlightLSTMServer(flight.FlightServerBase):
         return self.service.dataset_sql(".".join(p.decode() if isinstance(p, bytes) else p for p in descriptor.path))
 
     def _info(self, descriptor: flight.FlightDescriptor) -> flight.FlightInfo:
+        message = _flight_sql(descriptor)
+        if message:
+            return self.flight_sql.flight_info(*message, descriptor)
         sql = self._ticket_sql(descriptor)
         schema = self.service.schema(self.service.plan(sql))
         endpoint = flight.FlightEndpoint(sql.encode(), [])
@@ -70,13 +80,35 @@ class FlightLSTMServer(flight.FlightServerBase):
 
     @flight_errors
     def do_get(self, context, ticket):
-        sql = sql_of(ticket.ticket)
-        plan = self.service.plan(sql)
-        schema, batches = self.service.stream(plan, context.is_cancelled)
-        return flight.GeneratorStream(schema, mapped(_logged(batches, plan.operators)))
+        message = flight_sql_type(ticket.ticket)
+        if message:
+            schema, batches, operators = self.flight_sql.do_get(*message, context.is_cancelled)
+        else:
+            plan = self.service.plan(sql_of(ticket.ticket))
+            (schema, batches), operators = self.service.stream(plan, context.is_cancelled), plan.operators
+        return flight.GeneratorStream(schema, mapped(_logged(batches, operators)))
+
+    @flight_errors
+    def do_put(self, context, descriptor, reader, writer):
+        message = _flight_sql(descriptor)
+        if not message:
+            raise QueryRefused("flight-lstm is read-only: DoPut only binds Flight SQL prepared statement parameters")
+        writer.write(pa.py_buffer(self.flight_sql.do_put(*message, reader)))
+
+    @flight_errors
+    def do_exchange(self, context, descriptor, reader, writer):
+        """Row-wise SQL over a table `input` holding the client's batches: one batch back per batch sent."""
+        if descriptor.descriptor_type != flight.DescriptorType.CMD or _flight_sql(descriptor):
+            raise InvalidQuery("DoExchange takes a command descriptor holding SQL over the table `input`")
+        batches = (chunk.data for chunk in reader if chunk.data is not None)
+        schema, results = self.service.exchange(sql_of(descriptor.command), reader.schema, batches,
+                                                context.is_cancelled)
+        writer.begin(schema)
+        for batch in _logged(results, ()):
+            writer.write_batch(batch)
 
     def list_actions(self, context):
-        return list(ACTIONS.items())
+        return [*ACTIONS.items(), *FLIGHT_SQL_ACTIONS.items()]
 
     @flight_errors
     def do_action(self, context, action):
@@ -86,6 +118,8 @@ class FlightLSTMServer(flight.FlightServerBase):
             body = {"status": self.service.health()["status"]} if anonymous else self.service.health()
         elif anonymous:
             raise flight.FlightUnauthenticatedError("authentication required: log in with a user name and password")
+        elif action.type in FLIGHT_SQL_ACTIONS:
+            return [flight.Result(body) for body in self.flight_sql.do_action(action.type, action.body.to_pybytes())]
         elif action.type == "models":
             body = self.service.models()
         elif action.type == "explain":
@@ -93,6 +127,12 @@ class FlightLSTMServer(flight.FlightServerBase):
         else:
             raise InvalidQuery(f"unknown action {action.type!r}; known: {', '.join(ACTIONS)}")
         return [flight.Result(json.dumps(body).encode())]
+
+
+def _flight_sql(descriptor: flight.FlightDescriptor) -> tuple[str, bytes] | None:
+    if descriptor.descriptor_type != flight.DescriptorType.CMD:
+        return None
+    return flight_sql_type(descriptor.command)
 
 
 def _logged(batches, operators):

@@ -1,0 +1,77 @@
+"""Run a row-wise plan over a client's own record batches (DoExchange): each batch is registered
+alone as `input` in a locked-down DuckDB with no source attached, and comes back as one batch with
+the prediction columns, in order. The data is the client's; nothing of the source is readable."""
+from __future__ import annotations
+
+import json
+import threading
+from typing import Callable, Iterable, Iterator
+
+import duckdb
+import pyarrow as pa
+
+from flight_lstm.errors import InvalidQuery, QueryCancelled
+from flight_lstm.execute import Engine, _interrupt_when, translated_errors
+from flight_lstm.plan import Plan
+from flight_lstm.plan.row_wise import INPUT
+
+# DuckDB physical operators that map rows one by one; anything else needs more than the batch at hand.
+ROW_BY_ROW = {"PROJECTION", "FILTER", "PYTHON_ARROW_SCAN", "ARROW_SCAN", "EMPTY_RESULT"}
+
+
+def exchange(
+    engine: Engine, plan: Plan, schema: pa.Schema, batches: Iterable[pa.RecordBatch],
+    cancelled: Callable[[], bool] = lambda: False,
+) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    """The output schema, then the output batches as the input batches arrive.
+
+    The schema comes from an empty `input` (LIMIT 0: no operator runs), and DuckDB's physical plan
+    must hold only row-by-row steps: a second lock behind the planner's check."""
+    con = engine.connect(None)
+    try:
+        with translated_errors(engine.source):
+            con.register(INPUT, schema.empty_table())
+            _check_row_by_row(con, plan.sql)
+            out = con.sql(plan.sql).limit(0).to_arrow_table().schema
+    except BaseException:
+        con.close()
+        raise
+    return out, _run(con, plan.sql, out, batches, cancelled, engine)
+
+
+def _check_row_by_row(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    (_, text), = con.execute(f"EXPLAIN (FORMAT json) {sql}").fetchall()
+    found = {node["name"] for node in _nodes(json.loads(text))} - ROW_BY_ROW
+    if found:
+        raise InvalidQuery(f"the query needs the whole input ({', '.join(sorted(found)).lower()}); "
+                           "an exchange runs only row-by-row SQL over each batch")
+
+
+def _nodes(tree: list[dict]) -> Iterator[dict]:
+    for node in tree:
+        yield node
+        yield from _nodes(node.get("children", ()))
+
+
+def _run(con, sql, schema, batches, cancelled, engine) -> Iterator[pa.RecordBatch]:
+    done = threading.Event()
+    watchdog = threading.Thread(target=_interrupt_when, args=(cancelled, done, con), daemon=True)
+    watchdog.start()
+    try:
+        with translated_errors(engine.source):
+            for batch in batches:
+                if cancelled():
+                    raise QueryCancelled("the client cancelled the exchange")
+                con.register(INPUT, batch)
+                yield _one_batch(con.sql(sql).to_arrow_table(), schema)
+    finally:
+        done.set()
+        con.interrupt()
+        watchdog.join()
+        con.close()
+
+
+def _one_batch(table: pa.Table, schema: pa.Schema) -> pa.RecordBatch:
+    """DuckDB may split a result into chunks; the client gets exactly one batch back per batch sent."""
+    batches = table.combine_chunks().to_batches()
+    return batches[0] if batches else pa.RecordBatch.from_pylist([], schema=schema)

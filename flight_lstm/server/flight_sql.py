@@ -1,0 +1,172 @@
+"""Flight SQL over the Service, so off-the-shelf clients (the ADBC and JDBC Flight SQL drivers,
+DBeaver) can query: the Flight server hands every Any-packed Flight SQL message here.
+
+Queries are read-only: writes (updates, ingestion, DDL/DML through a prepared statement) are
+refused, those prepared by the planner's own read-only check. Tickets are self-contained: a plain
+query's ticket carries its SQL, a metadata ticket is the Any-packed command itself (DBeaver expects
+that); a prepared statement's carries its handle (which carries the SQL) and needs the server that
+holds its bound parameters.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import pyarrow as pa
+import pyarrow.flight as flight
+import sqlglot
+from sqlglot import exp
+
+from flight_lstm.errors import InvalidQuery, QueryRefused
+from flight_lstm.server import flight_sql_messages as messages
+from flight_lstm.server import flight_sql_metadata as metadata
+from flight_lstm.server.prepared import STATEMENT_TTL, PreparedStatements
+from flight_lstm.service import Service
+
+ACTIONS = {
+    "CreatePreparedStatement": "Flight SQL: prepare a read-only query (ActionCreatePreparedStatementRequest).",
+    "ClosePreparedStatement": "Flight SQL: close a prepared statement (ActionClosePreparedStatementRequest).",
+    "CloseSession": "Flight SQL: close the session (nothing to do: the server keeps no sessions).",
+}
+WRITES = {"CommandStatementUpdate", "CommandPreparedStatementUpdate", "CommandStatementIngest",
+          "CommandStatementSubstraitPlan"}
+# CloseSessionResult{status: CLOSED}: arrow.flight.protocol's message, field 1 = 1.
+CLOSED_SESSION = b"\x08\x01"
+
+Stream = tuple[pa.Schema, Iterator[pa.RecordBatch], frozenset]
+
+
+def refuse_write(name: str) -> QueryRefused:
+    return QueryRefused(f"flight-lstm is read-only: {name} is refused; queries are SELECT only")
+
+
+class FlightSQL:
+    def __init__(self, service: Service, statement_ttl: float = STATEMENT_TTL):
+        self.service = service
+        self.statements = PreparedStatements(statement_ttl)
+
+    # --- GetFlightInfo / GetSchema ------------------------------------------------------------
+
+    def flight_info(self, name: str, value: bytes, descriptor: flight.FlightDescriptor) -> flight.FlightInfo:
+        if name == "CommandStatementQuery":
+            command = messages.unpack(name, value)
+            _no_transaction(command)
+            schema = self.service.schema(self.service.plan(command.query))
+            ticket = messages.pack(messages.TicketStatementQuery(statement_handle=command.query.encode()))
+        elif name == "CommandPreparedStatementQuery":
+            sql, params = self.statements.get(messages.unpack(name, value).prepared_statement_handle)
+            schema = self.service.schema(self.service.plan(sql), params)
+            ticket = descriptor.command
+        else:
+            schema = self._metadata_schema(name, value)
+            ticket = descriptor.command
+        return flight.FlightInfo(schema, descriptor, [flight.FlightEndpoint(ticket, [])], -1, -1)
+
+    def _metadata_schema(self, name: str, value: bytes) -> pa.Schema:
+        if name == "CommandGetTables":
+            command = messages.unpack(name, value)
+            return metadata.TABLES_WITH_SCHEMA if command.include_schema else metadata.TABLES_SCHEMA
+        fixed = {"CommandGetSqlInfo": metadata.SQL_INFO_SCHEMA, "CommandGetCatalogs": metadata.CATALOGS_SCHEMA,
+                 "CommandGetDbSchemas": metadata.DB_SCHEMAS_SCHEMA,
+                 "CommandGetTableTypes": metadata.TABLE_TYPES_SCHEMA, **metadata.EMPTY_LISTINGS}
+        if name in fixed:
+            return fixed[name]
+        raise unsupported(name)
+
+    # --- DoGet ----------------------------------------------------------------------------------
+
+    def do_get(self, name: str, value: bytes, cancelled: Callable[[], bool]) -> Stream:
+        if name == "TicketStatementQuery":
+            plan = self.service.plan(_utf8(messages.unpack(name, value).statement_handle))
+            return (*self.service.stream(plan, cancelled), plan.operators)
+        if name == "CommandPreparedStatementQuery":
+            sql, params = self.statements.get(messages.unpack(name, value).prepared_statement_handle)
+            plan = self.service.plan(sql)
+            return (*self.service.stream(plan, cancelled, params=params), plan.operators)
+        table = self._metadata_table(name, value)
+        return table.schema, iter(table.to_batches()), frozenset()
+
+    def _metadata_table(self, name: str, value: bytes) -> pa.Table:
+        if name == "CommandGetSqlInfo":
+            info = metadata.sql_info(int(self.statements.ttl * 1000))
+            return metadata.sql_info_table(info, list(messages.unpack(name, value).info))
+        if name == "CommandGetCatalogs":
+            return metadata.CATALOGS_SCHEMA.empty_table()
+        if name == "CommandGetDbSchemas":
+            command = messages.unpack(name, value)
+            if _other_catalog(command):
+                return metadata.DB_SCHEMAS_SCHEMA.empty_table()
+            return metadata.schemas_table(self.service.relations(), _opt(command, "db_schema_filter_pattern"))
+        if name == "CommandGetTables":
+            command = messages.unpack(name, value)
+            if _other_catalog(command):
+                return self._metadata_schema(name, value).empty_table()
+            return metadata.tables_table(
+                self.service.relations(), _opt(command, "db_schema_filter_pattern"),
+                _opt(command, "table_name_filter_pattern"), list(command.table_types),
+                self.service.dataset_schema if command.include_schema else None)
+        if name == "CommandGetTableTypes":
+            return metadata.table_types_table()
+        if name in metadata.EMPTY_LISTINGS:
+            return metadata.EMPTY_LISTINGS[name].empty_table()
+        raise unsupported(name)
+
+    # --- DoPut ----------------------------------------------------------------------------------
+
+    def do_put(self, name: str, value: bytes, reader: flight.MetadataRecordBatchReader) -> bytes:
+        """Bind a prepared query's parameters (one row); the reply keeps the same handle."""
+        if name in WRITES:
+            raise refuse_write(name)
+        if name != "CommandPreparedStatementQuery":
+            raise unsupported(name)
+        handle = messages.unpack(name, value).prepared_statement_handle
+        rows = reader.read_all()
+        if rows.num_rows != 1:
+            raise InvalidQuery(f"bind exactly one row of parameters to a query, got {rows.num_rows}")
+        self.statements.bind(handle, [column[0].as_py() for column in rows.columns])
+        return messages.DoPutPreparedStatementResult(prepared_statement_handle=handle).SerializeToString()
+
+    # --- DoAction -------------------------------------------------------------------------------
+
+    def do_action(self, action: str, body: bytes) -> list[bytes]:
+        if action == "CloseSession":
+            return [CLOSED_SESSION]
+        name, value = messages.flight_sql_type(body) or ("", b"")
+        if action == "CreatePreparedStatement" and name == "ActionCreatePreparedStatementRequest":
+            request = messages.unpack(name, value)
+            _no_transaction(request)
+            plan = self.service.plan(request.query)  # refuses writes and DDL, as every query
+            # With placeholders the result types wait for the values (DoPut), so no schema yet.
+            parameterized = sqlglot.parse_one(plan.sql, read="duckdb").find(exp.Placeholder) is not None
+            schema = b"" if parameterized else self.service.schema(plan).serialize().to_pybytes()
+            result = messages.ActionCreatePreparedStatementResult(
+                prepared_statement_handle=self.statements.open(request.query), dataset_schema=schema)
+            return [messages.pack(result)]
+        if action == "ClosePreparedStatement" and name == "ActionClosePreparedStatementRequest":
+            self.statements.close(messages.unpack(name, value).prepared_statement_handle)
+            return []
+        raise InvalidQuery(f"{action} needs its Flight SQL request message as the body")
+
+
+def unsupported(name: str) -> InvalidQuery:
+    return InvalidQuery(f"Flight SQL {name} is not supported by flight-lstm")
+
+
+def _no_transaction(message) -> None:
+    if message.HasField("transaction_id"):
+        raise InvalidQuery("flight-lstm has no transactions: queries are read-only and run on their own")
+
+
+def _other_catalog(command) -> bool:
+    """There are no catalogs: only a request for all (no catalog) or for none ("") matches."""
+    return command.HasField("catalog") and command.catalog != ""
+
+
+def _opt(message, field: str) -> str | None:
+    return getattr(message, field) if message.HasField(field) else None
+
+
+def _utf8(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidQuery("the statement handle must be UTF-8 SQL text") from None

@@ -1,0 +1,178 @@
+"""What Flight SQL clients ask before they query: server facts (GetSqlInfo) and the catalog listings
+(schemas, tables, table types, keys), as the Arrow tables the specification defines.
+
+There are no catalogs: tables sit in schemas named as the SQL names them (`main` for unqualified
+names, `sch` for `sch.tbl`, a Dremio path's folders), so what a client lists is what it can query.
+"""
+from __future__ import annotations
+
+import re
+from functools import cache
+from importlib.metadata import PackageNotFoundError, version
+
+import duckdb
+import pyarrow as pa
+from sqlglot import exp
+
+DEFAULT_SCHEMA = "main"
+TABLE_TYPES = ("TABLE", "VIEW")
+
+
+class Int32(int):
+    """An int the SqlInfo union carries as `int32_bitmask` (other ints travel as `bigint_value`)."""
+
+
+# --- GetSqlInfo -------------------------------------------------------------------------------
+
+SQL_INFO_VALUE = pa.dense_union([
+    pa.field("string_value", pa.string()),
+    pa.field("bool_value", pa.bool_()),
+    pa.field("bigint_value", pa.int64()),
+    pa.field("int32_bitmask", pa.int32()),
+    pa.field("string_list", pa.list_(pa.string())),
+    pa.field("int32_to_int32_list_map", pa.map_(pa.int32(), pa.list_(pa.int32()))),
+])
+SQL_INFO_SCHEMA = pa.schema([pa.field("info_name", pa.uint32(), nullable=False),
+                             pa.field("value", SQL_INFO_VALUE, nullable=False)])
+
+
+def _version() -> str:
+    try:
+        return version("flight-lstm")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@cache
+def _keywords() -> list[str]:
+    with duckdb.connect() as con:
+        return [k for (k,) in con.execute("SELECT keyword_name FROM duckdb_keywords() ORDER BY 1").fetchall()]
+
+
+def sql_info(statement_ttl_ms: int) -> dict[int, object]:
+    """SqlInfo id -> value; ids and value kinds as in FlightSql.proto and Java's SqlInfoBuilder."""
+    return {
+        0: "flight-lstm",                # server name
+        1: _version(),                   # server version
+        2: pa.__version__,               # Arrow version
+        3: True,                         # read only
+        4: True,                         # speaks SQL
+        5: False,                        # Substrait
+        8: Int32(0),                     # transactions: none
+        9: False,                        # CancelQuery action (a gRPC cancel of DoGet works)
+        100: Int32(statement_ttl_ms),    # prepared statement timeout
+        101: Int32(0),                   # transaction timeout
+        500: False, 501: False, 502: False,  # DDL for catalogs, schemas, tables
+        503: 1,                          # identifiers: case-insensitive (DuckDB)
+        504: '"',                        # identifier quote
+        505: 1,                          # quoted identifiers: case-insensitive too
+        506: True,                       # all tables selectable
+        507: 3,                          # NULLs sort at the end
+        508: _keywords(),
+        513: "\\",                       # search pattern escape
+        514: "",                         # extra identifier characters
+        515: True, 516: True,            # column aliases; NULL + NULL is NULL
+        520: True, 521: True,            # expressions in ORDER BY; ORDER BY unrelated columns
+        522: Int32(0b11),                # GROUP BY unrelated / beyond SELECT
+        523: True,                       # LIKE ... ESCAPE
+        525: Int32(0b11),                # ODBC minimum + core grammar
+        526: Int32(0b1),                 # ANSI-92 entry level
+        528: Int32(2),                   # full outer joins
+        529: "schema", 530: "", 531: "",  # no procedures, no catalogs
+        532: False,                      # catalog at start of a name
+        536: False, 537: False,          # SELECT FOR UPDATE; stored procedures
+        538: Int32(0b1111),              # subqueries in comparisons, EXISTS, IN, quantifieds
+        539: True,                       # correlated subqueries
+        540: Int32(0b11),                # UNION, UNION ALL
+    }
+
+
+def sql_info_table(info: dict[int, object], wanted: list[int]) -> pa.Table:
+    """Rows for the ids asked for (all when none), skipping ids we don't answer."""
+    ids = [i for i in (wanted or sorted(info)) if i in info]
+    children: list[list] = [[] for _ in range(6)]
+    codes, offsets = [], []
+    for i in ids:
+        value = info[i]
+        code = (3 if isinstance(value, Int32) else 1 if isinstance(value, bool) else 2 if isinstance(value, int)
+                else 0 if isinstance(value, str) else 4)
+        codes.append(code)
+        offsets.append(len(children[code]))
+        children[code].append(value)
+    arrays = [pa.array(values, type=field.type) for values, field in zip(children, SQL_INFO_VALUE)]
+    union = pa.UnionArray.from_dense(pa.array(codes, pa.int8()), pa.array(offsets, pa.int32()), arrays,
+                                     [f.name for f in SQL_INFO_VALUE], list(range(6)))
+    return pa.Table.from_arrays([pa.array(ids, pa.uint32()), union], schema=SQL_INFO_SCHEMA)
+
+
+# --- Catalog listings -------------------------------------------------------------------------
+
+def _utf8(name: str, nullable: bool = True) -> pa.Field:
+    return pa.field(name, pa.string(), nullable=nullable)
+
+
+CATALOGS_SCHEMA = pa.schema([_utf8("catalog_name", False)])
+DB_SCHEMAS_SCHEMA = pa.schema([_utf8("catalog_name"), _utf8("db_schema_name", False)])
+TABLES_SCHEMA = pa.schema([_utf8("catalog_name"), _utf8("db_schema_name"), _utf8("table_name", False),
+                           _utf8("table_type", False)])
+TABLES_WITH_SCHEMA = TABLES_SCHEMA.append(pa.field("table_schema", pa.binary(), nullable=False))
+TABLE_TYPES_SCHEMA = pa.schema([_utf8("table_type", False)])
+PRIMARY_KEYS_SCHEMA = pa.schema([_utf8("catalog_name"), _utf8("db_schema_name"), _utf8("table_name", False),
+                                 _utf8("column_name", False), _utf8("key_name"),
+                                 pa.field("key_sequence", pa.int32(), nullable=False)])
+FOREIGN_KEYS_SCHEMA = pa.schema([
+    _utf8("pk_catalog_name"), _utf8("pk_db_schema_name"), _utf8("pk_table_name", False),
+    _utf8("pk_column_name", False), _utf8("fk_catalog_name"), _utf8("fk_db_schema_name"),
+    _utf8("fk_table_name", False), _utf8("fk_column_name", False),
+    pa.field("key_sequence", pa.int32(), nullable=False), _utf8("fk_key_name"), _utf8("pk_key_name"),
+    pa.field("update_rule", pa.uint8(), nullable=False), pa.field("delete_rule", pa.uint8(), nullable=False),
+])
+# No keys are declared anywhere, so these listings are always empty.
+EMPTY_LISTINGS = {"CommandGetPrimaryKeys": PRIMARY_KEYS_SCHEMA, "CommandGetExportedKeys": FOREIGN_KEYS_SCHEMA,
+                  "CommandGetImportedKeys": FOREIGN_KEYS_SCHEMA, "CommandGetCrossReference": FOREIGN_KEYS_SCHEMA}
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """(schema, table) of a table as the SQL names it: `reviews`, `sch.t`, `"my space".folder.t`."""
+    parts = [p.name for p in exp.to_table(name, dialect="duckdb").parts]
+    return (".".join(parts[:-1]) or DEFAULT_SCHEMA), parts[-1]
+
+
+def like(pattern: str | None):
+    """A JDBC/ODBC search pattern (`%`, `_`, `\\` escapes) as a predicate; no pattern matches all."""
+    if pattern is None:
+        return lambda _: True
+    regex = "".join(
+        re.escape(tok[1]) if tok.startswith("\\") else ".*" if tok == "%" else "." if tok == "_" else re.escape(tok)
+        for tok in re.findall(r"\\.|.", pattern, re.S)
+    )
+    compiled = re.compile(regex, re.S)
+    return lambda text: compiled.fullmatch(text) is not None
+
+
+def schemas_table(relations: list[tuple[str, str]], pattern: str | None) -> pa.Table:
+    matches = like(pattern)
+    names = sorted({split_name(n)[0] for n, _ in relations} | {DEFAULT_SCHEMA})
+    names = [n for n in names if matches(n)]
+    return pa.table([pa.nulls(len(names), pa.string()), pa.array(names, pa.string())], schema=DB_SCHEMAS_SCHEMA)
+
+
+def tables_table(relations: list[tuple[str, str]], schema_pattern: str | None, table_pattern: str | None,
+                 types: list[str], schema_of=None) -> pa.Table:
+    """The tables that match; with `schema_of` (name -> Arrow schema), each one's IPC schema too."""
+    in_schema, named = like(schema_pattern), like(table_pattern)
+    rows = []
+    for name, kind in relations:
+        schema, table = split_name(name)
+        if in_schema(schema) and named(table) and (not types or kind in types):
+            rows.append((schema, table, kind, name))
+    rows.sort(key=lambda r: (r[2], r[0], r[1]))
+    columns = [pa.nulls(len(rows), pa.string()), *(pa.array([r[i] for r in rows], pa.string()) for i in range(3))]
+    if schema_of is None:
+        return pa.table(columns, schema=TABLES_SCHEMA)
+    blobs = [schema_of(r[3]).serialize().to_pybytes() for r in rows]
+    return pa.table([*columns, pa.array(blobs, pa.binary())], schema=TABLES_WITH_SCHEMA)
+
+
+def table_types_table() -> pa.Table:
+    return pa.table([pa.array(TABLE_TYPES)], schema=TABLE_TYPES_SCHEMA)
