@@ -77,6 +77,27 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", type=Path, required=True, help="the sst2/ or m4_hourly/ folder (or their parent)")
     evaluate.add_argument("--model", help="name or name@version (default: the shipped model)")
     evaluate.set_defaults(run=_evaluate)
+
+    enrich = commands.add_parser("enrich", help="write a query's rows to a target, incrementally, once or on a schedule")
+    enrich.add_argument("--source", help="duckdb:///abs/path/lake.db or dremio://...")
+    enrich.add_argument("--sql", help='e.g. "SELECT id, sentiment(review) AS sentiment FROM reviews"')
+    enrich.add_argument("--key", help="the column(s) naming a row: id or a,b")
+    enrich.add_argument("--into", help="TABLE (in the DuckDB source), parquet:///abs/dir or "
+                                       "iceberg:///abs/warehouse/namespace.table")
+    when = enrich.add_mutually_exclusive_group()
+    when.add_argument("--every", help="run again at this interval: 30s, 15m, 1h, 1d")
+    when.add_argument("--cron", help='run at these times: "*/15 * * * *"')
+    enrich.add_argument("--watermark", help="re-score rows whose value in this column grew since they were written")
+    enrich.add_argument("--rescore-on-model-change", action="store_true", default=None,
+                        help="re-score rows written by another model than the current one")
+    enrich.add_argument("--chunk-rows", type=int, help="rows per atomic commit (default 10,000)")
+    enrich.add_argument("--jobs", type=Path, help="a TOML file of named jobs (instead of the options above)")
+    enrich.add_argument("--job", help="with --jobs: run only this job")
+    enrich.add_argument("--once", action="store_true", help="run once even if a schedule is given")
+    enrich.add_argument("--wait", action="store_true", help="wait for another run on the same target instead of exiting")
+    enrich.add_argument("--dry-run", action="store_true", help="print the plan and the incremental filter; write nothing")
+    enrich.add_argument("--log-level", default="INFO")
+    enrich.set_defaults(run=_enrich)
     return parser
 
 
@@ -213,6 +234,35 @@ def _evaluate(args) -> int:
 
     report = sentiment_report if args.kind == "sentiment" else forecast_report
     duckdb.from_arrow(report(args.data, args.model)).show(max_width=160)
+    return 0
+
+
+def _enrich(args) -> int:
+    from flight_lstm.enrich import Job, TargetBusy, load_jobs, run, run_scheduled
+    from flight_lstm.errors import FlightLSTMError
+
+    options = {k: getattr(args, k) for k in ("source", "sql", "key", "into", "every", "cron", "watermark",
+                                             "rescore_on_model_change", "chunk_rows")}
+    try:
+        if args.jobs:
+            jobs = load_jobs(args.jobs, args.job)
+        else:
+            jobs = [Job.from_options(options["into"] or "enrich", options)]
+        scheduled = [j for j in jobs if j.schedule] if not (args.once or args.dry_run) else []
+        for job in jobs:
+            if job not in scheduled:
+                print(run(job, dry_run=args.dry_run, wait=args.wait).line(), flush=True)
+        if scheduled:
+            stop = threading.Event()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: stop.set())
+            run_scheduled(scheduled, lambda job: run(job, wait=args.wait, stop=stop), stop)
+    except TargetBusy as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 75  # EX_TEMPFAIL: try again later
+    except FlightLSTMError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

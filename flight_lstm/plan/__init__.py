@@ -42,8 +42,10 @@ class Catalog:
         """Publish `sql` as a named, queryable view; it may use operators and earlier views."""
         self.views[name.lower()] = self._prepare(sql)
 
-    def plan(self, sql: str) -> Plan:
-        return self._finish(self._prepare(sql))
+    def plan(self, sql: str, local_tables: tuple[str, ...] = ()) -> Plan:
+        """`local_tables` names tables the caller registers in the query's own connection (e.g. an
+        enrichment run's already-written keys): they are neither source tables nor pushed down."""
+        return self._finish(self._prepare(sql), {t.lower() for t in local_tables})
 
     def _prepare(self, sql: str) -> exp.Query:
         tree = expand_forecast_tables(parse_one_query(sql))
@@ -51,10 +53,10 @@ class Catalog:
         tree = inline_views(tree, self.views)
         return bind_operators(tree, self.operators, self.check_model)
 
-    def _finish(self, tree: exp.Query) -> Plan:
+    def _finish(self, tree: exp.Query, local_tables: set[str]) -> Plan:
         names = {name: op.name for op in self.operators for name in (op.name, op.with_model_name)}
         called = {names[f.name.lower()] for f in tree.find_all(exp.Anonymous) if f.name.lower() in names}
-        tables, scans = tuple(source_tables(tree)), []
+        tables, scans = tuple(t for t in source_tables(tree) if t.lower() not in local_tables), []
         if self.pushdown_dialect:
-            tree, scans = push_down(tree.copy(), self.pushdown_dialect, set(names), self.columns_of)
+            tree, scans = push_down(tree.copy(), self.pushdown_dialect, set(names), self.columns_of, local_tables)
         return Plan(tree.sql(dialect="duckdb"), tables, frozenset(called), tuple(scans))

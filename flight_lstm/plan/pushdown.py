@@ -23,11 +23,11 @@ Scans = list[tuple[str, str]]
 
 
 def push_down(tree: exp.Query, dialect: str, operators: set[str],
-              columns_of: Callable[[str], list[str]]) -> tuple[exp.Query, Scans]:
+              columns_of: Callable[[str], list[str]], local_tables: set[str] = frozenset()) -> tuple[exp.Query, Scans]:
     """Returns the local query and its scans; `columns_of` names a source table's columns, given
-    the table as SQL in the source's dialect."""
+    the table as SQL in the source's dialect; `local_tables` live in the local connection."""
     scans: Scans = []
-    local = cte_names(tree)
+    local = cte_names(tree) | set(local_tables)
 
     def scan(query: exp.Query) -> str:
         name = f"_scan_{len(scans)}"

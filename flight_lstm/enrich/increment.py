@@ -1,0 +1,111 @@
+"""The incremental filter: which of the query's rows still need scoring, decided before any
+operator runs.
+
+A run puts two queries to the source, each planned like any other:
+- the *keys query*: the user's query with its SELECT list replaced by the key (and watermark)
+  expressions, so it calls no operator at all, compared with the keys already in the target
+  (registered locally as `_done_keys`) to mark each row new, changed or done;
+- the *chunk query*: the user's query with one more WHERE condition, evaluated below the SELECT
+  list where the operators are, keeping only one chunk of the pending keys (`_chunk_keys`).
+
+So a row already scored never reaches a model, whatever order the engine picks for the rest.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlglot import exp
+
+from flight_lstm.errors import InvalidQuery
+from flight_lstm.plan.parse import parse_one_query
+
+DONE, CHUNK = "_done_keys", "_chunk_keys"
+EXISTING, TODO = "__enrich_existing", "__enrich_todo"
+DONE_MODEL, DONE_WATERMARK = "__enrich_model", "__enrich_watermark"
+
+
+def key_column(i: int) -> str:
+    """Names the key columns of `_done_keys`/`_chunk_keys` so they never capture a query's own."""
+    return f"__enrich_k{i}"
+
+
+def quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass(frozen=True)
+class Increment:
+    keys_sql: str  # every candidate key, with EXISTING and TODO flags
+    chunk_sql: str  # the user's query for the keys in CHUNK only
+    done_condition: str  # when a candidate counts as done, for --dry-run
+
+
+def build(sql: str, keys: tuple[str, ...], operators, *, watermark: str | None = None,
+          model: str | None = None, rescore_on_model_change: bool = False) -> Increment:
+    tree = parse_one_query(sql)
+    if not isinstance(tree, exp.Select):
+        raise InvalidQuery("enrichment needs one SELECT (not a UNION or VALUES) so rows can be found by key")
+    if tree.args.get("limit") or tree.args.get("offset"):
+        raise InvalidQuery("enrichment runs the whole query: drop LIMIT/OFFSET")
+    names = {n.lower() for op in operators for n in (op.name, op.with_model_name)}
+    below = tree.copy()
+    below.set("expressions", [exp.null()])
+    if _calls(below, names):
+        raise InvalidQuery("operators may appear only in the SELECT list of the outer query "
+                           "(not in FROM, WHERE, GROUP BY, HAVING or a CTE), so rows can be "
+                           "filtered by key before any model runs")
+    outputs = _outputs(tree)
+    key_exprs = [_expression(outputs, k, "--key", names) for k in keys]
+    for k, e in zip(keys, key_exprs):
+        if e.find(exp.AggFunc, exp.Window):
+            raise InvalidQuery(f"key {k!r} must be computed without aggregates or window functions")
+    probe = tree.copy()
+    probe.set("order", None)
+    selected = [exp.alias_(e.copy(), k, quoted=True) for k, e in zip(keys, key_exprs)]
+    if watermark:
+        if watermark in keys:
+            raise InvalidQuery("the watermark column cannot be a key column")
+        selected.append(exp.alias_(_expression(outputs, watermark, "--watermark", names).copy(), watermark, quoted=True))
+    probe.set("expressions", selected)
+
+    same_key = " AND ".join(f"d.{key_column(i)} IS NOT DISTINCT FROM p.{quote(k)}" for i, k in enumerate(keys))
+    done = same_key
+    if rescore_on_model_change:
+        done += f" AND d.{DONE_MODEL} IS NOT DISTINCT FROM {exp.Literal.string(model).sql() if model else 'NULL'}"
+    if watermark:
+        done += f" AND NOT coalesce(p.{quote(watermark)} > d.{DONE_WATERMARK}, false)"
+    keys_sql = (f"SELECT p.*, EXISTS (SELECT 1 FROM {DONE} AS d WHERE {same_key}) AS {EXISTING}, "
+                f"NOT EXISTS (SELECT 1 FROM {DONE} AS d WHERE {done}) AS {TODO} "
+                f"FROM ({probe.sql(dialect='duckdb')}) AS p")
+    in_chunk = " AND ".join(f"c.{key_column(i)} IS NOT DISTINCT FROM ({e.sql(dialect='duckdb')})"
+                            for i, e in enumerate(key_exprs))
+    chunk = tree.copy().where(f"EXISTS (SELECT 1 FROM {CHUNK} AS c WHERE {in_chunk})", dialect="duckdb")
+    return Increment(keys_sql, chunk.sql(dialect="duckdb"), done)
+
+
+def _outputs(select: exp.Select) -> dict[str, exp.Expression] | None:
+    """Output name -> expression; None stands for a `*` (names then come from the FROM)."""
+    outputs: dict = {}
+    for e in select.expressions:
+        if isinstance(e, exp.Star) or (isinstance(e, exp.Column) and isinstance(e.this, exp.Star)):
+            outputs[None] = e
+        else:
+            outputs[e.alias_or_name] = e.unalias()
+    return outputs
+
+
+def _expression(outputs: dict, name: str, option: str, operators: set[str]) -> exp.Expression:
+    found = outputs.get(name)
+    if found is None:
+        found = next((e for n, e in outputs.items() if n is not None and n.lower() == name.lower()), None)
+    if found is None and None in outputs:
+        found = exp.column(name, quoted=True)
+    if found is None:
+        raise InvalidQuery(f"{option} {name!r} is not a column of the query's output")
+    if _calls(found, operators):
+        raise InvalidQuery(f"{option} {name!r} is computed by an operator; it must come from the source")
+    return found
+
+
+def _calls(node: exp.Expression, operators: set[str]) -> bool:
+    return any(f.name.lower() in operators for f in node.find_all(exp.Anonymous))

@@ -1,0 +1,35 @@
+"""One writer per target: an flock on a file beside it, released by the kernel if the run dies."""
+from __future__ import annotations
+
+import fcntl
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+from flight_lstm.errors import FlightLSTMError
+from flight_lstm.sinks.base import TargetError
+
+
+class TargetBusy(FlightLSTMError):
+    """Another run is writing the same target."""
+
+
+@contextmanager
+def target_lock(path: Path, target: str, *, wait: bool = False):
+    """Hold the target's lock for the block; without `wait`, raise TargetBusy if it is held."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except FileNotFoundError:
+        raise TargetError(f"cannot write {target}: directory {path.parent} does not exist") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise TargetBusy(f"another enrichment run (pid {holder}) is writing {target}; this run "
+                             f"wrote nothing (pass --wait to queue behind it; lock: {path})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing drops the flock

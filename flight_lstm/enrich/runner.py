@@ -1,0 +1,124 @@
+"""One enrichment run: find the pending keys, score them chunk by chunk, commit each chunk.
+
+Exactly once, whatever kills the run: each chunk's commit is atomic in the target, and the next
+run's keys query skips every key a commit made visible. Between chunks the source is closed, so
+a DuckDB file alternates between this run's commits and the server's read-only queries.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from flight_lstm.enrich import increment, lineage
+from flight_lstm.enrich.increment import CHUNK, DONE, DONE_MODEL, DONE_WATERMARK, EXISTING, TODO, key_column
+from flight_lstm.enrich.job import Job, JobError
+from flight_lstm.enrich.lock import target_lock
+from flight_lstm.enrich.progress import Progress, Summary
+from flight_lstm.execute import Engine
+from flight_lstm.plan import Plan
+from flight_lstm.service import Service
+from flight_lstm.sinks import TargetError, open_sink
+from flight_lstm.sources import open_source
+from udfs import OPERATORS
+
+
+def run(job: Job, *, dry_run: bool = False, wait: bool = False, stop: threading.Event | None = None,
+        out: Callable[[str], None] = print) -> Summary:
+    """Run `job` once. `stop` ends the run after the chunk being committed; `out` prints the dry run."""
+    started = time.monotonic()
+    service = Service(open_source(job.source))
+    sink = open_sink(job.into, source_uri=job.source)
+    summary = Summary(job.name, sink.describe())
+    if (job.watermark or job.rescore_on_model_change) and not sink.replaces:
+        raise JobError(f"{sink.describe()} is append-only: --watermark and --rescore-on-model-change "
+                       "need a target that can replace rows (a DuckDB table or Iceberg)")
+    model = lineage.model_of(job.sql, OPERATORS)
+    output = service.schema(service.plan(job.sql))  # checks the query; no operator runs
+    expected = lineage.with_lineage(output)
+    plan = increment.build(job.sql, job.keys, OPERATORS, watermark=job.watermark, model=model,
+                           rescore_on_model_change=job.rescore_on_model_change)
+    keys_plan = service.catalog.plan(plan.keys_sql, local_tables=(DONE,))
+    chunk_plan = service.catalog.plan(plan.chunk_sql, local_tables=(CHUNK,))
+
+    with target_lock(sink.lock_path, sink.describe(), wait=wait):
+        sink.recover()
+        existing = sink.schema()
+        if existing is not None and set(existing.names) != set(expected.names):
+            raise TargetError(f"{sink.describe()} has columns {existing.names}, the job writes {expected.names}")
+        target = existing or expected
+        done = _done_keys(sink, existing, job, output)
+        candidates = _collect(service.engine, keys_plan, {DONE: done})
+        pending = candidates.filter(candidates.column(TODO))
+        _check_unique(pending, job.keys)
+        summary.read, summary.skipped = candidates.num_rows, candidates.num_rows - pending.num_rows
+        if dry_run:
+            out(_describe(job, sink.describe(), model, plan, keys_plan, chunk_plan, summary, pending))
+            summary.seconds = time.monotonic() - started
+            return summary
+        with Progress(job.name, pending.num_rows) as progress:
+            for offset in range(0, pending.num_rows, job.chunk_rows):
+                if stop is not None and stop.is_set():
+                    break
+                chunk = pending.slice(offset, job.chunk_rows)
+                wanted = pa.table({key_column(i): chunk.column(k) for i, k in enumerate(job.keys)})
+                rows = _collect(service.engine, chunk_plan, {CHUNK: wanted})
+                summary.scored += rows.num_rows
+                rows = _conform(lineage.stamp(rows, model), target)
+                sink.commit(rows, list(job.keys), replace=bool(pc.any(chunk.column(EXISTING)).as_py()))
+                summary.written += rows.num_rows
+                summary.chunks += 1
+                progress.update(rows.num_rows)
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _collect(engine: Engine, plan: Plan, tables: dict[str, pa.Table]) -> pa.Table:
+    """Run to the end, so the source connection is closed before anything is written."""
+    schema, batches = engine.stream(plan, extra_tables=tables)
+    return pa.Table.from_batches(list(batches), schema)
+
+
+def _done_keys(sink, existing: pa.Schema | None, job: Job, output: pa.Schema) -> pa.Table:
+    """What the target already holds, by key: with the model and watermark that scored it."""
+    columns = {key_column(i): k for i, k in enumerate(job.keys)}
+    columns[DONE_MODEL] = lineage.MODEL
+    if job.watermark:
+        columns[DONE_WATERMARK] = job.watermark
+    if existing is None:
+        types = {k: output.field(k).type for k in output.names} | {lineage.MODEL: pa.string()}
+        return pa.table({ours: pa.array([], types[theirs]) for ours, theirs in columns.items()})
+    table = sink.read(list(dict.fromkeys(columns.values())))
+    return pa.table({ours: table.column(theirs) for ours, theirs in columns.items()})
+
+
+def _check_unique(pending: pa.Table, keys: tuple[str, ...]) -> None:
+    counts = pending.group_by(list(keys)).aggregate([([], "count_all")])
+    repeated = counts.filter(pc.greater(counts.column("count_all"), 1))
+    if repeated.num_rows:
+        example = {k: repeated.column(k)[0].as_py() for k in keys}
+        raise JobError(f"the key ({', '.join(keys)}) is not unique in the query's result: "
+                       f"{repeated.num_rows} key(s) repeat, e.g. {example}")
+
+
+def _conform(rows: pa.Table, schema: pa.Schema) -> pa.Table:
+    """The target's column order and types (an existing target may store e.g. large strings)."""
+    try:
+        return rows.select(schema.names).cast(pa.schema([pa.field(f.name, f.type) for f in schema]))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, KeyError) as e:
+        raise TargetError(f"the rows do not fit the target's columns: {e}") from None
+
+
+def _describe(job, target, model, plan, keys_plan, chunk_plan, summary, pending) -> str:
+    chunks = -(-pending.num_rows // job.chunk_rows)
+    scans = "".join(f"\n  source scan {name}: {sql}" for name, sql in (*keys_plan.scans, *chunk_plan.scans))
+    return (f"dry run of job {job.name} -> {target} (nothing written)\n"
+            f"model: {model}\n"
+            f"keys query (no operators):\n  {keys_plan.sql}\n"
+            f"incremental filter: a row is done when {DONE} AS d holds {plan.done_condition}\n"
+            f"chunk query (operators run only on the chunk's keys):\n  {chunk_plan.sql}{scans}\n"
+            f"rows: {summary.read} in the query, {summary.skipped} done, {pending.num_rows} to score "
+            f"in {chunks} chunk(s) of up to {job.chunk_rows}")

@@ -1,0 +1,54 @@
+"""The one small interface every enrichment target implements: atomic, idempotent commits of
+batches of rows, and a way to read back what is already there (so a rerun skips it)."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import pyarrow as pa
+
+from flight_lstm.errors import FlightLSTMError
+
+
+class TargetError(FlightLSTMError):
+    """The target cannot take the rows: missing schema, different columns, unwritable."""
+
+
+class Sink(ABC):
+    """Where an enrichment run writes. Each `commit` is all-or-nothing for readers and for a run
+    killed at any moment, so a rerun that skips the keys already written ends with each key once."""
+
+    scheme: str
+    # Whether `commit(..., replace=True)` can swap rows of keys already written (re-scoring).
+    replaces: bool = True
+
+    @classmethod
+    @abstractmethod
+    def from_uri(cls, uri: str, *, source_uri: str) -> "Sink":
+        """Build from the `--into` value; `source_uri` is the job's source (a table target lives there)."""
+
+    @property
+    @abstractmethod
+    def lock_path(self) -> Path:
+        """The file whose flock keeps two runs from writing this target at once."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """A short, secret-free name for logs."""
+
+    @abstractmethod
+    def schema(self) -> pa.Schema | None:
+        """The target's columns, or None when it does not exist yet (the first commit creates it).
+        Raise TargetError when it cannot exist (e.g. its schema or namespace is missing)."""
+
+    @abstractmethod
+    def read(self, columns: list[str]) -> pa.Table:
+        """These columns of every row written so far (the target exists)."""
+
+    @abstractmethod
+    def commit(self, rows: pa.Table, keys: list[str], *, replace: bool) -> None:
+        """Make `rows` visible at once, creating the target if needed; with `replace`, rows already
+        written under the same keys go in the same commit."""
+
+    def recover(self) -> None:
+        """Clear what a killed run left behind (called under the lock, before anything is read)."""
