@@ -34,7 +34,7 @@ def exchange(
             _check_row_by_row(con, plan.sql)
             out = con.sql(plan.sql).limit(0).to_arrow_table().schema
     except BaseException:
-        con.close()
+        engine.release(con)
         raise
     return out, _run(con, plan.sql, out, batches, cancelled, engine)
 
@@ -68,7 +68,7 @@ def _run(con, sql, schema, batches, cancelled, engine) -> Iterator[pa.RecordBatc
         done.set()
         con.interrupt()
         watchdog.join()
-        con.close()
+        engine.release(con)
 
 
 def _one_batch(table: pa.Table, schema: pa.Schema) -> pa.RecordBatch:

@@ -167,3 +167,35 @@ def test_server_holds_no_lock_between_queries(lake, client):
     run(client, "SELECT sentiment(review) FROM reviews")
     with duckdb.connect(lake) as writer:  # a read-write open succeeds: nothing is held
         assert writer.execute("SELECT count(*) FROM reviews").fetchone()[0] == len(REVIEWS)
+
+
+def test_a_stream_dropped_unread_still_lets_go_of_the_file(lake):
+    import gc
+
+    import duckdb
+
+    engine = Engine(DuckDBSource(lake), OPERATORS)
+    for _ in range(3):
+        schema, batches = engine.stream(Plan("SELECT * FROM reviews", ("reviews",), frozenset()))
+        del batches
+    gc.collect()
+    with duckdb.connect(lake) as writer:
+        assert writer.execute("SELECT count(*) FROM reviews").fetchone()[0] == len(REVIEWS)
+
+
+def test_concurrent_queries_share_one_attachment(lake):
+    from concurrent.futures import ThreadPoolExecutor
+
+    engine = Engine(DuckDBSource(lake), OPERATORS)
+    plan = Plan("SELECT count(*) AS n, max(sentiment(review)) AS s FROM reviews", ("reviews",), frozenset({"sentiment"}))
+
+    def one(_):
+        schema, batches = engine.stream(plan)
+        return [b.column(0)[0].as_py() for b in batches]
+
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(one, range(12))) == [[len(REVIEWS)]] * 12
+    import duckdb
+
+    with duckdb.connect(lake) as writer:  # and lets go of the file when the last one ends
+        writer.execute("SELECT 1")

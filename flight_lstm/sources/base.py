@@ -10,8 +10,9 @@ from flight_lstm.plan import Plan
 
 
 class Source(ABC):
-    """Where tables come from. A query runs in a fresh local DuckDB connection; a source makes the
-    tables a plan reads visible there, for the life of that one query, and holds nothing between."""
+    """Where tables come from. A query runs in its own cursor of the engine's DuckDB; a source makes
+    the tables a plan reads visible there, for the life of that one query, and holds nothing
+    between queries."""
 
     scheme: str
     # A source that runs SQL itself names its sqlglot dialect; the planner then pushes work to it.
@@ -36,6 +37,14 @@ class Source(ABC):
     @abstractmethod
     def describe(self) -> str:
         """A short, secret-free description for logs and the health action."""
+
+    def detach(self, con: duckdb.DuckDBPyConnection, plan: Plan) -> None:
+        """The query that `attach` served is over (its cursor closed): let go of what it held,
+        through `con`, another cursor of the same database."""
+
+    def allowed_paths(self) -> list[str]:
+        """Files the engine's database may still open once file access is off (the source's own)."""
+        return []
 
     def columns(self, table: str) -> list[str]:
         """Column names of a table (a SQL reference in the source's dialect). Pushdown sources

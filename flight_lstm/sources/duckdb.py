@@ -1,7 +1,9 @@
-"""A DuckDB file as the source: attached read-only for each query, so no lock outlives a query
-and a writer (an enrichment run, a loader) can take the file between queries."""
+"""A DuckDB file as the source: attached read-only while queries run and detached when the last
+one ends, so no lock outlives the queries and a writer (an enrichment run, a loader) can take the
+file between them."""
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -19,6 +21,8 @@ class DuckDBSource(Source):
 
     def __init__(self, path: str | Path):
         self.path = Path(path).resolve()
+        self._lock = threading.Lock()
+        self._queries = 0  # queries that have the file attached in the engine's database
 
     @classmethod
     def from_uri(cls, uri: str) -> "DuckDBSource":
@@ -33,7 +37,7 @@ class DuckDBSource(Source):
     def tables(self) -> list[str]:
         con = duckdb.connect()
         try:
-            self.attach(con, None)
+            self._attach(con)
             rows = con.execute(
                 "SELECT table_schema, table_name FROM information_schema.tables "
                 "WHERE table_catalog = ? ORDER BY 1, 2",
@@ -44,6 +48,22 @@ class DuckDBSource(Source):
         return [name if schema == "main" else f"{schema}.{name}" for schema, name in rows]
 
     def attach(self, con: duckdb.DuckDBPyConnection, plan: Plan | None, *, schema_only: bool = False) -> None:
+        with self._lock:
+            if self._queries == 0:
+                self._attach(con)
+            self._queries += 1
+        con.execute(f"USE {ALIAS}")
+
+    def detach(self, con: duckdb.DuckDBPyConnection, plan: Plan) -> None:
+        with self._lock:
+            self._queries -= 1
+            if self._queries == 0:
+                con.execute(f"DETACH {ALIAS}")
+
+    def allowed_paths(self) -> list[str]:
+        return [str(self.path), f"{self.path}.wal"]
+
+    def _attach(self, con: duckdb.DuckDBPyConnection) -> None:
         if not self.path.is_file():
             raise SourceUnavailable(f"DuckDB file {self.path.name} does not exist")
         literal = str(self.path).replace("'", "''")
@@ -55,7 +75,6 @@ class DuckDBSource(Source):
                     f"DuckDB file {self.path.name} is locked by a writer; retry shortly"
                 ) from None
             raise SourceUnavailable(f"cannot open DuckDB file {self.path.name}") from None
-        con.execute(f"USE {ALIAS}")
 
     def describe(self) -> str:
         return f"duckdb:{self.path.name}"
