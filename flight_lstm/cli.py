@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", type=Path, help="serve TLS only, with this certificate (PEM)")
     serve.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")
     serve.add_argument("--tls-client-ca", type=Path, help="require client certificates signed by this CA (mutual TLS)")
+    serve.add_argument("--grace-seconds", type=float, default=30.0,
+                       help="on SIGTERM, how long in-flight queries may take to finish")
     serve.add_argument("--log-level", default="INFO")
     serve.set_defaults(run=_serve)
 
@@ -109,12 +111,27 @@ def _serve(args) -> int:
     views = dict(_split_view(v) for v in args.view)
     service = Service(open_source(args.source), views=views, batch_rows=args.batch_rows,
                       memory_limit=args.memory_limit, threads=args.threads)
+    try:
+        service.warm_up()
+    except Exception as e:  # a server that cannot score must not start half-working
+        raise SystemExit(f"error: the models failed to load: {e}") from None
     options, scheme = _security(args)
     server = FlightLSTMServer(service, f"{scheme}://{args.host}:{args.port}", **options)
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    signal.signal(signal.SIGTERM, lambda *_: _drain(server, args.grace_seconds))
     print(f"flight-lstm serving {service.source.describe()} on {scheme}://{args.host}:{server.port}", flush=True)
     server.serve()
     return 0
+
+
+def _drain(server, grace_seconds: float) -> None:
+    """SIGTERM: stop taking calls and let in-flight ones finish, for at most the grace period."""
+    def stop():
+        timer = threading.Timer(grace_seconds, lambda: os._exit(0))
+        timer.daemon = True
+        timer.start()
+        server.shutdown()
+
+    threading.Thread(target=stop, daemon=True).start()
 
 
 def _security(args) -> tuple[dict, str]:

@@ -49,3 +49,46 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "server stopped" in out
     png = tmp_path / "forecast.png"
     assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sigterm_lets_a_running_query_finish_then_exits_zero(tmp_path):
+    import os
+    import threading
+    import time
+
+    import pyarrow.flight as flight
+
+    from conftest import make_lake
+
+    lake = make_lake(tmp_path / "lake.db")
+    server = subprocess.Popen([sys.executable, "-m", "flight_lstm.cli", "serve", "--source", f"duckdb://{lake}",
+                               "--port", "0", "--grace-seconds", "60"], stdout=subprocess.PIPE, text=True)
+    uri = server.stdout.readline().strip().rsplit(" on ", 1)[1]
+    client = flight.connect(uri)
+    result = {}
+    slow = "SELECT count(*) AS n, sum(length(sentiment(repeat('good ', 50) || range)::VARCHAR)) AS s FROM range(20000)"
+
+    def query():
+        result["n"] = client.do_get(flight.Ticket(slow.encode())).read_all().column("n")[0].as_py()
+
+    worker = threading.Thread(target=query)
+    worker.start()
+    time.sleep(1.0)  # the query is running
+    os.kill(server.pid, 15)
+    worker.join(timeout=120)
+    assert result.get("n") == 20000
+    assert server.wait(timeout=60) == 0
+
+
+def test_models_that_fail_to_load_stop_the_server_at_start(tmp_path):
+    from conftest import make_lake
+
+    lake = make_lake(tmp_path / "lake.db")
+    broken = tmp_path / "models" / "sst2-bilstm" / "99"
+    broken.mkdir(parents=True)
+    (broken / "card.json").write_text('{"name": "sst2-bilstm", "version": "99", "kind": "sentiment", "created": "x"}')
+    (broken / "model.pt").write_bytes(b"not a model")
+    result = subprocess.run([sys.executable, "-m", "flight_lstm.cli", "serve", "--source", f"duckdb://{lake}", "--port", "0"],
+                            capture_output=True, text=True, timeout=120,
+                            env={**__import__("os").environ, "FLIGHT_LSTM_MODELS": str(tmp_path / "models")})
+    assert result.returncode != 0 and "models failed to load" in result.stderr
