@@ -93,3 +93,8 @@ def test_view_may_build_on_an_earlier_view(catalog):
 def test_a_view_must_itself_be_safe(catalog):
     with pytest.raises(QueryRefused):
         catalog.add_view("bad", "SELECT * FROM read_csv('/etc/passwd')")
+
+
+def test_a_view_may_be_named_with_schema_main(catalog):
+    plan = catalog.plan("SELECT * FROM main.scored")
+    assert plan.sql.startswith("WITH scored AS") and plan.tables == ("reviews",)

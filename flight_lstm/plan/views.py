@@ -25,6 +25,9 @@ def inline_views(tree: exp.Query, views: dict[str, exp.Query]) -> exp.Query:
     if not views:
         return tree
     shadowed = cte_names(tree)
+    for table in tree.find_all(exp.Table):  # Flight SQL clients list views under schema main
+        if table.db.lower() == "main" and not table.catalog and table.name.lower() in views:
+            table.set("db", None)
     used = [
         name
         for name in dict.fromkeys(t.name.lower() for t in tree.find_all(exp.Table) if not t.db)
