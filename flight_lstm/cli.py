@@ -84,8 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     enrich.add_argument("--source", help="duckdb:///abs/path/lake.db or dremio://...")
     enrich.add_argument("--sql", help='e.g. "SELECT id, sentiment(review) AS sentiment FROM reviews"')
     enrich.add_argument("--key", help="the column(s) naming a row: id or a,b")
-    enrich.add_argument("--into", help="TABLE (in the DuckDB source), parquet:///abs/dir or "
-                                       "iceberg:///abs/warehouse/namespace.table")
+    enrich.add_argument("--into", help="TABLE (in the DuckDB source), parquet:///abs/dir, "
+                                       "iceberg:///abs/warehouse/namespace.table or dremio:space.folder.table")
     when = enrich.add_mutually_exclusive_group()
     when.add_argument("--every", help="run again at this interval: 30s, 15m, 1h, 1d")
     when.add_argument("--cron", help='run at these times: "*/15 * * * *"')

@@ -4,6 +4,10 @@ It follows what /work/shared/notes/dremio-flight.md records of Dremio OSS 25.2 (
 session service, GetFlightInfo + DoGet); it is a test double, so server-side tracebacks in error
 messages are fine. Dremio paths of any length and quoting are mapped to DuckDB table names.
 
+Writes (§4): CTAS, INSERT and DELETE run through the same GetFlightInfo (validated, nothing runs)
++ DoGet (the statement runs, each one on its own, as Dremio has no transactions), answering one
+row of one BIGINT column `Records`. A CTAS lists its new table as Dremio does; still no DoPut.
+
     standin = DremioStandin(con, {'"my space"."folder.with.dots".sub.reviews': "reviews"},
                             users={"alice": "pw"}, pats={"pat-1": "alice"})
     standin.start()           # grpc://127.0.0.1:<port>
@@ -28,6 +32,8 @@ from sqlglot import exp
 SESSION_HEADERS = ("routing_tag", "routing_queue", "schema", "quoting", "routing_engine", "supports_complex_types")
 INFO_TABLES = "_dremio_information_schema_tables"
 INFO_SCHEMATA = "_dremio_information_schema_schemata"
+RECORDS = pa.schema([pa.field("Records", pa.int64())])  # what a write answers
+WRITES = (exp.Insert, exp.Create, exp.Delete)
 
 
 def parse_path(path: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -143,7 +149,9 @@ class DremioStandin:
         self.open_streams = 0  # DoGets still running (a cancelled one ends within a batch or two)
         self.tokens: dict[str, str] = {}  # bearer tokens issued and still valid -> user
         self.sessions: dict[str, Session] = {}
-        self.statements: dict[str, tuple[str, pa.Schema]] = {}  # ticket handle -> (DuckDB SQL, schema)
+        # Ticket handle -> (DuckDB SQL, schema, the path a CTAS creates).
+        self.statements: dict[str, tuple[str, pa.Schema, tuple | None]] = {}
+        self._writing = threading.Lock()  # one write at a time, each on its own
         # Switches.
         self.fail_after: int | None = None  # batches a DoGet sends before failing with `fail_with()`
         self.fail_with = lambda: flight.FlightInternalError("ExecutionSetupException: a fragment failed")
@@ -246,46 +254,63 @@ class DremioStandin:
         session = self.sessions.get(context.get_middleware("dremio").call.session)
         with self._lock:
             self.sql.append(sql)
-        duck = self._to_duckdb(sql, session)
+        duck, write, created = self._to_duckdb(sql, session)
         cur = self.con.cursor()
         try:
-            schema = cur.sql(f"SELECT * FROM ({duck}) AS q LIMIT 0").to_arrow_table().schema
+            if write:
+                cur.execute(f"EXPLAIN {duck}")  # binds (tables, columns, types) without running
+                schema = RECORDS
+            else:
+                schema = cur.sql(f"SELECT * FROM ({duck}) AS q LIMIT 0").to_arrow_table().schema
         except duckdb.Error as e:
             raise pa.ArrowInvalid(f"VALIDATION ERROR: {str(e).splitlines()[0]}") from None
         finally:
             cur.close()
         handle = str(next(self._ids))
         with self._lock:
-            self.statements[handle] = (duck, schema)
+            self.statements[handle] = (duck, schema, created)
         ticket = flight.Ticket(json.dumps({"query": sql, "handle": handle}).encode())
         return flight.FlightInfo(schema, descriptor, [flight.FlightEndpoint(ticket, [])], -1, -1)
 
-    def _to_duckdb(self, sql: str, session: Session | None) -> str:
+    def _to_duckdb(self, sql: str, session: Session | None) -> tuple[str, bool, tuple | None]:
+        """The statement in DuckDB's SQL, whether it writes, and the path a CTAS creates."""
         try:
             tree = sqlglot.parse_one(sql, read="dremio")
         except sqlglot.errors.ParseError as e:
             raise pa.ArrowInvalid(f"PARSE ERROR: {str(e).splitlines()[0]}") from None
         ctes = {c.alias_or_name.lower() for c in tree.find_all(exp.CTE)}
         default = _key(parse_path(session.headers["schema"])) if session and session.headers.get("schema") else ()
+        created = None
+        if isinstance(tree, exp.Create):
+            if tree.kind != "TABLE" or not isinstance(tree.expression, exp.Query):
+                raise NotImplementedError("the stand-in runs CREATE TABLE ... AS SELECT only")
+            target = tree.this if isinstance(tree.this, exp.Table) else tree.this.this
+            created = (*default, *(p.name for p in target.parts))
+            if _key(created) in self.paths:
+                raise pa.ArrowInvalid(f"VALIDATION ERROR: A table or view with given name "
+                                      f"[{'.'.join(created)}] already exists")
+            target.replace(exp.Table(this=exp.to_identifier("/".join(created), quoted=True)))
         for table in list(tree.find_all(exp.Table)):
             parts = tuple(p.name for p in table.parts)
-            if len(parts) == 1 and parts[0].lower() in ctes:
+            if (len(parts) == 1 and parts[0].lower() in ctes) or (created and parts == ("/".join(created),)):
                 continue
             name = self.paths.get(_key((*default, *parts))) or self.paths.get(_key(parts))
             if name is None:
                 raise pa.ArrowInvalid(f"VALIDATION ERROR: Table '{'.'.join(parts)}' not found")
-            new = exp.to_table(name, quoted=True)
+            new = exp.Table(this=exp.to_identifier(name, quoted=True))  # a DuckDB name may hold dots
             alias = table.args.get("alias")
             if alias is not None:
                 new.set("alias", alias)
             table.replace(new)
-        return tree.sql(dialect="duckdb")
+        return tree.sql(dialect="duckdb"), isinstance(tree, WRITES), created
 
     def _do_get(self, context, ticket) -> flight.FlightDataStream:
         handle = json.loads(ticket.ticket)["handle"]
         with self._lock:
             self.do_gets += 1
-            duck, schema = self.statements[handle]
+            duck, schema, created = self.statements[handle]
+        if schema is RECORDS:  # a write
+            return flight.RecordBatchStream(self._write(duck, created))
         cur = self.con.cursor()
         reader = cur.sql(duck).to_arrow_reader(self.batch_rows)
 
@@ -309,6 +334,23 @@ class DremioStandin:
                     self.open_streams -= 1
 
         return flight.GeneratorStream(schema, batches())
+
+    def _write(self, duck: str, created: tuple | None) -> pa.Table:
+        """Run one write to its end, committed on its own; a new table joins the catalog."""
+        with self._writing:
+            cur = self.con.cursor()
+            try:
+                records = cur.execute(duck).fetchone()[0]
+            except duckdb.Error as e:
+                raise flight.FlightInternalError(f"DML failed: {str(e).splitlines()[0]}") from None
+            finally:
+                cur.close()
+            if created is not None:
+                with self._lock:
+                    self.paths[_key(created)] = "/".join(created)
+                    self.shown[_key(created)] = created
+                self._info_tables()
+        return pa.table({"Records": pa.array([records], pa.int64())})
 
     # -- Dremio's catalog, for INFORMATION_SCHEMA
 

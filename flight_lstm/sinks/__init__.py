@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 
 from flight_lstm.sinks.base import Sink, TargetError
+from flight_lstm.sinks.dremio import DremioSink
 from flight_lstm.sinks.duckdb import DuckDBTableSink
 from flight_lstm.sinks.iceberg import IcebergSink
 from flight_lstm.sinks.parquet import ParquetSink
 
-SINKS: dict[str, type[Sink]] = {s.scheme: s for s in (DuckDBTableSink, ParquetSink, IcebergSink)}
+SINKS: dict[str, type[Sink]] = {s.scheme: s for s in (DuckDBTableSink, ParquetSink, IcebergSink, DremioSink)}
 
 
 def open_sink(into: str, *, source_uri: str) -> Sink:
