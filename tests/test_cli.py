@@ -84,9 +84,13 @@ def test_models_that_fail_to_load_stop_the_server_at_start(tmp_path):
     from conftest import make_lake
 
     lake = make_lake(tmp_path / "lake.db")
-    broken = tmp_path / "models" / "sst2-bilstm" / "99"
+    from udfs.base import registry
+
+    default = registry().resolve("sentiment")  # shadowed by a broken copy, searched first
+    broken = tmp_path / "models" / default.name / default.version
     broken.mkdir(parents=True)
-    (broken / "card.json").write_text('{"name": "sst2-bilstm", "version": "99", "kind": "sentiment", "created": "x"}')
+    (broken / "card.json").write_text(
+        f'{{"name": "{default.name}", "version": "{default.version}", "kind": "sentiment", "created": "x"}}')
     (broken / "model.pt").write_bytes(b"not a model")
     result = subprocess.run([sys.executable, "-m", "flight_lstm.cli", "serve", "--source", f"duckdb://{lake}", "--port", "0"],
                             capture_output=True, text=True, timeout=120,
