@@ -22,6 +22,10 @@ from flight_lstm.plan import Catalog
 from flight_lstm.sinks import TargetError, open_sink
 from udfs import OPERATORS
 
+from udfs.base import registry  # noqa: E402
+
+SENTIMENT_REF = registry().resolve("sentiment").ref  # lineage names the model that scored
+
 sentiment_module = importlib.import_module("udfs.sentiment")  # the package re-exports a function of that name
 
 WORDS = ["a moving , beautifully acted film .", "dull , lifeless and far too long .", "It isn't good at all.",
@@ -83,7 +87,7 @@ def test_first_run_writes_every_row_with_lineage_and_second_writes_nothing(lake,
     assert (first.read, first.scored, first.written, first.skipped, first.chunks) == (60, 60, 60, 0, 3)
     rows = target_rows(lake, into)
     assert rows.column("id").to_pylist() == list(range(60))
-    assert set(rows.column("_model").to_pylist()) == {"sst2-bilstm@1"}
+    assert set(rows.column("_model").to_pylist()) == {SENTIMENT_REF}
     assert rows.schema.field("_scored_at").type.tz in ("UTC", "Etc/UTC")
     assert rows.column("sentiment")[0].as_py() > 0.5 and rows.column("sentiment")[1].as_py() < -0.5
     assert sum(calls) == 60
@@ -132,7 +136,7 @@ def test_rescore_on_model_change(lake, calls):
     summary = run(job(lake, rescore_on_model_change=True))
     assert summary.written == 5 and sum(calls) == 5
     rows = target_rows(lake)
-    assert rows.num_rows == 60 and set(rows.column("_model").to_pylist()) == {"sst2-bilstm@1"}
+    assert rows.num_rows == 60 and set(rows.column("_model").to_pylist()) == {SENTIMENT_REF}
 
 
 def test_composite_key_and_aliased_key(lake, calls):

@@ -20,7 +20,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from dremio_standin import DremioStandin  # noqa: E402
-from test_enrich import calls, make_reviews  # noqa: E402,F401  (calls is a fixture)
+from test_enrich import SENTIMENT_REF, calls, make_reviews  # noqa: E402,F401  (calls is a fixture)
 from test_enrich_kill import kill_after_commits  # noqa: E402
 
 import flight_lstm.sinks.dremio as dremio_sink  # noqa: E402
@@ -73,7 +73,7 @@ def test_first_run_writes_every_row_with_lineage_and_second_writes_nothing(stand
     assert (first.read, first.scored, first.written, first.skipped, first.chunks) == (60, 60, 60, 0, 3)
     rows = target(standin.port).sort_by("id")
     assert rows.column("id").to_pylist() == list(range(60))
-    assert set(rows.column("_model").to_pylist()) == {"sst2-bilstm@1"}
+    assert set(rows.column("_model").to_pylist()) == {SENTIMENT_REF}
     assert rows.schema.field("_scored_at").type == pa.timestamp("us", tz="UTC")
     assert abs(rows.column("_scored_at")[0].as_py() - datetime.now(timezone.utc)).total_seconds() < 60
     assert rows.column("review")[2].as_py() == "It isn't good at all."

@@ -3,6 +3,7 @@
 import json
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -15,13 +16,16 @@ from flight_lstm.models import (
     Registry,
     SentimentModel,
     default_registry,
+    evaluate_sentiment,
+    load_sst2,
     tokenize,
     train_forecast,
     train_sentiment,
 )
 from flight_lstm.models.forecast import fill_gaps, fit_forecast, naive2, seasonality_test, to_arrow
-from flight_lstm.models.sentiment import detokenize, fit_sentiment
+from flight_lstm.models.sentiment import detokenize, fit_sentiment, holdout_split
 
+SST2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst2"
 POS = ["good", "great", "fun", "moving", "brilliant", "charming"]
 NEG = ["bad", "dull", "boring", "awful", "tedious", "clumsy"]
 FILL = ["the", "film", "is", "a", "movie", "plot", "it", "and", "with", "story"]
@@ -131,13 +135,63 @@ def test_sentiment_scores_both_spellings_alike(tiny_sentiment):
     assert np.isfinite(s).all() and s[0] == pytest.approx(s[1], rel=1e-6)  # same tokens
 
 
+def test_distillation_moves_logits_to_the_teachers(tmp_path):
+    texts, labels = synthetic_reviews(600, seed=6)
+    teacher = np.where(labels == 1, 3.0, -3.0) + np.random.default_rng(6).normal(0, 0.5, 600)
+    labels[::2] = -1  # half the rows carry only the teacher's logit, like augmented text
+    model, info = fit_sentiment(texts, labels, teacher=teacher, epochs=4, embed_dim=16,
+                                hidden=16, dropout=0.1, batch_size=32, lr=1e-2, progress=False)
+    history = info["history"]
+    assert info["distilled"] and history[-1]["train_loss"] < 0.3 * history[0]["train_loss"]
+    enc = model.encode(texts)
+    gap = np.mean((model.logits(enc) - teacher) ** 2)
+    assert gap < 0.2 * np.mean(teacher ** 2)  # far closer than the untrained logit 0
+    assert info["best_val"] <= 0.05  # the held-out tenth is drawn from the labelled rows
+
+
+def test_holdout_split_keeps_held_out_sentences_and_their_phrases_out():
+    sentences = pa.array([f"film {i} is -lrb- very -rrb- good" for i in range(20)])
+    phrases = pa.array(["film 3 is (very) good", "film 3", "(very) good", "is", "film 30"])
+    data = {"train": (sentences, np.ones(20, np.int64)),
+            "phrases": (phrases, np.arange(5) % 2)}
+    split = holdout_split(data, fraction=0.1, seed=0)
+    held = split["held_out"][0].to_pylist()
+    assert len(held) == 2 and not set(held) & set(split["sentences"][0].to_pylist())
+    train = set(split["train"][0].to_pylist())
+    assert "film 30" in train and not train & {"(very) good", "is"}  # spans of every sentence
+    assert len(train) == 18 + 1 + ("film 3 is -lrb- very -rrb- good" not in held) * 2
+
+
+def test_augment_masks_words_and_samples_ngrams():
+    from flight_lstm.models.teacher import MASK, augment
+
+    texts = ["a quietly moving and often very funny film", "dull"]
+    out = augment(texts, 50, np.random.default_rng(0))
+    assert out == augment(texts, 50, np.random.default_rng(0)) and not set(out) & set(texts)
+    assert len(out) == len(set(out)) > 20
+    words = set(texts[0].split()) | {MASK}
+    assert all(set(t.split()) <= words for t in out)
+    assert any(MASK in t for t in out) and any(len(t.split()) <= 5 for t in out)
+
+
 def test_shipped_sentiment_model():
     model = default_registry().load("sentiment")
-    assert (model.card.name, model.card.version) == ("sst2-bilstm", "1")
-    assert model.card.metrics["dev"]["accuracy"] >= 0.80
+    assert model.card.name == "sst2-bilstm"
+    assert model.card.ref == default_registry().resolve("sentiment", "sst2-bilstm").ref  # latest
+    assert model.card.metrics["dev"]["accuracy"] >= 0.84
+    assert "MiniLM" in model.card.training["teacher"]["teacher"]
+    assert 0.5 < model.card.metrics["teacher_dev_accuracy"] <= 1
+    assert "held_out" in model.card.metrics["note"] and model.card.metrics["held_out"]["n"] > 500
     s = model.score(pa.array(["A moving, beautifully acted and funny film.",
                               "Dull, tedious and badly written; a waste of time."]))
     assert s[0] > 0.3 and s[1] < -0.3
+
+
+@pytest.mark.skipif(not SST2.is_dir(), reason="shared SST-2 data not present")
+def test_shipped_sentiment_card_matches_dev():
+    model = default_registry().load("sentiment")
+    dev = load_sst2(SST2)["dev"]
+    assert evaluate_sentiment(model, *dev) == model.card.metrics["dev"]
 
 
 # -- registry -------------------------------------------------------------------------------------
@@ -148,7 +202,7 @@ def registry_dirs(tmp_path_factory):
     first, second = tmp_path_factory.mktemp("first"), tmp_path_factory.mktemp("second")
     texts, labels = synthetic_reviews(64, seed=3)
     for root, name, version in [(second, "sent", "2"), (second, "sent", "10"),
-                                (first, "sent", "2"), (second, "sst2-bilstm", "1")]:
+                                (first, "sent", "2"), (second, "sst2-bilstm", "99")]:
         train_sentiment(texts, labels, name=name, version=version, out_dir=root, epochs=1,
                         embed_dim=8, hidden=8, progress=False, command=f"{root.name}")
     series = synthetic_series(3, 300, seed=4)
@@ -160,15 +214,15 @@ def registry_dirs(tmp_path_factory):
 def test_registry_resolve(registry_dirs):
     first, second = registry_dirs
     reg = Registry([first, second])
-    assert sorted(c.ref for c in reg.cards()) == ["fc@1", "sent@10", "sent@2", "sst2-bilstm@1"]
+    assert sorted(c.ref for c in reg.cards()) == ["fc@1", "sent@10", "sent@2", "sst2-bilstm@99"]
     assert reg.resolve("sentiment", "sent").version == "10"  # numeric, not string, order
     assert reg.resolve("sentiment", "sent@2").training["command"] == first.name  # first dir wins
-    assert reg.resolve("sentiment").ref == "sst2-bilstm@1"
+    assert reg.resolve("sentiment").ref == "sst2-bilstm@99"  # the default is the latest version
     assert reg.resolve("forecast", "fc@1").kind == "forecast"
 
 
 @pytest.mark.parametrize("kind, ref, fragment", [
-    ("sentiment", "nope", "available sentiment models: sent@10, sent@2, sst2-bilstm@1"),
+    ("sentiment", "nope", "available sentiment models: sent@10, sent@2, sst2-bilstm@99"),
     ("sentiment", "sent@3", "no sentiment model 'sent@3'"),
     ("sentiment", "fc", "'fc' is a forecast model"),
     ("forecast", None, "default m4-hourly-lstm@1"),

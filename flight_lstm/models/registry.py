@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 KINDS = ("sentiment", "forecast")
-DEFAULTS = {"sentiment": ("sst2-bilstm", "1"), "forecast": ("m4-hourly-lstm", "1")}
+DEFAULTS = {"sentiment": ("sst2-bilstm", ""), "forecast": ("m4-hourly-lstm", "1")}
 PACKAGED_WEIGHTS = Path(__file__).resolve().parent / "weights"
 CARD_FILE, WEIGHTS_FILE = "card.json", "model.pt"
 

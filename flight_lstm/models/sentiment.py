@@ -6,6 +6,7 @@ similar length as packed sequences, so padding costs little and long texts do no
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -23,6 +25,8 @@ from .text import PAD, Encoded, build_vocab, encode, tokenize
 
 BATCH_ROWS = 512  # inference rows per bucket
 BATCH_TOKENS = 65_536  # inference cap on rows x longest row per bucket (bounds memory)
+HOLDOUT = 0.1  # share of training sentences held out to pick epochs and recipes
+SOFT_LABELS = Path.home() / ".cache" / "flight-lstm" / "sst2-soft-labels.parquet"
 
 
 class SentimentModel(BaseModel):
@@ -49,8 +53,19 @@ class SentimentModel(BaseModel):
         return self.out(self.drop(torch.cat([h_max, h_mean], dim=1))).squeeze(-1)
 
     def training_loss(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        ids, lengths, labels = batch
-        return nn.functional.binary_cross_entropy_with_logits(self(ids, lengths), labels)
+        """BCE on the labels; with teacher logits (distillation, Tang et al. 2019), MSE to those
+        plus BCE on the rows that have a label (NaN marks none), so the teacher's errors on
+        labelled text are outvoted."""
+        ids, lengths, labels, *teacher = batch
+        logits = self(ids, lengths)
+        if not teacher:
+            return nn.functional.binary_cross_entropy_with_logits(logits, labels)
+        labelled = ~labels.isnan()
+        loss = nn.functional.mse_loss(logits, teacher[0])
+        if labelled.any():
+            loss = loss + nn.functional.binary_cross_entropy_with_logits(logits[labelled],
+                                                                         labels[labelled])
+        return loss
 
     def encode(self, texts: pa.Array | pa.ChunkedArray) -> Encoded:
         return encode(texts, self.vocab)
@@ -95,11 +110,47 @@ def _read_tsv(path: Path) -> tuple[pa.Array, np.ndarray]:
     return table["sentence"].combine_chunks(), table["label"].to_numpy()
 
 
+def sst2_dir(data_dir: str | Path) -> Path:
+    """The sst2 folder, given it or the shared data root holding it."""
+    data_dir = Path(data_dir)
+    return data_dir / "sst2" if (data_dir / "sst2").is_dir() else data_dir
+
+
 def load_sst2(data_dir: str | Path) -> dict[str, tuple[pa.Array, np.ndarray]]:
     """SST-2 splits as (texts, labels): 'train', 'dev' and 'phrases' (train_phrases.tsv)."""
-    data_dir = Path(data_dir)
+    data_dir = sst2_dir(data_dir)
     names = {"train": "train.tsv", "dev": "dev.tsv", "phrases": "train_phrases.tsv"}
     return {split: _read_tsv(data_dir / file) for split, file in names.items()}
+
+
+def holdout_split(data: dict, fraction: float = HOLDOUT, seed: int = 0) -> dict:
+    """Phrases + sentences for training, and a held-out slice of the training sentences.
+
+    Every phrase is a span of some training sentence, so the phrases that are spans of a held-out
+    sentence leave the training side too; the slice then scores like unseen text and can pick
+    epochs and recipes, leaving dev for reporting.
+    """
+    sentences, labels = data["train"]
+    rng = np.random.default_rng(seed)
+    held = np.sort(rng.permutation(len(labels))[:int(len(labels) * fraction)])
+    spans = set()
+    for tokens in tokenize(sentences.take(pa.array(held))).to_pylist():
+        spans.update(" ".join(tokens[i:j]) for i in range(len(tokens))
+                     for j in range(i + 1, len(tokens) + 1))
+    spans = pa.array(sorted(spans), pa.string())
+    phrases, phrase_labels = data["phrases"]
+    joined = pc.binary_join(tokenize(phrases), " ")
+    keep_phrase = ~pc.fill_null(pc.is_in(joined, value_set=spans), False).to_numpy(
+        zero_copy_only=False)
+    keep_sentence = np.ones(len(labels), bool)
+    keep_sentence[held] = False
+    kept = (sentences.filter(pa.array(keep_sentence)), labels[keep_sentence])
+    return {
+        "train": (pa.concat_arrays([phrases.filter(pa.array(keep_phrase)), kept[0]]),
+                  np.concatenate([phrase_labels[keep_phrase], kept[1]])),
+        "sentences": kept,
+        "held_out": (sentences.take(pa.array(held)), labels[held]),
+    }
 
 
 _DETOKENIZE = (
@@ -128,9 +179,12 @@ def evaluate_sentiment(model: SentimentModel, texts: pa.Array, labels: np.ndarra
 # -- training ----------------------------------------------------------------------------------
 
 
-def _batches(enc: Encoded, labels: np.ndarray, batch_size: int):
-    """Epoch iterator: shuffled buckets of rows with similar length."""
+def _batches(enc: Encoded, labels: np.ndarray, batch_size: int,
+             teacher: np.ndarray | None = None):
+    """Epoch iterator: shuffled buckets of rows with similar length; labels < 0 become NaN."""
     keep = np.flatnonzero(enc.lengths > 0)
+    labels = np.where(labels < 0, np.nan, labels).astype(np.float32)
+    extra = () if teacher is None else (np.asarray(teacher, np.float32),)
 
     def epoch(rng: np.random.Generator):
         noisy = enc.lengths[keep] + rng.uniform(0, 2, len(keep))
@@ -139,7 +193,7 @@ def _batches(enc: Encoded, labels: np.ndarray, batch_size: int):
         for k in rng.permutation(len(chunks)):
             rows = chunks[k]
             yield (torch.from_numpy(enc.pad(rows)), torch.from_numpy(enc.lengths[rows]),
-                   torch.from_numpy(labels[rows].astype(np.float32)))
+                   *(torch.from_numpy(a[rows]) for a in (labels, *extra)))
 
     return epoch
 
@@ -148,16 +202,24 @@ def fit_sentiment(texts: pa.Array, labels: np.ndarray, *, seed: int = 0, epochs:
                   dev: tuple[pa.Array, np.ndarray] | None = None, vocab_size: int = 14_000,
                   embed_dim: int = 128, hidden: int = 128, dropout: float = 0.5,
                   batch_size: int = 128, lr: float = 3e-3, patience: int = 3,
+                  teacher: np.ndarray | None = None,
                   progress: bool = True) -> tuple[SentimentModel, dict[str, Any]]:
-    """Train a SentimentModel; select the epoch by accuracy on `dev` (or a 10% held-out split)."""
+    """Train a SentimentModel; select the epoch by accuracy on `dev` (or a 10% held-out split).
+
+    With `teacher` (one logit per text) the model is distilled; labels of -1 then mark texts
+    that only the teacher labelled, and the vocabulary comes from the labelled texts alone.
+    """
     rng = seed_everything(seed)
     labels = np.asarray(labels, dtype=np.int64)
     if dev is None:
         perm = rng.permutation(len(labels))
-        cut = max(1, len(labels) // 10)
+        perm = perm[labels[perm] >= 0]
+        cut = max(1, len(perm) // 10)
         dev = (texts.take(pa.array(perm[:cut])), labels[perm[:cut]])
-        texts, labels = texts.take(pa.array(perm[cut:])), labels[perm[cut:]]
-    vocab = build_vocab(tokenize(texts), vocab_size)
+        train = np.setdiff1d(np.arange(len(labels)), perm[:cut])
+        texts, labels = texts.take(pa.array(train)), labels[train]
+        teacher = None if teacher is None else np.asarray(teacher)[train]
+    vocab = build_vocab(tokenize(texts.filter(pa.array(labels >= 0))), vocab_size)
     model = SentimentModel(vocab, embed_dim=embed_dim, hidden=hidden, dropout=dropout)
     enc, dev_enc = model.encode(texts), model.encode(dev[0])
     dev_pos = np.asarray(dev[1]) == 1
@@ -165,9 +227,10 @@ def fit_sentiment(texts: pa.Array, labels: np.ndarray, *, seed: int = 0, epochs:
     def dev_error() -> float:
         return float(np.mean((model.logits(dev_enc) > 0) != dev_pos))
 
-    info = model.fit(_batches(enc, labels, batch_size), dev_error, rng=rng, epochs=epochs, lr=lr,
-                     patience=patience, desc="sentiment", progress=progress)
+    info = model.fit(_batches(enc, labels, batch_size, teacher), dev_error, rng=rng,
+                     epochs=epochs, lr=lr, patience=patience, desc="sentiment", progress=progress)
     info.update(vocab_size=len(vocab), train_rows=len(labels), dev_rows=len(dev[1]),
+                distilled=teacher is not None,
                 hparams=dict(embed_dim=embed_dim, hidden=hidden, dropout=dropout,
                              batch_size=batch_size, lr=lr, patience=patience))
     return model, info
@@ -185,23 +248,49 @@ def train_sentiment(texts: pa.Array, labels: np.ndarray, *, name: str, version: 
     return model.save(out_dir, card)
 
 
-def train_shipped_sentiment(data_dir: str | Path, out_dir: str | Path, *, seed: int = 0,
+def read_soft_labels(path: str | Path) -> tuple[pa.Array, np.ndarray, np.ndarray, dict]:
+    """Texts, labels (-1 where only the teacher labelled), teacher logits and the file's notes
+    (written by teacher.soft_labels)."""
+    table = pq.read_table(path)
+    labels = pc.fill_null(table["label"], -1).to_numpy().astype(np.int64)
+    meta = json.loads(table.schema.metadata[b"flight_lstm"])
+    return (table["text"].combine_chunks(), labels,
+            table["teacher_logit"].to_numpy().astype(np.float32), meta)
+
+
+def train_shipped_sentiment(data_dir: str | Path, out_dir: str | Path,
+                            soft_labels: str | Path | None = None, *, seed: int = 0,
                             epochs: int = 8, command: str | None = None) -> ModelCard:
-    """The shipped sst2-bilstm@1: phrases + train sentences, selected and evaluated on dev.
+    """The shipped sst2-bilstm@2: distilled from the MiniLM teacher's logits on the training
+    phrases, sentences and their augmented copies (soft_labels, default SOFT_LABELS; made by
+    flight_lstm.models.teacher).  The epoch is picked on held-out training sentences whose
+    phrases were never trained on, so dev is only reported.
 
     data_dir is the shared data root (holding sst2/) or the sst2 folder itself.
     """
-    data_dir = Path(data_dir)
-    if (data_dir / "sst2").is_dir():
-        data_dir = data_dir / "sst2"
+    data_dir = sst2_dir(data_dir)
+    soft_labels = Path(soft_labels or SOFT_LABELS)
+    if not soft_labels.exists():
+        raise FileNotFoundError(f"no soft labels at {soft_labels}; make them with "
+                                "flight_lstm.models.teacher.train_teacher and soft_labels")
+    texts, labels, logits, notes = read_soft_labels(soft_labels)
+    if (notes["seed"], notes["holdout"]) != (seed, HOLDOUT):
+        raise ValueError(f"{soft_labels} was made for another held-out split: {notes}")
     data = load_sst2(data_dir)
-    texts = pa.concat_arrays([data["phrases"][0], data["train"][0]])
-    labels = np.concatenate([data["phrases"][1], data["train"][1]])
-    model, info = fit_sentiment(texts, labels, seed=seed, epochs=epochs, dev=data["dev"])
-    files = [data_dir / f for f in ("train_phrases.tsv", "train.tsv", "dev.tsv")]
-    command = command or f"train_shipped_sentiment({str(data_dir)!r}, {str(out_dir)!r})"
-    card = ModelCard(name="sst2-bilstm", version="1", kind="sentiment", created=now_iso(),
-                     training=training_record(info, seed, epochs, files, command),
+    held_out = holdout_split(data, HOLDOUT, seed)["held_out"]
+    model, info = fit_sentiment(texts, labels, seed=seed, epochs=epochs, dev=held_out,
+                                teacher=logits)
+    files = [*(data_dir / f for f in ("train_phrases.tsv", "train.tsv", "dev.tsv")), soft_labels]
+    command = command or (f"train_shipped_sentiment({str(data_dir)!r}, {str(out_dir)!r}, "
+                          f"{str(soft_labels)!r})")
+    training = training_record(info, seed, epochs, files, command)
+    training["teacher"] = notes
+    card = ModelCard(name="sst2-bilstm", version="2", kind="sentiment", created=now_iso(),
+                     training=training,
                      metrics={"dev": evaluate_sentiment(model, *data["dev"]),
-                              "note": "dev also selected the best epoch"})
+                              "held_out": evaluate_sentiment(model, *held_out),
+                              "teacher_dev_accuracy": notes["teacher_dev_accuracy"],
+                              "note": "epoch picked on held_out (10% of the training "
+                                      "sentences, kept out with their phrases); dev only "
+                                      "reported"})
     return model.save(out_dir, card)
