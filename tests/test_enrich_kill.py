@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from flight_lstm.sinks import open_sink
 from test_enrich import make_reviews
 
-ROWS, CHUNK, KILLS = 160, 16, 3
+ROWS, CHUNK, KILLS = 320, 16, 3  # enough chunks that a kill lands before the run can finish
 SQL = "SELECT id, review, sentiment(review) AS sentiment FROM reviews"
 
 
@@ -71,7 +71,7 @@ def kill_and_resume(tmp_path, target: str) -> None:
     written, kills = 0, 0
     for _ in range(KILLS):
         process = enrich(lake, into)
-        kills += kill_after_commits(process, rng.randint(1, 2), rng.uniform(0.0, 0.2))
+        kills += kill_after_commits(process, rng.randint(1, 2), rng.uniform(0.0, 0.05))
         now = check_whole_chunks(lake, into)
         assert now >= written  # committed progress is kept
         written = now
