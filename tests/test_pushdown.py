@@ -121,3 +121,9 @@ def test_bad_sql_in_dremio_is_a_clear_error_and_the_server_keeps_serving(client)
 def test_list_flights_shows_dremio_tables(client):
     names = {"/".join(p.decode() for p in i.descriptor.path) for i in client.list_flights()}
     assert {DEEP, "shop.sales", "scored"} <= names
+
+
+def test_a_subquery_inside_one_pushed_whole_is_not_scanned_again(server):
+    service_plan = json.loads(next(iter(flight.connect(server).do_action(flight.Action(
+        "explain", f"SELECT sentiment(r) FROM (SELECT * FROM (SELECT review AS r FROM {DEEP}) x) y".encode())))).body.to_pybytes())
+    assert [s["name"] for s in service_plan["scans"]] == ["_scan_0"]

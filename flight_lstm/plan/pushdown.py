@@ -97,13 +97,13 @@ def _split_aggregation(select: exp.Select, operators: set[str], local: set[str])
 
 
 def _whole_candidates(tree: exp.Query):
-    """Derived tables in FROM/JOIN and CTE bodies, outermost first."""
+    """Derived tables in FROM/JOIN and CTE bodies, outermost first, while still in the tree (one
+    inside a query already pushed whole went with it)."""
     for node in list(tree.walk()):
         if isinstance(node, exp.Query) and isinstance(node.parent, (exp.Subquery, exp.CTE)):
             outer = node.parent
-            if isinstance(outer, exp.CTE) or isinstance(outer.parent, (exp.From, exp.Join)):
-                if node.find_ancestor(exp.Subquery, exp.CTE) is outer:  # not already replaced away
-                    yield node
+            if (isinstance(outer, exp.CTE) or isinstance(outer.parent, (exp.From, exp.Join))) and node.root() is tree:
+                yield node
 
 
 def _pushable(query: exp.Query, operators: set[str], local: set[str]) -> bool:
