@@ -37,13 +37,14 @@ class Service:
     def plan(self, sql: str) -> Plan:
         return self.catalog.plan(sql)
 
-    def dataset_sql(self, name: str) -> str:
-        """The query behind a dataset: a published view (by name) or a source table (as listed)."""
-        if name.lower() in self.catalog.views:
-            return f"SELECT * FROM {quote(name)}"
-        if name in self.source.tables():
-            return f"SELECT * FROM {name}"
-        raise InvalidQuery(f"unknown dataset {name!r}; ListFlights lists them")
+    def dataset_sql(self, name: str, kind: str | None = None) -> str:
+        """The query behind a dataset: a published view (by name) or a source table (as listed).
+        A caller that already knows the kind (from `relations`) saves listing the source again."""
+        if kind is None:
+            kind = "VIEW" if name.lower() in self.catalog.views else "TABLE" if name in self.source.tables() else None
+        if kind is None:
+            raise InvalidQuery(f"unknown dataset {name!r}; ListFlights lists them")
+        return f"SELECT * FROM {quote(name) if kind == 'VIEW' else name}"
 
     def explain(self, sql: str) -> dict:
         """How a query splits: what each source scan runs there, and what runs here."""
@@ -51,16 +52,18 @@ class Service:
         return {"local_sql": plan.sql, "scans": [{"name": n, "sql": q} for n, q in plan.scans],
                 "tables": list(plan.tables), "operators": sorted(plan.operators)}
 
-    def datasets(self) -> Iterator[tuple[str, pa.Schema]]:
-        for name, _ in self.relations():
-            yield name, self.dataset_schema(name)
+    def datasets(self) -> Iterator[tuple[str, str, pa.Schema]]:
+        """(name, the query behind it, its schema) for each table and view, listing the source once."""
+        for name, kind in self.relations():
+            sql = self.dataset_sql(name, kind)
+            yield name, sql, self.schema(self.plan(sql))
 
     def relations(self) -> list[tuple[str, str]]:
         """(name, "TABLE" or "VIEW"): the source's tables, then the published views."""
         return [*((t, "TABLE") for t in self.source.tables()), *((v, "VIEW") for v in self.view_sql)]
 
-    def dataset_schema(self, name: str) -> pa.Schema:
-        return self.schema(self.plan(self.dataset_sql(name)))
+    def dataset_schema(self, name: str, kind: str | None = None) -> pa.Schema:
+        return self.schema(self.plan(self.dataset_sql(name, kind)))
 
     def schema(self, plan: Plan, params: list | None = None) -> pa.Schema:
         _check_params(plan, params)

@@ -66,8 +66,8 @@ class FlightLSTMServer(flight.FlightServerBase):
     def list_flights(self, context, criteria):
         return [
             flight.FlightInfo(schema, flight.FlightDescriptor.for_path(name),
-                              [flight.FlightEndpoint(self.service.dataset_sql(name).encode(), [])], -1, -1)
-            for name, schema in self.service.datasets()
+                              [flight.FlightEndpoint(sql.encode(), [])], -1, -1)
+            for name, sql, schema in self.service.datasets()
         ]
 
     @flight_errors

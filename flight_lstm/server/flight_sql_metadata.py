@@ -159,7 +159,7 @@ def schemas_table(relations: list[tuple[str, str]], pattern: str | None) -> pa.T
 
 def tables_table(relations: list[tuple[str, str]], schema_pattern: str | None, table_pattern: str | None,
                  types: list[str], schema_of=None) -> pa.Table:
-    """The tables that match; with `schema_of` (name -> Arrow schema), each one's IPC schema too."""
+    """The tables that match; with `schema_of` ((name, kind) -> Arrow schema), each one's IPC schema too."""
     in_schema, named = like(schema_pattern), like(table_pattern)
     rows = []
     for name, kind in relations:
@@ -170,7 +170,7 @@ def tables_table(relations: list[tuple[str, str]], schema_pattern: str | None, t
     columns = [pa.nulls(len(rows), pa.string()), *(pa.array([r[i] for r in rows], pa.string()) for i in range(3))]
     if schema_of is None:
         return pa.table(columns, schema=TABLES_SCHEMA)
-    blobs = [schema_of(r[3]).serialize().to_pybytes() for r in rows]
+    blobs = [schema_of(r[3], r[2]).serialize().to_pybytes() for r in rows]
     return pa.table([*columns, pa.array(blobs, pa.binary())], schema=TABLES_WITH_SCHEMA)
 
 
