@@ -12,18 +12,13 @@ import numpy as np
 import pyarrow as pa
 
 from flight_lstm.models import evaluate_forecast, evaluate_sentiment, load_m4_hourly, load_sst2
+from flight_lstm.models.base import dataset_dir
 from flight_lstm.models.sentiment import detokenize
 from udfs.base import load_model
 
 
-def dataset_dir(data: str | Path, name: str) -> Path:
-    """Accept the shared data root or the dataset's own folder."""
-    data = Path(data)
-    return data / name if (data / name).is_dir() else data
-
-
 def sentiment_report(data: str | Path, model: str | None = None) -> pa.Table:
-    texts, labels = load_sst2(dataset_dir(data, "sst2"))["dev"]
+    texts, labels = load_sst2(data)["dev"]
     fitted = load_model("sentiment", model)
     ours = evaluate_sentiment(fitted, texts, labels)
     positive = labels == 1

@@ -31,6 +31,12 @@ def model_class(kind: str) -> type[BaseModel]:
     return _KINDS[kind]
 
 
+def dataset_dir(data: str | Path, name: str) -> Path:
+    """A dataset's folder, given it or the shared data root holding it (e.g. `sst2`, `m4_hourly`)."""
+    data = Path(data)
+    return data / name if (data / name).is_dir() else data
+
+
 def seed_everything(seed: int) -> np.random.Generator:
     """Seed torch (weight init, dropout) and return the numpy generator used for batching."""
     torch.manual_seed(seed)

@@ -23,7 +23,7 @@ import pyarrow.csv as pacsv
 import torch
 from torch import nn
 
-from .base import BaseModel, now_iso, seed_everything, training_record
+from .base import BaseModel, dataset_dir, now_iso, seed_everything, training_record
 from .registry import ModelCard
 
 MAX_HORIZON = 8760  # one year of hourly steps
@@ -346,9 +346,7 @@ def train_shipped_forecast(data_dir: str | Path, out_dir: str | Path, *, seed: i
 
     data_dir is the shared data root (holding m4_hourly/) or the m4_hourly folder itself.
     """
-    data_dir = Path(data_dir)
-    if (data_dir / "m4_hourly").is_dir():
-        data_dir = data_dir / "m4_hourly"
+    data_dir = dataset_dir(data_dir, "m4_hourly")
     csv = data_dir / "Hourly-train.csv"
     series = list(load_m4_hourly(csv).values())
     model, info = fit_forecast(series, seed=seed, epochs=epochs, holdout=48, **hparams)

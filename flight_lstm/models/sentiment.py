@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from .base import BaseModel, now_iso, seed_everything, training_record
+from .base import BaseModel, dataset_dir, now_iso, seed_everything, training_record
 from .registry import ModelCard
 from .text import PAD, Encoded, build_vocab, encode, tokenize
 
@@ -110,15 +110,9 @@ def _read_tsv(path: Path) -> tuple[pa.Array, np.ndarray]:
     return table["sentence"].combine_chunks(), table["label"].to_numpy()
 
 
-def sst2_dir(data_dir: str | Path) -> Path:
-    """The sst2 folder, given it or the shared data root holding it."""
-    data_dir = Path(data_dir)
-    return data_dir / "sst2" if (data_dir / "sst2").is_dir() else data_dir
-
-
 def load_sst2(data_dir: str | Path) -> dict[str, tuple[pa.Array, np.ndarray]]:
     """SST-2 splits as (texts, labels): 'train', 'dev' and 'phrases' (train_phrases.tsv)."""
-    data_dir = sst2_dir(data_dir)
+    data_dir = dataset_dir(data_dir, "sst2")
     names = {"train": "train.tsv", "dev": "dev.tsv", "phrases": "train_phrases.tsv"}
     return {split: _read_tsv(data_dir / file) for split, file in names.items()}
 
@@ -268,7 +262,7 @@ def train_shipped_sentiment(data_dir: str | Path, out_dir: str | Path,
 
     data_dir is the shared data root (holding sst2/) or the sst2 folder itself.
     """
-    data_dir = sst2_dir(data_dir)
+    data_dir = dataset_dir(data_dir, "sst2")
     soft_labels = Path(soft_labels or SOFT_LABELS)
     if not soft_labels.exists():
         raise FileNotFoundError(f"no soft labels at {soft_labels}; make them with "

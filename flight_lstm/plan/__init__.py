@@ -11,7 +11,7 @@ from typing import Callable, Iterable
 from sqlglot import exp
 
 from flight_lstm.plan.forecast_table import expand_forecast_tables
-from flight_lstm.plan.operators import bind_operators
+from flight_lstm.plan.operators import bind_operators, operators_called
 from flight_lstm.plan.parse import parse_one_query
 from flight_lstm.plan.pushdown import push_down
 from flight_lstm.plan.read_only import check_read_only
@@ -54,9 +54,9 @@ class Catalog:
         return bind_operators(tree, self.operators, self.check_model)
 
     def _finish(self, tree: exp.Query, local_tables: set[str]) -> Plan:
-        names = {name: op.name for op in self.operators for name in (op.name, op.with_model_name)}
-        called = {names[f.name.lower()] for f in tree.find_all(exp.Anonymous) if f.name.lower() in names}
+        called = operators_called(tree, self.operators)
         tables, scans = tuple(t for t in source_tables(tree) if t.lower() not in local_tables), []
         if self.pushdown_dialect:
-            tree, scans = push_down(tree.copy(), self.pushdown_dialect, set(names), self.columns_of, local_tables)
-        return Plan(tree.sql(dialect="duckdb"), tables, frozenset(called), tuple(scans))
+            internal = {name for op in self.operators for name in (op.name, op.with_model_name)}
+            tree, scans = push_down(tree.copy(), self.pushdown_dialect, internal, self.columns_of, local_tables)
+        return Plan(tree.sql(dialect="duckdb"), tables, called, tuple(scans))

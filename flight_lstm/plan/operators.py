@@ -37,3 +37,9 @@ def bind_operators(tree: exp.Query, operators: Iterable, check_model: Callable[[
         check_model(op.model_kind, model.this)
         call.set("this", op.with_model_name)
     return tree
+
+
+def operators_called(tree: exp.Expression, operators: Iterable) -> frozenset[str]:
+    """Public names of the operators a (bound) tree calls."""
+    names = {name: op.name for op in operators for name in (op.name, op.with_model_name)}
+    return frozenset(names[f.name.lower()] for f in tree.find_all(exp.Anonymous) if f.name.lower() in names)

@@ -7,7 +7,7 @@ from sqlglot import exp
 
 from flight_lstm.errors import InvalidQuery
 from flight_lstm.plan import Catalog, Plan
-from flight_lstm.plan.operators import bind_operators
+from flight_lstm.plan.operators import bind_operators, operators_called
 from flight_lstm.plan.parse import parse_one_query
 from flight_lstm.plan.read_only import check_read_only
 
@@ -25,9 +25,7 @@ def plan_row_wise(sql: str, catalog: Catalog) -> Plan:
     check_read_only(tree)
     check_row_wise(tree, catalog.operators)
     tree = bind_operators(tree, catalog.operators, catalog.check_model)
-    names = {name: op.name for op in catalog.operators for name in (op.name, op.with_model_name)}
-    called = {names[f.name.lower()] for f in tree.find_all(exp.Anonymous) if f.name.lower() in names}
-    return Plan(tree.sql(dialect="duckdb"), (), frozenset(called))
+    return Plan(tree.sql(dialect="duckdb"), (), operators_called(tree, catalog.operators))
 
 
 def check_row_wise(tree: exp.Expression, operators) -> None:

@@ -140,7 +140,6 @@ class DremioClient:
         self._jar = _CookieJar()
         self._lock = threading.Lock()
         self._bearer: bytes | None = None if token is None else b"Bearer " + token.encode()
-        self._logins = 0
         kwargs = {
             "middleware": [_CookieMiddlewareFactory(self._jar)],
             # gRPC backs off up to 120 s between reconnects; keep a restarted Dremio reachable soon.
@@ -179,7 +178,6 @@ class DremioClient:
             raise ours from None
         if (key.decode() if isinstance(key, bytes) else key).lower() != "authorization" or not value:
             raise SourceUnavailable(f"Dremio at {self.address} returned no bearer token at login")
-        self._logins += 1
         log.info("logged in to Dremio at %s as %s", self.address, self.user)
         return value if isinstance(value, bytes) else value.encode()
 
