@@ -19,3 +19,11 @@ class SourceUnavailable(FlightLSTMError):
 
 class QueryCancelled(FlightLSTMError):
     """The client went away or cancelled; the work was stopped."""
+
+
+class ResourceExhausted(FlightLSTMError):
+    """A server limit was reached (queries running, rows, memory); the server itself goes on."""
+
+
+class QueryTimedOut(FlightLSTMError):
+    """The query ran past its time limit and was stopped."""

@@ -4,14 +4,14 @@ the prediction columns, in order. The data is the client's; nothing of the sourc
 from __future__ import annotations
 
 import json
-import threading
 from typing import Callable, Iterable, Iterator
 
 import duckdb
 import pyarrow as pa
 
-from flight_lstm.errors import InvalidQuery, QueryCancelled
-from flight_lstm.execute import Engine, _interrupt_when, translated_errors
+from flight_lstm.errors import InvalidQuery
+from flight_lstm.execute import Engine, Watchdog, stopped_by, translated_errors
+from flight_lstm.limits import Budget
 from flight_lstm.plan import Plan
 from flight_lstm.plan.row_wise import INPUT
 
@@ -26,17 +26,23 @@ def exchange(
     """The output schema, then the output batches as the input batches arrive.
 
     The schema comes from an empty `input` (LIMIT 0: no operator runs), and DuckDB's physical plan
-    must hold only row-by-row steps: a second lock behind the planner's check."""
-    con = engine.connect(None)
+    must hold only row-by-row steps: a second lock behind the planner's check. The exchange holds
+    one of the server's query slots, and its time and rows count against the server's limits."""
+    leave = engine.admission.enter()
+    try:
+        con = engine.connect(None)
+    except BaseException:
+        leave()
+        raise
     try:
         with translated_errors(engine.source):
             con.register(INPUT, schema.empty_table())
             _check_row_by_row(con, plan.sql)
             out = con.sql(plan.sql).limit(0).to_arrow_table().schema
     except BaseException:
-        engine.release(con)
+        engine.release(con, leave=leave)
         raise
-    return out, _run(con, plan.sql, out, batches, cancelled, engine)
+    return out, _run(con, plan.sql, out, batches, Budget(engine.limits, cancelled), engine, leave)
 
 
 def _check_row_by_row(con: duckdb.DuckDBPyConnection, sql: str) -> None:
@@ -53,22 +59,19 @@ def _nodes(tree: list[dict]) -> Iterator[dict]:
         yield from _nodes(node.get("children", ()))
 
 
-def _run(con, sql, schema, batches, cancelled, engine) -> Iterator[pa.RecordBatch]:
-    done = threading.Event()
-    watchdog = threading.Thread(target=_interrupt_when, args=(cancelled, done, con), daemon=True)
-    watchdog.start()
+def _run(con, sql, schema, batches, budget: Budget, engine: Engine, leave) -> Iterator[pa.RecordBatch]:
+    watchdog = Watchdog(con, budget)
     try:
-        with translated_errors(engine.source):
+        with stopped_by(budget), translated_errors(engine.source):
             for batch in batches:
-                if cancelled():
-                    raise QueryCancelled("the client cancelled the exchange")
+                budget.spend(0)  # the client may send slowly: check time and cancellation first
                 con.register(INPUT, batch)
-                yield _one_batch(con.sql(sql).to_arrow_table(), schema)
+                out = _one_batch(con.sql(sql).to_arrow_table(), schema)
+                budget.spend(out.num_rows)
+                yield out
     finally:
-        done.set()
-        con.interrupt()
-        watchdog.join()
-        engine.release(con)
+        watchdog.stop()
+        engine.release(con, leave=leave)
 
 
 def _one_batch(table: pa.Table, schema: pa.Schema) -> pa.RecordBatch:

@@ -17,7 +17,8 @@ from typing import Callable, Iterator
 import duckdb
 import pyarrow as pa
 
-from flight_lstm.errors import FlightLSTMError, InvalidQuery, QueryCancelled, QueryRefused
+from flight_lstm.errors import FlightLSTMError, InvalidQuery, QueryCancelled, QueryRefused, ResourceExhausted
+from flight_lstm.limits import Admission, Budget, Limits
 from flight_lstm.plan import Plan
 from flight_lstm.sources import Source
 from udfs.base import Operator, constant
@@ -34,9 +35,12 @@ class Engine:
         batch_rows: int = BATCH_ROWS,
         memory_limit: str | None = None,
         threads: int | None = None,
+        limits: Limits = Limits(),
     ):
         self.source = source
         self.batch_rows = batch_rows
+        self.limits = limits
+        self.admission = Admission(limits)
         self.db = _database(source, operators, {"memory_limit": memory_limit, "threads": threads})
 
     def schema(self, plan: Plan, params: list | None = None) -> pa.Schema:
@@ -55,19 +59,34 @@ class Engine:
     ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
         """Start the query; batches of at most `batch_rows` rows follow as the consumer pulls them.
 
-        The cursor closes when the iterator is exhausted or closed; `cancelled` is polled so a
-        client that goes away interrupts DuckDB mid-operator, not only between batches.
+        The query holds one of the server's slots (`Limits.max_queries`) until its cursor closes:
+        when the iterator is exhausted or closed. A watchdog interrupts DuckDB mid-operator when
+        `cancelled` turns true (the client went away) or the query's time runs out.
         `extra_tables` are readable by name, as the plan's `local_tables`.
         """
-        con = self.connect(plan, extra_tables=extra_tables)
+        leave = self.admission.enter()
         try:
-            with translated_errors(self.source):
+            con = self.connect(plan, extra_tables=extra_tables)
+        except BaseException:
+            leave()
+            raise
+        budget = Budget(self.limits, cancelled)
+        watchdog = Watchdog(con, budget)
+
+        def finish() -> None:
+            watchdog.stop()
+            self.release(con, plan, leave)
+
+        done = _Once(finish)
+        try:
+            # DuckDB runs a blocking query (GROUP BY, ORDER BY) to its end right here, so the
+            # watchdog is already on guard.
+            with stopped_by(budget), translated_errors(self.source):
                 reader = con.sql(_only_select(con, plan.sql), params=params).to_arrow_reader(self.batch_rows)
         except BaseException:
-            self.release(con, plan)
+            done()
             raise
-        done = _Once(lambda: self.release(con, plan))
-        batches = _batches(con, reader, cancelled, self.source, done)
+        batches = _batches(reader, budget, self.source, done)
         # A stream dropped before its first batch never runs its `finally`: release it on collection.
         weakref.finalize(batches, done)
         return reader.schema, batches
@@ -87,15 +106,20 @@ class Engine:
             con.close()
             raise
 
-    def release(self, con: duckdb.DuckDBPyConnection, plan: Plan | None = None) -> None:
-        """Close the query's cursor (and any result still open on it), then let the source go."""
-        con.close()
-        if plan is not None:
-            spare = self.db.cursor()
-            try:
-                self.source.detach(spare, plan)
-            finally:
-                spare.close()
+    def release(self, con: duckdb.DuckDBPyConnection, plan: Plan | None = None,
+                leave: Callable[[], None] = lambda: None) -> None:
+        """Close the query's cursor (and any result still open on it), let the source go, and give
+        back the query's slot."""
+        try:
+            con.close()
+            if plan is not None:
+                spare = self.db.cursor()
+                try:
+                    self.source.detach(spare, plan)
+                finally:
+                    spare.close()
+        finally:
+            leave()
 
 
 def _database(source: Source, operators, settings: dict) -> duckdb.DuckDBPyConnection:
@@ -143,21 +167,23 @@ class _Once:
         self.cleanup()
 
 
-def _batches(con, reader, cancelled, source: Source, release: _Once) -> Iterator[pa.RecordBatch]:
-    done = threading.Event()
-    watchdog = threading.Thread(target=_interrupt_when, args=(cancelled, done, con), daemon=True)
-    watchdog.start()
+def _batches(reader, budget: Budget, source: Source, release: _Once) -> Iterator[pa.RecordBatch]:
     try:
-        with translated_errors(source):
+        with stopped_by(budget), translated_errors(source):
             for batch in reader:
-                if cancelled():
-                    raise QueryCancelled("the client cancelled the query")
+                budget.spend(batch.num_rows)
                 yield batch
     finally:
-        done.set()
-        con.interrupt()
-        watchdog.join()
         release()
+
+
+@contextmanager
+def stopped_by(budget: Budget):
+    """An interrupted query says why it stopped: its client, or its time limit."""
+    try:
+        yield
+    except QueryCancelled:
+        raise budget.stopped() from None
 
 
 def _register(con: duckdb.DuckDBPyConnection, op: Operator) -> None:
@@ -183,11 +209,25 @@ def _arity(fn: Callable, n: int) -> Callable:
     return call
 
 
-def _interrupt_when(cancelled: Callable[[], bool], done: threading.Event, con) -> None:
-    while not done.wait(0.1):
-        if cancelled():
-            con.interrupt()
-            return
+class Watchdog:
+    """A thread that interrupts DuckDB, mid-operator too, once the budget says stop."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, budget: Budget):
+        self.con, self.budget, self.done = con, budget, threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+
+    def _watch(self) -> None:
+        while not self.done.wait(0.1):
+            if self.budget.should_stop():
+                self.con.interrupt()
+                return
+
+    def stop(self) -> None:
+        """End the watch and interrupt whatever still runs on the cursor."""
+        self.done.set()
+        self.con.interrupt()
+        self.thread.join()
 
 
 # DuckDB prefixes messages with their class ("Binder Error: ..."); UDF failures wrap the Python one.
@@ -205,6 +245,7 @@ def _message(error: duckdb.Error) -> str:
 _DUCKDB_ERRORS = (
     (duckdb.InterruptException, QueryCancelled),
     (duckdb.PermissionException, QueryRefused),
+    (duckdb.OutOfMemoryException, ResourceExhausted),
     ((duckdb.ParserException, duckdb.CatalogException, duckdb.BinderException, duckdb.InvalidInputException,
       duckdb.ConversionException, duckdb.OutOfRangeException, duckdb.TypeMismatchException,
       duckdb.NotImplementedException), InvalidQuery),

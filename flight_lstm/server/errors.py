@@ -3,7 +3,9 @@ reaches the client only as an internal error with an id, never as a traceback.
 
 Only pyarrow's Flight exception classes leave a Python server without a traceback attached
 (any other exception, ArrowInvalid included, ships its formatted traceback as the status detail).
-So a bad query is a FlightServerError (gRPC UNKNOWN) rather than INVALID_ARGUMENT."""
+So a bad query is a FlightServerError (gRPC UNKNOWN) rather than INVALID_ARGUMENT, and a limit
+reached is UNAVAILABLE (retryable): Arrow's transport has no RESOURCE_EXHAUSTED, and Arrow clients
+read a RESOURCE_EXHAUSTED from elsewhere as UNAVAILABLE too."""
 from __future__ import annotations
 
 import functools
@@ -12,7 +14,8 @@ import uuid
 
 import pyarrow.flight as flight
 
-from flight_lstm.errors import InvalidQuery, QueryCancelled, QueryRefused, SourceUnavailable
+from flight_lstm.errors import (InvalidQuery, QueryCancelled, QueryRefused, QueryTimedOut, ResourceExhausted,
+                                SourceUnavailable)
 
 log = logging.getLogger("flight_lstm.server")
 
@@ -21,6 +24,8 @@ STATUS = {
     QueryRefused: flight.FlightUnauthorizedError,  # PERMISSION_DENIED
     SourceUnavailable: flight.FlightUnavailableError,  # UNAVAILABLE: retryable
     QueryCancelled: flight.FlightCancelledError,
+    QueryTimedOut: flight.FlightTimedOutError,  # DEADLINE_EXCEEDED
+    ResourceExhausted: flight.FlightUnavailableError,
 }
 
 

@@ -1,0 +1,136 @@
+"""The server's limits and telemetry: past a limit one query gets a clear error and the server goes
+on; every query, however it ends, leaves one log line and counts in the Prometheus metrics."""
+from __future__ import annotations
+
+import logging
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pyarrow.flight as flight
+import pytest
+from conftest import run, start_server
+
+from flight_lstm.limits import Limits
+from flight_lstm.service import Service
+from flight_lstm.sources.duckdb import DuckDBSource
+
+# Each 2,048-row chunk of texts costs the model a fraction of a second: minutes in all.
+SLOW_STREAM = "SELECT sentiment(repeat('a fine film ', 40) || i) AS s FROM range(400000) t(i)"
+SLOW_BLOCKING = f"SELECT count(*) AS n FROM ({SLOW_STREAM}) WHERE s > 2"
+
+
+def serve(lake, **limits):
+    return start_server(Service(DuckDBSource(lake), batch_rows=100, limits=Limits(**limits)))
+
+
+def test_past_max_queries_a_query_waits_then_gets_unavailable(lake):
+    srv, uri = serve(lake, max_queries=1, queue_seconds=0.3)
+    try:
+        with flight.connect(uri) as first, flight.connect(uri) as second:
+            # A long result: the server blocks on the unread stream and keeps its one slot.
+            held = first.do_get(flight.Ticket(b"SELECT range AS i FROM range(20000000)"))
+            held.read_chunk()
+            started = time.monotonic()
+            with pytest.raises(flight.FlightUnavailableError, match=r"resource exhausted.*--max-queries"):
+                run(second, "SELECT 1 AS x")
+            assert time.monotonic() - started >= 0.3  # it waited for a slot first
+            held.cancel()
+            deadline = time.monotonic() + 30
+            while True:  # the slot comes back once the server sees the cancel
+                try:
+                    assert run(second, "SELECT 41 + 1 AS x").column("x")[0].as_py() == 42
+                    break
+                except flight.FlightUnavailableError:
+                    assert time.monotonic() < deadline
+    finally:
+        srv.shutdown()
+
+
+@pytest.mark.parametrize("sql", [SLOW_STREAM, SLOW_BLOCKING], ids=["streaming", "blocking"])
+def test_a_query_past_its_time_limit_is_stopped_with_deadline_exceeded(lake, sql):
+    srv, uri = serve(lake, query_seconds=1.0)
+    try:
+        with flight.connect(uri) as c:
+            started = time.monotonic()
+            with pytest.raises(flight.FlightTimedOutError, match="time limit of 1 s"):
+                c.do_get(flight.Ticket(sql.encode())).read_all()
+            assert time.monotonic() - started < 20  # stopped mid-work, not run to the end
+            assert run(c, "SELECT count(*) AS n FROM reviews").column("n")[0].as_py() == 8
+    finally:
+        srv.shutdown()
+
+
+def test_a_result_past_max_rows_ends_with_a_clear_error(lake):
+    srv, uri = serve(lake, max_rows=1000)
+    try:
+        with flight.connect(uri) as c:
+            assert run(c, "SELECT * FROM range(1000)").num_rows == 1000
+            with pytest.raises(flight.FlightUnavailableError, match=r"limit of 1,000 rows.*LIMIT"):
+                run(c, "SELECT * FROM range(5000)")
+            assert run(c, "SELECT * FROM range(10)").num_rows == 10
+    finally:
+        srv.shutdown()
+
+
+def test_duckdb_out_of_memory_is_unavailable_for_that_query_only(lake):
+    srv, uri = start_server(Service(DuckDBSource(lake), memory_limit="64MB"))
+    try:
+        with flight.connect(uri) as c:
+            with pytest.raises(flight.FlightUnavailableError, match="(?i)out of memory"):
+                run(c, "SELECT string_agg(repeat('x', 200) || i, ',') AS s FROM range(3000000) t(i)")
+            assert run(c, "SELECT count(*) AS n FROM reviews").column("n")[0].as_py() == 8
+    finally:
+        srv.shutdown()
+
+
+def test_every_query_logs_one_line_without_its_sql(lake, caplog):
+    srv, uri = serve(lake)
+    try:
+        with flight.connect(uri) as c, caplog.at_level(logging.INFO, "flight_lstm.server"):
+            run(c, "SELECT id, sentiment(review) AS s FROM reviews WHERE review = 'secret words'")
+            with pytest.raises(flight.FlightServerError):
+                run(c, "SELECT nope('secret words')")
+            deadline = time.monotonic() + 10
+            while len([r for r in caplog.records if "query kind=" in r.getMessage()]) < 2:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+    finally:
+        srv.shutdown()
+    lines = [r.getMessage() for r in caplog.records if "query kind=" in r.getMessage()]
+    assert [re.search(r"kind=(\w+) outcome=(\w+)", m).groups() for m in lines] == [
+        ("do_get", "ok"), ("get_flight_info", "InvalidQuery")]
+    assert "operators=sentiment" in lines[0] and "rows=0" in lines[0]
+    assert not any("secret" in r.getMessage() for r in caplog.records)
+
+
+def test_metrics_count_queries_rows_and_outcomes(lake, tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flight_lstm.cli", "serve", "--source", f"duckdb://{lake}", "--port", "0",
+         "--metrics-port", "0", "--max-rows", "100"], stdout=subprocess.PIPE, text=True)
+    try:
+        uri = proc.stdout.readline().strip().rsplit(" on ", 1)[1]
+        metrics_url = proc.stdout.readline().strip().rsplit(" on ", 1)[1]
+        with flight.connect(uri) as c:
+            assert run(c, "SELECT id, sentiment(review) FROM reviews").num_rows == 8
+            assert run(c, "SELECT * FROM range(30)").num_rows == 30
+            with pytest.raises(flight.FlightServerError):
+                run(c, "SELECT FROM WHERE")
+            with pytest.raises(flight.FlightUnavailableError):
+                run(c, "SELECT * FROM range(1000)")
+        text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+    def value(name: str) -> float:
+        return float(re.search(rf"^{re.escape(name)} (\S+)$", text, re.M).group(1))
+
+    assert value('flight_lstm_queries_total{outcome="ok"}') == 2
+    assert value('flight_lstm_queries_total{outcome="InvalidQuery"}') == 1
+    assert value('flight_lstm_queries_total{outcome="ResourceExhausted"}') == 1
+    assert value("flight_lstm_rows_total") == 38  # the refused result sent none of its rows
+    assert value("flight_lstm_query_seconds_count") == 4
+    assert value("flight_lstm_queries_running") == 0
