@@ -10,6 +10,8 @@ import sys
 import threading
 from pathlib import Path
 
+from flight_lstm.limits import Limits
+
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
@@ -28,8 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--view", action="append", default=[], metavar='NAME="SQL"',
                        help="publish a query as a named dataset (repeatable)")
     serve.add_argument("--batch-rows", type=int, default=65_536, help="rows per streamed batch")
-    serve.add_argument("--memory-limit", help="DuckDB memory limit per query, e.g. 2GB")
-    serve.add_argument("--threads", type=int, help="DuckDB threads per query")
+    serve.add_argument("--memory-limit", help="DuckDB's memory for the server, e.g. 4GB (default: DuckDB's, 80%% of RAM); "
+                       "a query past it gets UNAVAILABLE")
+    serve.add_argument("--threads", type=int, help="DuckDB's threads, server-wide (default: one per core)")
     serve.add_argument("--auth-file", type=Path, help="users file (flight-lstm users add); turns auth on")
     serve.add_argument("--token-secret-file", type=Path,
                        help="key that signs bearer tokens; share it between replicas (default: random per start)")
@@ -38,6 +41,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-client-ca", type=Path, help="require client certificates signed by this CA (mutual TLS)")
     serve.add_argument("--grace-seconds", type=float, default=30.0,
                        help="on SIGTERM, how long in-flight queries may take to finish")
+    serve.add_argument("--max-queries", type=int, default=Limits.max_queries,
+                       help="queries running at once; more wait up to --queue-seconds, then get UNAVAILABLE")
+    serve.add_argument("--queue-seconds", type=float, default=Limits.queue_seconds)
+    serve.add_argument("--query-seconds", type=float, default=Limits.query_seconds,
+                       help="a query's time limit, start to last batch (0: none); past it, DEADLINE_EXCEEDED")
+    serve.add_argument("--max-rows", type=int, default=Limits.max_rows,
+                       help="rows in one result (0: no limit); past it, the query ends with UNAVAILABLE")
+    serve.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on http://HOST:PORT/metrics")
     serve.add_argument("--log-level", default="INFO")
     serve.set_defaults(run=_serve)
 
@@ -109,8 +120,10 @@ def _serve(args) -> int:
     from flight_lstm.sources import open_source
 
     views = dict(_split_view(v) for v in args.view)
+    limits = Limits(max_queries=args.max_queries, queue_seconds=args.queue_seconds,
+                    query_seconds=args.query_seconds or None, max_rows=args.max_rows or None)
     service = Service(open_source(args.source), views=views, batch_rows=args.batch_rows,
-                      memory_limit=args.memory_limit, threads=args.threads)
+                      memory_limit=args.memory_limit, threads=args.threads, limits=limits)
     try:
         service.warm_up()
     except Exception as e:  # a server that cannot score must not start half-working
@@ -119,6 +132,11 @@ def _serve(args) -> int:
     server = FlightLSTMServer(service, f"{scheme}://{args.host}:{args.port}", **options)
     signal.signal(signal.SIGTERM, lambda *_: _drain(server, args.grace_seconds))
     print(f"flight-lstm serving {service.source.describe()} on {scheme}://{args.host}:{server.port}", flush=True)
+    if args.metrics_port is not None:
+        from flight_lstm.server.telemetry import serve_metrics
+
+        port = serve_metrics(args.host, args.metrics_port)
+        print(f"flight-lstm metrics on http://{args.host}:{port}/metrics", flush=True)
     server.serve()
     return 0
 

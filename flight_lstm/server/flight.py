@@ -8,8 +8,6 @@ runs row-wise SQL over the client's own batches.
 from __future__ import annotations
 
 import json
-import logging
-import time
 
 import pyarrow as pa
 import pyarrow.flight as flight
@@ -20,9 +18,8 @@ from flight_lstm.server.errors import flight_errors, mapped
 from flight_lstm.server.flight_sql import ACTIONS as FLIGHT_SQL_ACTIONS
 from flight_lstm.server.flight_sql import FlightSQL
 from flight_lstm.server.flight_sql_messages import flight_sql_type
+from flight_lstm.server.telemetry import Query
 from flight_lstm.service import Service
-
-log = logging.getLogger("flight_lstm.server")
 
 ACTIONS = {
     "health": "Readiness: status, source and published views (JSON).",
@@ -54,11 +51,15 @@ class FlightLSTMServer(flight.FlightServerBase):
         return self.service.dataset_sql(".".join(p.decode() if isinstance(p, bytes) else p for p in descriptor.path))
 
     def _info(self, descriptor: flight.FlightDescriptor) -> flight.FlightInfo:
-        message = _flight_sql(descriptor)
-        if message:
-            return self.flight_sql.flight_info(*message, descriptor)
-        sql = self._ticket_sql(descriptor)
-        schema = self.service.schema(self.service.plan(sql))
+        try:
+            message = _flight_sql(descriptor)
+            if message:
+                return self.flight_sql.flight_info(*message, descriptor)
+            sql = self._ticket_sql(descriptor)
+            schema = self.service.schema(self.service.plan(sql))
+        except BaseException as e:
+            Query("get_flight_info").end(e)  # a query that fails planning ends here, not in DoGet
+            raise
         endpoint = flight.FlightEndpoint(sql.encode(), [])
         return flight.FlightInfo(schema, descriptor, [endpoint], -1, -1)
 
@@ -80,13 +81,18 @@ class FlightLSTMServer(flight.FlightServerBase):
 
     @flight_errors
     def do_get(self, context, ticket):
-        message = flight_sql_type(ticket.ticket)
-        if message:
-            schema, batches, operators = self.flight_sql.do_get(*message, context.is_cancelled)
-        else:
-            plan = self.service.plan(sql_of(ticket.ticket))
-            (schema, batches), operators = self.service.stream(plan, context.is_cancelled), plan.operators
-        return flight.GeneratorStream(schema, mapped(_logged(batches, operators)))
+        query = Query("do_get")
+        try:
+            message = flight_sql_type(ticket.ticket)
+            if message:
+                schema, batches, query.operators = self.flight_sql.do_get(*message, context.is_cancelled)
+            else:
+                plan = self.service.plan(sql_of(ticket.ticket))
+                (schema, batches), query.operators = self.service.stream(plan, context.is_cancelled), plan.operators
+        except BaseException as e:
+            query.end(e)
+            raise
+        return flight.GeneratorStream(schema, mapped(query.watch(batches)))
 
     @flight_errors
     def do_put(self, context, descriptor, reader, writer):
@@ -100,11 +106,16 @@ class FlightLSTMServer(flight.FlightServerBase):
         """Row-wise SQL over a table `input` holding the client's batches: one batch back per batch sent."""
         if descriptor.descriptor_type != flight.DescriptorType.CMD or _flight_sql(descriptor):
             raise InvalidQuery("DoExchange takes a command descriptor holding SQL over the table `input`")
-        batches = (chunk.data for chunk in reader if chunk.data is not None)
-        schema, results = self.service.exchange(sql_of(descriptor.command), reader.schema, batches,
-                                                context.is_cancelled)
+        query = Query("do_exchange")
+        try:
+            batches = (chunk.data for chunk in reader if chunk.data is not None)
+            schema, results = self.service.exchange(sql_of(descriptor.command), reader.schema, batches,
+                                                    context.is_cancelled)
+        except BaseException as e:
+            query.end(e)
+            raise
         writer.begin(schema)
-        for batch in _logged(results, ()):
+        for batch in query.watch(results):
             writer.write_batch(batch)
 
     def list_actions(self, context):
@@ -133,18 +144,3 @@ def _flight_sql(descriptor: flight.FlightDescriptor) -> tuple[str, bytes] | None
     if descriptor.descriptor_type != flight.DescriptorType.CMD:
         return None
     return flight_sql_type(descriptor.command)
-
-
-def _logged(batches, operators):
-    """One log line per query: rows, seconds, outcome (never the SQL text or the data)."""
-    started, rows, outcome = time.perf_counter(), 0, "ok"
-    try:
-        for batch in batches:
-            rows += batch.num_rows
-            yield batch
-    except BaseException as e:
-        outcome = type(e).__name__
-        raise
-    finally:
-        log.info("query outcome=%s rows=%d seconds=%.3f operators=%s", outcome, rows,
-                 time.perf_counter() - started, ",".join(sorted(operators)) or "-")

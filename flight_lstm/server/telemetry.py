@@ -1,0 +1,75 @@
+"""What the server tells the people who run it: one log line per query and, when asked for,
+Prometheus metrics (queries by outcome, rows, latency, queries running). Neither holds SQL text,
+parameters or data: only counts, durations, operator names and outcomes."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from typing import Iterable, Iterator
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from flight_lstm.errors import FlightLSTMError
+
+log = logging.getLogger("flight_lstm.server")
+
+QUERIES = Counter("flight_lstm_queries", "Queries, by how they ended", ["outcome"])
+ROWS = Counter("flight_lstm_rows", "Rows returned to clients")
+SECONDS = Histogram("flight_lstm_query_seconds", "Query wall time, from the call to the last batch",
+                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 600))
+RUNNING = Gauge("flight_lstm_queries_running", "Queries started and not yet ended")
+
+
+def serve_metrics(host: str, port: int) -> int:
+    """Expose /metrics over HTTP; returns the port (useful when asked for port 0)."""
+    server, _ = start_http_server(port, addr=host)
+    return server.server_port
+
+
+def outcome(error: BaseException | None) -> str:
+    """A short, bounded label: "ok", one of our error classes, or "InternalError"."""
+    if error is None:
+        return "ok"
+    return type(error).__name__ if isinstance(error, FlightLSTMError) else "InternalError"
+
+
+class Query:
+    """One query from its call to its end: counts its rows and reports once, however it ends."""
+
+    def __init__(self, kind: str):
+        self.kind, self.operators, self.rows = kind, (), 0
+        self.started = time.perf_counter()
+        self._ended = threading.Event()
+        RUNNING.inc()
+
+    def end(self, error: BaseException | None = None) -> None:
+        if self._ended.is_set():
+            return
+        self._ended.set()
+        seconds, label = time.perf_counter() - self.started, outcome(error)
+        RUNNING.dec()
+        QUERIES.labels(label).inc()
+        ROWS.inc(self.rows)
+        SECONDS.observe(seconds)
+        log.info("query kind=%s outcome=%s rows=%d seconds=%.3f operators=%s", self.kind, label,
+                 self.rows, seconds, ",".join(sorted(self.operators)) or "-")
+
+    def watch(self, batches: Iterable) -> Iterator:
+        """Pass the batches through, counting rows; the query ends with the stream."""
+        stream = self._watched(batches)
+        weakref.finalize(stream, self.end)  # a stream dropped unstarted never runs its finally
+        return stream
+
+    def _watched(self, batches: Iterable) -> Iterator:
+        error = None
+        try:
+            for batch in batches:
+                self.rows += batch.num_rows
+                yield batch
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            self.end(error)
