@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from flight_lstm.errors import InvalidQuery, QueryRefused
+from flight_lstm.server import liveness
 from flight_lstm.server.auth import BasicBearerAuth, NoOpAuthHandler, caller
 from flight_lstm.server.errors import flight_errors, mapped
 from flight_lstm.server.flight_sql import ACTIONS as FLIGHT_SQL_ACTIONS
@@ -38,9 +39,10 @@ def sql_of(data: bytes) -> str:
 class FlightLSTMServer(flight.FlightServerBase):
     def __init__(self, service: Service, location: str = "grpc://127.0.0.1:8815", *,
                  auth: BasicBearerAuth | None = None, **kwargs):
+        middleware = {liveness.KEY: liveness.Liveness()}
         if auth is not None:
-            kwargs.update(auth_handler=NoOpAuthHandler(), middleware={"auth": auth})
-        super().__init__(location, **kwargs)
+            kwargs["auth_handler"], middleware["auth"] = NoOpAuthHandler(), auth
+        super().__init__(location, middleware=middleware, **kwargs)
         self.service = service
         self.flight_sql = FlightSQL(service)
         self.auth_required = auth is not None
@@ -85,10 +87,10 @@ class FlightLSTMServer(flight.FlightServerBase):
         try:
             message = flight_sql_type(ticket.ticket)
             if message:
-                schema, batches, query.operators = self.flight_sql.do_get(*message, context.is_cancelled)
+                schema, batches, query.operators = self.flight_sql.do_get(*message, liveness.cancelled(context))
             else:
                 plan = self.service.plan(sql_of(ticket.ticket))
-                (schema, batches), query.operators = self.service.stream(plan, context.is_cancelled), plan.operators
+                (schema, batches), query.operators = self.service.stream(plan, liveness.cancelled(context)), plan.operators
         except BaseException as e:
             query.end(e)
             raise
@@ -110,7 +112,7 @@ class FlightLSTMServer(flight.FlightServerBase):
         try:
             batches = (chunk.data for chunk in reader if chunk.data is not None)
             schema, results = self.service.exchange(sql_of(descriptor.command), reader.schema, batches,
-                                                    context.is_cancelled)
+                                                    liveness.cancelled(context))
         except BaseException as e:
             query.end(e)
             raise
