@@ -10,7 +10,7 @@ import duckdb
 import pyarrow as pa
 
 from flight_lstm.errors import InvalidQuery
-from flight_lstm.execute import Engine, Watchdog, stopped_by, translated_errors
+from flight_lstm.execute import Engine, stopped_by, translated_errors
 from flight_lstm.limits import Budget
 from flight_lstm.plan import Plan
 from flight_lstm.plan.row_wise import INPUT
@@ -60,7 +60,7 @@ def _nodes(tree: list[dict]) -> Iterator[dict]:
 
 
 def _run(con, sql, schema, batches, budget: Budget, engine: Engine, leave) -> Iterator[pa.RecordBatch]:
-    watchdog = Watchdog(con, budget)
+    unwatch = engine.watchdog.watch(con, budget)
     try:
         with stopped_by(budget), translated_errors(engine.source):
             for batch in batches:
@@ -70,7 +70,7 @@ def _run(con, sql, schema, batches, budget: Budget, engine: Engine, leave) -> It
                 budget.spend(out.num_rows)
                 yield out
     finally:
-        watchdog.stop()
+        unwatch()
         engine.release(con, leave=leave)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import re
 import threading
+import time
 import weakref
 from contextlib import contextmanager
 from typing import Callable, Iterator
@@ -41,6 +42,7 @@ class Engine:
         self.batch_rows = batch_rows
         self.limits = limits
         self.admission = Admission(limits)
+        self.watchdog = Watchdog()
         self.db = _database(source, operators, {"memory_limit": memory_limit, "threads": threads})
 
     def schema(self, plan: Plan, params: list | None = None) -> pa.Schema:
@@ -71,10 +73,10 @@ class Engine:
             leave()
             raise
         budget = Budget(self.limits, cancelled)
-        watchdog = Watchdog(con, budget)
+        unwatch = self.watchdog.watch(con, budget)
 
         def finish() -> None:
-            watchdog.stop()
+            unwatch()
             self.release(con, plan, leave)
 
         done = _Once(finish)
@@ -94,10 +96,11 @@ class Engine:
     def connect(self, plan: Plan | None, *, schema_only: bool = False,
                 extra_tables: dict[str, pa.Table] | None = None) -> duckdb.DuckDBPyConnection:
         """A cursor in which exactly the plan's source tables (and `extra_tables`) are readable.
-        With no plan nothing is attached (DoExchange). Give it back with `release`."""
+        With no plan (DoExchange), or one that reads no source table, nothing is attached. Give it
+        back with `release`."""
         con = self.db.cursor()
         try:
-            if plan is not None:
+            if _reads_source(plan):
                 self.source.attach(con, plan, schema_only=schema_only)
             for name, table in (extra_tables or {}).items():
                 con.register(name, table)
@@ -112,7 +115,7 @@ class Engine:
         back the query's slot."""
         try:
             con.close()
-            if plan is not None:
+            if _reads_source(plan):
                 spare = self.db.cursor()
                 try:
                     self.source.detach(spare, plan)
@@ -120,6 +123,11 @@ class Engine:
                     spare.close()
         finally:
             leave()
+
+
+def _reads_source(plan: Plan | None) -> bool:
+    """Whether a query touches the source at all: `SELECT 1` or `range(10)` need no attachment."""
+    return plan is not None and bool(plan.tables or plan.scans)
 
 
 def _database(source: Source, operators, settings: dict) -> duckdb.DuckDBPyConnection:
@@ -210,24 +218,49 @@ def _arity(fn: Callable, n: int) -> Callable:
 
 
 class Watchdog:
-    """A thread that interrupts DuckDB, mid-operator too, once the budget says stop."""
+    """Interrupts DuckDB, mid-operator too, for each running query whose budget says stop.
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, budget: Budget):
-        self.con, self.budget, self.done = con, budget, threading.Event()
-        self.thread = threading.Thread(target=self._watch, daemon=True)
-        self.thread.start()
+    One thread serves all of an engine's queries, so a query starts and joins no thread of its
+    own (that cost a short query ~2 ms); the thread ends once nothing is watched for a tick."""
 
-    def _watch(self) -> None:
-        while not self.done.wait(0.1):
-            if self.budget.should_stop():
-                self.con.interrupt()
-                return
+    TICK = 0.1  # seconds between looks: how late a cancel or time limit may act
 
-    def stop(self) -> None:
-        """End the watch and interrupt whatever still runs on the cursor."""
-        self.done.set()
-        self.con.interrupt()
-        self.thread.join()
+    def __init__(self):
+        self._watched: dict[int, tuple[duckdb.DuckDBPyConnection, Budget]] = {}
+        self._lock = threading.Lock()
+        self._running = False
+
+    def watch(self, con: duckdb.DuckDBPyConnection, budget: Budget) -> Callable[[], None]:
+        """Guard `con` until the returned call, which also interrupts whatever still runs on it."""
+        with self._lock:
+            self._watched[id(con)] = (con, budget)
+            if not self._running:
+                self._running = True
+                threading.Thread(target=self._run, name="flight-lstm-watchdog", daemon=True).start()
+
+        def unwatch() -> None:
+            with self._lock:
+                self._watched.pop(id(con), None)
+            con.interrupt()
+
+        return unwatch
+
+    def _run(self) -> None:
+        idle = False
+        while True:
+            time.sleep(self.TICK)
+            with self._lock:
+                if not self._watched:
+                    if idle:
+                        self._running = False
+                        return
+                    idle = True
+                    continue
+                idle = False
+                for key, (con, budget) in list(self._watched.items()):
+                    if budget.should_stop():
+                        con.interrupt()
+                        del self._watched[key]
 
 
 # DuckDB prefixes messages with their class ("Binder Error: ..."); UDF failures wrap the Python one.

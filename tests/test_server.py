@@ -128,14 +128,15 @@ def test_engine_refuses_file_access_even_if_the_planner_missed_it(lake):
 
 def test_engine_cannot_write_the_source(lake):
     engine = Engine(DuckDBSource(lake), OPERATORS)
-    con = engine.connect(Plan("", (), frozenset()))
+    plan = Plan("", ("reviews",), frozenset())
+    con = engine.connect(plan)
     try:
         with pytest.raises(Exception, match="read-only"):
             con.execute("CREATE TABLE lake.main.x (a INT)")
         with pytest.raises(Exception, match="locked"):
             con.execute("SET enable_external_access = true")
     finally:
-        con.close()
+        engine.release(con, plan)
 
 
 def test_locked_file_is_unavailable_then_serves_again(tmp_path):
