@@ -18,6 +18,8 @@ from flight_lstm.sources import Source
 from udfs import OPERATORS
 from udfs.base import registry
 
+SCHEMA_CACHE = 1024  # result schemas kept; the cache starts over when full
+
 
 def quote(name: str) -> str:
     """A name as one double-quoted SQL identifier."""
@@ -31,6 +33,7 @@ class Service:
         self.catalog = Catalog(operators=OPERATORS, check_model=check_model,
                                pushdown_dialect=source.pushdown_dialect, columns_of=source.columns)
         self.view_sql = dict(views or {})
+        self._schemas: dict[tuple, pa.Schema] = {}
         for name, sql in self.view_sql.items():
             self.catalog.add_view(name, sql)
 
@@ -66,8 +69,20 @@ class Service:
         return self.schema(self.plan(self.dataset_sql(name, kind)))
 
     def schema(self, plan: Plan, params: list | None = None) -> pa.Schema:
+        """The result schema. Cached per query text while the source's `version` stays the same,
+        so GetFlightInfo before each DoGet (and ListFlights) does not open the source every time."""
         _check_params(plan, params)
-        return self.engine.schema(plan, params)
+        version = None if params else self.source.version()
+        if version is None:
+            return self.engine.schema(plan, params)
+        key = (plan.sql, version)
+        schema = self._schemas.get(key)
+        if schema is None:
+            schema = self.engine.schema(plan)
+            if len(self._schemas) >= SCHEMA_CACHE:
+                self._schemas.clear()
+            self._schemas[key] = schema
+        return schema
 
     def stream(self, plan: Plan, cancelled: Callable[[], bool] = lambda: False, params: list | None = None):
         _check_params(plan, params)

@@ -200,3 +200,23 @@ def test_concurrent_queries_share_one_attachment(lake):
 
     with duckdb.connect(lake) as writer:  # and lets go of the file when the last one ends
         writer.execute("SELECT 1")
+
+
+def test_result_schemas_are_cached_until_the_file_changes(tmp_path, monkeypatch):
+    import duckdb
+    from conftest import make_lake
+    from flight_lstm.service import Service
+
+    source = DuckDBSource(make_lake(tmp_path / "cached.db"))
+    opened = []
+    real_attach = source._attach
+    monkeypatch.setattr(source, "_attach", lambda con: (opened.append(1), real_attach(con)))
+    service = Service(source)
+    plan = service.plan("SELECT * FROM reviews")
+    assert service.schema(plan).names == ["id", "review"]
+    assert service.schema(service.plan("SELECT * FROM reviews")).names == ["id", "review"]
+    assert len(opened) == 1  # the second GetFlightInfo did not open the file
+    with duckdb.connect(str(source.path)) as writer:
+        writer.execute("ALTER TABLE reviews ADD COLUMN stars INTEGER")
+    assert service.schema(plan).names == ["id", "review", "stars"]
+    assert len(opened) == 2

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Hashable
 
 import duckdb
 
@@ -41,6 +42,11 @@ class Source(ABC):
     def detach(self, con: duckdb.DuckDBPyConnection, plan: Plan) -> None:
         """The query that `attach` served is over (its cursor closed): let go of what it held,
         through `con`, another cursor of the same database."""
+
+    def version(self) -> Hashable | None:
+        """A token that changes whenever the source's tables may have changed, so result schemas
+        can be cached until it does; None (the default) caches nothing."""
+        return None
 
     def allowed_paths(self) -> list[str]:
         """Files the engine's database may still open once file access is off (the source's own)."""

@@ -3,6 +3,7 @@ one ends, so no lock outlives the queries and a writer (an enrichment run, a loa
 file between them."""
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -59,6 +60,18 @@ class DuckDBSource(Source):
             self._queries -= 1
             if self._queries == 0:
                 con.execute(f"DETACH {ALIAS}")
+
+    def version(self) -> tuple:
+        """The file and its WAL as the OS sees them: any write or replacement changes one."""
+        stats = []
+        for path in self.allowed_paths():
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                stats.append(None)
+            else:
+                stats.append((st.st_ino, st.st_mtime_ns, st.st_size))
+        return tuple(stats)
 
     def allowed_paths(self) -> list[str]:
         return [str(self.path), f"{self.path}.wal"]
