@@ -294,6 +294,8 @@ def main() -> int:
             srv.close()
         r["memory"] = memory
 
+    print("enrichment: local engine, then Ray with one and two workers", flush=True)
+    r["enrich"] = enrichment(texts, repeats)
     ratios = {
         "operator / model limit (sentiment)": r["sentiment_operator"] / r["sentiment_limit"]["rows_per_s"],
         "end to end / operator (sentiment)": r["e2e_sentiment"] / r["sentiment_operator"],
@@ -306,6 +308,7 @@ def main() -> int:
     }
     if r["transformer"]:
         ratios["end to end / transformer classifier"] = r["e2e_sentiment"] / r["transformer"]["rows_per_s"]
+    ratios.update(enrichment_ratios(r["enrich"]))
     r["ratios"] = ratios
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{args.out}.json").write_text(json.dumps(r, indent=2, default=float))
@@ -333,15 +336,76 @@ def markdown(r: dict) -> str:
     }
     if r["transformer"]:
         rates["MiniLM + logistic head (dev acc %.3f)" % r["transformer"]["dev_accuracy"]] = r["transformer"]["rows_per_s"]
+    rates.update(enrichment_rates(r["enrich"]))
     lines += [f"| {k} | {v:,.0f} |" for k, v in rates.items()]
     lines += ["", f"LSTM dev accuracy: {r['lstm_dev_accuracy']:.3f}", "",
               f"One-row query: {r['one_row']['ours']['median_ms']:.1f} ms median, {r['one_row']['ours']['p99_ms']:.1f} ms p99 "
               f"(bare do_get {r['one_row']['plain']['median_ms']:.1f} ms)", "",
               f"Server memory, peak minus idle: {r['memory']['1x']['rows']:,} rows {r['memory']['1x']['peak_minus_idle_mb']:.0f} MB, "
               f"{r['memory']['10x']['rows']:,} rows {r['memory']['10x']['peak_minus_idle_mb']:.0f} MB", "",
+              enrichment_note(r["enrich"]), "",
               "| ratio | value |", "|---|---|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in r["ratios"].items()]
     return "\n".join(lines) + "\n"
+
+
+# -- enrichment, local and on Ray ---------------------------------------------------------------------
+
+ENRICH_SQL = "SELECT id, sentiment(review) AS sentiment FROM reviews"
+
+
+def enrichment(texts: pa.Array, repeats: int) -> dict:
+    """`flight-lstm enrich` of one table into Parquet: the local engine, then the Ray engine with one
+    and two workers on a Ray cluster started here. A Ray run's time includes starting its actors
+    and loading the model in each (measured alone on a one-chunk run); the cluster's own start
+    does not count."""
+    import ray
+
+    from flight_lstm.enrich import Job, run
+
+    chunk_rows = max(500, len(texts) // 20)  # enough chunks to keep two workers busy
+
+    def seconds(lake: Path, ray_workers: int | None = None) -> float:
+        """A run's median time: the local engine, or Ray with this many workers."""
+        def once():
+            with tempfile.TemporaryDirectory() as out:
+                options = {"engine": "ray", "ray_workers": ray_workers} if ray_workers else {}
+                run(Job.from_options("bench", {"source": f"duckdb://{lake}", "sql": ENRICH_SQL, "key": "id",
+                                               "into": f"parquet://{out}/scored", "chunk_rows": chunk_rows,
+                                               **options}))
+        return median_seconds(once, repeats)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        lake = lakehouse(Path(tmp) / "enrich.db", texts)
+        one_chunk = lakehouse(Path(tmp) / "one-chunk.db", texts.slice(0, 100))
+        sentiment(pa.array(["warm up"]))
+        result = {"rows": len(texts), "chunk_rows": chunk_rows,
+                  "local_rows_per_s": len(texts) / seconds(lake)}
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        try:
+            result["ray_run_overhead_s"] = seconds(one_chunk, 1)
+            for workers in (1, 2):
+                result[f"ray_{workers}_rows_per_s"] = len(texts) / seconds(lake, workers)
+        finally:
+            ray.shutdown()
+    return result
+
+
+def enrichment_rates(e: dict) -> dict:
+    return {f"enrich {e['rows']:,} rows into Parquet, local engine": e["local_rows_per_s"],
+            "enrich, Ray engine, 1 worker": e["ray_1_rows_per_s"],
+            "enrich, Ray engine, 2 workers": e["ray_2_rows_per_s"]}
+
+
+def enrichment_ratios(e: dict) -> dict:
+    return {"enrich: Ray 1 worker / local engine": e["ray_1_rows_per_s"] / e["local_rows_per_s"],
+            "enrich: Ray 2 workers / Ray 1 worker": e["ray_2_rows_per_s"] / e["ray_1_rows_per_s"],
+            "enrich: Ray 2 workers / local engine": e["ray_2_rows_per_s"] / e["local_rows_per_s"]}
+
+
+def enrichment_note(e: dict) -> str:
+    return (f"Enrichment in chunks of {e['chunk_rows']:,} rows. A Ray run's fixed cost (a one-chunk run of 100 rows, "
+            f"1 worker: actors start, the model loads): {e['ray_run_overhead_s']:.1f} s")
 
 
 if __name__ == "__main__":

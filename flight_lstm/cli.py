@@ -104,6 +104,11 @@ def _parser() -> argparse.ArgumentParser:
     enrich.add_argument("--rescore-on-model-change", action="store_true", default=None,
                         help="re-score rows written by another model than the current one")
     enrich.add_argument("--chunk-rows", type=int, help="rows per atomic commit (default 10,000)")
+    enrich.add_argument("--engine", choices=["local", "ray"],
+                        help="score here (local, the default) or on a Ray cluster (into parquet:// or iceberg://)")
+    enrich.add_argument("--ray-address", help="with --engine ray: the cluster to join, e.g. auto "
+                                              "(default: start one on this machine)")
+    enrich.add_argument("--ray-workers", type=int, help="with --engine ray: scoring actors (default: one per CPU)")
     enrich.add_argument("--jobs", type=Path, help="a TOML file of named jobs (instead of the options above)")
     enrich.add_argument("--job", help="with --jobs: run only this job")
     enrich.add_argument("--once", action="store_true", help="run once even if a schedule is given")
@@ -277,7 +282,8 @@ def _enrich(args) -> int:
     from flight_lstm.errors import FlightLSTMError
 
     options = {k: getattr(args, k) for k in ("source", "sql", "key", "into", "every", "cron", "watermark",
-                                             "rescore_on_model_change", "chunk_rows")}
+                                             "rescore_on_model_change", "chunk_rows", "engine", "ray_address",
+                                             "ray_workers")}
     try:
         if args.jobs:
             jobs = load_jobs(args.jobs, args.job)

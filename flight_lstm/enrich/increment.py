@@ -38,6 +38,7 @@ class Increment:
     keys_sql: str  # every candidate key, with EXISTING and TODO flags
     chunk_sql: str  # the user's query for the keys in CHUNK only
     done_condition: str  # when a candidate counts as done, for --dry-run
+    key_sql: tuple[str, ...]  # each key's expression over the source's columns
 
 
 def build(sql: str, keys: tuple[str, ...], operators, *, watermark: str | None = None,
@@ -80,7 +81,7 @@ def build(sql: str, keys: tuple[str, ...], operators, *, watermark: str | None =
     in_chunk = " AND ".join(f"c.{key_column(i)} IS NOT DISTINCT FROM ({e.sql(dialect='duckdb')})"
                             for i, e in enumerate(key_exprs))
     chunk = tree.copy().where(f"EXISTS (SELECT 1 FROM {CHUNK} AS c WHERE {in_chunk})", dialect="duckdb")
-    return Increment(keys_sql, chunk.sql(dialect="duckdb"), done)
+    return Increment(keys_sql, chunk.sql(dialect="duckdb"), done, tuple(e.sql(dialect="duckdb") for e in key_exprs))
 
 
 def _outputs(select: exp.Select) -> dict[str, exp.Expression] | None:

@@ -10,6 +10,8 @@ Built the same way from command-line options and from a jobs file (TOML):
     watermark = "updated_at"            # optional
     rescore_on_model_change = true      # optional
     chunk_rows = 10000                  # optional
+    engine = "local"                    # optional; "ray" runs it on a Ray cluster (ray_engine.py),
+                                        # with optional ray_address = "auto" and ray_workers = 4
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from flight_lstm.enrich.schedule import Schedule
 from flight_lstm.errors import FlightLSTMError
 
 CHUNK_ROWS = 10_000
+ENGINES = ("local", "ray")
 
 
 class JobError(FlightLSTMError):
@@ -38,6 +41,9 @@ class Job:
     rescore_on_model_change: bool = False
     chunk_rows: int = CHUNK_ROWS
     schedule: Schedule | None = None
+    engine: str = "local"
+    ray_address: str | None = None
+    ray_workers: int | None = None
 
     @classmethod
     def from_options(cls, name: str, options: dict) -> "Job":
@@ -60,7 +66,16 @@ class Job:
         chunk_rows = int(options.pop("chunk_rows", CHUNK_ROWS))
         if chunk_rows < 1:
             raise JobError(f"job {name!r}: chunk_rows must be at least 1")
-        return cls(name=name, keys=keys, schedule=schedule, chunk_rows=chunk_rows, **options)
+        engine = options.pop("engine", "local")
+        if engine not in ENGINES:
+            raise JobError(f"job {name!r}: engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+        if engine != "ray" and {"ray_address", "ray_workers"} & set(options):
+            raise JobError(f"job {name!r}: ray_address and ray_workers need engine ray")
+        workers = options.pop("ray_workers", None)
+        if workers is not None and int(workers) < 1:
+            raise JobError(f"job {name!r}: ray_workers must be at least 1")
+        return cls(name=name, keys=keys, schedule=schedule, chunk_rows=chunk_rows, engine=engine,
+                   ray_workers=None if workers is None else int(workers), **options)
 
 
 def load_jobs(path: Path, only: str | None = None) -> list[Job]:

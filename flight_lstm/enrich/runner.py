@@ -3,12 +3,15 @@
 Exactly once, whatever kills the run: each chunk's commit is atomic in the target, and the next
 run's keys query skips every key a commit made visible. Between chunks the source is closed, so
 a DuckDB file alternates between this run's commits and the server's read-only queries.
+
+Scoring is the engine's part: here, chunk after chunk in this process; with `engine = "ray"`,
+on a Ray cluster (ray_engine.py). Either way this process alone commits.
 """
 from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -19,18 +22,23 @@ from flight_lstm.enrich.job import Job, JobError
 from flight_lstm.enrich.lock import target_lock
 from flight_lstm.enrich.progress import Progress, Summary
 from flight_lstm.execute import Engine
+from flight_lstm.limits import Limits
 from flight_lstm.plan import Plan
 from flight_lstm.service import Service
 from flight_lstm.sinks import TargetError, open_sink
 from flight_lstm.sources import open_source
 from udfs import OPERATORS
 
+# A run reads every key of a table and may score a big chunk for long: the caps a server puts on
+# one query's rows and time are not for it.
+RUN_LIMITS = Limits(query_seconds=None, max_rows=None)
+
 
 def run(job: Job, *, dry_run: bool = False, wait: bool = False, stop: threading.Event | None = None,
         out: Callable[[str], None] = print) -> Summary:
     """Run `job` once. `stop` ends the run after the chunk being committed; `out` prints the dry run."""
     started = time.monotonic()
-    service = Service(open_source(job.source))
+    service = open_service(job.source)
     sink = open_sink(job.into, source_uri=job.source)
     summary = Summary(job.name, sink.describe())
     if (job.watermark or job.rescore_on_model_change) and not sink.replaces:
@@ -44,6 +52,10 @@ def run(job: Job, *, dry_run: bool = False, wait: bool = False, stop: threading.
     keys_plan = service.catalog.plan(plan.keys_sql, local_tables=(DONE,))
     chunk_plan = service.catalog.plan(plan.chunk_sql, local_tables=(CHUNK,))
 
+    if job.engine == "ray":
+        from flight_lstm.enrich import ray_engine
+
+        ray_engine.check(sink)
     with target_lock(sink.lock_path, sink.describe(), wait=wait):
         sink.recover()
         existing = sink.schema()
@@ -59,21 +71,45 @@ def run(job: Job, *, dry_run: bool = False, wait: bool = False, stop: threading.
             out(_describe(job, sink.describe(), model, plan, keys_plan, chunk_plan, summary, pending))
             summary.seconds = time.monotonic() - started
             return summary
+        chunks = [pending.slice(offset, job.chunk_rows) for offset in range(0, pending.num_rows, job.chunk_rows)]
+        if job.engine == "ray":
+            scored = ray_engine.score(job, plan, chunks)
+        else:
+            scored = _score(service.engine, chunk_plan, chunks, job.keys)
         with Progress(job.name, pending.num_rows) as progress:
-            for offset in range(0, pending.num_rows, job.chunk_rows):
-                if stop is not None and stop.is_set():
-                    break
-                chunk = pending.slice(offset, job.chunk_rows)
-                wanted = pa.table({key_column(i): chunk.column(k) for i, k in enumerate(job.keys)})
-                rows = _collect(service.engine, chunk_plan, {CHUNK: wanted})
+            for i, rows in scored:
                 summary.scored += rows.num_rows
                 rows = _conform(lineage.stamp(rows, model), target)
-                sink.commit(rows, list(job.keys), replace=bool(pc.any(chunk.column(EXISTING)).as_py()))
+                sink.commit(rows, list(job.keys), replace=bool(pc.any(chunks[i].column(EXISTING)).as_py()))
                 summary.written += rows.num_rows
                 summary.chunks += 1
                 progress.update(rows.num_rows)
+                if stop is not None and stop.is_set():
+                    break
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def open_service(source: str) -> Service:
+    """The engine a run reads and scores with, here or in a Ray worker."""
+    return Service(open_source(source), limits=RUN_LIMITS)
+
+
+def _score(engine: Engine, chunk_plan: Plan, chunks: list[pa.Table],
+           keys: tuple[str, ...]) -> Iterator[tuple[int, pa.Table]]:
+    """(chunk index, the query's rows for that chunk), in this process, one chunk at a time."""
+    for i, chunk in enumerate(chunks):
+        yield i, score_chunk(engine, chunk_plan, chunk_keys(chunk, keys))
+
+
+def chunk_keys(chunk: pa.Table, keys: tuple[str, ...]) -> pa.Table:
+    """A chunk's keys as the chunk query reads them (`_chunk_keys`)."""
+    return pa.table({key_column(i): chunk.column(k) for i, k in enumerate(keys)})
+
+
+def score_chunk(engine: Engine, chunk_plan: Plan, keys: pa.Table) -> pa.Table:
+    """The query's rows for one chunk's keys: the key filter sits below the operators."""
+    return _collect(engine, chunk_plan, {CHUNK: keys})
 
 
 def _collect(engine: Engine, plan: Plan, tables: dict[str, pa.Table]) -> pa.Table:
