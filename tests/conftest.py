@@ -56,6 +56,18 @@ def start_server(service: Service) -> tuple[FlightLSTMServer, str]:
     return server, f"grpc://127.0.0.1:{server.port}"
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For tests that make many small model calls: on a busy 2-core machine torch's second thread
+    makes each call 10 to 50 times slower (it waits for a core). No answer depends on it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def server(lake):
     srv, uri = start_server(Service(DuckDBSource(lake), views=VIEWS, batch_rows=1000))

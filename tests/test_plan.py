@@ -40,6 +40,18 @@ def catalog():
     "SELECT * FROM (SELECT * FROM parquet_scan('/tmp/x.parquet'))",
     "USE memory",
     "DESCRIBE reviews",
+    "SELECT * FROM read_blob('/etc/hostname')",
+    "SELECT * FROM '/etc/passwd'",
+    "SELECT * FROM 'reviews.csv'",
+    "SELECT * FROM \"s3://bucket/reviews.parquet\"",
+    "SELECT 1 -- \n; DROP TABLE reviews",
+    "/* SELECT 1; */ DROP TABLE reviews",
+    "CALL pragma_version()",
+    "CREATE MACRO leak(a) AS getenv(a)",
+    "SELECT current_setting('s3_secret_access_key')",
+    "SELECT load_extension('httpfs')",
+    "SELECT * FROM duckdb_settings()",
+    "SELECT * INTO copied FROM reviews",
 ])
 def test_refuses_anything_but_one_read_only_query(catalog, sql):
     with pytest.raises(QueryRefused):
@@ -51,7 +63,12 @@ def test_comment_cannot_hide_a_second_statement(catalog):
     assert "DROP" not in plan.sql.split("/*")[0]
 
 
-@pytest.mark.parametrize("sql", ["", "   ", "SELEC 1", "SELECT FROM WHERE", "SELECT (1"])
+def test_a_cte_may_have_a_file_like_name(catalog):
+    assert catalog.plan('WITH "x.csv" AS (SELECT 1 AS a) SELECT a FROM "x.csv"').tables == ()
+
+
+@pytest.mark.parametrize("sql", ["", "   ", "SELEC 1", "SELECT FROM WHERE", "SELECT (1", "SELECT lateral ..",
+                                 "SELECT " + "(" * 100 + "1" + ")" * 100, "EXPORT DATABASE '/tmp/x'"])
 def test_bad_sql_is_an_invalid_query(catalog, sql):
     with pytest.raises(InvalidQuery):
         catalog.plan(sql)

@@ -87,7 +87,7 @@ def fill_gaps(values: np.ndarray, lengths: np.ndarray):
     filled = values.copy()
     both = ~observed & has_prev & has_next
     w = (pos[both] - prev[both]) / (nxt[both] - prev[both])
-    filled[both] = pv[both] + (nv[both] - pv[both]) * w
+    filled[both] = pv[both] * (1 - w) + nv[both] * w  # no overflow between values near the float64 limit
     only_prev = ~observed & has_prev & ~has_next
     only_next = ~observed & has_next & ~has_prev
     filled[only_prev], filled[only_next] = pv[only_prev], nv[only_next]
@@ -109,6 +109,23 @@ def last_window(filled, observed, lengths, valid, window):
     obs = np.zeros((n, window), dtype=bool)
     x[r, col], present[r, col], obs[r, col] = filled[src], True, observed[src]
     return x, present, obs
+
+
+def overflow_shift(x: np.ndarray) -> np.ndarray:
+    """Per row, the power of two that brings values near the float64 limit down to [0.5, 1), so
+    their variance cannot overflow (0 for every row below 2**500 ~ 3e150: their forecasts are
+    unchanged). Dividing by a power of two is exact."""
+    peak = np.abs(x).max(axis=1, initial=0.0)
+    return np.where(peak > 2.0**500, np.frexp(peak)[1], 0)
+
+
+def unshift(y: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Undo `overflow_shift`; a forecast past the float64 range stays at its largest finite value."""
+    if not shift.any():
+        return y
+    limit = np.finfo(np.float64).max
+    with np.errstate(over="ignore"):
+        return np.clip(np.ldexp(y, shift[:, None]), -limit, limit)
 
 
 def robust_scale(x: np.ndarray, present: np.ndarray):
@@ -167,10 +184,12 @@ class ForecastModel(BaseModel):
         if not 1 <= horizon <= MAX_HORIZON:
             raise ValueError(f"horizon must be between 1 and {MAX_HORIZON}, got {horizon}")
         if level is not None and not 0.0 < float(level) < 1.0:
-            raise ValueError(f"level must be in (0, 1), got {level!r}")
+            raise ValueError(f"level must be in (0, 1), got {float(level):g}")
         values, lengths = flatten(series)
         filled, observed, valid = fill_gaps(values, lengths)
         x, present, obs = last_window(filled, observed, lengths, valid, self.window)
+        shift = overflow_shift(x)
+        x = np.ldexp(x, -shift[:, None])
         n, blocks = len(lengths), math.ceil(horizon / self.horizon)
         mean = np.zeros((n, blocks * self.horizon))
         scale0 = np.zeros(n)
@@ -193,9 +212,9 @@ class ForecastModel(BaseModel):
         self.train(was_training)
         mean = mean[:, :horizon]
         if level is None:
-            return ForecastResult(mean, None, None, valid)
+            return ForecastResult(unshift(mean, shift), None, None, valid)
         width = scale0[:, None] * self.interval_quantile(float(level), horizon)[None, :]
-        return ForecastResult(mean, mean - width, mean + width, valid)
+        return ForecastResult(unshift(mean, shift), unshift(mean - width, shift), unshift(mean + width, shift), valid)
 
     def interval_quantile(self, level: float, horizon: int) -> np.ndarray:
         """|scaled residual| quantile per step for `level`, interpolated over the stored grid.

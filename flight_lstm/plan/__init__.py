@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from sqlglot import exp
+from sqlglot.errors import OptimizeError
 
+from flight_lstm.errors import InvalidQuery
 from flight_lstm.plan.forecast_table import expand_forecast_tables
 from flight_lstm.plan.operators import bind_operators, operators_called
 from flight_lstm.plan.parse import parse_one_query
@@ -58,5 +60,8 @@ class Catalog:
         tables, scans = tuple(t for t in source_tables(tree) if t.lower() not in local_tables), []
         if self.pushdown_dialect:
             internal = {name for op in self.operators for name in (op.name, op.with_model_name)}
-            tree, scans = push_down(tree.copy(), self.pushdown_dialect, internal, self.columns_of, local_tables)
+            try:
+                tree, scans = push_down(tree.copy(), self.pushdown_dialect, internal, self.columns_of, local_tables)
+            except OptimizeError as e:  # sqlglot finds no scopes in it: a query that cannot run anywhere
+                raise InvalidQuery(f"cannot plan this query: {str(e).splitlines()[0]}") from None
         return Plan(tree.sql(dialect="duckdb"), tables, called, tuple(scans))

@@ -24,8 +24,16 @@ def parse_one_query(sql: str) -> exp.Expression:
         statements = [s for s in sqlglot.parse(sql, read="duckdb") if s is not None]
     except (ParseError, TokenError) as e:
         raise InvalidQuery(f"syntax error: {_first_line(e)}") from None
+    except RecursionError:  # sqlglot's parser recurses ~16 frames per bracket: ~60 nested brackets
+        raise InvalidQuery("syntax error: the query nests brackets or expressions too deeply") from None
     if len(statements) != 1:
         raise QueryRefused(f"send exactly one statement, got {len(statements)}")
+    # sqlglot lets some garbage through as nodes missing a required part (`SELECT lateral ..`),
+    # which later steps would trip over: refuse them here, as the syntax errors they are.
+    for node in statements[0].walk():
+        missing = node.error_messages()
+        if missing:
+            raise InvalidQuery(f"syntax error: {missing[0].split(' for <')[0]} in {node.key.upper()}")
     return statements[0]
 
 

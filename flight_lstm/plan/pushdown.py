@@ -52,7 +52,7 @@ def _split_aggregation(select: exp.Select, operators: set[str], local: set[str])
     `SELECT _k0 AS k, op(_a0) FROM (SELECT k AS _k0, agg(x) AS _a0 FROM t WHERE w GROUP BY k) WHERE h'`
     so the grouping and aggregation run in the source, when the operators sit only above them."""
     group = select.args.get("group")
-    if not group or not group.expressions or not _calls_operator(select, operators):
+    if not group or not group.expressions or not select.args.get("from_") or not _calls_operator(select, operators):
         return
     inner_parts = [select.args.get(k) for k in ("from_", "where")] + list(select.args.get("joins") or [])
     if any(p is not None and _calls_operator(p, operators) for p in inner_parts) or _calls_operator(group, operators):

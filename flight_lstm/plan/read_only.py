@@ -5,9 +5,12 @@ configuration locked, so a gap here still cannot write or read files.
 """
 from __future__ import annotations
 
+import re
+
 from sqlglot import exp
 
 from flight_lstm.errors import QueryRefused
+from flight_lstm.plan.views import cte_names
 
 # Table-valued functions a query may call in FROM; everything else there must be a table name.
 ALLOWED_TABLE_FUNCTIONS = {"range", "generate_series", "unnest"}
@@ -19,6 +22,13 @@ DENIED_FUNCTIONS = {
     "sqlite_scan", "postgres_scan", "mysql_scan", "csv_scan", "json_scan", "parquet_scan", "checkpoint",
     "force_checkpoint", "duckdb_secrets", "which_secret", "enable_profiling", "export_database",
 }
+
+# DuckDB reads a quoted table name that looks like a file as that file (`FROM 'data.csv'`, which
+# sqlglot parses into the same quoted name as `FROM "data.csv"`).
+FILE_LIKE = re.compile(
+    r"[/\\]|://|\.(csv|tsv|txt|json|jsonl|ndjson|parquet|arrow|feather|ipc|avro|xlsx|db|duckdb|sqlite|gz|zst|bz2|xz|lz4)$",
+    re.IGNORECASE,
+)
 
 DENIED_NODES = tuple(
     getattr(exp, name)
@@ -39,6 +49,7 @@ def function_name(node: exp.Func) -> str:
 def check_read_only(tree: exp.Expression) -> None:
     if not isinstance(tree, exp.Query):
         raise QueryRefused(f"queries are read-only: only SELECT is allowed, got {tree.key.upper()}")
+    ctes = cte_names(tree)
     for node in tree.walk():
         if isinstance(node, DENIED_NODES):
             raise QueryRefused(f"{node.key.upper()} is not allowed: queries are read-only")
@@ -50,5 +61,11 @@ def check_read_only(tree: exp.Expression) -> None:
             name = function_name(node.this)
             if name not in ALLOWED_TABLE_FUNCTIONS:
                 raise QueryRefused(f"table function {name}() is not allowed in FROM")
-        if isinstance(node, exp.Table) and isinstance(node.this, exp.Literal):
+        if isinstance(node, exp.Table) and (isinstance(node.this, exp.Literal) or _file_like(node, ctes)):
             raise QueryRefused("reading a file by its path is not allowed")
+
+
+def _file_like(table: exp.Table, ctes: set[str]) -> bool:
+    name = table.this
+    return (isinstance(name, exp.Identifier) and name.quoted and not table.db and not table.catalog
+            and name.name.lower() not in ctes and bool(FILE_LIKE.search(name.name)))
