@@ -182,6 +182,7 @@ def _batches(reader, budget: Budget, source: Source, release: _Once) -> Iterator
                 budget.spend(batch.num_rows)
                 yield batch
     finally:
+        reader.close()  # DuckDB's result goes now, not when a collector finds it
         release()
 
 
@@ -275,6 +276,14 @@ def _message(error: duckdb.Error) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+# Mid-stream, DuckDB's errors arrive through the Arrow reader as OSError("<Kind> Error: ...").
+_STREAM_KIND = re.compile(r"^([A-Za-z ]+?) Error: ")
+_STREAM_ERRORS = {
+    "INTERRUPT": QueryCancelled, "Permission": QueryRefused, "Out of Memory": ResourceExhausted,
+    **dict.fromkeys(("Invalid Input", "Conversion", "Out of Range", "Binder", "Catalog", "Parser",
+                     "Not implemented", "Type Mismatch", "Invalid type"), InvalidQuery),
+}
+
 _DUCKDB_ERRORS = (
     (duckdb.InterruptException, QueryCancelled),
     (duckdb.PermissionException, QueryRefused),
@@ -294,9 +303,15 @@ def translated_errors(source: Source):
     except FlightLSTMError:
         raise
     except (duckdb.Error, OSError) as e:
-        ours = source.translate_error(e)
-        if ours is None:
-            ours = next((kind(_message(e)) for duck, kind in _DUCKDB_ERRORS if isinstance(e, duck)), None)
+        ours = source.translate_error(e) or _ours(e)
         if ours is None:
             raise
         raise ours from None
+
+
+def _ours(error: duckdb.Error | OSError) -> FlightLSTMError | None:
+    kind = next((k for duck, k in _DUCKDB_ERRORS if isinstance(error, duck)), None)
+    if kind is None and isinstance(error, OSError):
+        found = _STREAM_KIND.match(str(error))
+        kind = _STREAM_ERRORS.get(found.group(1)) if found else None
+    return kind(_message(error)) if kind else None

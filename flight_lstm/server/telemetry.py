@@ -11,7 +11,7 @@ from typing import Iterable, Iterator
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-from flight_lstm.errors import FlightLSTMError
+from flight_lstm.errors import FlightLSTMError, QueryCancelled
 
 log = logging.getLogger("flight_lstm.server")
 
@@ -68,8 +68,15 @@ class Query:
             for batch in batches:
                 self.rows += batch.num_rows
                 yield batch
+        except GeneratorExit:  # the server stopped pulling: the client went away
+            error = QueryCancelled("the client went away")
+            raise
         except BaseException as e:
             error = e
             raise
         finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()  # free the query now; a dropped generator waits for the collector
             self.end(error)
+            error = None  # the error's traceback holds this frame: don't keep both alive

@@ -89,5 +89,12 @@ class DuckDBSource(Source):
                 ) from None
             raise SourceUnavailable(f"cannot open DuckDB file {self.path.name}") from None
 
+    def translate_error(self, error: BaseException) -> SourceUnavailable | None:
+        """The file failing under a running query (replaced, truncated, gone) is the source's fault."""
+        if str(error).startswith("IO Error"):
+            return SourceUnavailable(f"DuckDB file {self.path.name} could not be read: it changed or "
+                                     "went away under the query; retry")
+        return None
+
     def describe(self) -> str:
         return f"duckdb:{self.path.name}"
