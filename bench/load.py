@@ -75,7 +75,7 @@ def main() -> int:
                           "python": platform.python_version()},
               "queries": QUERIES, "runs": runs}
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\n| torch threads | clients | queries | errors | wrong | seconds | queries/s | vs 1 client | p50 ms | p95 ms |")
+    print("\n| torch threads | clients | queries | errors | wrong | seconds | queries/s | vs 1 client | p50 ms | p95 ms |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in runs:
         one = next(x for x in runs if x["torch_threads"] == r["torch_threads"] and x["clients"] == counts[0])

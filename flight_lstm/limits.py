@@ -30,8 +30,6 @@ class Admission:
     def __init__(self, limits: Limits):
         self.limits = limits
         self._slots = threading.BoundedSemaphore(limits.max_queries)
-        self._lock = threading.Lock()
-        self.running = 0
 
     def enter(self) -> Callable[[], None]:
         """Take a slot (or raise ResourceExhausted); returns the call that gives it back."""
@@ -39,15 +37,7 @@ class Admission:
             raise ResourceExhausted(
                 f"resource exhausted: {self.limits.max_queries} queries are running (the server's "
                 f"--max-queries) and none ended within {self.limits.queue_seconds:g} s; retry shortly")
-        with self._lock:
-            self.running += 1
-
-        def leave() -> None:
-            with self._lock:
-                self.running -= 1
-            self._slots.release()
-
-        return leave
+        return self._slots.release
 
 
 class Budget:

@@ -6,7 +6,6 @@ import sys
 
 import duckdb
 import numpy as np
-import pyarrow as pa
 import pyarrow.flight as flight
 
 from conftest import make_lake
