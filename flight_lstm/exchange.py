@@ -28,12 +28,7 @@ def exchange(
     The schema comes from an empty `input` (LIMIT 0: no operator runs), and DuckDB's physical plan
     must hold only row-by-row steps: a second lock behind the planner's check. The exchange holds
     one of the server's query slots, and its time and rows count against the server's limits."""
-    leave = engine.admission.enter()
-    try:
-        con = engine.connect(None)
-    except BaseException:
-        leave()
-        raise
+    con, leave = engine.admit(None)
     try:
         with translated_errors(engine.source):
             con.register(INPUT, schema.empty_table())

@@ -66,12 +66,7 @@ class Engine:
         `cancelled` turns true (the client went away) or the query's time runs out.
         `extra_tables` are readable by name, as the plan's `local_tables`.
         """
-        leave = self.admission.enter()
-        try:
-            con = self.connect(plan, extra_tables=extra_tables)
-        except BaseException:
-            leave()
-            raise
+        con, leave = self.admit(plan, extra_tables)
         budget = Budget(self.limits, cancelled)
         unwatch = self.watchdog.watch(con, budget)
 
@@ -92,6 +87,17 @@ class Engine:
         # A stream dropped before its first batch never runs its `finally`: release it on collection.
         weakref.finalize(batches, done)
         return reader.schema, batches
+
+    def admit(self, plan: Plan | None, extra_tables: dict[str, pa.Table] | None = None
+              ) -> tuple[duckdb.DuckDBPyConnection, Callable[[], None]]:
+        """One of the server's query slots (waiting for it, or ResourceExhausted) and a cursor for
+        the plan; give both back with `release(con, plan, leave)`."""
+        leave = self.admission.enter()
+        try:
+            return self.connect(plan, extra_tables=extra_tables), leave
+        except BaseException:
+            leave()
+            raise
 
     def connect(self, plan: Plan | None, *, schema_only: bool = False,
                 extra_tables: dict[str, pa.Table] | None = None) -> duckdb.DuckDBPyConnection:
