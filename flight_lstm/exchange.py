@@ -9,6 +9,7 @@ from typing import Callable, Iterable, Iterator
 import duckdb
 import pyarrow as pa
 
+from flight_lstm.apply import apply_lift
 from flight_lstm.errors import InvalidQuery
 from flight_lstm.execute import Engine, stopped_by, translated_errors
 from flight_lstm.limits import Budget
@@ -37,7 +38,7 @@ def exchange(
     except BaseException:
         engine.release(con, leave=leave)
         raise
-    return out, _run(con, plan.sql, out, batches, Budget(engine.limits, cancelled), engine, leave)
+    return out, _run(con, plan, out, batches, Budget(engine.limits, cancelled), engine, leave)
 
 
 def _check_row_by_row(con: duckdb.DuckDBPyConnection, sql: str) -> None:
@@ -54,14 +55,19 @@ def _nodes(tree: list[dict]) -> Iterator[dict]:
         yield from _nodes(node.get("children", ()))
 
 
-def _run(con, sql, schema, batches, budget: Budget, engine: Engine, leave) -> Iterator[pa.RecordBatch]:
+def _run(con, plan: Plan, schema, batches, budget: Budget, engine: Engine, leave) -> Iterator[pa.RecordBatch]:
     unwatch = engine.watchdog.watch(con, budget)
     try:
         with stopped_by(budget), translated_errors(engine.source):
             for batch in batches:
                 budget.spend(0)  # the client may send slowly: check time and cancellation first
                 con.register(INPUT, batch)
-                out = _one_batch(con.sql(sql).to_arrow_table(), schema)
+                if plan.lift:
+                    lifted = con.sql(plan.lift.sql).to_arrow_table().combine_chunks().to_batches()
+                    out = pa.Table.from_batches(apply_lift(plan.lift, schema, lifted, engine.operators, budget), schema)
+                else:
+                    out = con.sql(plan.sql).to_arrow_table()
+                out = _one_batch(out, schema)
                 budget.spend(out.num_rows)
                 yield out
     finally:

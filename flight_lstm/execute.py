@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 import duckdb
 import pyarrow as pa
 
+from flight_lstm.apply import apply_lift
 from flight_lstm.errors import FlightLSTMError, InvalidQuery, QueryCancelled, QueryRefused, ResourceExhausted
 from flight_lstm.limits import Admission, Budget, Limits
 from flight_lstm.plan import Plan
@@ -39,6 +40,7 @@ class Engine:
         limits: Limits = Limits(),
     ):
         self.source = source
+        self.operators = operators
         self.batch_rows = batch_rows
         self.limits = limits
         self.admission = Admission(limits)
@@ -79,13 +81,19 @@ class Engine:
             # DuckDB runs a blocking query (GROUP BY, ORDER BY) to its end right here, so the
             # watchdog is already on guard.
             with stopped_by(budget), translated_errors(self.source):
-                reader = con.sql(_only_select(con, plan.sql), params=params).to_arrow_reader(self.batch_rows)
+                sql = _only_select(con, plan.sql)
+                if plan.lift:  # names and types as the query wrote them; LIMIT 0 calls no operator
+                    schema = con.sql(sql, params=params).limit(0).to_arrow_table().schema
+                    sql = plan.lift.sql
+                reader = con.sql(sql, params=params).to_arrow_reader(self.batch_rows)
         except BaseException:
             done()
             raise
         batches = _batches(reader, budget, self.source, done)
         # A stream dropped before its first batch never runs its `finally`: release it on collection.
         weakref.finalize(batches, done)
+        if plan.lift:
+            return schema, apply_lift(plan.lift, schema, batches, self.operators, budget)
         return reader.schema, batches
 
     def admit(self, plan: Plan | None, extra_tables: dict[str, pa.Table] | None = None

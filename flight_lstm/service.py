@@ -50,10 +50,13 @@ class Service:
         return f"SELECT * FROM {quote(name) if kind == 'VIEW' else name}"
 
     def explain(self, sql: str) -> dict:
-        """How a query splits: what each source scan runs there, and what runs here."""
+        """How a query splits: what each source scan runs there, what runs here in DuckDB, and which
+        operator calls the engine applies to its batches itself."""
         plan = self.plan(sql)
         return {"local_sql": plan.sql, "scans": [{"name": n, "sql": q} for n, q in plan.scans],
-                "tables": list(plan.tables), "operators": sorted(plan.operators)}
+                "tables": list(plan.tables), "operators": sorted(plan.operators),
+                "lifted": plan.lift and {"duckdb_sql": plan.lift.sql,
+                                         "calls": [c.operator for c in plan.lift.calls]}}
 
     def datasets(self) -> Iterator[tuple[str, str, pa.Schema]]:
         """(name, the query behind it, its schema) for each table and view, listing the source once."""

@@ -110,6 +110,9 @@ def test_explain_shows_the_split(client):
     assert [s["name"] for s in body["scans"]] == ["_scan_0"]
     assert "sub" in body["scans"][0]["sql"] and "id > 3" in body["scans"][0]["sql"].lower()
     assert "sentiment" in body["local_sql"].lower() and "_scan_0" in body["local_sql"]
+    # The operator runs on the scan's batches outside DuckDB: its DuckDB query only reads.
+    assert body["lifted"]["calls"] == ["sentiment"] and "_scan_0" in body["lifted"]["duckdb_sql"]
+    assert "sentiment(" not in body["lifted"]["duckdb_sql"].lower()
 
 
 def test_bad_sql_in_dremio_is_a_clear_error_and_the_server_keeps_serving(client):

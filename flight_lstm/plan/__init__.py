@@ -1,5 +1,5 @@
 """SQL in, a safe DuckDB query out: parse, expand forecast_table, check read-only, inline views,
-bind operators, push work down to a source that runs SQL, generate.
+bind operators, push work down to a source that runs SQL, lift operator calls out, generate.
 
 Each step is one module over the shared sqlglot tree (the sqlglot optimizer pattern).
 """
@@ -13,6 +13,7 @@ from sqlglot.errors import OptimizeError
 
 from flight_lstm.errors import InvalidQuery
 from flight_lstm.plan.forecast_table import expand_forecast_tables
+from flight_lstm.plan.lift import Lift, lift_operators
 from flight_lstm.plan.operators import bind_operators, operators_called
 from flight_lstm.plan.parse import parse_one_query
 from flight_lstm.plan.pushdown import push_down
@@ -27,6 +28,8 @@ class Plan:
     operators: frozenset[str]  # operator names it calls
     # For a pushdown source: (local name, SQL in the source's dialect) for each piece it runs.
     scans: tuple[tuple[str, str], ...] = ()
+    # Operator calls the engine applies to whole Arrow batches itself (plan/lift.py), if any.
+    lift: Lift | None = None
 
 
 @dataclass
@@ -64,4 +67,4 @@ class Catalog:
                 tree, scans = push_down(tree.copy(), self.pushdown_dialect, internal, self.columns_of, local_tables)
             except OptimizeError as e:  # sqlglot finds no scopes in it: a query that cannot run anywhere
                 raise InvalidQuery(f"cannot plan this query: {str(e).splitlines()[0]}") from None
-        return Plan(tree.sql(dialect="duckdb"), tables, called, tuple(scans))
+        return Plan(tree.sql(dialect="duckdb"), tables, called, tuple(scans), lift_operators(tree, self.operators))
