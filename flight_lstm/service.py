@@ -18,7 +18,7 @@ from flight_lstm.sources import Source
 from udfs import OPERATORS
 from udfs.base import registry
 
-SCHEMA_CACHE = 1024  # result schemas kept; the cache starts over when full
+CACHE_SIZE = 1024  # plans or schemas kept; a cache starts over when full
 
 
 def quote(name: str) -> str:
@@ -33,12 +33,15 @@ class Service:
         self.catalog = Catalog(operators=OPERATORS, check_model=check_model,
                                pushdown_dialect=source.pushdown_dialect, columns_of=source.columns)
         self.view_sql = dict(views or {})
-        self._schemas: dict[tuple, pa.Schema] = {}
+        self._plans = SourceCache(source)
+        self._schemas = SourceCache(source)
         for name, sql in self.view_sql.items():
             self.catalog.add_view(name, sql)
 
     def plan(self, sql: str) -> Plan:
-        return self.catalog.plan(sql)
+        """Cached per query text while the source stays the same: GetFlightInfo and DoGet each
+        plan the query, and planning costs 1-2 ms."""
+        return self._plans.get(sql, lambda: self.catalog.plan(sql))
 
     def dataset_sql(self, name: str, kind: str | None = None) -> str:
         """The query behind a dataset: a published view (by name) or a source table (as listed).
@@ -72,20 +75,12 @@ class Service:
         return self.schema(self.plan(self.dataset_sql(name, kind)))
 
     def schema(self, plan: Plan, params: list | None = None) -> pa.Schema:
-        """The result schema. Cached per query text while the source's `version` stays the same,
-        so GetFlightInfo before each DoGet (and ListFlights) does not open the source every time."""
+        """The result schema. Cached per query while the source stays the same, so GetFlightInfo
+        before each DoGet (and ListFlights) does not open the source every time."""
         _check_params(plan, params)
-        version = None if params else self.source.version()
-        if version is None:
+        if params:
             return self.engine.schema(plan, params)
-        key = (plan.sql, version)
-        schema = self._schemas.get(key)
-        if schema is None:
-            schema = self.engine.schema(plan)
-            if len(self._schemas) >= SCHEMA_CACHE:
-                self._schemas.clear()
-            self._schemas[key] = schema
-        return schema
+        return self._schemas.get(plan.sql, lambda: self.engine.schema(plan))
 
     def stream(self, plan: Plan, cancelled: Callable[[], bool] = lambda: False, params: list | None = None):
         _check_params(plan, params)
@@ -110,6 +105,26 @@ class Service:
 
     def models(self) -> list[dict]:
         return [card_summary(card) for card in registry().cards()]
+
+
+class SourceCache:
+    """Values computed from a query's text, kept while the source's `version` stays the same; a
+    source with no version (Dremio) caches nothing."""
+
+    def __init__(self, source: Source, size: int = CACHE_SIZE):
+        self.source, self.size, self._values = source, size, {}
+
+    def get(self, key: str, compute: Callable):
+        version = self.source.version()
+        if version is None:
+            return compute()
+        value = self._values.get((key, version))
+        if value is None:
+            value = compute()
+            if len(self._values) >= self.size:
+                self._values.clear()
+            self._values[key, version] = value
+        return value
 
 
 def _check_params(plan: Plan, params: list | None) -> None:

@@ -9,7 +9,7 @@ import pyarrow.flight as flight
 import pytest
 
 from conftest import REVIEWS, run
-from flight_lstm.errors import QueryRefused
+from flight_lstm.errors import InvalidQuery, QueryRefused
 from flight_lstm.execute import Engine
 from flight_lstm.plan import Plan
 from flight_lstm.sources.duckdb import DuckDBSource
@@ -220,3 +220,25 @@ def test_result_schemas_are_cached_until_the_file_changes(tmp_path, monkeypatch)
         writer.execute("ALTER TABLE reviews ADD COLUMN stars INTEGER")
     assert service.schema(plan).names == ["id", "review", "stars"]
     assert len(opened) == 2
+
+
+def test_plans_are_cached_until_the_file_changes(tmp_path, monkeypatch):
+    import duckdb
+    from conftest import make_lake
+    from flight_lstm.service import Service
+
+    service = Service(DuckDBSource(make_lake(tmp_path / "plans.db")))
+    planned = []
+    real_plan = service.catalog.plan
+    monkeypatch.setattr(service.catalog, "plan", lambda sql: (planned.append(sql), real_plan(sql))[1])
+    sql = "SELECT id, sentiment(review) AS s FROM reviews"
+    assert service.plan(sql) is service.plan(sql)  # GetFlightInfo, then DoGet: planned once
+    assert planned == [sql]
+    with pytest.raises(InvalidQuery):
+        service.plan("SELECT nope(")
+    with pytest.raises(InvalidQuery):
+        service.plan("SELECT nope(")  # errors are not cached: each call answers again
+    with duckdb.connect(str(service.source.path)) as writer:
+        writer.execute("CREATE TABLE extra AS SELECT 1 AS x")
+    service.plan(sql)
+    assert planned.count(sql) == 2
