@@ -34,7 +34,8 @@ def _run(values, params, model, level_given: bool):
         horizon, level = int(key[0]), (key[1] if level_given else None)
         if horizon != key[0]:
             raise ValueError(f"horizon must be a whole number, got {key[0]}")
-        r = fitted.predict(series.take(pa.array(rows)), horizon=horizon, level=level)
+        group = series if len(rows) == n else series.take(pa.array(rows))
+        r = fitted.predict(group, horizon=horizon, level=level)
         ok = rows[r.valid]
         horizons[ok] = horizon
         results.append((ok, r, r.valid))

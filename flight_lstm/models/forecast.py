@@ -73,10 +73,10 @@ def fill_gaps(values: np.ndarray, lengths: np.ndarray):
     """
     n, total = len(lengths), len(values)
     observed = np.isfinite(values)
+    if observed.all():
+        return values, observed, lengths > 0
     row = np.repeat(np.arange(n), lengths)
     valid = np.bincount(row, weights=observed, minlength=n) > 0
-    if observed.all():
-        return values, observed, valid
     pos = np.arange(total)
     prev = np.maximum.accumulate(np.where(observed, pos, -1))
     nxt = np.minimum.accumulate(np.where(observed, pos, total)[::-1])[::-1]
@@ -97,18 +97,14 @@ def fill_gaps(values: np.ndarray, lengths: np.ndarray):
 def last_window(filled, observed, lengths, valid, window):
     """Right-aligned (n, window) matrices of the last points: values, present, observed.
 
-    Invalid rows (no observed value) stay empty."""
+    Invalid rows (no observed value) stay empty. One gather of n x window flat positions."""
     n = len(lengths)
     k = np.where(valid, np.minimum(lengths, window), 0)
-    ends = np.cumsum(lengths)
-    j = np.arange(k.sum()) - np.repeat(np.cumsum(k) - k, k)
-    src = np.repeat(ends - k, k) + j
-    r, col = np.repeat(np.arange(n), k), np.repeat(window - k, k) + j
-    x = np.zeros((n, window))
-    present = np.zeros((n, window), dtype=bool)
-    obs = np.zeros((n, window), dtype=bool)
-    x[r, col], present[r, col], obs[r, col] = filled[src], True, observed[src]
-    return x, present, obs
+    present = np.arange(window) >= (window - k)[:, None]
+    if not present.any():
+        return np.zeros((n, window)), present, present.copy()
+    idx = np.where(present, np.cumsum(lengths)[:, None] - window + np.arange(window), 0)
+    return np.where(present, filled[idx], 0.0), present, present & observed[idx]
 
 
 def overflow_shift(x: np.ndarray) -> np.ndarray:
