@@ -178,7 +178,7 @@ def test_shipped_sentiment_model():
     model = default_registry().load("sentiment")
     assert model.card.name == "sst2-bilstm"
     assert model.card.ref == default_registry().resolve("sentiment", "sst2-bilstm").ref  # latest
-    assert model.card.metrics["dev"]["accuracy"] >= 0.84
+    assert model.card.metrics["dev"]["accuracy"] >= 0.85
     assert "MiniLM" in model.card.training["teacher"]["teacher"]
     assert 0.5 < model.card.metrics["teacher_dev_accuracy"] <= 1
     assert "held_out" in model.card.metrics["note"] and model.card.metrics["held_out"]["n"] > 500
