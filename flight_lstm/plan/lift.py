@@ -69,14 +69,5 @@ def _named_elsewhere(tree: exp.Select, projection: exp.Expression) -> bool:
     """DuckDB lets WHERE and later projections use a projection's alias; such a column must stay."""
     if not isinstance(projection, exp.Alias):
         return False
-    alias = projection.alias.lower()
-    return any(c.name.lower() == alias and not c.table for c in tree.find_all(exp.Column)
-               if not _within(c, projection))
-
-
-def _within(node: exp.Expression, ancestor: exp.Expression) -> bool:
-    while node is not None:
-        if node is ancestor:
-            return True
-        node = node.parent
-    return False
+    alias, own = projection.alias.lower(), {id(c) for c in projection.find_all(exp.Column)}
+    return any(c.name.lower() == alias and not c.table and id(c) not in own for c in tree.find_all(exp.Column))
