@@ -1,5 +1,5 @@
 """The engine's half of a lift (plan/lift.py): put the lifted operator calls back into the
-batches DuckDB returns, one model call per slice of a batch."""
+batches DuckDB returns, one model call per batch."""
 from __future__ import annotations
 
 from typing import Iterable, Iterator
@@ -8,23 +8,28 @@ import pyarrow as pa
 
 from flight_lstm.errors import FlightLSTMError, InvalidQuery
 from flight_lstm.limits import Budget
+from flight_lstm.models.base import checked_between_batches
 from flight_lstm.plan.lift import Lift, LiftedCall
-
-# Rows per model call: few enough that a cancel or time limit acts within about a second. Larger
-# calls bucket texts by length better (one call on 100k texts is ~12% faster), smaller ones worse.
-SLICE_ROWS = 8_192
 
 
 def apply_lift(lift: Lift, schema: pa.Schema, batches: Iterable[pa.RecordBatch], operators,
                budget: Budget) -> Iterator[pa.RecordBatch]:
-    """Batches of the lifted query in; batches of the original query's `schema` out, a slice at
-    a time, checking the budget (cancel, time limit) before each."""
+    """Batches of the lifted query in; batches of the original query's `schema` out.
+
+    Each batch is one model call: a model sorts its texts by length into buckets, and the larger
+    the call, the more alike the lengths in a bucket. The budget (cancel, time limit) is checked
+    between the model's own inference batches, so a stop still acts within a fraction of a second.
+    """
     by_name = {op.name: op for op in operators}
+
+    def check() -> None:
+        budget.spend(0)
+
     try:
         for batch in batches:
-            for start in range(0, batch.num_rows, SLICE_ROWS):
-                budget.spend(0)
-                yield _apply(lift, schema, batch.slice(start, SLICE_ROWS), by_name)
+            with checked_between_batches(check):
+                out = _apply(lift, schema, batch, by_name)
+            yield out
     finally:
         close = getattr(batches, "close", None)
         if close:

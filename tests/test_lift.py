@@ -11,6 +11,7 @@ import pytest
 
 from flight_lstm.errors import InvalidQuery, QueryCancelled
 from flight_lstm.execute import Engine
+from flight_lstm.models.base import between_batches, checked_between_batches
 from flight_lstm.plan import Catalog
 from flight_lstm.service import Service
 from flight_lstm.sources.duckdb import DuckDBSource
@@ -79,7 +80,7 @@ def test_parameters_bind_in_the_lifted_query(service):
     assert table["s"][0].as_py() > 0 > table["s"][1].as_py()
 
 
-def test_a_table_larger_than_a_slice_streams_in_slices(tmp_path):
+def test_each_engine_batch_is_one_operator_call(tmp_path):
     path = tmp_path / "big.db"
     with duckdb.connect(str(path)) as con:
         con.execute("CREATE TABLE t AS SELECT i AS id, 'fine ' || (i % 7) AS review FROM range(20000) r(i)")
@@ -90,15 +91,15 @@ def test_a_table_larger_than_a_slice_streams_in_slices(tmp_path):
         return pa.array(np.zeros(len(texts)), pa.float64())
 
     op = Operator("count_rows", ("VARCHAR",), "DOUBLE", count, "sentiment")
-    engine = Engine(DuckDBSource(str(path)), (op,))
+    engine = Engine(DuckDBSource(str(path)), (op,), batch_rows=8192)
     plan = Catalog(operators=(op,)).plan("SELECT id, count_rows(review) AS z FROM t")
     schema, batches = engine.stream(plan)
     out = pa.Table.from_batches(list(batches), schema)
     assert out.num_rows == 20000 and sorted(out["id"].to_pylist()) == list(range(20000))
-    assert sum(seen) == 20000 and max(seen) > 2048  # whole slices, not DuckDB's 2,048-row chunks
+    assert seen == [8192, 8192, 3616]  # the engine's batches, not DuckDB's 2,048-row chunks
 
 
-def test_an_operator_failing_is_a_query_error_and_a_cancel_stops_between_slices(tmp_path):
+def test_an_operator_failing_is_a_query_error_and_a_cancel_stops_inside_a_call(tmp_path):
     path = tmp_path / "fail.db"
     with duckdb.connect(str(path)) as con:
         con.execute("CREATE TABLE t AS SELECT i AS id, 'x' AS review FROM range(30000) r(i)")
@@ -106,10 +107,14 @@ def test_an_operator_failing_is_a_query_error_and_a_cancel_stops_between_slices(
     def fail(texts, model=None):
         raise ValueError("the model cannot read this\nsecond line")
 
-    calls = []
+    done = []
 
-    def slow(texts, model=None):
-        calls.append(len(texts))
+    def slow(texts, model=None):  # a model's loop: a check before each inference batch of 1,000
+        for start in range(0, len(texts), 1000):
+            between_batches()
+            done.append(start)
+            if len(done) == 3:
+                stop.append(True)  # the client goes away during the third batch
         return pa.array(np.ones(len(texts)), pa.float64())
 
     ops = (Operator("fail", ("VARCHAR",), "DOUBLE", fail, "sentiment"),
@@ -121,8 +126,23 @@ def test_an_operator_failing_is_a_query_error_and_a_cancel_stops_between_slices(
 
     stop = []
     _, batches = engine.stream(catalog.plan("SELECT slow(review) FROM t"), cancelled=lambda: bool(stop))
-    next(batches)
-    stop.append(True)
     with pytest.raises(QueryCancelled):
-        list(batches)
-    assert len(calls) == 1  # no slice ran after the cancel
+        next(batches)
+    assert done == [0, 1000, 2000]  # the call stopped at its next inference batch
+    assert between_batches() is None  # and the check does not outlive the call
+
+
+def test_models_check_between_their_inference_batches():
+    from flight_lstm.models.sentiment import BATCH_ROWS
+    from udfs import forecast, sentiment
+
+    checks = []
+    with checked_between_batches(lambda: checks.append(1)):
+        sentiment(pa.array([f"a fine film number {i}" for i in range(2 * BATCH_ROWS + 1)]))
+    assert len(checks) == 3
+
+    def stop():
+        raise QueryCancelled("stop")
+
+    with checked_between_batches(stop), pytest.raises(QueryCancelled):
+        forecast(pa.array([[1.0, 2.0, 3.0]] * 10), 4)

@@ -13,6 +13,8 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, ClassVar
@@ -25,6 +27,27 @@ from tqdm.auto import tqdm
 from .registry import CARD_FILE, WEIGHTS_FILE, ModelCard
 
 _KINDS: dict[str, type[BaseModel]] = {}
+
+
+_between_batches: ContextVar[Callable[[], None] | None] = ContextVar("between_batches", default=None)
+
+
+@contextmanager
+def checked_between_batches(check: Callable[[], None]):
+    """Within this block, models call `check` between their inference batches: a caller can stop
+    a long call (check raises) without cutting its input into many smaller, slower calls."""
+    token = _between_batches.set(check)
+    try:
+        yield
+    finally:
+        _between_batches.reset(token)
+
+
+def between_batches() -> None:
+    """Called by each model's inference loop before every batch."""
+    check = _between_batches.get()
+    if check is not None:
+        check()
 
 
 def model_class(kind: str) -> type[BaseModel]:

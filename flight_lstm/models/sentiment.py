@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from .base import BaseModel, dataset_dir, now_iso, seed_everything, training_record
+from .base import BaseModel, between_batches, dataset_dir, now_iso, seed_everything, training_record
 from .registry import ModelCard
 from .text import PAD, Encoded, build_vocab, encode, tokenize
 
@@ -80,6 +80,7 @@ class SentimentModel(BaseModel):
         with torch.inference_mode():
             start = 0
             while start < len(rows):
+                between_batches()
                 stop = min(start + BATCH_ROWS, len(rows))
                 longest = int(enc.lengths[rows[stop - 1]])
                 stop = min(stop, start + max(1, BATCH_TOKENS // longest))
