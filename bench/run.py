@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import duckdb
 import numpy as np
@@ -41,6 +42,19 @@ def median_seconds(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - started)
     return statistics.median(times)
+
+
+def interleaved(calls: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of each call, the calls taking turns (a, b, c, a, b, c, ...): a ratio of two
+    of them then compares runs made under the same conditions, not minutes apart on a machine whose
+    speed drifts by 10-30% between runs."""
+    times = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            started = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -111,14 +125,16 @@ class Server:
 # -- sentiment ---------------------------------------------------------------------------------------
 
 
-def sentiment_limit(texts: pa.Array, repeats: int) -> dict:
-    """The model's forward pass alone: pre-tokenized, length-sorted, best batch size."""
+def sentiment_limit(texts: pa.Array, repeats: int) -> tuple[dict, Callable[[], None]]:
+    """The model's forward pass alone: pre-tokenized, length-sorted, at its best batch size.
+    Returns the rate by batch size and a call that runs the best one (for `interleaved`)."""
     model = load_model("sentiment", None)
+    model.eval()
     enc = model.encode(texts)
     rows = np.flatnonzero(enc.lengths > 0)
     rows = rows[np.argsort(enc.lengths[rows], kind="stable")]
-    best = {}
-    for batch in (128, 256, 512, 1024):
+
+    def forward(batch: int) -> Callable[[], None]:
         batches = [(torch.from_numpy(enc.pad(rows[i:i + batch])), torch.from_numpy(enc.lengths[rows[i:i + batch]]))
                    for i in range(0, len(rows), batch)]
 
@@ -127,10 +143,11 @@ def sentiment_limit(texts: pa.Array, repeats: int) -> dict:
                 for ids, lengths in batches:
                     model(ids, lengths)
 
-        model.eval()
-        best[batch] = len(rows) / median_seconds(run, repeats)
-    size = max(best, key=best.get)
-    return {"rows_per_s": best[size], "batch": size, "by_batch": best}
+        return run
+
+    by_batch = {batch: len(rows) / median_seconds(forward(batch), repeats) for batch in (128, 256, 512, 1024)}
+    best = max(by_batch, key=by_batch.get)
+    return {"batch": best, "by_batch": by_batch}, forward(best)
 
 
 def row_at_a_time(texts: pa.Array, sample: int = 1000) -> float:
@@ -192,7 +209,8 @@ def transformer(texts: pa.Array, data) -> dict | None:
 # -- forecast ----------------------------------------------------------------------------------------
 
 
-def forecast_limit(series: list[np.ndarray], repeats: int) -> float:
+def forecast_limit(series: list[np.ndarray]) -> Callable[[], None]:
+    """The forecaster's forward pass alone, on the same series already windowed and scaled."""
     model = load_model("forecast", None)
     values, lengths = flatten(to_arrow(series))
     filled, observed, valid = fill_gaps(values, lengths)
@@ -205,7 +223,7 @@ def forecast_limit(series: list[np.ndarray], repeats: int) -> float:
             for i in range(0, len(z), 8192):
                 model(z[i:i + 8192], o[i:i + 8192])
 
-    return len(series) / median_seconds(run, repeats)
+    return run
 
 
 # -- Flight ------------------------------------------------------------------------------------------
@@ -235,6 +253,23 @@ class PlainDuckDBFlight(flight.FlightServerBase):
         return flight.RecordBatchStream(self.db.cursor().sql(ticket.ticket.decode()).to_arrow_reader(65_536))
 
 
+def server_memory(lake: Path) -> dict:
+    """A fresh server's peak memory above its idle (models loaded and run once) while it scores
+    every row of `reviews`."""
+    server = Server(lake)
+    try:
+        server.query("SELECT sentiment('warm up') AS s")
+        time.sleep(0.5)
+        idle = server.rss()
+        server.reset_peak()
+        started = time.perf_counter()
+        count = server.query("SELECT id, sentiment(review) FROM reviews")
+        return {"rows": count, "rows_per_s": count / (time.perf_counter() - started),
+                "peak_minus_idle_mb": (server.rss("VmHWM") - idle) / 2**20}
+    finally:
+        server.close()
+
+
 def latency(call, n: int = 200) -> dict:
     times = []
     for _ in range(n):
@@ -259,28 +294,31 @@ def main() -> int:
                            "torch_threads": torch.get_num_threads(), "pyarrow": pa.__version__, "duckdb": duckdb.__version__},
                "sizes": {"texts": n_texts, "short_texts": n_short, "series": n_series, "points": 500}, "repeats": repeats}
 
-    print("sentiment: model alone, operator", flush=True)
-    r["sentiment_limit"] = sentiment_limit(texts, repeats)
-    r["sentiment_operator"] = n_texts / median_seconds(lambda: sentiment(texts), repeats)
     print("sentiment: baselines", flush=True)
     r["row_at_a_time_udf"] = row_at_a_time(texts)
     r["vader"] = vader(texts, data["dev"])
     r["transformer"] = transformer(texts, data)
     r["lstm_dev_accuracy"] = float(np.mean((sentiment(data["dev"][0]).to_numpy(zero_copy_only=False) > 0)
                                            == (data["dev"][1] == 1)))
-    print("forecast: model alone, operator", flush=True)
-    r["forecast_limit"] = forecast_limit(series, repeats)
-    arrays = to_arrow(series)
-    r["forecast_operator"] = n_series / median_seconds(lambda: forecast(arrays, 48), repeats)
 
     with tempfile.TemporaryDirectory() as tmp:
-        print("end to end over Flight", flush=True)
         lake = lakehouse(Path(tmp) / "lake.db", texts, series)
         server = Server(lake)
         server.query("SELECT sentiment('warm up') AS s")
-        r["e2e_sentiment"] = n_texts / median_seconds(lambda: server.query("SELECT id, sentiment(review) FROM reviews"), repeats)
-        r["e2e_forecast"] = n_series / median_seconds(
-            lambda: server.query("SELECT store, forecast(list(amount ORDER BY ts), 48) FROM sales GROUP BY store"), repeats)
+        print("sentiment: model alone, operator, end to end over Flight (taking turns)", flush=True)
+        r["sentiment_limit"], limit = sentiment_limit(texts, repeats)
+        seconds = interleaved({"limit": limit, "operator": lambda: sentiment(texts),
+                               "e2e": lambda: server.query("SELECT id, sentiment(review) FROM reviews")}, repeats)
+        r["sentiment_limit"]["rows_per_s"] = n_texts / seconds["limit"]
+        r["sentiment_operator"], r["e2e_sentiment"] = n_texts / seconds["operator"], n_texts / seconds["e2e"]
+        print("forecast: model alone, operator, end to end over Flight (taking turns)", flush=True)
+        arrays = to_arrow(series)
+        seconds = interleaved({
+            "limit": forecast_limit(series), "operator": lambda: forecast(arrays, 48),
+            "e2e": lambda: server.query("SELECT store, forecast(list(amount ORDER BY ts), 48) FROM sales GROUP BY store"),
+        }, repeats)
+        r["forecast_limit"], r["forecast_operator"], r["e2e_forecast"] = (
+            n_series / seconds["limit"], n_series / seconds["operator"], n_series / seconds["e2e"])
         plain = PlainFlight(pa.table({"id": pa.array(np.arange(n_texts)), "review": texts}))
         threading.Thread(target=plain.serve, daemon=True).start()
         plain_client = flight.connect(f"grpc://127.0.0.1:{plain.port}")
@@ -288,31 +326,27 @@ def main() -> int:
         threading.Thread(target=plain_duckdb.serve, daemon=True).start()
         duckdb_client = flight.connect(f"grpc://127.0.0.1:{plain_duckdb.port}")
         tries = max(repeats, 15)  # tens of ms each: more runs for a steady median
-        passthrough_ours = median_seconds(lambda: server.query("SELECT id, review FROM reviews"), tries)
-        passthrough_plain = median_seconds(lambda: plain_client.do_get(flight.Ticket(b"all")).read_all(), tries)
-        passthrough_duckdb = median_seconds(
-            lambda: duckdb_client.do_get(flight.Ticket(b"SELECT id, review FROM lake.reviews")).read_all(), tries)
-        r["passthrough"] = {"ours_rows_per_s": n_texts / passthrough_ours, "plain_rows_per_s": n_texts / passthrough_plain,
-                            "plain_duckdb_rows_per_s": n_texts / passthrough_duckdb}
+        seconds = interleaved({
+            "ours": lambda: server.query("SELECT id, review FROM reviews"),
+            "plain": lambda: plain_client.do_get(flight.Ticket(b"all")).read_all(),
+            "plain_duckdb": lambda: duckdb_client.do_get(flight.Ticket(b"SELECT id, review FROM lake.reviews")).read_all(),
+        }, tries)
+        r["passthrough"] = {f"{name}_rows_per_s": n_texts / s for name, s in seconds.items()}
         r["one_row"] = {"ours": latency(lambda: server.client.do_get(flight.Ticket(b"SELECT 1 AS x")).read_all()),
                         "plain": latency(lambda: plain_client.do_get(flight.Ticket(b"one")).read_all())}
         server.close()
         plain.shutdown()
         plain_duckdb.shutdown()
 
-        print("server memory: 1x against 10x the rows (short texts)", flush=True)
-        memory = {}
-        for label, rows in (("1x", n_short // 10), ("10x", n_short)):
-            srv = Server(lakehouse(Path(tmp) / f"mem-{label}.db", short.slice(0, rows)))
-            srv.query("SELECT sentiment('warm up') AS s")
-            time.sleep(0.5)
-            idle = srv.rss()
-            srv.reset_peak()
-            started = time.perf_counter()
-            count = srv.query("SELECT id, sentiment(review) FROM reviews")
-            memory[label] = {"rows": count, "rows_per_s": count / (time.perf_counter() - started),
-                             "peak_minus_idle_mb": (srv.rss("VmHWM") - idle) / 2**20}
-            srv.close()
+        print("server memory: 1x against 10x the rows (short texts, taking turns)", flush=True)
+        lakes = {label: lakehouse(Path(tmp) / f"mem-{label}.db", short.slice(0, rows))
+                 for label, rows in (("1x", n_short // 10), ("10x", n_short))}
+        runs = {label: [] for label in lakes}
+        for _ in range(repeats):
+            for label, lake in lakes.items():
+                runs[label].append(server_memory(lake))
+        memory = {label: {key: statistics.median(run[key] for run in runs[label]) for key in runs[label][0]}
+                  for label in lakes}
         r["memory"] = memory
 
     print("enrichment: local engine, then Ray with one and two workers", flush=True)
