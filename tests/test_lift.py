@@ -21,7 +21,7 @@ from udfs.base import Operator
 LIFTED = [
     "SELECT id, sentiment(review) FROM reviews",
     "SELECT sentiment(review) AS s, id, sentiment_label(review) FROM reviews WHERE id > 1",
-    "SELECT *, sentiment(upper(review), 'sst2-bilstm@3') AS shout FROM reviews LIMIT 5",
+    "SELECT *, sentiment(upper(review), 'sst2-bilstm@4') AS shout FROM reviews LIMIT 5",
     "SELECT id, sentiment(review || ' !') AS s FROM (SELECT * FROM reviews WHERE review <> '') t",
     "SELECT id, sentiment(review) FROM reviews WHERE false",
 ]

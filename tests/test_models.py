@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 
 from flight_lstm.models import (
     MAX_HORIZON,
@@ -149,6 +150,24 @@ def test_distillation_moves_logits_to_the_teachers(tmp_path):
     assert info["best_val"] <= 0.05  # the held-out tenth is drawn from the labelled rows
 
 
+def test_weight_averaging_keeps_the_mean_of_the_last_epochs(monkeypatch):
+    import flight_lstm.models.base as base
+
+    seen = []
+    mean_state = base._mean_state
+    monkeypatch.setattr(base, "_mean_state", lambda states: seen.append(states) or mean_state(states))
+    texts, labels = synthetic_reviews(400, seed=7)
+    model, info = fit_sentiment(texts, labels, epochs=4, patience=1, average_last=3, embed_dim=16,
+                                hidden=16, dropout=0.1, batch_size=32, lr=1e-2, progress=False)
+    assert info["epochs_run"] == 4 and info["averaged_epochs"] == [2, 3, 4]  # no early stop
+    states = seen[0]
+    assert len(states) == 3 and not torch.equal(states[0]["out.weight"], states[2]["out.weight"])
+    mean = torch.stack([s["out.weight"] for s in states]).mean(dim=0)
+    assert torch.equal(model.out.weight, mean.half().float())  # the mean, stored as float16
+    enc = model.encode(texts)
+    assert np.isfinite(model.logits(enc)).all() and info["best_val"] <= 0.2
+
+
 def test_holdout_split_keeps_held_out_sentences_and_their_phrases_out():
     sentences = pa.array([f"film {i} is -lrb- very -rrb- good" for i in range(20)])
     phrases = pa.array(["film 3 is (very) good", "film 3", "(very) good", "is", "film 30"])
@@ -178,7 +197,7 @@ def test_shipped_sentiment_model():
     model = default_registry().load("sentiment")
     assert model.card.name == "sst2-bilstm"
     assert model.card.ref == default_registry().resolve("sentiment", "sst2-bilstm").ref  # latest
-    assert model.card.metrics["dev"]["accuracy"] >= 0.85
+    assert model.card.metrics["dev"]["accuracy"] >= 0.86
     assert "MiniLM" in model.card.training["teacher"]["teacher"]
     assert 0.5 < model.card.metrics["teacher_dev_accuracy"] <= 1
     assert "held_out" in model.card.metrics["note"] and model.card.metrics["held_out"]["n"] > 500

@@ -7,6 +7,7 @@ Each model is one nn.Module subclass that declares its `kind`, keeps its constru
 
 from __future__ import annotations
 
+import collections
 import copy
 import hashlib
 import math
@@ -141,17 +142,23 @@ class BaseModel(nn.Module):
         weight_decay: float = 1e-2,
         clip: float = 1.0,
         patience: int = 3,
+        average_last: int = 0,
         desc: str = "train",
         progress: bool = True,
     ) -> dict[str, Any]:
         """AdamW with cosine decay and gradient clipping; keeps the weights of the best validation
         epoch (lowest `validate()`), stopping after `patience` epochs without improvement, rounded
-        to float16 precision as they will be stored."""
+        to float16 precision as they will be stored.
+
+        With `average_last` = k, all epochs run and the kept weights are the mean of the last k
+        epochs' weights instead (Polyak averaging): a small validation set is too noisy to pick
+        one epoch well, and the mean is usually at least as good as the epochs it averages."""
         opt = torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda e: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(e, epochs) / epochs))
         )
         best, best_state, best_epoch, history = math.inf, None, -1, []
+        recent: collections.deque = collections.deque(maxlen=max(average_last, 1))
         started = time.perf_counter()
         for epoch in range(epochs):
             self.train()
@@ -174,18 +181,36 @@ class BaseModel(nn.Module):
             if progress:
                 tqdm.write(f"{desc} epoch {epoch + 1}: train loss {total / max(count, 1):.4f}, "
                            f"val {score:.4f} ({time.perf_counter() - started:.0f}s)", file=sys.stderr)
-            if score < best:
+            if average_last:
+                recent.append(copy.deepcopy(self.state_dict()))
+            elif score < best:
                 best, best_state, best_epoch = score, copy.deepcopy(self.state_dict()), epoch + 1
             elif epoch + 1 - best_epoch >= patience:
                 break
-        if best_state is not None:
+        kept = {}
+        if average_last:
+            self.load_state_dict(_mean_state(list(recent)))
+            self.round_to_float16()
+            self.eval()
+            with torch.inference_mode():
+                best = float(validate())
+            kept["averaged_epochs"] = [h["epoch"] for h in history[-len(recent):]]
+        elif best_state is not None:
             self.load_state_dict(best_state)
+            kept["best_epoch"] = best_epoch
         self.round_to_float16()
         self.eval()
         return {
             "epochs_run": len(history),
-            "best_epoch": best_epoch,
+            **kept,
             "best_val": best,
             "seconds": round(time.perf_counter() - started, 1),
             "history": history,
         }
+
+
+def _mean_state(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The element-wise mean of floating-point weights; other entries (counters) from the last."""
+    return {name: (torch.stack([s[name] for s in states]).mean(dim=0)
+                   if value.is_floating_point() else value)
+            for name, value in states[-1].items()}

@@ -165,7 +165,7 @@ def augment(texts: list[str], per_text: int, rng: np.random.Generator, p_mask: f
 
 
 def soft_labels(teacher_dir: str | Path, data_dir: str | Path, out_file: str | Path = SOFT_LABELS,
-                *, seed: int = 0, augment_per_sentence: int = 8, holdout: float = HOLDOUT) -> Path:
+                *, seed: int = 0, augment_per_sentence: int = 16, holdout: float = HOLDOUT) -> Path:
     """Write the student's transfer set: training texts + augmented sentences with the teacher's
     logits (Parquet: text, label (null for augmented rows), teacher_logit; teacher info in the
     schema metadata)."""

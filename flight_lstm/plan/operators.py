@@ -1,6 +1,6 @@
 """Check operator calls and route the model-choosing form to its engine-side name.
 
-`sentiment(review, 'sst2-bilstm@3')` becomes `sentiment__with_model(review, 'sst2-bilstm@3')`,
+`sentiment(review, 'sst2-bilstm@4')` becomes `sentiment__with_model(review, 'sst2-bilstm@4')`,
 because an engine registers one signature per function name. Users only see the public names.
 """
 from __future__ import annotations
