@@ -145,7 +145,7 @@ def sentiment_limit(texts: pa.Array, repeats: int) -> tuple[dict, Callable[[], N
 
         return run
 
-    by_batch = {batch: len(rows) / median_seconds(forward(batch), repeats) for batch in (128, 256, 512, 1024)}
+    by_batch = {batch: len(texts) / median_seconds(forward(batch), repeats) for batch in (128, 256, 512, 1024)}
     best = max(by_batch, key=by_batch.get)
     return {"batch": best, "by_batch": by_batch}, forward(best)
 
@@ -343,9 +343,11 @@ def main() -> int:
                  for label, rows in (("1x", n_short // 10), ("10x", n_short))}
         runs = {label: [] for label in lakes}
         for _ in range(repeats):
-            for label, lake in lakes.items():
-                runs[label].append(server_memory(lake))
-        memory = {label: {key: statistics.median(run[key] for run in runs[label]) for key in runs[label][0]}
+            for label, path in lakes.items():
+                runs[label].append(server_memory(path))
+        memory = {label: {"rows": runs[label][0]["rows"],
+                          **{key: statistics.median(run[key] for run in runs[label])
+                             for key in ("rows_per_s", "peak_minus_idle_mb")}}
                   for label in lakes}
         r["memory"] = memory
 

@@ -8,7 +8,7 @@ import pyarrow as pa
 
 from flight_lstm.errors import FlightLSTMError, InvalidQuery
 from flight_lstm.limits import Budget
-from flight_lstm.models.base import checked_between_batches
+from flight_lstm.models.checks import checked_between_batches
 from flight_lstm.plan.lift import Lift, LiftedCall
 
 
@@ -21,13 +21,9 @@ def apply_lift(lift: Lift, schema: pa.Schema, batches: Iterable[pa.RecordBatch],
     between the model's own inference batches, so a stop still acts within a fraction of a second.
     """
     by_name = {op.name: op for op in operators}
-
-    def check() -> None:
-        budget.spend(0)
-
     try:
         for batch in batches:
-            with checked_between_batches(check):
+            with checked_between_batches(budget.check):
                 out = _apply(lift, schema, batch, by_name)
             yield out
     finally:

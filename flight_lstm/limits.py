@@ -63,10 +63,14 @@ class Budget:
                                  f"{self.limits.query_seconds:g} s (--query-seconds)")
         return QueryCancelled("the client cancelled the query")
 
-    def spend(self, rows: int) -> None:
-        """Count a batch about to leave; past a limit, stop the query with its reason."""
+    def check(self) -> None:
+        """Stop the query, with its reason, if its client went away or its time ran out."""
         if self.should_stop():
             raise self.stopped()
+
+    def spend(self, rows: int) -> None:
+        """Count a batch about to leave; past a limit, stop the query with its reason."""
+        self.check()
         self.rows += rows
         if self.limits.max_rows is not None and self.rows > self.limits.max_rows:
             raise ResourceExhausted(

@@ -11,7 +11,8 @@ import pytest
 
 from flight_lstm.errors import InvalidQuery, QueryCancelled
 from flight_lstm.execute import Engine
-from flight_lstm.models.base import between_batches, checked_between_batches
+from flight_lstm.models import checks
+from flight_lstm.models.checks import between_batches
 from flight_lstm.plan import Catalog
 from flight_lstm.service import Service
 from flight_lstm.sources.duckdb import DuckDBSource
@@ -129,20 +130,5 @@ def test_an_operator_failing_is_a_query_error_and_a_cancel_stops_inside_a_call(t
     with pytest.raises(QueryCancelled):
         next(batches)
     assert done == [0, 1000, 2000]  # the call stopped at its next inference batch
-    assert between_batches() is None  # and the check does not outlive the call
+    assert checks._between_batches.get() is None  # and the check does not outlive the call
 
-
-def test_models_check_between_their_inference_batches():
-    from flight_lstm.models.sentiment import BATCH_ROWS
-    from udfs import forecast, sentiment
-
-    checks = []
-    with checked_between_batches(lambda: checks.append(1)):
-        sentiment(pa.array([f"a fine film number {i}" for i in range(2 * BATCH_ROWS + 1)]))
-    assert len(checks) == 3
-
-    def stop():
-        raise QueryCancelled("stop")
-
-    with checked_between_batches(stop), pytest.raises(QueryCancelled):
-        forecast(pa.array([[1.0, 2.0, 3.0]] * 10), 4)

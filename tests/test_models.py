@@ -150,6 +150,28 @@ def test_distillation_moves_logits_to_the_teachers(tmp_path):
     assert info["best_val"] <= 0.05  # the held-out tenth is drawn from the labelled rows
 
 
+def test_the_sentiment_model_checks_between_its_inference_batches():
+    from flight_lstm.errors import QueryCancelled
+    from flight_lstm.models.checks import checked_between_batches
+    from flight_lstm.models.sentiment import BATCH_ROWS
+
+    model = default_registry().load("sentiment")
+    texts = pa.array([f"a fine film number {i}" for i in range(2 * BATCH_ROWS + 1)])
+    checks = []
+    with checked_between_batches(lambda: checks.append(1)):
+        model.score(texts)
+    assert len(checks) == 3  # one per inference batch of at most BATCH_ROWS texts
+
+    def stop():
+        if len(checks) == 4:
+            raise QueryCancelled("stop")
+        checks.append(1)
+
+    with checked_between_batches(stop), pytest.raises(QueryCancelled):
+        model.score(texts)
+    assert len(checks) == 4 and not model.training  # stopped at its second batch, mode kept
+
+
 def test_weight_averaging_keeps_the_mean_of_the_last_epochs(monkeypatch):
     import flight_lstm.models.base as base
 

@@ -14,8 +14,6 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterable
-from contextlib import contextmanager
-from contextvars import ContextVar
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,27 +26,6 @@ from tqdm.auto import tqdm
 from .registry import CARD_FILE, WEIGHTS_FILE, ModelCard
 
 _KINDS: dict[str, type[BaseModel]] = {}
-
-
-_between_batches: ContextVar[Callable[[], None] | None] = ContextVar("between_batches", default=None)
-
-
-@contextmanager
-def checked_between_batches(check: Callable[[], None]):
-    """Within this block, models call `check` between their inference batches: a caller can stop
-    a long call (check raises) without cutting its input into many smaller, slower calls."""
-    token = _between_batches.set(check)
-    try:
-        yield
-    finally:
-        _between_batches.reset(token)
-
-
-def between_batches() -> None:
-    """Called by each model's inference loop before every batch."""
-    check = _between_batches.get()
-    if check is not None:
-        check()
 
 
 def model_class(kind: str) -> type[BaseModel]:
@@ -153,6 +130,8 @@ class BaseModel(nn.Module):
         With `average_last` = k, all epochs run and the kept weights are the mean of the last k
         epochs' weights instead (Polyak averaging): a small validation set is too noisy to pick
         one epoch well, and the mean is usually at least as good as the epochs it averages."""
+        if average_last < 0:
+            raise ValueError(f"average_last must be 0 (off) or more, got {average_last}")
         opt = torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda e: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(e, epochs) / epochs))
@@ -189,17 +168,17 @@ class BaseModel(nn.Module):
                 break
         kept = {}
         if average_last:
-            self.load_state_dict(_mean_state(list(recent)))
-            self.round_to_float16()
-            self.eval()
-            with torch.inference_mode():
-                best = float(validate())
+            best_state = _mean_state(list(recent))
             kept["averaged_epochs"] = [h["epoch"] for h in history[-len(recent):]]
         elif best_state is not None:
-            self.load_state_dict(best_state)
             kept["best_epoch"] = best_epoch
+        if best_state is not None:
+            self.load_state_dict(best_state)
         self.round_to_float16()
         self.eval()
+        if average_last:
+            with torch.inference_mode():
+                best = float(validate())
         return {
             "epochs_run": len(history),
             **kept,

@@ -23,7 +23,7 @@ import pyarrow.csv as pacsv
 import torch
 from torch import nn
 
-from .base import BaseModel, between_batches, dataset_dir, now_iso, seed_everything, training_record
+from .base import BaseModel, dataset_dir, now_iso, seed_everything, training_record
 from .registry import ModelCard
 
 MAX_HORIZON = 8760  # one year of hourly steps
@@ -193,7 +193,6 @@ class ForecastModel(BaseModel):
         self.eval()
         rows_all = np.flatnonzero(valid)
         for start in range(0, len(rows_all), CHUNK_ROWS):
-            between_batches()
             rows = rows_all[start:start + CHUNK_ROWS]
             xc, pc_, oc = x[rows], present[rows], obs[rows]
             for b in range(blocks):
