@@ -36,12 +36,7 @@ from udfs.base import load_model  # noqa: E402
 
 
 def median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return interleaved({"call": fn}, repeats)["call"]
 
 
 def interleaved(calls: dict, repeats: int) -> dict[str, float]:
