@@ -30,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--view", action="append", default=[], metavar='NAME="SQL"',
                        help="publish a query as a named dataset (repeatable)")
     serve.add_argument("--batch-rows", type=int, default=65_536, help="rows per streamed batch")
+    serve.add_argument("--keep-attached", type=float, default=0.5, metavar="SECONDS",
+                       help="a DuckDB source file stays attached this long after the last query, so the next "
+                            "one skips a cold attach; a writer waits that long (0: let go at once)")
     serve.add_argument("--memory-limit", help="DuckDB's memory for the server, e.g. 4GB (default: DuckDB's, 80%% of RAM); "
                        "a query past it gets UNAVAILABLE")
     serve.add_argument("--threads", type=int, help="DuckDB's threads, server-wide (default: one per core)")
@@ -123,11 +126,17 @@ def _serve(args) -> int:
     from flight_lstm.server import FlightLSTMServer
     from flight_lstm.service import Service
     from flight_lstm.sources import open_source
+    from flight_lstm.sources.duckdb import DuckDBSource
 
     views = dict(_split_view(v) for v in args.view)
     limits = Limits(max_queries=args.max_queries, queue_seconds=args.queue_seconds,
                     query_seconds=args.query_seconds or None, max_rows=args.max_rows or None)
-    service = Service(open_source(args.source), views=views, batch_rows=args.batch_rows,
+    if args.keep_attached < 0:
+        raise SystemExit("--keep-attached is seconds: 0 or more")
+    source = open_source(args.source)
+    if isinstance(source, DuckDBSource):
+        source.keep_attached = args.keep_attached
+    service = Service(source, views=views, batch_rows=args.batch_rows,
                       memory_limit=args.memory_limit, threads=args.threads, limits=limits)
     try:
         service.warm_up()

@@ -1,7 +1,7 @@
 """Run a plan in the engine's DuckDB: one in-memory database per server with the operators
 registered, file access off (but for the source's own files) and its configuration locked; each
-query gets its own cursor with the source attached read-only for just that query. Results leave
-as bounded Arrow batches.
+query gets its own cursor with the source attached read-only. Results leave as bounded Arrow
+batches.
 
 One database, not one per query: creating a DuckDB database costs ~35 ms of CPU, a cursor almost
 nothing, so short queries stay short."""
@@ -130,11 +130,7 @@ class Engine:
         try:
             con.close()
             if _reads_source(plan):
-                spare = self.db.cursor()
-                try:
-                    self.source.detach(spare, plan)
-                finally:
-                    spare.close()
+                self.source.detach(self.db, plan)
         finally:
             leave()
 

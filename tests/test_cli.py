@@ -80,6 +80,30 @@ def test_sigterm_lets_a_running_query_finish_then_exits_zero(tmp_path):
     assert server.wait(timeout=60) == 0
 
 
+def test_serve_keeps_the_file_attached_for_keep_attached_seconds(tmp_path):
+    import pyarrow.flight as flight
+
+    from conftest import make_lake
+
+    lake = make_lake(tmp_path / "lake.db")
+    writer = [sys.executable, "-c", f"import duckdb; duckdb.connect({lake!r}).close()"]
+    server = subprocess.Popen([sys.executable, "-m", "flight_lstm.cli", "serve", "--source", f"duckdb://{lake}",
+                               "--port", "0", "--keep-attached", "600"], stdout=subprocess.PIPE, text=True)
+    try:
+        uri = server.stdout.readline().strip().rsplit(" on ", 1)[1]
+        with flight.connect(uri) as client:
+            assert client.do_get(flight.Ticket(b"SELECT count(*) AS n FROM reviews")).read_all().num_rows == 1
+        held = subprocess.run(writer, capture_output=True, text=True)
+        assert held.returncode != 0 and "lock" in held.stderr.lower()
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    subprocess.run(writer, check=True)  # the server's exit lets go
+    bad = subprocess.run([sys.executable, "-m", "flight_lstm.cli", "serve", "--source", f"duckdb://{lake}",
+                          "--keep-attached", "-1"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "--keep-attached" in bad.stderr
+
+
 def test_models_that_fail_to_load_stop_the_server_at_start(tmp_path):
     from conftest import make_lake
 

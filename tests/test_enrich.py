@@ -313,3 +313,18 @@ def test_planner_keeps_local_tables_local():
     assert plan.tables == ("reviews",)
     assert plan.scans and all(DONE not in sql for _, sql in plan.scans)
     assert DONE in plan.sql
+
+
+def test_a_commit_waits_for_a_server_in_this_process_to_let_go_of_the_file(lake):
+    from flight_lstm.execute import Engine
+    from flight_lstm.plan import Plan
+    from flight_lstm.sources.duckdb import DuckDBSource
+
+    source = DuckDBSource.from_uri(lake)
+    source.keep_attached = 1.0
+    schema, batches = Engine(source, OPERATORS).stream(Plan("SELECT count(*) FROM reviews", ("reviews",), frozenset()))
+    assert sum(b.num_rows for b in batches) == 1  # the file stays attached for a second after this
+    started = time.monotonic()
+    open_sink("duckdb:scored", source_uri=lake).commit(pa.table({"id": [1]}), ["id"], replace=False)
+    assert time.monotonic() - started >= 0.5  # it waited instead of failing on the attached file
+    assert target_rows(lake, "scored").column("id").to_pylist() == [1]

@@ -162,11 +162,77 @@ def test_locked_file_is_unavailable_then_serves_again(tmp_path):
         srv.shutdown()
 
 
-def test_server_holds_no_lock_between_queries(lake, client):
-    import duckdb
+def _drain(engine: Engine, sql: str = "SELECT count(*) AS n FROM reviews") -> int:
+    schema, batches = engine.stream(Plan(sql, ("reviews",), frozenset()))
+    return pa.Table.from_batches(list(batches), schema).column(0)[0].as_py()
 
-    run(client, "SELECT sentiment(review) FROM reviews")
-    with duckdb.connect(lake) as writer:  # a read-write open succeeds: nothing is held
+
+def _counting_attaches(source: DuckDBSource, monkeypatch) -> list:
+    opened = []
+    real_attach = source._attach
+    monkeypatch.setattr(source, "_attach", lambda con: (opened.append(1), real_attach(con)))
+    return opened
+
+
+def _writer_process(path: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", f"import duckdb; duckdb.connect({path!r}).close()"],
+                          capture_output=True, text=True)
+
+
+def test_back_to_back_queries_share_one_attachment_and_writers_wait(tmp_path, monkeypatch):
+    from conftest import make_lake
+
+    source = DuckDBSource(make_lake(tmp_path / "kept.db"), keep_attached=30)
+    opened = _counting_attaches(source, monkeypatch)
+    engine = Engine(source, OPERATORS)
+    assert [_drain(engine) for _ in range(3)] == [len(REVIEWS)] * 3
+    assert len(opened) == 1  # no cold attach for the second and third query
+    writer = _writer_process(str(source.path))  # kept: a writer is locked out for now
+    assert writer.returncode != 0 and "lock" in writer.stderr.lower()
+
+
+def test_the_file_is_let_go_soon_after_the_last_query(tmp_path):
+    import time
+
+    from conftest import make_lake
+
+    source = DuckDBSource(make_lake(tmp_path / "let-go.db"), keep_attached=1.0)
+    engine = Engine(source, OPERATORS)
+    _drain(engine)
+    ended = time.monotonic()
+    assert _writer_process(str(source.path)).returncode != 0  # still attached right after
+    while _writer_process(str(source.path)).returncode != 0:
+        assert time.monotonic() - ended < 10, "the file was never let go"
+        time.sleep(0.1)
+    assert time.monotonic() - ended >= 1.0
+    assert _drain(engine) == len(REVIEWS)  # and attached again for the next query
+
+
+def test_a_file_replaced_while_kept_is_read_as_it_is_now(tmp_path, monkeypatch):
+    import os
+
+    import duckdb
+    from conftest import make_lake
+
+    source = DuckDBSource(make_lake(tmp_path / "replaced.db"), keep_attached=30)
+    opened = _counting_attaches(source, monkeypatch)
+    engine = Engine(source, OPERATORS)
+    assert _drain(engine) == len(REVIEWS)
+    with duckdb.connect(str(tmp_path / "new.db")) as con:
+        con.execute("CREATE TABLE reviews AS SELECT range AS id, 'x' AS review FROM range(5)")
+    os.replace(tmp_path / "new.db", source.path)  # as a loader publishing a new file would
+    assert _drain(engine) == 5
+    assert len(opened) == 2
+
+
+def test_by_default_no_lock_outlives_a_query(tmp_path):
+    import duckdb
+    from conftest import make_lake
+
+    path = make_lake(tmp_path / "at-once.db")
+    engine = Engine(DuckDBSource.from_uri(f"duckdb://{path}"), OPERATORS)
+    assert _drain(engine) == len(REVIEWS)
+    with duckdb.connect(path) as writer:  # a read-write open succeeds: nothing is held
         assert writer.execute("SELECT count(*) FROM reviews").fetchone()[0] == len(REVIEWS)
 
 
@@ -208,9 +274,7 @@ def test_result_schemas_are_cached_until_the_file_changes(tmp_path, monkeypatch)
     from flight_lstm.service import Service
 
     source = DuckDBSource(make_lake(tmp_path / "cached.db"))
-    opened = []
-    real_attach = source._attach
-    monkeypatch.setattr(source, "_attach", lambda con: (opened.append(1), real_attach(con)))
+    opened = _counting_attaches(source, monkeypatch)
     service = Service(source)
     plan = service.plan("SELECT * FROM reviews")
     assert service.schema(plan).names == ["id", "review"]

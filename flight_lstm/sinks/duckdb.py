@@ -1,6 +1,7 @@
 """A table in the source's DuckDB file. The file is opened for writing only for each commit
-(one transaction per chunk) and closed again, so the server, which attaches it read-only per
-query, alternates with the run instead of being locked out for the whole of it."""
+(one transaction per chunk) and closed again, so the server, which attaches it read-only while
+queries run (and for a moment after), alternates with the run instead of being locked out for the
+whole of it."""
 from __future__ import annotations
 
 import time
@@ -57,8 +58,10 @@ class DuckDBTableSink(Sink):
         while True:
             try:
                 return duckdb.connect(str(self.path), read_only=read_only)
-            except duckdb.IOException as e:
-                if "lock" not in str(e).lower() or time.monotonic() > deadline:
+            except (duckdb.IOException, duckdb.ResourceInUseException) as e:
+                # Another process's lock, or this process's own server still attached to the file.
+                held = "lock" in str(e).lower() or isinstance(e, duckdb.ResourceInUseException)
+                if not held or time.monotonic() > deadline:
                     raise SourceUnavailable(f"cannot open {self.path.name} for writing: {str(e).splitlines()[0]}") from None
                 time.sleep(0.05)
 

@@ -13,7 +13,7 @@ from flight_lstm.plan import Plan
 class Source(ABC):
     """Where tables come from. A query runs in its own cursor of the engine's DuckDB; a source makes
     the tables a plan reads visible there, for the life of that one query, and holds nothing
-    between queries."""
+    for long between queries."""
 
     scheme: str
     # A source that runs SQL itself names its sqlglot dialect; the planner then pushes work to it.
@@ -39,9 +39,9 @@ class Source(ABC):
     def describe(self) -> str:
         """A short, secret-free description for logs and the health action."""
 
-    def detach(self, con: duckdb.DuckDBPyConnection, plan: Plan) -> None:
-        """The query that `attach` served is over (its cursor closed): let go of what it held,
-        through `con`, another cursor of the same database."""
+    def detach(self, db: duckdb.DuckDBPyConnection, plan: Plan) -> None:
+        """The query that `attach` served is over (its cursor closed): let go of what it held, now
+        or later, through a cursor of `db`, the engine's database."""
 
     def version(self) -> Hashable | None:
         """A token that changes whenever the source's tables may have changed, so result schemas

@@ -1,6 +1,8 @@
-"""A DuckDB file as the source: attached read-only while queries run and detached when the last
-one ends, so no lock outlives the queries and a writer (an enrichment run, a loader) can take the
-file between them."""
+"""A DuckDB file as the source: attached read-only while queries run and detached `keep_attached`
+seconds after the last one ends, so a writer (an enrichment run, a loader) can take the file
+between queries. A server keeps it a moment (`serve --keep-attached`, 0.5 s): back-to-back queries
+then skip a cold attach, which costs ~3 ms per 100k-row query (attach, cold blocks, detach), ~10%
+of a plain scan. A job that writes the file itself (enrichment) lets go at once (0, the default)."""
 from __future__ import annotations
 
 import os
@@ -20,10 +22,15 @@ ALIAS = "lake"
 class DuckDBSource(Source):
     scheme = "duckdb"
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, keep_attached: float = 0.0):
+        if keep_attached < 0:
+            raise ValueError("keep_attached is seconds: 0 or more")
         self.path = Path(path).resolve()
+        self.keep_attached = keep_attached
         self._lock = threading.Lock()
         self._queries = 0  # queries that have the file attached in the engine's database
+        self._attached: tuple | None = None  # the file's version when attached; None: not attached
+        self._letting_go: threading.Timer | None = None
 
     @classmethod
     def from_uri(cls, uri: str) -> "DuckDBSource":
@@ -50,16 +57,39 @@ class DuckDBSource(Source):
 
     def attach(self, con: duckdb.DuckDBPyConnection, plan: Plan | None, *, schema_only: bool = False) -> None:
         with self._lock:
-            if self._queries == 0:
+            if self._letting_go is not None:
+                self._letting_go.cancel()
+                self._letting_go = None
+            if self._queries == 0 and self._attached is not None and self._attached != self.version():
+                self._detach(con)  # replaced or rewritten while kept: read the file as it is now
+            if self._attached is None:
+                version = self.version()
                 self._attach(con)
+                self._attached = version
             self._queries += 1
         con.execute(f"USE {ALIAS}")
 
-    def detach(self, con: duckdb.DuckDBPyConnection, plan: Plan) -> None:
+    def detach(self, db: duckdb.DuckDBPyConnection, plan: Plan) -> None:
         with self._lock:
             self._queries -= 1
-            if self._queries == 0:
-                con.execute(f"DETACH {ALIAS}")
+            if self._queries > 0:
+                return
+            if self.keep_attached == 0:
+                self._detach(db)
+                return
+            self._letting_go = threading.Timer(self.keep_attached, self._let_go, (db,))
+            self._letting_go.daemon = True
+            self._letting_go.start()
+
+    def _let_go(self, db: duckdb.DuckDBPyConnection) -> None:
+        with self._lock:
+            if self._queries == 0 and self._letting_go is threading.current_thread():
+                self._detach(db)
+
+    def _detach(self, db: duckdb.DuckDBPyConnection) -> None:
+        self._attached = self._letting_go = None
+        with db.cursor() as con:
+            con.execute(f"DETACH {ALIAS}")
 
     def version(self) -> tuple:
         """The file and its WAL as the OS sees them: any write or replacement changes one."""
