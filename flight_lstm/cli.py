@@ -151,7 +151,10 @@ def _serve(args) -> int:
 
         port = serve_metrics(args.host, args.metrics_port)
         print(f"flight-lstm metrics on http://{args.host}:{port}/metrics", flush=True)
-    server.serve()
+    try:
+        server.serve()
+    finally:
+        service.close()
     return 0
 
 

@@ -47,6 +47,10 @@ class Engine:
         self.watchdog = Watchdog()
         self.db = _database(source, operators, {"memory_limit": memory_limit, "threads": threads})
 
+    def close(self) -> None:
+        """Let go of the source now (the server is stopping); queries still running keep theirs."""
+        self.source.close(self.db)
+
     def schema(self, plan: Plan, params: list | None = None) -> pa.Schema:
         """The result schema, found without running any operator (LIMIT 0 plans but never calls).
         `params` fill the query's `?`/`$1` placeholders: DuckDB binds them, nothing is pasted."""

@@ -38,6 +38,9 @@ class Service:
         for name, sql in self.view_sql.items():
             self.catalog.add_view(name, sql)
 
+    def close(self) -> None:
+        self.engine.close()
+
     def plan(self, sql: str) -> Plan:
         """Cached per query text while the source stays the same: GetFlightInfo and DoGet each
         plan the query, and planning costs 1-2 ms."""

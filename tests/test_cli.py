@@ -95,10 +95,11 @@ def test_serve_keeps_the_file_attached_for_keep_attached_seconds(tmp_path):
             assert client.do_get(flight.Ticket(b"SELECT count(*) AS n FROM reviews")).read_all().num_rows == 1
         held = subprocess.run(writer, capture_output=True, text=True)
         assert held.returncode != 0 and "lock" in held.stderr.lower()
-    finally:
         server.terminate()
-        server.wait(timeout=60)
-    subprocess.run(writer, check=True)  # the server's exit lets go
+        assert server.wait(timeout=60) == 0
+    finally:
+        server.kill()
+    subprocess.run(writer, check=True)  # the server let go as it stopped
     bad = subprocess.run([sys.executable, "-m", "flight_lstm.cli", "serve", "--source", f"duckdb://{lake}",
                           "--keep-attached", "-1"], capture_output=True, text=True)
     assert bad.returncode != 0 and "--keep-attached" in bad.stderr

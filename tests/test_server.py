@@ -191,6 +191,19 @@ def test_back_to_back_queries_share_one_attachment_and_writers_wait(tmp_path, mo
     assert writer.returncode != 0 and "lock" in writer.stderr.lower()
 
 
+def test_closing_the_engine_lets_go_of_a_kept_file_at_once(tmp_path):
+    import duckdb
+    from conftest import make_lake
+
+    source = DuckDBSource(make_lake(tmp_path / "closed.db"), keep_attached=600)
+    engine = Engine(source, OPERATORS)
+    _drain(engine)
+    engine.close()
+    with duckdb.connect(str(source.path)) as writer:
+        writer.execute("SELECT 1")
+    assert source._letting_go is None  # no timer left to fire while the process exits
+
+
 def test_the_file_is_let_go_soon_after_the_last_query(tmp_path):
     import time
 

@@ -43,6 +43,9 @@ class Source(ABC):
         """The query that `attach` served is over (its cursor closed): let go of what it held, now
         or later, through a cursor of `db`, the engine's database."""
 
+    def close(self, db: duckdb.DuckDBPyConnection) -> None:
+        """The engine is stopping: let go now of anything `detach` left for later."""
+
     def version(self) -> Hashable | None:
         """A token that changes whenever the source's tables may have changed, so result schemas
         can be cached until it does; None (the default) caches nothing."""

@@ -81,6 +81,16 @@ class DuckDBSource(Source):
             self._letting_go.daemon = True
             self._letting_go.start()
 
+    def close(self, db: duckdb.DuckDBPyConnection) -> None:
+        """Detach now, not from the timer: a timer that fires while the interpreter exits
+        would run DuckDB in a thread being torn down."""
+        with self._lock:
+            if self._letting_go is not None:
+                self._letting_go.cancel()
+                self._letting_go = None
+            if self._attached is not None and self._queries == 0:
+                self._detach(db)
+
     def _let_go(self, db: duckdb.DuckDBPyConnection) -> None:
         with self._lock:
             if self._queries == 0 and self._letting_go is threading.current_thread():
