@@ -32,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--batch-rows", type=int, default=65_536, help="rows per streamed batch")
     serve.add_argument("--keep-attached", type=float, default=0.5, metavar="SECONDS",
                        help="a DuckDB source file stays attached this long after the last query, so the next "
-                            "one skips a cold attach; a writer waits that long (0: let go at once)")
+                            "one skips a cold attach; a writer waits for a pause this long (0: let go at once)")
     serve.add_argument("--memory-limit", help="DuckDB's memory for the server, e.g. 4GB (default: DuckDB's, 80%% of RAM); "
                        "a query past it gets UNAVAILABLE")
     serve.add_argument("--threads", type=int, help="DuckDB's threads, server-wide (default: one per core)")

@@ -117,14 +117,18 @@ class Engine:
         With no plan (DoExchange), or one that reads no source table, nothing is attached. Give it
         back with `release`."""
         con = self.db.cursor()
+        attached = False
         try:
             if _reads_source(plan):
                 self.source.attach(con, plan, schema_only=schema_only)
+                attached = True
             for name, table in (extra_tables or {}).items():
                 con.register(name, table)
             return con
         except BaseException:
             con.close()
+            if attached:
+                self.source.detach(self.db, plan)
             raise
 
     def release(self, con: duckdb.DuckDBPyConnection, plan: Plan | None = None,

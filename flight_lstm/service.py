@@ -39,6 +39,7 @@ class Service:
             self.catalog.add_view(name, sql)
 
     def close(self) -> None:
+        """The server is stopping: the source lets go of what it kept between queries."""
         self.engine.close()
 
     def plan(self, sql: str) -> Plan:

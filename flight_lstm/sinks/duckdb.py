@@ -60,7 +60,7 @@ class DuckDBTableSink(Sink):
                 return duckdb.connect(str(self.path), read_only=read_only)
             except (duckdb.IOException, duckdb.ResourceInUseException) as e:
                 # Another process's lock, or this process's own server still attached to the file.
-                held = "lock" in str(e).lower() or isinstance(e, duckdb.ResourceInUseException)
+                held = "lock" in str(e).lower() or "already attached" in str(e)
                 if not held or time.monotonic() > deadline:
                     raise SourceUnavailable(f"cannot open {self.path.name} for writing: {str(e).splitlines()[0]}") from None
                 time.sleep(0.05)

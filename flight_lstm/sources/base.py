@@ -12,8 +12,8 @@ from flight_lstm.plan import Plan
 
 class Source(ABC):
     """Where tables come from. A query runs in its own cursor of the engine's DuckDB; a source makes
-    the tables a plan reads visible there, for the life of that one query, and holds nothing
-    for long between queries."""
+    the tables a plan reads visible there while the query runs (and may keep them a moment after,
+    as the DuckDB source does), and holds nothing for long between queries."""
 
     scheme: str
     # A source that runs SQL itself names its sqlglot dialect; the planner then pushes work to it.

@@ -2,7 +2,8 @@
 seconds after the last one ends, so a writer (an enrichment run, a loader) can take the file
 between queries. A server keeps it a moment (`serve --keep-attached`, 0.5 s): back-to-back queries
 then skip a cold attach, which costs ~3 ms per 100k-row query (attach, cold blocks, detach), ~10%
-of a plain scan. A job that writes the file itself (enrichment) lets go at once (0, the default)."""
+of a plain scan; a writer then waits for a pause of that length between queries. A job that
+writes the file itself (enrichment) lets go at once (0, the default)."""
 from __future__ import annotations
 
 import os
@@ -29,8 +30,9 @@ class DuckDBSource(Source):
         self.keep_attached = keep_attached
         self._lock = threading.Lock()
         self._queries = 0  # queries that have the file attached in the engine's database
-        self._attached: tuple | None = None  # the file's version when attached; None: not attached
-        self._letting_go: threading.Timer | None = None
+        self._attached_version: tuple | None = None  # the file as it was attached; None: not attached
+        self._idle_timer: threading.Timer | None = None  # detaches once no query came for keep_attached
+        self._closed = False
 
     @classmethod
     def from_uri(cls, uri: str) -> "DuckDBSource":
@@ -57,49 +59,52 @@ class DuckDBSource(Source):
 
     def attach(self, con: duckdb.DuckDBPyConnection, plan: Plan | None, *, schema_only: bool = False) -> None:
         with self._lock:
-            if self._letting_go is not None:
-                self._letting_go.cancel()
-                self._letting_go = None
-            if self._queries == 0 and self._attached is not None and self._attached != self.version():
-                self._detach(con)  # replaced or rewritten while kept: read the file as it is now
-            if self._attached is None:
+            self._stop_idle_timer()
+            if self._queries == 0 and self._attached_version is not None and self._attached_version != self.version():
+                self._detach_now(con)  # replaced or rewritten while kept: read the file as it is now
+            if self._attached_version is None:
                 version = self.version()
                 self._attach(con)
-                self._attached = version
+                self._attached_version = version
+            con.execute(f"USE {ALIAS}")
             self._queries += 1
-        con.execute(f"USE {ALIAS}")
 
     def detach(self, db: duckdb.DuckDBPyConnection, plan: Plan) -> None:
         with self._lock:
             self._queries -= 1
             if self._queries > 0:
                 return
-            if self.keep_attached == 0:
-                self._detach(db)
+            if self.keep_attached == 0 or self._closed:
+                self._detach_now(db)
                 return
-            self._letting_go = threading.Timer(self.keep_attached, self._let_go, (db,))
-            self._letting_go.daemon = True
-            self._letting_go.start()
+            self._idle_timer = threading.Timer(self.keep_attached, self._on_idle, (db,))
+            self._idle_timer.daemon = True
+            self._idle_timer.start()
 
     def close(self, db: duckdb.DuckDBPyConnection) -> None:
-        """Detach now, not from the timer: a timer that fires while the interpreter exits
-        would run DuckDB in a thread being torn down."""
+        """Detach now, not from the timer, and from now on as soon as the last query ends: a
+        timer that fires while the interpreter exits would run DuckDB in a thread being torn down."""
         with self._lock:
-            if self._letting_go is not None:
-                self._letting_go.cancel()
-                self._letting_go = None
-            if self._attached is not None and self._queries == 0:
-                self._detach(db)
+            self._closed = True
+            self._stop_idle_timer()
+            if self._attached_version is not None and self._queries == 0:
+                self._detach_now(db)
 
-    def _let_go(self, db: duckdb.DuckDBPyConnection) -> None:
+    def _on_idle(self, db: duckdb.DuckDBPyConnection) -> None:
         with self._lock:
-            if self._queries == 0 and self._letting_go is threading.current_thread():
-                self._detach(db)
+            if self._queries == 0 and self._idle_timer is threading.current_thread():
+                self._idle_timer = None
+                self._detach_now(db)
 
-    def _detach(self, db: duckdb.DuckDBPyConnection) -> None:
-        self._attached = self._letting_go = None
+    def _stop_idle_timer(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def _detach_now(self, db: duckdb.DuckDBPyConnection) -> None:
         with db.cursor() as con:
             con.execute(f"DETACH {ALIAS}")
+        self._attached_version = None  # only once it is gone: a failed DETACH leaves it in use
 
     def version(self) -> tuple:
         """The file and its WAL as the OS sees them: any write or replacement changes one."""
