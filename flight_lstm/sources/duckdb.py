@@ -60,12 +60,13 @@ class DuckDBSource(Source):
     def attach(self, con: duckdb.DuckDBPyConnection, plan: Plan | None, *, schema_only: bool = False) -> None:
         with self._lock:
             self._stop_idle_timer()
-            if self._queries == 0 and self._attached_version is not None and self._attached_version != self.version():
-                self._detach_now(con)  # replaced or rewritten while kept: read the file as it is now
-            if self._attached_version is None:
+            if self._queries == 0:  # no query is using the attachment: it may be (re)made
                 version = self.version()
-                self._attach(con)
-                self._attached_version = version
+                if self._attached_version not in (None, version):
+                    self._detach_now(con)  # replaced or rewritten while kept: read the file as it is now
+                if self._attached_version is None:
+                    self._attach(con)
+                    self._attached_version = version
             con.execute(f"USE {ALIAS}")
             self._queries += 1
 
