@@ -95,8 +95,8 @@ class Registry:
             problem = f"{name!r} is a {same_name[0].kind} model, not a {kind} model"
         else:
             problem = f"no {kind} model {wanted!r}"
-        searched = ", ".join(str(d) for d in self.dirs)
-        raise ModelNotFound(f"{problem}; available {kind} models: {listing} (searched {searched})")
+        # No folders named: this message reaches clients (FLIGHT_LSTM_MODELS says where to look).
+        raise ModelNotFound(f"{problem}; available {kind} models: {listing}")
 
     def load(self, kind: str, ref: str | None = None):
         """The loaded model for a reference, loaded once and shared across threads."""

@@ -1,5 +1,6 @@
 """SQL in, a safe DuckDB query out: parse, expand forecast_table, check read-only, inline views,
-bind operators, push work down to a source that runs SQL, lift operator calls out, generate.
+bind operators, push work down to a source that runs SQL, lift operator calls out, and write SQL
+that means exactly the approved tree (emit.py), checked by DuckDB's own parser.
 
 Each step is one module over the shared sqlglot tree (the sqlglot optimizer pattern).
 """
@@ -12,6 +13,7 @@ from sqlglot import exp
 from sqlglot.errors import OptimizeError
 
 from flight_lstm.errors import InvalidQuery
+from flight_lstm.plan.emit import to_sql
 from flight_lstm.plan.forecast_table import expand_forecast_tables
 from flight_lstm.plan.lift import Lift, lift_operators
 from flight_lstm.plan.operators import bind_operators, operators_called
@@ -67,4 +69,4 @@ class Catalog:
                 tree, scans = push_down(tree.copy(), self.pushdown_dialect, internal, self.columns_of, local_tables)
             except OptimizeError as e:  # sqlglot finds no scopes in it: a query that cannot run anywhere
                 raise InvalidQuery(f"cannot plan this query: {str(e).splitlines()[0]}") from None
-        return Plan(tree.sql(dialect="duckdb"), tables, called, tuple(scans), lift_operators(tree, self.operators))
+        return Plan(to_sql(tree), tables, called, tuple(scans), lift_operators(tree, self.operators))

@@ -19,6 +19,8 @@ from typing import Iterable
 
 from sqlglot import exp
 
+from flight_lstm.plan.emit import to_sql
+
 PREFIX = "__lift"
 
 
@@ -54,7 +56,7 @@ def lift_operators(tree: exp.Expression, operators: Iterable) -> Lift | None:
         projections += [exp.alias_(exp.cast(a.copy(), kind), name) for a, kind, name in zip(args, op.params, names)]
         calls.append(LiftedCall(op.name, model, names))
     tree.set("expressions", projections)
-    return Lift(tree.sql(dialect="duckdb"), tuple(calls)) if calls else None
+    return Lift(to_sql(tree), tuple(calls)) if calls else None
 
 
 def _liftable(tree: exp.Expression) -> bool:

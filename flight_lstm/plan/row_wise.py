@@ -7,6 +7,7 @@ from sqlglot import exp
 
 from flight_lstm.errors import InvalidQuery
 from flight_lstm.plan import Catalog, Plan
+from flight_lstm.plan.emit import to_sql
 from flight_lstm.plan.lift import lift_operators
 from flight_lstm.plan.operators import bind_operators, operators_called
 from flight_lstm.plan.parse import parse_one_query
@@ -27,7 +28,7 @@ def plan_row_wise(sql: str, catalog: Catalog) -> Plan:
     check_row_wise(tree, catalog.operators)
     tree = bind_operators(tree, catalog.operators, catalog.check_model)
     called = operators_called(tree, catalog.operators)
-    return Plan(tree.sql(dialect="duckdb"), (), called, lift=lift_operators(tree, catalog.operators))
+    return Plan(to_sql(tree), (), called, lift=lift_operators(tree, catalog.operators))
 
 
 def check_row_wise(tree: exp.Expression, operators) -> None:

@@ -1,0 +1,106 @@
+"""DuckDB's own parse of the exact SQL the engine will run: one SELECT, calling nothing that
+reaches past the source.
+
+sqlglot and DuckDB are two parsers; text one reads as a harmless expression the other may read as
+a second statement or a hidden call. So the read-only rule is applied once more, to DuckDB's parse
+tree (`json_serialize_sql`) of the final text: exactly one SELECT statement; table functions only
+from the allow-list; no function, built-in macro or catalog view that reads settings, variables,
+files or DuckDB's own catalog (which names the source's path and every setting).
+
+Limits: a name resolved at bind time (a source table shadowing a built-in view's name) is judged by
+its name here, so such a table is refused unless qualified (`lake.main.name`)."""
+from __future__ import annotations
+
+import json
+import re
+import threading
+from functools import cache
+from typing import Iterator
+
+import duckdb
+
+from flight_lstm.errors import InvalidQuery, QueryRefused
+from flight_lstm.plan.read_only import ALLOWED_TABLE_FUNCTIONS, DENIED_FUNCTION_PREFIXES, DENIED_FUNCTIONS
+
+# Scalar functions that read the engine's state or stall a query slot without checking for interrupts.
+DENIED_SCALARS = {"getvariable", "current_setting", "json_serialize_plan", "json_execute_serialized_sql",
+                  "sleep_ms", "pg_sleep"}
+# A built-in macro whose body reads DuckDB's catalog, settings or variables is refused like them.
+STATEFUL_MACRO = re.compile(r"duckdb_|pg_catalog|information_schema|current_setting|getvariable|sleep", re.I)
+SYSTEM_CATALOGS = {"system", "temp", "memory"}
+SYSTEM_SCHEMAS = {"information_schema", "pg_catalog"}
+
+_parser = duckdb.connect(":memory:")
+_parser_lock = threading.Lock()
+
+
+@cache
+def _denied_functions() -> frozenset[str]:
+    with _parser_lock:
+        macros = _parser.execute(
+            "SELECT function_name, macro_definition FROM duckdb_functions() WHERE function_type = 'macro'"
+        ).fetchall()
+    return frozenset({*DENIED_FUNCTIONS, *DENIED_SCALARS,
+                      *(name for name, body in macros if body and STATEFUL_MACRO.search(body))})
+
+
+@cache
+def _builtin_views() -> frozenset[str]:
+    with _parser_lock:
+        rows = _parser.execute("SELECT view_name FROM duckdb_views() WHERE internal").fetchall()
+    return frozenset(name.lower() for (name,) in rows)
+
+
+def check_with_duckdb(sql: str) -> None:
+    """Refuse `sql` unless DuckDB reads it as one SELECT within the read-only rule."""
+    with _parser_lock:
+        (text,), = _parser.execute("SELECT json_serialize_sql(?)", [sql]).fetchall()
+    parsed = json.loads(text)
+    if parsed.get("error"):
+        if parsed.get("error_type") == "parser":
+            raise InvalidQuery(f"syntax error: {parsed.get('error_message', '').splitlines()[0]}")
+        raise QueryRefused("queries are read-only: only one SELECT statement is allowed")
+    if len(parsed["statements"]) != 1:
+        raise QueryRefused("queries are read-only: only one SELECT statement is allowed")
+    nodes = list(_walk(parsed["statements"][0]))
+    ctes = {key.lower() for node in nodes for key in _cte_names(node)}
+    for node in nodes:
+        _check_node(node, ctes)
+
+
+def _check_node(node: dict, ctes: set[str]) -> None:
+    name = node.get("function_name")
+    if isinstance(name, str) and "class" in node:  # a scalar, aggregate or window function call
+        lowered = name.lower()
+        if lowered in _denied_functions() or lowered.startswith(DENIED_FUNCTION_PREFIXES):
+            raise QueryRefused(f"function {lowered}() is not allowed: it reaches outside the source")
+    kind = node.get("type")
+    if kind == "TABLE_FUNCTION":
+        called = (node.get("function") or {}).get("function_name", "").lower()
+        if called not in ALLOWED_TABLE_FUNCTIONS:
+            raise QueryRefused(f"table function {called}() is not allowed in FROM")
+    elif kind == "BASE_TABLE":
+        catalog, schema = node.get("catalog_name", "").lower(), node.get("schema_name", "").lower()
+        table = node.get("table_name", "").lower()
+        builtin = not catalog and schema in ("", "main") and table in _builtin_views() and table not in ctes
+        if catalog in SYSTEM_CATALOGS or schema in SYSTEM_SCHEMAS or builtin:
+            raise QueryRefused(f"{table} is DuckDB's own catalog, not a table of the source")
+    elif kind == "SHOW_REF":
+        raise QueryRefused("DESCRIBE, SHOW and SUMMARIZE are not allowed in a query")
+
+
+def _cte_names(node: dict) -> list[str]:
+    cte_map = node.get("cte_map")
+    if not isinstance(cte_map, dict):
+        return []
+    return [entry.get("key", "") for entry in cte_map.get("map", []) if isinstance(entry, dict)]
+
+
+def _walk(value) -> Iterator[dict]:
+    if isinstance(value, dict):
+        yield value
+        for child in value.values():
+            yield from _walk(child)
+    elif isinstance(value, list):
+        for child in value:
+            yield from _walk(child)
