@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--queue-seconds", type=float, default=Limits.queue_seconds)
     serve.add_argument("--query-seconds", type=float, default=Limits.query_seconds,
                        help="a query's time limit, start to last batch (0: none); past it, DEADLINE_EXCEEDED")
+    serve.add_argument("--idle-seconds", type=float, default=Limits.idle_seconds,
+                       help="end a stream whose client neither reads nor sends for this long, freeing its slot")
     serve.add_argument("--max-rows", type=int, default=Limits.max_rows,
                        help="rows in one result (0: no limit); past it, the query ends with UNAVAILABLE")
     serve.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on http://HOST:PORT/metrics")
@@ -130,7 +132,8 @@ def _serve(args) -> int:
 
     views = dict(_split_view(v) for v in args.view)
     limits = Limits(max_queries=args.max_queries, queue_seconds=args.queue_seconds,
-                    query_seconds=args.query_seconds or None, max_rows=args.max_rows or None)
+                    query_seconds=args.query_seconds or None, max_rows=args.max_rows or None,
+                    idle_seconds=args.idle_seconds)
     if args.keep_attached < 0:
         raise SystemExit("--keep-attached is seconds: 0 or more")
     source = open_source(args.source)

@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from flight_lstm.apply import apply_lift
 from flight_lstm.errors import InvalidQuery
-from flight_lstm.execute import Engine, stopped_by, translated_errors
+from flight_lstm.execute import Engine, Running, checked_sql, stopped_by, translated_errors
 from flight_lstm.limits import Budget
 from flight_lstm.plan import Plan
 from flight_lstm.plan.row_wise import INPUT
@@ -28,20 +28,31 @@ def exchange(
 
     The schema comes from an empty `input` (LIMIT 0: no operator runs), and DuckDB's physical plan
     must hold only row-by-row steps: a second lock behind the planner's check. The exchange holds
-    one of the server's query slots, and its time and rows count against the server's limits."""
-    con, leave = engine.admit(None)
+    one of the server's query slots, and its time and rows count against the server's limits; a
+    client that stops sending or reading loses the slot after the server's idle time."""
+    running = engine.start(None, Budget(engine.limits, cancelled))
     try:
-        with translated_errors(engine.source):
-            con.register(INPUT, schema.empty_table())
-            _check_row_by_row(con, plan.sql)
-            out = con.sql(plan.sql).limit(0).to_arrow_table().schema
+        with running.step(), stopped_by(running.budget), translated_errors(engine.source):
+            _register(running.con, schema)
+            _check_row_by_row(running.con, plan.sql)
+            out = checked_sql(running.con, plan.sql).limit(0).to_arrow_table().schema
     except BaseException:
-        engine.release(con, leave=leave)
+        running.end()
         raise
-    return out, _run(con, plan, out, batches, Budget(engine.limits, cancelled), engine, leave)
+    return out, _run(running, plan, out, batches, engine)
+
+
+def _register(con: duckdb.DuckDBPyConnection, data: pa.RecordBatch | pa.Schema) -> None:
+    """The client's batch (or, for a schema, an empty one) as `input`; a type Arrow or DuckDB
+    cannot handle (a sparse union, say) is the client's error."""
+    try:
+        con.register(INPUT, data.empty_table() if isinstance(data, pa.Schema) else data)
+    except pa.ArrowException as e:
+        raise InvalidQuery(f"DuckDB cannot read the batches you send: {str(e).splitlines()[0]}") from None
 
 
 def _check_row_by_row(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    checked_sql(con, sql)  # one SELECT, before it is pasted after EXPLAIN
     (_, text), = con.execute(f"EXPLAIN (FORMAT json) {sql}").fetchall()
     found = {node["name"] for node in _nodes(json.loads(text))} - ROW_BY_ROW
     if found:
@@ -55,24 +66,26 @@ def _nodes(tree: list[dict]) -> Iterator[dict]:
         yield from _nodes(node.get("children", ()))
 
 
-def _run(con, plan: Plan, schema, batches, budget: Budget, engine: Engine, leave) -> Iterator[pa.RecordBatch]:
-    unwatch = engine.watchdog.watch(con, budget)
+def _run(running: Running, plan: Plan, schema, batches, engine: Engine) -> Iterator[pa.RecordBatch]:
+    budget = running.budget
     try:
         with stopped_by(budget), translated_errors(engine.source):
             for batch in batches:
-                budget.spend(0)  # the client may send slowly: check time and cancellation first
-                con.register(INPUT, batch)
-                if plan.lift:
-                    lifted = con.sql(plan.lift.sql).to_arrow_table().combine_chunks().to_batches()
-                    out = pa.Table.from_batches(apply_lift(plan.lift, schema, lifted, engine.operators, budget), schema)
-                else:
-                    out = con.sql(plan.sql).to_arrow_table()
+                budget.touch()
+                with running.step():
+                    budget.check()  # the client may send slowly: check time and cancellation first
+                    _register(running.con, batch)
+                    if plan.lift:
+                        lifted = checked_sql(running.con, plan.lift.sql).to_arrow_table().combine_chunks().to_batches()
+                        out = pa.Table.from_batches(apply_lift(plan.lift, schema, lifted, engine.operators, budget),
+                                                    schema)
+                    else:
+                        out = checked_sql(running.con, plan.sql).to_arrow_table()
                 out = _one_batch(out, schema)
                 budget.spend(out.num_rows)
                 yield out
     finally:
-        unwatch()
-        engine.release(con, leave=leave)
+        running.end()
 
 
 def _one_batch(table: pa.Table, schema: pa.Schema) -> pa.RecordBatch:

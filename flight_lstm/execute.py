@@ -53,13 +53,14 @@ class Engine:
 
     def schema(self, plan: Plan, params: list | None = None) -> pa.Schema:
         """The result schema, found without running any operator (LIMIT 0 plans but never calls).
-        `params` fill the query's `?`/`$1` placeholders: DuckDB binds them, nothing is pasted."""
-        con = self.connect(plan, schema_only=True)
+        `params` fill the query's `?`/`$1` placeholders: DuckDB binds them, nothing is pasted.
+        DuckDB folds constant expressions while planning, so this holds a slot and a budget too."""
+        running = self.start(plan, Budget(self.limits), schema_only=True)
         try:
-            with translated_errors(self.source):
-                return con.sql(_only_select(con, plan.sql), params=params).limit(0).to_arrow_table().schema
+            with running.step(), stopped_by(running.budget), translated_errors(self.source):
+                return checked_sql(running.con, plan.sql, params).limit(0).to_arrow_table().schema
         finally:
-            self.release(con, plan)
+            running.end()
 
     def stream(
         self, plan: Plan, cancelled: Callable[[], bool] = lambda: False,
@@ -68,48 +69,51 @@ class Engine:
         """Start the query; batches of at most `batch_rows` rows follow as the consumer pulls them.
 
         The query holds one of the server's slots (`Limits.max_queries`) until its cursor closes:
-        when the iterator is exhausted or closed. A watchdog interrupts DuckDB mid-operator when
-        `cancelled` turns true (the client went away) or the query's time runs out.
-        `extra_tables` are readable by name, as the plan's `local_tables`.
+        when the iterator is exhausted or closed, or the watchdog ends it (cancelled, out of
+        time, or a client that stopped reading). `extra_tables` are readable by name, as the
+        plan's `local_tables`.
         """
-        con, leave = self.admit(plan, extra_tables)
-        budget = Budget(self.limits, cancelled)
-        unwatch = self.watchdog.watch(con, budget)
-
-        def finish() -> None:
-            unwatch()
-            self.release(con, plan, leave)
-
-        done = _Once(finish)
+        running = self.start(plan, Budget(self.limits, cancelled), extra_tables=extra_tables)
         try:
             # DuckDB runs a blocking query (GROUP BY, ORDER BY) to its end right here, so the
             # watchdog is already on guard.
-            with stopped_by(budget), translated_errors(self.source):
-                sql = _only_select(con, plan.sql)
+            with running.step(), stopped_by(running.budget), translated_errors(self.source):
                 if plan.lift:  # names and types as the query wrote them; LIMIT 0 calls no operator
-                    schema = con.sql(sql, params=params).limit(0).to_arrow_table().schema
-                    sql = plan.lift.sql
-                reader = con.sql(sql, params=params).to_arrow_reader(self.batch_rows)
+                    schema = checked_sql(running.con, plan.sql, params).limit(0).to_arrow_table().schema
+                sql = plan.lift.sql if plan.lift else plan.sql
+                running.result = checked_sql(running.con, sql, params).to_arrow_reader(self.batch_rows)
         except BaseException:
-            done()
+            running.end()
             raise
-        batches = _batches(reader, budget, self.source, done)
+        batches = _batches(running, self.source)
         # A stream dropped before its first batch never runs its `finally`: release it on collection.
-        weakref.finalize(batches, done)
+        weakref.finalize(batches, running.end)
         if plan.lift:
-            return schema, apply_lift(plan.lift, schema, batches, self.operators, budget)
-        return reader.schema, batches
+            return schema, apply_lift(plan.lift, schema, batches, self.operators, running.budget)
+        return running.result.schema, batches
 
-    def admit(self, plan: Plan | None, extra_tables: dict[str, pa.Table] | None = None
-              ) -> tuple[duckdb.DuckDBPyConnection, Callable[[], None]]:
-        """One of the server's query slots (waiting for it, or ResourceExhausted) and a cursor for
-        the plan; give both back with `release(con, plan, leave)`."""
+    def start(self, plan: Plan | None, budget: Budget, *, schema_only: bool = False,
+              extra_tables: dict[str, pa.Table] | None = None) -> "Running":
+        """Take one of the server's query slots (waiting for it, or ResourceExhausted) and a cursor
+        for the plan, under the watchdog's guard; `Running.end` gives all back."""
         leave = self.admission.enter()
         try:
-            return self.connect(plan, extra_tables=extra_tables), leave
+            con = self.connect(plan, schema_only=schema_only, extra_tables=extra_tables)
         except BaseException:
             leave()
             raise
+        running = Running(con, budget, lambda: self.release(con, plan, leave))
+        running.unwatch = self.watchdog.watch(running)
+        return running
+
+    @contextmanager
+    def admitted(self):
+        """A query slot for work done outside a query's cursor (listing the source's tables)."""
+        leave = self.admission.enter()
+        try:
+            yield
+        finally:
+            leave()
 
     def connect(self, plan: Plan | None, *, schema_only: bool = False,
                 extra_tables: dict[str, pa.Table] | None = None) -> duckdb.DuckDBPyConnection:
@@ -168,40 +172,82 @@ def _database(source: Source, operators, settings: dict) -> duckdb.DuckDBPyConne
     return db
 
 
-def _only_select(con: duckdb.DuckDBPyConnection, sql: str) -> str:
-    """DuckDB's own parse must also see exactly one SELECT: a third check, independent of sqlglot."""
+def checked_sql(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> duckdb.DuckDBPyRelation:
+    """The one way a plan's SQL reaches DuckDB: the planner already had DuckDB's parser read it
+    (plan/duckdb_check.py); here the connection that runs it must see exactly one SELECT too, so
+    no path can hand the engine a second statement."""
     try:
         statements = con.extract_statements(sql)
     except duckdb.Error:
-        return sql  # let the query itself report the syntax error
-    if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+        statements = None  # let the query itself report the syntax error
+    if statements is not None and (len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT):
         raise QueryRefused("queries are read-only: only one SELECT statement is allowed")
-    return sql
+    return con.sql(sql, params=params)
 
 
-class _Once:
-    """A cleanup that runs once, whichever comes first: the stream's end or its collection."""
+class Running:
+    """A query in flight: its cursor, its result reader, its budget and its slot, given back once
+    by `end`, whichever comes first: the stream's end, its collection, or the watchdog.
 
-    def __init__(self, cleanup: Callable[[], None]):
-        self.cleanup, self.lock, self.done = cleanup, threading.Lock(), False
+    Work on the cursor happens inside `step()`. The watchdog's `stop` interrupts a step mid-way;
+    a query between steps is waiting on its client (not reading, or not sending), and is ended
+    at once: result and cursor closed, source let go, slot freed. The client's next move gets
+    the reason."""
 
-    def __call__(self) -> None:
-        with self.lock:
-            if self.done:
+    def __init__(self, con: duckdb.DuckDBPyConnection, budget: Budget, release: Callable[[], None]):
+        self.con, self.budget, self._release = con, budget, release
+        self.result = None  # a reader over the cursor's result: it outlives a closed cursor
+        self.unwatch: Callable[[], None] = lambda: None
+        self._busy = threading.Lock()
+        self._ended = False
+        self._stopped: Exception | None = None  # why the watchdog ended it, kept for the client
+
+    @contextmanager
+    def step(self):
+        with self._busy:
+            if self._ended:
+                raise self._stopped or self.budget.stopped()
+            yield
+
+    def stop(self) -> None:
+        self.con.interrupt()
+        if self._busy.acquire(blocking=False):  # between steps: nothing runs on the cursor
+            try:
+                self._stopped = self._stopped or self.budget.stopped()
+                self.end()
+            finally:
+                self._busy.release()
+
+    def end(self) -> None:
+        with _ending:
+            if self._ended:
                 return
-            self.done = True
-        self.cleanup()
+            self._ended = True
+        try:
+            self.unwatch()
+            if self.result is not None:
+                self.result.close()  # DuckDB's result goes now, not when a collector finds it
+        finally:
+            self._release()
 
 
-def _batches(reader, budget: Budget, source: Source, release: _Once) -> Iterator[pa.RecordBatch]:
+_ending = threading.Lock()
+
+
+def _batches(running: Running, source: Source) -> Iterator[pa.RecordBatch]:
     try:
-        with stopped_by(budget), translated_errors(source):
-            for batch in reader:
-                budget.spend(batch.num_rows)
+        with stopped_by(running.budget), translated_errors(source):
+            while True:
+                running.budget.touch()
+                with running.step():
+                    try:
+                        batch = running.result.read_next_batch()
+                    except StopIteration:
+                        return
+                running.budget.spend(batch.num_rows)
                 yield batch
     finally:
-        reader.close()  # DuckDB's result goes now, not when a collector finds it
-        release()
+        running.end()
 
 
 @contextmanager
@@ -237,7 +283,8 @@ def _arity(fn: Callable, n: int) -> Callable:
 
 
 class Watchdog:
-    """Interrupts DuckDB, mid-operator too, for each running query whose budget says stop.
+    """Stops each running query whose budget says so: interrupts DuckDB, mid-operator too, and
+    ends a query that waits on a silent client (`Running.stop`).
 
     One thread serves all of an engine's queries, so a query starts and joins no thread of its
     own (that cost a short query ~2 ms); the thread ends once nothing is watched for a tick."""
@@ -245,22 +292,22 @@ class Watchdog:
     TICK = 0.1  # seconds between looks: how late a cancel or time limit may act
 
     def __init__(self):
-        self._watched: dict[int, tuple[duckdb.DuckDBPyConnection, Budget]] = {}
+        self._watched: dict[int, Running] = {}
         self._lock = threading.Lock()
         self._running = False
 
-    def watch(self, con: duckdb.DuckDBPyConnection, budget: Budget) -> Callable[[], None]:
-        """Guard `con` until the returned call, which also interrupts whatever still runs on it."""
+    def watch(self, running: Running) -> Callable[[], None]:
+        """Guard `running` until the returned call, which also interrupts whatever still runs on it."""
         with self._lock:
-            self._watched[id(con)] = (con, budget)
+            self._watched[id(running)] = running
             if not self._running:
                 self._running = True
                 threading.Thread(target=self._run, name="flight-lstm-watchdog", daemon=True).start()
 
         def unwatch() -> None:
             with self._lock:
-                self._watched.pop(id(con), None)
-            con.interrupt()
+                self._watched.pop(id(running), None)
+            running.con.interrupt()
 
         return unwatch
 
@@ -276,10 +323,9 @@ class Watchdog:
                     idle = True
                     continue
                 idle = False
-                for key, (con, budget) in list(self._watched.items()):
-                    if budget.should_stop():
-                        con.interrupt()
-                        del self._watched[key]
+                due = [r for r in self._watched.values() if r.budget.should_stop()]
+            for r in due:  # outside the lock (ending a query unwatches it); again each tick until it ends
+                r.stop()
 
 
 # DuckDB prefixes messages with their class ("Binder Error: ..."); UDF failures wrap the Python one.

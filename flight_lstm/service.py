@@ -5,6 +5,9 @@ The Flight server (and later the enrichment job) are thin faces over this.
 from __future__ import annotations
 
 import dataclasses
+import re
+import threading
+from collections import OrderedDict
 from typing import Callable, Iterable, Iterator
 
 import pyarrow as pa
@@ -18,7 +21,7 @@ from flight_lstm.sources import Source
 from udfs import OPERATORS
 from udfs.base import registry
 
-CACHE_SIZE = 1024  # plans or schemas kept; a cache starts over when full
+CACHE_BYTES = 16 * 2**20  # per cache: plans, or schemas, by the query texts and SQL they hold
 
 
 def quote(name: str) -> str:
@@ -33,8 +36,8 @@ class Service:
         self.catalog = Catalog(operators=OPERATORS, check_model=check_model,
                                pushdown_dialect=source.pushdown_dialect, columns_of=source.columns)
         self.view_sql = dict(views or {})
-        self._plans = SourceCache(source)
-        self._schemas = SourceCache(source)
+        self._plans = SourceCache(source, plan_bytes)
+        self._schemas = SourceCache(source, schema_bytes)
         for name, sql in self.view_sql.items():
             self.catalog.add_view(name, sql)
 
@@ -72,8 +75,11 @@ class Service:
             yield name, sql, self.schema(self.plan(sql))
 
     def relations(self) -> list[tuple[str, str]]:
-        """(name, "TABLE" or "VIEW"): the source's tables, then the published views."""
-        return [*((t, "TABLE") for t in self.source.tables()), *((v, "VIEW") for v in self.view_sql)]
+        """(name, "TABLE" or "VIEW"): the source's tables, then the published views. Listing the
+        source is work a client asks for, so it takes a query slot like a query."""
+        with self.engine.admitted():
+            tables = self.source.tables()
+        return [*((t, "TABLE") for t in tables), *((v, "VIEW") for v in self.view_sql)]
 
     def dataset_schema(self, name: str, kind: str | None = None) -> pa.Schema:
         return self.schema(self.plan(self.dataset_sql(name, kind)))
@@ -113,22 +119,47 @@ class Service:
 
 class SourceCache:
     """Values computed from a query's text, kept while the source's `version` stays the same; a
-    source with no version (Dremio) caches nothing."""
+    source with no version (Dremio) caches nothing. Bounded by bytes, not entries: a query text
+    may be a megabyte, so the least recently used entries go once `max_bytes` is passed."""
 
-    def __init__(self, source: Source, size: int = CACHE_SIZE):
-        self.source, self.size, self._values = source, size, {}
+    def __init__(self, source: Source, weigh: Callable[[object], int], max_bytes: int = CACHE_BYTES):
+        self.source, self.weigh, self.max_bytes = source, weigh, max_bytes
+        self._values: OrderedDict[tuple, tuple[object, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
 
     def get(self, key: str, compute: Callable):
         version = self.source.version()
         if version is None:
             return compute()
-        value = self._values.get((key, version))
-        if value is None:
-            value = compute()
-            if len(self._values) >= self.size:
-                self._values.clear()
-            self._values[key, version] = value
+        with self._lock:
+            found = self._values.get((key, version))
+            if found is not None:
+                self._values.move_to_end((key, version))
+                return found[0]
+        value = compute()
+        size = len(key) + self.weigh(value)
+        with self._lock:
+            if (key, version) not in self._values and size <= self.max_bytes:
+                self._values[key, version] = (value, size)
+                self._bytes += size
+                while self._bytes > self.max_bytes:
+                    _, (_, dropped) = self._values.popitem(last=False)
+                    self._bytes -= dropped
         return value
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+
+def plan_bytes(plan: Plan) -> int:
+    """About what a cached plan holds: its SQL texts (the rest is small and fixed)."""
+    return len(plan.sql) + (len(plan.lift.sql) if plan.lift else 0) + sum(len(q) for _, q in plan.scans) + 512
+
+
+def schema_bytes(schema: pa.Schema) -> int:
+    return schema.serialize().size
 
 
 def _check_params(plan: Plan, params: list | None) -> None:
@@ -138,8 +169,20 @@ def _check_params(plan: Plan, params: list | None) -> None:
 
 
 def card_summary(card) -> dict:
-    """A model card for clients: what it is and how it scores, not where it lies on disk."""
-    return {k: v for k, v in dataclasses.asdict(card).items() if k != "path"}
+    """A model card for clients: what it is and how it scores, not where it lies on disk nor the
+    training machine's folders (a file keeps its name)."""
+    return _without_folders({k: v for k, v in dataclasses.asdict(card).items() if k != "path"})
+
+
+_FOLDERS = re.compile(r"[^\s'\",()]*[\\/]")  # a token's folders: all up to its last slash
+
+
+def _without_folders(value):
+    if isinstance(value, dict):
+        return {k: _without_folders(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_folders(v) for v in value]
+    return _FOLDERS.sub("", value) if isinstance(value, str) else value
 
 
 def check_model(kind: str, ref: str) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
+import traceback
 import uuid
 
 import pyarrow.flight as flight
@@ -29,15 +31,35 @@ STATUS = {
 }
 
 
+TRACEBACK_EVERY = 60.0  # seconds between two tracebacks of the same failure in the log
+_traced: dict[str, float] = {}  # failure (type and place) -> when its traceback was last logged
+
+
 def to_flight_error(error: BaseException) -> BaseException:
     if isinstance(error, flight.FlightError):
         return error
     for ours, theirs in STATUS.items():
         if isinstance(error, ours):
             return theirs(str(error))
+    if isinstance(error, MemoryError):
+        return flight.FlightUnavailableError("resource exhausted: the server ran out of memory for this request")
     incident = uuid.uuid4().hex[:12]
-    log.error("internal error %s", incident, exc_info=error)
+    failure = _failure(error)
+    now = time.monotonic()
+    if now - _traced.get(failure, -TRACEBACK_EVERY) >= TRACEBACK_EVERY:
+        if len(_traced) > 1000:
+            _traced.clear()
+        _traced[failure] = now
+        log.error("internal error %s", incident, exc_info=error)
+    else:  # a client repeating a failure cannot flood the log with its traceback
+        log.error("internal error %s: %s again (traceback logged at most once a minute)", incident, failure)
     return flight.FlightInternalError(f"internal error {incident}; the server log has the details")
+
+
+def _failure(error: BaseException) -> str:
+    frames = traceback.extract_tb(error.__traceback__)
+    place = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    return f"{type(error).__name__}{place}"
 
 
 def flight_errors(handler):

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.any_pb2 import Any
+from google.protobuf.message import DecodeError
+
+from flight_lstm.errors import InvalidQuery
 
 PACKAGE = "arrow.flight.protocol.sql"
 TYPE_URL_PREFIX = f"type.googleapis.com/{PACKAGE}."
@@ -79,5 +82,9 @@ def flight_sql_type(data: bytes) -> tuple[str, bytes] | None:
 
 
 def unpack(name: str, value: bytes):
-    """The message `name` parsed from `value` (KeyError if we don't model that message)."""
-    return CLASSES[name].FromString(value)
+    """The message `name` parsed from `value` (KeyError if we don't model that message); bytes that
+    are not that message are the client's error, not ours."""
+    try:
+        return CLASSES[name].FromString(value)
+    except DecodeError:
+        raise InvalidQuery(f"malformed Flight SQL {name} message") from None

@@ -14,6 +14,8 @@ import duckdb
 import pyarrow as pa
 from sqlglot import exp
 
+from flight_lstm.errors import InvalidQuery
+
 DEFAULT_SCHEMA = "main"
 TABLE_TYPES = ("TABLE", "VIEW")
 
@@ -138,16 +140,44 @@ def split_name(name: str) -> tuple[str, str]:
     return (".".join(parts[:-1]) or DEFAULT_SCHEMA), parts[-1]
 
 
+MAX_PATTERN = 1_000  # characters in a search pattern
+
+_ONE, _ANY = object(), object()  # `_` and `%` in a parsed pattern; anything else is a literal character
+
+
 def like(pattern: str | None):
-    """A JDBC/ODBC search pattern (`%`, `_`, `\\` escapes) as a predicate; no pattern matches all."""
+    """A JDBC/ODBC search pattern (`%`, `_`, `\\` escapes) as a predicate; no pattern matches all.
+
+    Matched without regular expressions: `%%%...%!` made a regex backtrack for seconds. This
+    greedy matcher with one resume point takes at most len(pattern) x len(name) steps."""
     if pattern is None:
         return lambda _: True
-    regex = "".join(
-        re.escape(tok[1]) if tok.startswith("\\") else ".*" if tok == "%" else "." if tok == "_" else re.escape(tok)
-        for tok in re.findall(r"\\.|.", pattern, re.S)
-    )
-    compiled = re.compile(regex, re.S)
-    return lambda text: compiled.fullmatch(text) is not None
+    if len(pattern) > MAX_PATTERN:
+        raise InvalidQuery(f"a search pattern may hold at most {MAX_PATTERN} characters")
+    tokens = []
+    for tok in re.findall(r"\\.|.", pattern, re.S):
+        token = tok[-1] if tok.startswith("\\") else _ANY if tok == "%" else _ONE if tok == "_" else tok
+        if not (token is _ANY and tokens and tokens[-1] is _ANY):
+            tokens.append(token)
+    return lambda text: _matches(tokens, text)
+
+
+def _matches(tokens: list, text: str) -> bool:
+    t = p = 0
+    star, resume = -1, 0  # the last `%` seen, and where in the text it would next take one more
+    while t < len(text):
+        if p < len(tokens) and tokens[p] is not _ANY and (tokens[p] is _ONE or tokens[p] == text[t]):
+            t, p = t + 1, p + 1
+        elif p < len(tokens) and tokens[p] is _ANY:
+            star, resume, p = p, t, p + 1
+        elif star >= 0:
+            resume += 1
+            t, p = resume, star + 1
+        else:
+            return False
+    while p < len(tokens) and tokens[p] is _ANY:
+        p += 1
+    return p == len(tokens)
 
 
 def schemas_table(relations: list[tuple[str, str]], pattern: str | None) -> pa.Table:

@@ -1,0 +1,170 @@
+"""Hostile clients against the server's limits: a client that never reads or never sends loses its
+slot, metadata and schema requests queue for slots like queries, patterns cannot stall the
+server, malformed requests are clean errors with one log line, caches are bounded by bytes."""
+from __future__ import annotations
+
+import logging
+import re
+import time
+
+import pyarrow as pa
+import pyarrow.flight as flight
+import pytest
+from conftest import run, start_server
+from google.protobuf.any_pb2 import Any
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flight_lstm.limits import Limits
+from flight_lstm.server import errors as server_errors
+from flight_lstm.server import flight_sql_messages as messages
+from flight_lstm.server.flight_sql_metadata import like
+from flight_lstm.service import Service
+from flight_lstm.sources.duckdb import DuckDBSource
+
+BIG = b"SELECT range AS i, repeat('x', 100) AS pad FROM range(50000000)"
+
+
+def serve(lake, **limits):
+    return start_server(Service(DuckDBSource(lake), limits=Limits(**limits)))
+
+
+def eventually(check, seconds: float = 30.0):
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return check()
+        except flight.FlightUnavailableError:
+            assert time.monotonic() < deadline, "the slots never came back"
+
+
+@pytest.mark.parametrize("limits", [{"query_seconds": 1.0}, {"query_seconds": None, "idle_seconds": 1.0}],
+                         ids=["time limit", "idle timeout"])
+def test_streams_never_read_give_their_slots_back(lake, limits):
+    srv, uri = serve(lake, max_queries=2, queue_seconds=0.2, **limits)
+    try:
+        with flight.connect(uri) as a, flight.connect(uri) as b, flight.connect(uri) as c:
+            held = [a.do_get(flight.Ticket(BIG)), b.do_get(flight.Ticket(BIG))]
+            for stream in held:
+                stream.read_chunk()  # both run, and neither is read again
+            started = time.monotonic()
+            got = eventually(lambda: run(c, "SELECT 41 + 1 AS x"))
+            assert got.column("x")[0].as_py() == 42
+            assert time.monotonic() - started < 15
+            for stream in held:  # the silent client learns why when it reads again
+                with pytest.raises(flight.FlightTimedOutError, match="time limit|neither read nor sent"):
+                    stream.read_all()
+    finally:
+        srv.shutdown()
+
+
+def test_an_exchange_that_never_sends_gives_its_slot_back(lake):
+    srv, uri = serve(lake, max_queries=1, queue_seconds=0.2, query_seconds=None, idle_seconds=1.0)
+    try:
+        with flight.connect(uri) as a, flight.connect(uri) as c:
+            writer, reader = a.do_exchange(flight.FlightDescriptor.for_command("SELECT * FROM input"))
+            writer.begin(pa.schema([("x", pa.int64())]))  # the schema, then nothing
+            time.sleep(0.3)
+            assert eventually(lambda: run(c, "SELECT 7 AS x")).column("x")[0].as_py() == 7
+            with pytest.raises(flight.FlightTimedOutError, match="neither read nor sent"):
+                writer.write_batch(pa.record_batch([pa.array([1])], names=["x"]))
+                writer.done_writing()
+                reader.read_all()
+    finally:
+        srv.shutdown()
+
+
+def test_get_flight_info_and_listings_wait_for_a_slot(lake):
+    srv, uri = serve(lake, max_queries=1, queue_seconds=0.3)
+    try:
+        with flight.connect(uri) as a, flight.connect(uri) as c:
+            held = a.do_get(flight.Ticket(BIG))
+            held.read_chunk()
+            with pytest.raises(flight.FlightUnavailableError, match="--max-queries"):
+                c.get_flight_info(flight.FlightDescriptor.for_command(b"SELECT len(range(30000000)) AS n"))
+            with pytest.raises(flight.FlightUnavailableError, match="--max-queries"):
+                list(c.list_flights())
+            held.cancel()
+            assert eventually(lambda: run(c, "SELECT 1 AS x")).num_rows == 1
+    finally:
+        srv.shutdown()
+
+
+def test_a_backtracking_table_pattern_answers_at_once(client):
+    command = messages.CommandGetTables(table_name_filter_pattern="%" * 44 + "!")
+    descriptor = flight.FlightDescriptor.for_command(messages.pack(command))
+    started = time.monotonic()
+    info = client.get_flight_info(descriptor)
+    assert client.do_get(info.endpoints[0].ticket).read_all().num_rows == 0
+    assert time.monotonic() - started < 5  # a regex took 10.8 s; the matcher is linear in each name
+    long = messages.CommandGetTables(table_name_filter_pattern="%" * 5000)
+    with pytest.raises(flight.FlightServerError, match="at most 1000 characters"):
+        info = client.get_flight_info(flight.FlightDescriptor.for_command(messages.pack(long)))
+        client.do_get(info.endpoints[0].ticket).read_all()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text("ab%_\\", max_size=8), st.text("ab%_\\", max_size=8))
+def test_the_pattern_matcher_agrees_with_the_pattern_rules(pattern, name):
+    rx = "".join(re.escape(t[-1]) if t.startswith("\\") else ".*" if t == "%" else "." if t == "_" else re.escape(t)
+                 for t in re.findall(r"\\.|.", pattern, re.S))
+    assert like(pattern)(name) == (re.fullmatch(rx, name, re.S) is not None)
+
+
+MALFORMED = ["CommandGetTables", "CommandGetDbSchemas", "CommandGetSqlInfo", "CommandStatementQuery",
+             "CommandPreparedStatementQuery", "TicketStatementQuery"]
+
+
+@pytest.mark.parametrize("name", MALFORMED)
+def test_malformed_flight_sql_messages_are_clean_errors_without_traceback(client, name, caplog):
+    garbage = Any(type_url=messages.TYPE_URL_PREFIX + name, value=b"\xff\xff\xff\xff").SerializeToString()
+    caplog.set_level(logging.INFO)
+    with pytest.raises(flight.FlightServerError, match=f"malformed Flight SQL {name}|{name} is not supported") as e:
+        info = client.get_flight_info(flight.FlightDescriptor.for_command(garbage))
+        client.do_get(info.endpoints[0].ticket).read_all()
+    assert "Traceback" not in str(e.value)
+    with pytest.raises(flight.FlightServerError, match="malformed|not supported"):
+        client.do_get(flight.Ticket(garbage)).read_all()
+    assert "Traceback" not in caplog.text
+    request = Any(type_url=messages.TYPE_URL_PREFIX + "ActionCreatePreparedStatementRequest", value=b"\xff\xff")
+    with pytest.raises(flight.FlightServerError, match="malformed"):
+        list(client.do_action(flight.Action("CreatePreparedStatement", request.SerializeToString())))
+
+
+def test_a_sparse_union_in_an_exchange_is_a_clean_error(client, caplog):
+    union = pa.UnionArray.from_sparse(pa.array([0, 1], pa.int8()), [pa.array([1, 2]), pa.array(["a", "b"])])
+    batch = pa.record_batch([union], names=["u"])
+    writer, reader = client.do_exchange(flight.FlightDescriptor.for_command("SELECT * FROM input"))
+    with pytest.raises(flight.FlightServerError, match="cannot read the batches"):
+        writer.begin(batch.schema)
+        writer.write_batch(batch)
+        writer.done_writing()
+        reader.read_all()
+    assert "Traceback" not in caplog.text
+    assert run(client, "SELECT 1 AS x").num_rows == 1
+
+
+def test_an_internal_failure_logs_its_traceback_once_a_minute(caplog):
+    def fail():
+        raise RuntimeError("boom")
+
+    caplog.set_level(logging.ERROR, logger="flight_lstm.server")
+    server_errors._traced.clear()
+    for _ in range(3):
+        try:
+            fail()
+        except RuntimeError as e:
+            assert isinstance(server_errors.to_flight_error(e), flight.FlightInternalError)
+    assert caplog.text.count("Traceback") == 1
+    assert caplog.text.count("again (traceback logged at most once a minute)") == 2
+
+
+def test_caches_are_bounded_by_bytes_not_entries(lake):
+    service = Service(DuckDBSource(lake))
+    pad = "x" * 400_000
+    for i in range(60):  # 60 distinct queries of 0.4 MB: 24 MB of text, each in two caches
+        sql = f"SELECT '{pad}' AS p, {i} AS i"
+        service.schema(service.plan(sql))
+    cap = 16 * 2**20
+    assert 0 < service._plans.bytes <= cap and 0 < service._schemas.bytes <= cap
+    assert service.schema(service.plan("SELECT 1 AS one")).names == ["one"]
