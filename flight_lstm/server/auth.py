@@ -4,23 +4,42 @@ The flow is Dremio's, so pyarrow's `authenticate_basic_token` and ADBC's usernam
 the Handshake carries `authorization: Basic ...`, the reply header carries `authorization: Bearer
 <token>`, and every later call sends that bearer. Tokens are signed (HMAC) and carry their user and
 expiry, so any replica holding the same secret accepts them. Passwords and tokens are never logged.
+
+Every call checks its bearer against the users file as it is now: a removed user or a changed
+password revokes the tokens issued before, at once. Logins are throttled per user name, and the
+scrypt work running at once is bounded, so guessing is slow and a flood of logins cannot starve
+queries of CPU.
 """
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
+import logging
+import math
 import os
 import secrets
+import threading
 import time
 from pathlib import Path
+from types import MappingProxyType
+from typing import Callable, Mapping
 
 import pyarrow.flight as flight
 
 SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 TOKEN_SECONDS = 12 * 3600
 OPEN_METHODS = {flight.FlightMethod.DO_ACTION}  # the health action stays open; the handler checks the rest
+FAILURES_ALLOWED = 5  # failed logins for one user name within FAILURE_WINDOW before further tries are refused
+FAILURE_WINDOW = 60.0
+TRACKED_NAMES = 10_000  # user names with recent failures kept in memory at most
+# scrypt takes a core for ~40 ms; leave the other cores to queries, whatever a flood of logins does.
+CHECKS_AT_ONCE = max(1, (os.cpu_count() or 2) // 2)
+CHECK_WAIT = 1.0  # seconds a login waits for a free check before it is refused as busy
+
+log = logging.getLogger("flight_lstm.server")
 
 
 def hash_password(password: str, salt: bytes | None = None) -> str:
@@ -38,14 +57,33 @@ def check_password(password: str, stored: str) -> bool:
     return scheme == "scrypt" and hmac.compare_digest(candidate, digest)
 
 
+@functools.cache
+def _dummy_hash() -> str:
+    """What an unknown user's password is checked against, so that costs a known user's scrypt work
+    and timing cannot tell which user names exist."""
+    return hash_password(secrets.token_urlsafe(16))
+
+
 class Users:
-    """A JSON file {user: scrypt hash}, written atomically and readable by its owner only."""
+    """A JSON file {user: scrypt hash}, written atomically and readable by its owner only.
+
+    Read on every call, so edits take effect at once; the parsed file is kept until its (inode,
+    mtime, size) changes, so a read costs one stat."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._cached: tuple[tuple, Mapping[str, str]] = ((), MappingProxyType({}))
 
-    def load(self) -> dict[str, str]:
-        return json.loads(self.path.read_text()) if self.path.exists() else {}
+    def load(self) -> Mapping[str, str]:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return MappingProxyType({})
+        key, users = self._cached
+        if key != (st.st_ino, st.st_mtime_ns, st.st_size):
+            users = MappingProxyType(json.loads(self.path.read_text()))
+            self._cached = ((st.st_ino, st.st_mtime_ns, st.st_size), users)
+        return users
 
     def add(self, user: str, password: str) -> None:
         if not user or ":" in user:
@@ -58,32 +96,84 @@ class Users:
         os.chmod(tmp, 0o600)
         tmp.replace(self.path)
 
-    def verify(self, user: str, password: str) -> bool:
+    def verify(self, user: str, password: str) -> str | None:
+        """The user's stored hash (what their tokens are bound to) if the password is right, else None."""
         stored = self.load().get(user)
-        return stored is not None and check_password(password, stored)
+        return stored if check_password(password, stored or _dummy_hash()) and stored is not None else None
 
 
 class Tokens:
-    """`user.expiry.signature` bearer tokens; a shared secret lets replicas accept each other's."""
+    """`user.expiry.signature` bearer tokens; a shared secret lets replicas accept each other's.
+
+    The signature also covers the user's stored hash (the stamp), which the token does not carry:
+    a new password (new salt) or a removed user makes every earlier token fail its check."""
 
     def __init__(self, secret: bytes | None = None, seconds: int = TOKEN_SECONDS):
         self.secret, self.seconds = secret or secrets.token_bytes(32), seconds
 
-    def issue(self, user: str) -> str:
+    def issue(self, user: str, stamp: str) -> str:
         body = f"{base64.urlsafe_b64encode(user.encode()).decode()}.{int(time.time()) + self.seconds}"
-        return f"{body}.{self._sign(body)}"
+        return f"{body}.{self._sign(body, stamp)}"
 
-    def user_of(self, token: str) -> str | None:
+    def user_of(self, token: str, stamp_of: Callable[[str], str | None]) -> str | None:
         body, _, signature = token.rpartition(".")
-        if not body or not hmac.compare_digest(signature, self._sign(body)):
+        encoded, _, expiry = body.partition(".")
+        try:
+            user = base64.urlsafe_b64decode(encoded).decode()
+        except ValueError:
             return None
-        user, _, expiry = body.partition(".")
+        stamp = stamp_of(user)
+        if stamp is None or not hmac.compare_digest(signature, self._sign(body, stamp)):
+            return None
         if not expiry.isdigit() or int(expiry) < time.time():
             return None
-        return base64.urlsafe_b64decode(user).decode()
+        return user
 
-    def _sign(self, body: str) -> str:
-        return hmac.new(self.secret, body.encode(), hashlib.sha256).hexdigest()
+    def _sign(self, body: str, stamp: str) -> str:
+        return hmac.new(self.secret, f"{body}\n{stamp}".encode(), hashlib.sha256).hexdigest()
+
+
+class LoginThrottle:
+    """Failed logins per user name in a sliding window: past the allowance, tries for that name are
+    refused without a password check until the window has room again. A success clears the name.
+
+    Per name, not per address: pyarrow's middleware sees only the method and headers, not the peer,
+    and behind the load balancer the peer would be the balancer anyway. Unknown names are tracked
+    like known ones, so a refusal tells nothing about which names exist. Memory stays bounded: a
+    name is kept as its digest (names come from clients, any length) with at most `allowed` times,
+    names without failures in the window are dropped, and at most `tracked` names are kept (the
+    least recently failed go first)."""
+
+    def __init__(self, allowed: int = FAILURES_ALLOWED, window: float = FAILURE_WINDOW,
+                 tracked: int = TRACKED_NAMES):
+        self.allowed, self.window, self.tracked = allowed, window, tracked
+        self._failures: dict[bytes, list[float]] = {}  # name digest -> recent failure times; least recent first
+        self._lock = threading.Lock()
+
+    def wait(self, user: str) -> float:
+        """Seconds until `user` may try again, 0 if now."""
+        now = time.monotonic()
+        with self._lock:
+            times = [t for t in self._failures.get(_digest(user), ()) if t > now - self.window]
+        return times[0] + self.window - now if len(times) >= self.allowed else 0.0
+
+    def failed(self, user: str) -> int:
+        """Count a failure; returns the failures of `user` within the window."""
+        now = time.monotonic()
+        with self._lock:
+            key = _digest(user)
+            times = [t for t in self._failures.pop(key, ()) if t > now - self.window]
+            self._failures[key] = times = [*times, now][-self.allowed:]
+            while self._failures:
+                oldest = next(iter(self._failures))
+                if len(self._failures) <= self.tracked and self._failures[oldest][-1] > now - self.window:
+                    break
+                del self._failures[oldest]
+            return len(times)
+
+    def succeeded(self, user: str) -> None:
+        with self._lock:
+            self._failures.pop(_digest(user), None)
 
 
 class _Caller(flight.ServerMiddleware):
@@ -97,25 +187,55 @@ class _Caller(flight.ServerMiddleware):
 class BasicBearerAuth(flight.ServerMiddlewareFactory):
     """Checks every call: Basic on the handshake (answered with a bearer), the bearer elsewhere."""
 
-    def __init__(self, users: Users, tokens: Tokens):
+    def __init__(self, users: Users, tokens: Tokens, throttle: LoginThrottle | None = None,
+                 checks_at_once: int = CHECKS_AT_ONCE, check_wait: float = CHECK_WAIT):
         self.users, self.tokens = users, tokens
+        self.throttle = throttle or LoginThrottle()
+        self._checks, self.check_wait = threading.BoundedSemaphore(checks_at_once), check_wait
 
     def start_call(self, info, headers):
         value = _header(headers, "authorization")
         scheme, _, credentials = value.partition(" ")
         if scheme.lower() == "basic":
             user, password = _basic(credentials)
-            if user is None or not self.users.verify(user, password):
+            if user is None:
+                log.warning("login failed: the Basic credentials are not base64 'user:password'")
                 raise flight.FlightUnauthenticatedError("invalid user name or password")
-            return _Caller(user, self.tokens.issue(user))
+            return _Caller(user, self.tokens.issue(user, self._login(user, password)))
         if scheme.lower() == "bearer":
-            user = self.tokens.user_of(credentials.strip())
+            user = self.tokens.user_of(credentials.strip(), self.users.load().get)
             if user is None:
                 raise flight.FlightUnauthenticatedError("the token is invalid or expired; log in again")
             return _Caller(user)
         if info.method in OPEN_METHODS:
             return _Caller(None)
         raise flight.FlightUnauthenticatedError("authentication required: log in with a user name and password")
+
+    def _login(self, user: str, password: str) -> str:
+        """Check a password, unless the name is throttled or too many checks already run; returns
+        the user's stored hash."""
+        self._refuse_if_throttled(user)
+        if not self._checks.acquire(timeout=self.check_wait):
+            log.warning("login for user %.80r refused: the server is busy checking other logins", user)
+            raise flight.FlightUnavailableError("too many logins at once; retry in 1 s")
+        try:
+            self._refuse_if_throttled(user)  # again: failures may have come in while this login waited
+            stored = self.users.verify(user, password)
+        finally:
+            self._checks.release()
+        if stored is not None:
+            self.throttle.succeeded(user)
+            return stored
+        failures = self.throttle.failed(user)
+        log.warning("login for user %.80r failed: wrong user name or password (%d in the last %d s, %d allowed)",
+                    user, failures, self.throttle.window, self.throttle.allowed)
+        raise flight.FlightUnauthenticatedError("invalid user name or password")
+
+    def _refuse_if_throttled(self, user: str) -> None:
+        wait = math.ceil(self.throttle.wait(user))
+        if wait:
+            log.warning("login for user %.80r refused: too many failed logins; retry in %d s", user, wait)
+            raise flight.FlightUnavailableError(f"too many failed logins for this user; retry in {wait} s")
 
 
 class NoOpAuthHandler(flight.ServerAuthHandler):
@@ -132,6 +252,10 @@ def caller(context) -> str | None:
     """The authenticated user of a call, or None (auth off, or an open call without credentials)."""
     middleware = context.get_middleware("auth")
     return middleware.user if middleware is not None else None
+
+
+def _digest(user: str) -> bytes:
+    return hashlib.sha256(user.encode()).digest()
 
 
 def _header(headers: dict, name: str) -> str:

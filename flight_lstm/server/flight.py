@@ -52,11 +52,11 @@ class FlightLSTMServer(flight.FlightServerBase):
             return sql_of(descriptor.command)
         return self.service.dataset_sql(".".join(p.decode() if isinstance(p, bytes) else p for p in descriptor.path))
 
-    def _info(self, descriptor: flight.FlightDescriptor) -> flight.FlightInfo:
+    def _info(self, context, descriptor: flight.FlightDescriptor) -> flight.FlightInfo:
         try:
             message = _flight_sql(descriptor)
             if message:
-                return self.flight_sql.flight_info(*message, descriptor)
+                return self.flight_sql.flight_info(*message, descriptor, caller(context))
             sql = self._ticket_sql(descriptor)
             schema = self.service.schema(self.service.plan(sql))
         except BaseException as e:
@@ -75,11 +75,11 @@ class FlightLSTMServer(flight.FlightServerBase):
 
     @flight_errors
     def get_flight_info(self, context, descriptor):
-        return self._info(descriptor)
+        return self._info(context, descriptor)
 
     @flight_errors
     def get_schema(self, context, descriptor):
-        return flight.SchemaResult(self._info(descriptor).schema)
+        return flight.SchemaResult(self._info(context, descriptor).schema)
 
     @flight_errors
     def do_get(self, context, ticket):
@@ -87,7 +87,8 @@ class FlightLSTMServer(flight.FlightServerBase):
         try:
             message = flight_sql_type(ticket.ticket)
             if message:
-                schema, batches, query.operators = self.flight_sql.do_get(*message, liveness.cancelled(context))
+                cancelled = liveness.cancelled(context)
+                schema, batches, query.operators = self.flight_sql.do_get(*message, cancelled, caller(context))
             else:
                 plan = self.service.plan(sql_of(ticket.ticket))
                 (schema, batches), query.operators = self.service.stream(plan, liveness.cancelled(context)), plan.operators
@@ -101,7 +102,7 @@ class FlightLSTMServer(flight.FlightServerBase):
         message = _flight_sql(descriptor)
         if not message:
             raise QueryRefused("flight-lstm is read-only: DoPut only binds Flight SQL prepared statement parameters")
-        writer.write(pa.py_buffer(self.flight_sql.do_put(*message, reader)))
+        writer.write(pa.py_buffer(self.flight_sql.do_put(*message, reader, caller(context))))
 
     @flight_errors
     def do_exchange(self, context, descriptor, reader, writer):
@@ -132,7 +133,8 @@ class FlightLSTMServer(flight.FlightServerBase):
         elif anonymous:
             raise flight.FlightUnauthenticatedError("authentication required: log in with a user name and password")
         elif action.type in FLIGHT_SQL_ACTIONS:
-            return [flight.Result(body) for body in self.flight_sql.do_action(action.type, action.body.to_pybytes())]
+            bodies = self.flight_sql.do_action(action.type, action.body.to_pybytes(), caller(context))
+            return [flight.Result(body) for body in bodies]
         elif action.type == "models":
             body = self.service.models()
         elif action.type == "explain":

@@ -5,7 +5,8 @@ Queries are read-only: writes (updates, ingestion, DDL/DML through a prepared st
 refused, those prepared by the planner's own read-only check. Tickets are self-contained: a plain
 query's ticket carries its SQL, a metadata ticket is the Any-packed command itself (DBeaver expects
 that); a prepared statement's carries its handle (which carries the SQL) and needs the server that
-holds its bound parameters.
+holds its bound parameters. Every call names its user (None with auth off): a prepared statement
+answers only the user who prepared it.
 """
 from __future__ import annotations
 
@@ -46,14 +47,15 @@ class FlightSQL:
 
     # --- GetFlightInfo / GetSchema ------------------------------------------------------------
 
-    def flight_info(self, name: str, value: bytes, descriptor: flight.FlightDescriptor) -> flight.FlightInfo:
+    def flight_info(self, name: str, value: bytes, descriptor: flight.FlightDescriptor,
+                    user: str | None) -> flight.FlightInfo:
         if name == "CommandStatementQuery":
             command = messages.unpack(name, value)
             _no_transaction(command)
             schema = self.service.schema(self.service.plan(command.query))
             ticket = messages.pack(messages.TicketStatementQuery(statement_handle=command.query.encode()))
         elif name == "CommandPreparedStatementQuery":
-            sql, params = self.statements.get(messages.unpack(name, value).prepared_statement_handle)
+            sql, params = self.statements.get(messages.unpack(name, value).prepared_statement_handle, user)
             schema = self.service.schema(self.service.plan(sql), params)
             ticket = descriptor.command
         else:
@@ -74,12 +76,12 @@ class FlightSQL:
 
     # --- DoGet ----------------------------------------------------------------------------------
 
-    def do_get(self, name: str, value: bytes, cancelled: Callable[[], bool]) -> Stream:
+    def do_get(self, name: str, value: bytes, cancelled: Callable[[], bool], user: str | None) -> Stream:
         if name == "TicketStatementQuery":
             plan = self.service.plan(_utf8(messages.unpack(name, value).statement_handle))
             return (*self.service.stream(plan, cancelled), plan.operators)
         if name == "CommandPreparedStatementQuery":
-            sql, params = self.statements.get(messages.unpack(name, value).prepared_statement_handle)
+            sql, params = self.statements.get(messages.unpack(name, value).prepared_statement_handle, user)
             plan = self.service.plan(sql)
             return (*self.service.stream(plan, cancelled, params=params), plan.operators)
         table = self._metadata_table(name, value)
@@ -112,7 +114,7 @@ class FlightSQL:
 
     # --- DoPut ----------------------------------------------------------------------------------
 
-    def do_put(self, name: str, value: bytes, reader: flight.MetadataRecordBatchReader) -> bytes:
+    def do_put(self, name: str, value: bytes, reader: flight.MetadataRecordBatchReader, user: str | None) -> bytes:
         """Bind a prepared query's parameters (one row); the reply keeps the same handle."""
         if name in WRITES:
             raise refuse_write(name)
@@ -122,12 +124,12 @@ class FlightSQL:
         rows = reader.read_all()
         if rows.num_rows != 1:
             raise InvalidQuery(f"bind exactly one row of parameters to a query, got {rows.num_rows}")
-        self.statements.bind(handle, [column[0].as_py() for column in rows.columns])
+        self.statements.bind(handle, [column[0].as_py() for column in rows.columns], user)
         return messages.DoPutPreparedStatementResult(prepared_statement_handle=handle).SerializeToString()
 
     # --- DoAction -------------------------------------------------------------------------------
 
-    def do_action(self, action: str, body: bytes) -> list[bytes]:
+    def do_action(self, action: str, body: bytes, user: str | None) -> list[bytes]:
         if action == "CloseSession":
             return [CLOSED_SESSION]
         name, value = messages.flight_sql_type(body) or ("", b"")
@@ -139,10 +141,10 @@ class FlightSQL:
             parameterized = sqlglot.parse_one(plan.sql, read="duckdb").find(exp.Placeholder) is not None
             schema = b"" if parameterized else self.service.schema(plan).serialize().to_pybytes()
             result = messages.ActionCreatePreparedStatementResult(
-                prepared_statement_handle=self.statements.open(request.query), dataset_schema=schema)
+                prepared_statement_handle=self.statements.open(request.query, user), dataset_schema=schema)
             return [messages.pack(result)]
         if action == "ClosePreparedStatement" and name == "ActionClosePreparedStatementRequest":
-            self.statements.close(messages.unpack(name, value).prepared_statement_handle)
+            self.statements.close(messages.unpack(name, value).prepared_statement_handle, user)
             return []
         raise InvalidQuery(f"{action} needs its Flight SQL request message as the body")
 

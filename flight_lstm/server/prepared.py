@@ -1,8 +1,12 @@
 """Open Flight SQL prepared statements, with a time to live, since clients close them lazily and a
 crashed client never does.
 
-A handle carries its SQL, so the store keeps only what a handle cannot: that it is still open, and
-its bound parameters. Each use renews the lease; an expired, closed or foreign handle is an error.
+A handle carries its SQL, so the store keeps only what a handle cannot: that it is still open, who
+opened it, and its bound parameters. Each use renews the lease; an expired, closed or foreign handle
+is an error. A statement belongs to the user who prepared it (None with auth off): to anyone else
+its handle is unknown, so another user can neither run it, see or change its parameters, nor close
+it, nor tell it from a handle that never existed. Closing an unknown handle does nothing, as ADBC's
+driver fails on an error there (it closes expired handles too).
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ STATEMENT_TTL = 600.0  # seconds a prepared statement lives unused
 
 @dataclass
 class _Open:
+    user: str | None
     params: list | None
     used: float
 
@@ -29,40 +34,43 @@ class PreparedStatements:
         self._open: dict[str, _Open] = {}
         self._lock = threading.Lock()
 
-    def open(self, sql: str) -> bytes:
+    def open(self, sql: str, user: str | None) -> bytes:
         key = secrets.token_hex(16)
         with self._lock:
             self._sweep()
-            self._open[key] = _Open(None, time.monotonic())
+            self._open[key] = _Open(user, None, time.monotonic())
         return json.dumps({"id": key, "sql": sql}).encode()
 
-    def get(self, handle: bytes) -> tuple[str, list | None]:
-        """(SQL, bound parameters) of an open statement; renews its lease."""
+    def get(self, handle: bytes, user: str | None) -> tuple[str, list | None]:
+        """(SQL, bound parameters) of an open statement of `user`; renews its lease."""
         key, sql = _parse(handle)
         with self._lock:
-            self._sweep()
-            entry = self._open.get(key)
-            if entry is None:
-                raise InvalidQuery("unknown or expired prepared statement: prepare the query again")
-            entry.used = time.monotonic()
-            return sql, entry.params
+            return sql, self._entry(key, user).params
 
-    def bind(self, handle: bytes, params: list) -> None:
-        key, _ = _parse(handle)
-        self.get(handle)
-        with self._lock:
-            if key in self._open:
-                self._open[key].params = params
-
-    def close(self, handle: bytes) -> None:
+    def bind(self, handle: bytes, params: list, user: str | None) -> None:
         key, _ = _parse(handle)
         with self._lock:
-            self._open.pop(key, None)
+            self._entry(key, user).params = params
+
+    def close(self, handle: bytes, user: str | None) -> None:
+        """Closing twice, or after expiry, is fine: clients close lazily. Another's handle stays open."""
+        key, _ = _parse(handle)
+        with self._lock:
+            if key in self._open and self._open[key].user == user:
+                del self._open[key]
 
     def __len__(self) -> int:
         with self._lock:
             self._sweep()
             return len(self._open)
+
+    def _entry(self, key: str, user: str | None) -> _Open:
+        self._sweep()
+        entry = self._open.get(key)
+        if entry is None or entry.user != user:
+            raise InvalidQuery("unknown or expired prepared statement: prepare the query again")
+        entry.used = time.monotonic()
+        return entry
 
     def _sweep(self) -> None:
         deadline = time.monotonic() - self.ttl
