@@ -9,14 +9,45 @@ What reaches the source, in its own dialect:
 Each piece becomes a scan `_scan_N` that the source streams into the local query, which keeps
 the operators and everything above them. A registered stream can be read once, so a CTE that is
 referenced more than once is materialized locally.
+
+What may be sent is decided on the approved tree, node by node, by an allow-list (`unsendable`);
+the text sent is then written from that tree by emit.to_sql. Every node of a piece must be one of
+- structure, each with only the arguments listed in SENDABLE: SELECT (DISTINCT, FROM, joins with
+  ON/USING, WHERE, GROUP BY, HAVING, QUALIFY, ORDER BY, LIMIT, OFFSET), UNION/INTERSECT/EXCEPT,
+  subqueries, non-recursive CTEs, aliases, columns, `*` (no EXCLUDE/REPLACE), window specs,
+  FILTER and WITHIN GROUP; a table only as a path of identifiers (no sample, time travel, hints,
+  pivots); an identifier quoted, or bare only when a plain word;
+- literals: a plain string (not E'..', hex, bit, byte, raw or national strings), a number, NULL,
+  TRUE/FALSE;
+- operators: comparisons, AND/OR/NOT, + - * / % unary minus and ||, IN, BETWEEN, LIKE/ILIKE
+  (ESCAPE), IS, = ANY/ALL (subquery), CASE;
+- a typed sqlglot function node (aggregates, window functions, CAST, EXTRACT, ...) except table
+  functions (UDTF) and file readers; CAST only to a built-in type; a function sqlglot does not
+  know (Anonymous) only under a plain-word name that is not one of Dremio's table functions; a
+  unit or EXTRACT part only as a Var that is a plain word;
+and any other text sqlglot would write unquoted must be keyword words (`CURRENT ROW`). The piece
+must also be writable in the source's dialect without sqlglot dropping anything (UnsupportedError).
+
+Anything else (a placeholder, E'..', an unknown type, a JSON path, a[1], a.f(), ...) is not sent:
+the query or WHERE conjunct holding it stays in the local DuckDB, which runs it there, or refuses
+it when emit.py writes the local SQL. A table reference that cannot be sent is refused
+(QueryRefused naming it); a table's sample is taken locally, of what the source streams. A bound
+parameter is refused: the source would run the query without it. Each piece's text comes from
+emit.to_sql (in `scan`), so what reaches the source parses back as exactly one statement. Which
+tables may be read at all is the source's decision (Dremio refuses its system tables:
+sources/dremio.py).
 """
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 from sqlglot import exp
+from sqlglot.errors import ErrorLevel, UnsupportedError
 from sqlglot.optimizer.scope import Scope, traverse_scope
 
+from flight_lstm.errors import QueryRefused
+from flight_lstm.plan.emit import PLAIN_WORD, to_sql
 from flight_lstm.plan.views import cte_names
 
 Scans = list[tuple[str, str]]
@@ -28,26 +59,32 @@ def push_down(tree: exp.Query, dialect: str, operators: set[str],
     the table as SQL in the source's dialect; `local_tables` live in the local connection."""
     scans: Scans = []
     local = cte_names(tree) | set(local_tables)
+    if tree.find(exp.Placeholder) is not None:
+        raise QueryRefused("bound parameters ($1, ?, $name) cannot be used with a source that runs part "
+                           "of the query itself; write the values into the query")
 
     def scan(query: exp.Query) -> str:
+        problem = unsendable(query, dialect)
+        if problem:  # every caller checked already: fail closed
+            raise QueryRefused(f"cannot send this part of the query to the source: {problem}")
         name = f"_scan_{len(scans)}"
-        scans.append((name, query.sql(dialect=dialect)))
+        scans.append((name, to_sql(query, dialect)))
         return name
 
-    if _pushable(tree, operators, local):
+    if _pushable(tree, operators, local, dialect):
         return exp.select("*").from_(scan(tree)), scans
     for select in list(tree.find_all(exp.Select)):
-        _split_aggregation(select, operators, local)
+        _split_aggregation(select, operators, local, dialect)
     for query in _whole_candidates(tree):
-        if _pushable(query, operators, local):
+        if _pushable(query, operators, local, dialect):
             query.replace(exp.select("*").from_(scan(query)))
     for scope in reversed(list(traverse_scope(tree))):
-        _push_tables(scope, operators, local, lambda t: columns_of(_bare(t).sql(dialect=dialect)), scan)
+        _push_tables(scope, operators, local, lambda t: columns_of(t.sql(dialect=dialect)), scan, dialect)
     _materialize_shared_ctes(tree)
     return tree, scans
 
 
-def _split_aggregation(select: exp.Select, operators: set[str], local: set[str]) -> None:
+def _split_aggregation(select: exp.Select, operators: set[str], local: set[str], dialect: str) -> None:
     """`SELECT k, op(agg(x)) FROM t WHERE w GROUP BY k HAVING h` becomes
     `SELECT _k0 AS k, op(_a0) FROM (SELECT k AS _k0, agg(x) AS _a0 FROM t WHERE w GROUP BY k) WHERE h'`
     so the grouping and aggregation run in the source, when the operators sit only above them."""
@@ -60,11 +97,13 @@ def _split_aggregation(select: exp.Select, operators: set[str], local: set[str])
     if any(isinstance(k, exp.Literal) for k in group.expressions):
         return  # GROUP BY 1: positions would change meaning
     probe = exp.select("1").from_(select.args["from_"].this.copy())
-    if not _pushable(probe, operators, local) or select.args.get("joins"):
+    if not _pushable(probe, operators, local, dialect) or select.args.get("joins"):
         return
-    aggs = [a for a in select.find_all(exp.AggFunc) if not a.find_ancestor(exp.AggFunc)]
-    if any(_calls_operator(a, operators) for a in aggs):
+    aggs = [_with_modifiers(a) for a in select.find_all(exp.AggFunc) if not a.find_ancestor(exp.AggFunc)]
+    if any(_calls_operator(a, operators) or a.find_ancestor(exp.Window) for a in aggs):
         return
+    if any(unsendable(part, dialect) for part in [*group.expressions, *aggs, select.args.get("where")] if part):
+        return  # the inner query could not be sent: keep the query as it is
     keys = {k.sql(): f"_k{i}" for i, k in enumerate(group.expressions)}
     # Output names the query would have had: an alias, a column's name, or the expression's text.
     names = [e.alias_or_name if isinstance(e, (exp.Alias, exp.Column)) else e.sql(dialect="duckdb")
@@ -96,6 +135,14 @@ def _split_aggregation(select: exp.Select, operators: set[str], local: set[str])
     select.set("from_", exp.From(this=exp.Subquery(this=inner, alias=exp.TableAlias(this=exp.to_identifier("_grouped")))))
 
 
+def _with_modifiers(agg: exp.Expression) -> exp.Expression:
+    """An aggregate with what modifies it (FILTER, WITHIN GROUP, IGNORE NULLS): they move with it."""
+    while isinstance(agg.parent, (exp.Filter, exp.WithinGroup, exp.IgnoreNulls, exp.RespectNulls)) \
+            and agg.arg_key == "this":
+        agg = agg.parent
+    return agg
+
+
 def _whole_candidates(tree: exp.Query):
     """Derived tables in FROM/JOIN and CTE bodies, outermost first, while still in the tree (one
     inside a query already pushed whole went with it)."""
@@ -106,21 +153,21 @@ def _whole_candidates(tree: exp.Query):
                 yield node
 
 
-def _pushable(query: exp.Query, operators: set[str], local: set[str]) -> bool:
+def _pushable(query: exp.Query, operators: set[str], local: set[str], dialect: str) -> bool:
     if _calls_operator(query, operators) or query.find(exp.Lateral, exp.Unnest):
         return False
     tables = list(query.find_all(exp.Table))
     inner = cte_names(query)
     return bool(tables) and all(
         isinstance(t.this, (exp.Identifier, exp.Dot)) and t.name.lower() not in local | inner for t in tables
-    )
+    ) and unsendable(query, dialect) is None
 
 
 def _calls_operator(node: exp.Expression, operators: set[str]) -> bool:
     return any(f.name.lower() in operators for f in node.find_all(exp.Anonymous))
 
 
-def _push_tables(scope: Scope, operators, local, columns_of, scan) -> None:
+def _push_tables(scope: Scope, operators, local, columns_of, scan, dialect: str) -> None:
     select = scope.expression
     if not isinstance(select, exp.Select):
         return
@@ -129,7 +176,13 @@ def _push_tables(scope: Scope, operators, local, columns_of, scan) -> None:
               and t.name.lower() not in local and not t.name.startswith("_scan_")}
     if not tables:
         return
-    known = {alias: columns_of(t) for alias, t in tables.items()}
+    bare = {alias: _bare(t) for alias, t in tables.items()}
+    for alias, t in bare.items():
+        problem = unsendable(t, dialect)
+        if problem:
+            raise QueryRefused(f"cannot send the table {'.'.join(p.name for p in t.parts)[:80]!r} "
+                               f"to the source: {problem}")
+    known = {alias: columns_of(t) for alias, t in bare.items()}
     star = any(isinstance(e, exp.Star) or (isinstance(e, exp.Column) and isinstance(e.this, exp.Star))
                for e in select.expressions)
     nullable = _null_supplying(select, tables)
@@ -148,19 +201,152 @@ def _push_tables(scope: Scope, operators, local, columns_of, scan) -> None:
             c.copy() for c in conjuncts
             if not _calls_operator(c, operators) and not c.find(exp.Query, exp.AggFunc, exp.Window)
             and c.find(exp.Column) and all(_belongs(col, alias, known) for col in c.find_all(exp.Column))
+            and unsendable(c, dialect) is None  # else it stays local only (the local WHERE keeps all)
         ]
-        piece = exp.select(*[exp.column(c, quoted=True) for c in needed]).from_(_bare(table))
+        piece = exp.select(*[exp.column(c, quoted=True) for c in needed]).from_(bare[alias])
         for f in filters:
             for col in f.find_all(exp.Column):
                 col.set("table", None)
             piece = piece.where(f, copy=False)
-        table.replace(exp.Table(this=exp.to_identifier(scan(piece)), alias=exp.TableAlias(this=exp.to_identifier(alias))))
+        # A sample is taken here, of what the source streams.
+        table.replace(exp.Table(this=exp.to_identifier(scan(piece)),
+                                alias=exp.TableAlias(this=exp.to_identifier(alias)), sample=table.args.get("sample")))
 
 
 def _bare(table: exp.Table) -> exp.Table:
     bare = table.copy()
     bare.set("alias", None)
+    bare.set("sample", None)
     return bare
+
+
+# ---------------------------------------------------------------- what may be sent (the allow-list)
+
+_BINARY = frozenset({"this", "expression"})
+_THIS = frozenset({"this"})
+_QUERY = frozenset({"with_", "order", "limit", "offset"})
+# Node types a piece sent to the source may hold, each with the arguments it may carry there.
+SENDABLE: dict[type, frozenset[str]] = {
+    exp.Select: _QUERY | {"expressions", "distinct", "from_", "joins", "where", "group", "having", "qualify"},
+    exp.Union: _QUERY | {"this", "expression", "distinct"},
+    exp.Intersect: _QUERY | {"this", "expression", "distinct"},
+    exp.Except: _QUERY | {"this", "expression", "distinct"},
+    exp.Subquery: frozenset({"this", "alias"}),
+    exp.With: frozenset({"expressions"}),
+    exp.CTE: frozenset({"this", "alias"}),
+    exp.From: _THIS, exp.Where: _THIS, exp.Having: _THIS, exp.Qualify: _THIS,
+    exp.Join: frozenset({"this", "on", "using", "side", "kind"}),
+    exp.Group: frozenset({"expressions"}),
+    exp.Order: frozenset({"this", "expressions"}),
+    exp.Ordered: frozenset({"this", "desc", "nulls_first"}),
+    exp.Limit: frozenset({"expression"}), exp.Offset: frozenset({"expression"}),
+    exp.Distinct: frozenset({"expressions"}),
+    exp.Table: frozenset({"this", "db", "catalog", "alias"}),
+    exp.TableAlias: frozenset({"this", "columns"}),
+    exp.Alias: frozenset({"this", "alias"}),
+    exp.Column: frozenset({"this", "table", "db", "catalog"}),
+    exp.Dot: _BINARY,
+    exp.Identifier: frozenset({"this", "quoted"}),
+    exp.Star: frozenset(),
+    exp.Literal: frozenset({"this", "is_string"}),
+    exp.Null: frozenset(), exp.Boolean: _THIS,
+    exp.Paren: _THIS, exp.Tuple: frozenset({"expressions"}),
+    **{op: _BINARY for op in (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.NullSafeEQ,
+                              exp.NullSafeNEQ, exp.And, exp.Or, exp.Add, exp.Sub, exp.Mul, exp.Mod, exp.Escape,
+                              exp.Filter, exp.WithinGroup)},
+    exp.Div: frozenset({"this", "expression", "typed", "safe"}),
+    exp.DPipe: frozenset({"this", "expression", "safe"}),
+    exp.Not: _THIS, exp.Neg: _THIS, exp.Any: _THIS, exp.All: _THIS,
+    exp.IgnoreNulls: _THIS, exp.RespectNulls: _THIS,
+    exp.Is: frozenset({"this", "expression", "negate"}),
+    exp.Like: frozenset({"this", "expression", "negate"}),
+    exp.ILike: frozenset({"this", "expression", "negate"}),
+    exp.In: frozenset({"this", "expressions", "query"}),
+    exp.Between: frozenset({"this", "low", "high", "symmetric"}),
+    exp.Window: frozenset({"this", "partition_by", "order", "spec", "over"}),
+    exp.WindowSpec: frozenset({"kind", "start", "start_side", "end", "end_side"}),
+    exp.Interval: frozenset({"this", "unit"}),
+    exp.DataType: frozenset({"this", "expressions", "nested"}),
+    exp.DataTypeParam: _BINARY,
+    exp.Var: _THIS,
+}
+# Typed functions that read files or produce tables: never sent.
+NOT_SENT_FUNCTIONS = (exp.UDTF, exp.ReadCSV, exp.ReadParquet, exp.ToFile)
+# Dremio's table functions, which sqlglot does not know (Anonymous).
+TABLE_FUNCTION_NAMES = {"table", "external_query", "table_files", "table_history", "table_snapshot",
+                        "table_manifests", "table_partitions", "clustering_information"}
+KEYWORDS = re.compile(r"[A-Za-z_]+(?: [A-Za-z_]+)*")  # what sqlglot's parser puts in a str argument
+NUMBER = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+_NAMED = {exp.Placeholder: "a bound parameter", exp.ByteString: "an escape string E'...'",
+          exp.HexString: "a hex string", exp.BitString: "a bit string", exp.RawString: "a raw string",
+          exp.National: "a national string", exp.Bracket: "an index a[i]", exp.JSONPath: "a JSON path"}
+
+
+def unsendable(node: exp.Expression, dialect: str) -> str | None:
+    """Why this piece of an approved tree may not be sent to the source, or None when every node
+    is on the allow-list (module docstring) and the source's dialect can write all of it."""
+    for n in node.walk():
+        problem = _node_problem(n)
+        if problem:
+            return problem
+    try:
+        node.sql(dialect=dialect, comments=False, unsupported_level=ErrorLevel.RAISE)
+    except UnsupportedError as e:
+        return f"the source's SQL has no form for it ({str(e).splitlines()[0][:80]})"
+    return None
+
+
+def _node_problem(node: exp.Expression) -> str | None:
+    kind = type(node)
+    if isinstance(node, exp.Func) and kind not in SENDABLE:
+        if isinstance(node, NOT_SENT_FUNCTIONS):
+            return f"the table or file function {node.key.upper()}"
+        if isinstance(node, exp.Anonymous):
+            if not PLAIN_WORD.fullmatch(node.name):
+                return f"the function name {node.name[:40]!r} (not a plain word)"
+            if node.name.lower() in TABLE_FUNCTION_NAMES:
+                return f"the table function {node.name}()"
+            allowed = None  # its arguments are checked as nodes of their own
+        else:
+            allowed = None
+    elif kind in SENDABLE:
+        allowed = SENDABLE[kind]
+    else:
+        return next((what for cls, what in _NAMED.items() if isinstance(node, cls)), node.key.upper())
+    for key, value in node.args.items():
+        if value is None or value is False or value == []:
+            continue
+        if allowed is not None and key not in allowed:
+            return f"{key.rstrip('_').upper()} in {node.key.upper()}"
+        if key == "unit" and not isinstance(value, exp.Var):
+            return f"a {node.key.upper()} unit that is not a plain word"
+        if not isinstance(value, (exp.Expression, list, bool, int, exp.DataType.Type)):
+            problem = _text_problem(node, key, value)
+            if problem:
+                return problem
+    if isinstance(node, exp.DataType) and (
+            not isinstance(node.this, exp.DataType.Type)
+            or node.this in (exp.DataType.Type.USERDEFINED, exp.DataType.Type.UNKNOWN)):
+        return "a type that is not built in"
+    if isinstance(node, exp.With) and node.args.get("recursive"):
+        return "a recursive CTE"
+    if isinstance(node, exp.Dot) and not all(isinstance(p, (exp.Identifier, exp.Column, exp.Dot, exp.Star))
+                                             for p in (node.this, node.expression)):
+        return "a call on a path (a.f(...))"
+    return None
+
+
+def _text_problem(node: exp.Expression, key: str, value) -> str | None:
+    """Text in the tree that sqlglot writes as it is, unless it quotes it."""
+    if not isinstance(value, str):
+        return f"{key.upper()} in {node.key.upper()}"
+    if isinstance(node, exp.Literal) and key == "this":
+        return None if node.is_string or NUMBER.fullmatch(value) else f"the number {value[:40]!r}"
+    if isinstance(node, exp.Identifier) and key == "this":
+        return None if node.quoted or PLAIN_WORD.fullmatch(value) else f"the bare name {value[:40]!r}"
+    if isinstance(node, (exp.Var, exp.Anonymous)) and key == "this":
+        return None if PLAIN_WORD.fullmatch(value) else f"{value[:40]!r} where a plain word belongs ({node.key})"
+    return None if KEYWORDS.fullmatch(value) else f"{value[:40]!r} in {node.key.upper()}"
 
 
 def _belongs(column: exp.Column, alias: str, known: dict[str, list[str]]) -> bool:

@@ -13,6 +13,13 @@ a session is created, so they go on every call.
 
 No secret (password, token, a URI holding a password) ever reaches a log line, an error message or
 `describe()`.
+
+Dremio's system tables (`sys`: every user's jobs and their SQL, reflections, options;
+`INFORMATION_SCHEMA`: the whole catalog) are neither listed nor read, unless the operator sets
+`?system_tables=true` on the source URI. The check is made on the text that is about to go to
+Dremio (every scan, every column look-up), read back with sqlglot's Dremio parser: a path whose
+folders (any part but the last, split at dots, compared as Dremio compares names, ignoring case) name
+`sys` or `INFORMATION_SCHEMA` is refused with QueryRefused, before anything is sent.
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ import os
 import re
 import threading
 import time
+import unicodedata
 from http.cookies import CookieError, SimpleCookie
 from typing import Callable, Iterator, TypeVar
 from urllib.parse import parse_qsl, unquote, urlparse
@@ -28,7 +36,10 @@ from urllib.parse import parse_qsl, unquote, urlparse
 import duckdb
 import pyarrow as pa
 import pyarrow.flight as flight
+import sqlglot
+from sqlglot import exp
 from sqlglot.dialects.dremio import Dremio
+from sqlglot.errors import ParseError, TokenError
 
 from flight_lstm.errors import FlightLSTMError, InvalidQuery, QueryCancelled, QueryRefused, SourceUnavailable
 from flight_lstm.plan import Plan
@@ -42,7 +53,7 @@ HEADER_OPTIONS = ("routing_tag", "routing_queue", "schema", "routing_engine")
 # Seconds allowed for a login or a GetFlightInfo (Dremio plans the query there). DoGet has no
 # deadline: a long result may take long to stream, and a cancel reaches Dremio as a cancel.
 DEFAULT_TIMEOUT = 120.0
-HIDDEN_SCHEMAS = ("information_schema", "sys")
+SYSTEM_SCHEMAS = ("information_schema", "sys")  # read or listed only with ?system_tables=true
 CACHE_SECONDS = 30.0
 _SESSION_GONE = "UserSession is not available"
 
@@ -357,14 +368,17 @@ class DremioSource(Source):
     scheme = "dremio"
     pushdown_dialect = "dremio"
 
-    def __init__(self, client: DremioClient):
+    def __init__(self, client: DremioClient, *, system_tables: bool = False):
         self.client = client
+        self.system_tables = system_tables  # whether queries may read Dremio's system tables
         self._cache: dict = {}
 
     @classmethod
     def from_uri(cls, uri: str) -> "DremioSource":
         """`dremio://USER@HOST:32010` or `dremio+tls://USER@HOST:32010[?ca=/path/ca.pem]`, plus
-        `routing_tag`, `routing_queue`, `schema`, `routing_engine` and `timeout` (seconds) options.
+        `routing_tag`, `routing_queue`, `schema`, `routing_engine` and `timeout` (seconds) options,
+        and `system_tables=true` to let queries read (and listings show) Dremio's `sys` and
+        `INFORMATION_SCHEMA` tables, which are refused otherwise.
 
         The password comes from DREMIO_PASSWORD, or a personal access token from DREMIO_TOKEN (sent
         as the bearer, no login), or, for local trials only, from the URI itself.
@@ -384,10 +398,9 @@ class DremioSource(Source):
         for key, value in parse_qsl(parsed.query, keep_blank_values=True):
             if key.replace("-", "_") in HEADER_OPTIONS and key not in HEADER_OPTIONS:
                 raise ValueError(f"Dremio reads the header {key.replace('-', '_')!r} with an underscore, not {key!r}")
-            if key not in (*HEADER_OPTIONS, "ca", "timeout"):
-                raise ValueError(
-                    f"unknown Dremio URI option {key!r}; known: ca, timeout, {', '.join(HEADER_OPTIONS)}"
-                )
+            if key not in (*HEADER_OPTIONS, "ca", "timeout", "system_tables"):
+                raise ValueError(f"unknown Dremio URI option {key!r}; known: ca, timeout, system_tables, "
+                                 f"{', '.join(HEADER_OPTIONS)}")
             options[key] = value
         ca = None
         if "ca" in options:
@@ -399,6 +412,11 @@ class DremioSource(Source):
             except OSError:
                 raise ValueError(f"cannot read the CA file {options['ca']}") from None
         timeout = float(options["timeout"]) if options.get("timeout") else DEFAULT_TIMEOUT
+        if options.get("system_tables", "false").lower() not in ("true", "false"):
+            raise ValueError("the system_tables option is true or false")
+        system_tables = options.get("system_tables", "false").lower() == "true"
+        if options.get("schema") and not system_tables and names_system_schema(options["schema"].split(".") + [""]):
+            raise ValueError("the schema option names a Dremio system schema; that needs system_tables=true")
 
         uri_password = unquote(parsed.password) if parsed.password is not None else None
         env_password = os.environ.get("DREMIO_PASSWORD") or None
@@ -418,7 +436,7 @@ class DremioSource(Source):
             raise ValueError("a Dremio password needs the user in the URI: dremio://USER@HOST:32010")
         headers = {k: options[k] for k in HEADER_OPTIONS if options.get(k)}
         return cls(DremioClient(host, port, user=user, password=password, token=token, tls=tls,
-                                tls_root_certs=ca, headers=headers, timeout=timeout))
+                                tls_root_certs=ca, headers=headers, timeout=timeout), system_tables=system_tables)
 
     # -- the Source interface
 
@@ -432,6 +450,8 @@ class DremioSource(Source):
         """
         if plan is None:
             return
+        for _, sql in plan.scans:
+            self._check(sql)
         infos = [(name, self.client.flight_info(sql)) for name, sql in plan.scans]
         for name, info in infos:
             data = info.schema.empty_table() if schema_only else self.client.reader(info)
@@ -443,7 +463,8 @@ class DremioSource(Source):
 
     def _list_tables(self) -> list[str]:
         rows = self.client.query(
-            'SELECT TABLE_SCHEMA, TABLE_NAME FROM INFORMATION_SCHEMA."TABLES" ORDER BY TABLE_SCHEMA, TABLE_NAME'
+            'SELECT TABLE_SCHEMA, TABLE_NAME, TABLE_TYPE FROM INFORMATION_SCHEMA."TABLES" '
+            "ORDER BY TABLE_SCHEMA, TABLE_NAME"
         ).read_all().to_pylist()
         # TABLE_SCHEMA joins the path with bare dots ("Samples.samples.dremio.com"), so a part that
         # holds dots is told apart by the folders SCHEMATA lists (every level is a schema there).
@@ -457,14 +478,41 @@ class DremioSource(Source):
         names = []
         for row in rows:
             parts = split_schema(row["TABLE_SCHEMA"], known)
-            if parts and parts[0].lower() in HIDDEN_SCHEMAS:
+            system = row.get("TABLE_TYPE") == "SYSTEM_TABLE" or names_system_schema([*parts, row["TABLE_NAME"]])
+            if system and not self.system_tables:
                 continue
             names.append(".".join(quote_part(p) for p in (*parts, row["TABLE_NAME"])))
         return names
 
     def columns(self, table: str) -> list[str]:
         """From the schema Dremio announces for `SELECT *` (GetFlightInfo only, cached briefly)."""
-        return self._cached(("columns", table), lambda: self.client.schema(f"SELECT * FROM {table}").names)
+        sql = f"SELECT * FROM {table}"
+        self._check(sql)
+        return self._cached(("columns", table), lambda: self.client.schema(sql).names)
+
+    def _check(self, sql: str) -> None:
+        """Refuse, before it is sent, a statement that is not one query reading Dremio tables by
+        their paths, or that reads a system table (without ?system_tables=true)."""
+        try:
+            statements = [s for s in sqlglot.parse(sql, read="dremio") if s is not None]
+        except (ParseError, TokenError, RecursionError):
+            statements = []
+        if len(statements) != 1 or not isinstance(statements[0], exp.Query):
+            raise QueryRefused("only one query is sent to Dremio at a time; this text is not one")
+        tree = statements[0]
+        ctes = {c.alias_or_name.lower() for c in tree.find_all(exp.CTE)}
+        for table in tree.find_all(exp.Table):
+            if not isinstance(table.this, (exp.Identifier, exp.Dot)) or any(
+                    not isinstance(p, exp.Identifier) for p in table.this.find_all(exp.Expression)
+                    if not isinstance(p, exp.Dot)):
+                raise QueryRefused("a table function is not sent to Dremio; name a table or view")
+            parts = [p.name for p in table.parts]
+            if len(parts) == 1 and parts[0].lower() in ctes:
+                continue
+            if not self.system_tables and names_system_schema(parts):
+                shown = ".".join(quote_part(p) for p in parts)[:120]
+                raise QueryRefused(f"{shown} is a Dremio system table: queries may not read Dremio's sys "
+                                   "or INFORMATION_SCHEMA unless the source URI sets system_tables=true")
 
     def translate_error(self, error: BaseException) -> FlightLSTMError | None:
         return stream_error(error)
@@ -491,10 +539,23 @@ class DremioSource(Source):
         return self.client.query(sql)
 
 
+def names_system_schema(parts: list[str]) -> bool:
+    """Whether a Dremio path lies in a system schema: any part but the last, split at dots (Dremio
+    may read `"sys.jobs"` as a path), is `sys` or `INFORMATION_SCHEMA` as Dremio matches names,
+    ignoring case the way Java's equalsIgnoreCase does (`ſys` and `ınformation_schema` count)."""
+    pieces = [piece for part in parts for piece in part.split(".")]
+    return any(_fold(p) in SYSTEM_SCHEMAS or _fold(p.upper()) in SYSTEM_SCHEMAS for p in pieces[:-1])
+
+
+def _fold(name: str) -> str:
+    decomposed = unicodedata.normalize("NFKD", name.casefold())
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
 _SAFE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _KEYWORDS = {k.upper() for k in Dremio.Tokenizer.KEYWORDS if " " not in k} | {
     "USER", "TABLE", "SCHEMA", "VALUE", "VALUES", "DATE", "TIME", "TIMESTAMP", "YEAR", "MONTH", "DAY",
-    "HOUR", "MINUTE", "SECOND", "POSITION", "LANGUAGE", "SYSTEM", "SESSION", "CURRENT", "RESULT",
+    "HOUR", "MINUTE", "SECOND", "POSITION", "LANGUAGE", "SYSTEM", "SESSION", "CURRENT", "RESULT", "TABLES",
 }
 
 
