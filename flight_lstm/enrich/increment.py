@@ -9,15 +9,18 @@ A run puts two queries to the source, each planned like any other:
   list where the operators are, keeping only one chunk of the pending keys (`_chunk_keys`).
 
 So a row already scored never reaches a model, whatever order the engine picks for the rest.
+Both compare keys as every other place does (sinks/keys.py: identical values, text byte for byte).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pyarrow as pa
 from sqlglot import exp
 
 from flight_lstm.errors import InvalidQuery
 from flight_lstm.plan.parse import parse_one_query
+from flight_lstm.sinks.keys import is_text, same_key
 
 DONE, CHUNK = "_done_keys", "_chunk_keys"
 EXISTING, TODO = "__enrich_existing", "__enrich_todo"
@@ -41,8 +44,12 @@ class Increment:
     key_sql: tuple[str, ...]  # each key's expression over the source's columns
 
 
-def build(sql: str, keys: tuple[str, ...], operators, *, watermark: str | None = None,
-          model: str | None = None, rescore_on_model_change: bool = False) -> Increment:
+def build(sql: str, keys: tuple[str, ...], operators, *, key_types: dict[str, pa.DataType] | None = None,
+          watermark: str | None = None, model: str | None = None,
+          rescore_on_model_change: bool = False) -> Increment:
+    """`key_types`, each key's type in the query's output (sinks/keys.key_types), tells which keys are
+    text; a run passes it, so they compare byte for byte whatever the source's collation."""
+    text = {k for k, t in (key_types or {}).items() if is_text(t)}
     tree = parse_one_query(sql)
     if not isinstance(tree, exp.Select):
         raise InvalidQuery("enrichment needs one SELECT (not a UNION or VALUES) so rows can be found by key")
@@ -69,17 +76,18 @@ def build(sql: str, keys: tuple[str, ...], operators, *, watermark: str | None =
         selected.append(exp.alias_(_expression(outputs, watermark, "--watermark", names).copy(), watermark, quoted=True))
     probe.set("expressions", selected)
 
-    same_key = " AND ".join(f"d.{key_column(i)} IS NOT DISTINCT FROM p.{quote(k)}" for i, k in enumerate(keys))
-    done = same_key
+    known = " AND ".join(same_key(f"d.{key_column(i)}", f"p.{quote(k)}", text=k in text)
+                         for i, k in enumerate(keys))
+    done = known
     if rescore_on_model_change:
         done += f" AND d.{DONE_MODEL} IS NOT DISTINCT FROM {exp.Literal.string(model).sql() if model else 'NULL'}"
     if watermark:
         done += f" AND NOT coalesce(p.{quote(watermark)} > d.{DONE_WATERMARK}, false)"
-    keys_sql = (f"SELECT p.*, EXISTS (SELECT 1 FROM {DONE} AS d WHERE {same_key}) AS {EXISTING}, "
+    keys_sql = (f"SELECT p.*, EXISTS (SELECT 1 FROM {DONE} AS d WHERE {known}) AS {EXISTING}, "
                 f"NOT EXISTS (SELECT 1 FROM {DONE} AS d WHERE {done}) AS {TODO} "
                 f"FROM ({probe.sql(dialect='duckdb')}) AS p")
-    in_chunk = " AND ".join(f"c.{key_column(i)} IS NOT DISTINCT FROM ({e.sql(dialect='duckdb')})"
-                            for i, e in enumerate(key_exprs))
+    in_chunk = " AND ".join(same_key(f"c.{key_column(i)}", f"({e.sql(dialect='duckdb')})", text=k in text)
+                            for i, (k, e) in enumerate(zip(keys, key_exprs)))
     chunk = tree.copy().where(f"EXISTS (SELECT 1 FROM {CHUNK} AS c WHERE {in_chunk})", dialect="duckdb")
     return Increment(keys_sql, chunk.sql(dialect="duckdb"), done, tuple(e.sql(dialect="duckdb") for e in key_exprs))
 

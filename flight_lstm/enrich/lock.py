@@ -1,6 +1,11 @@
-"""One writer per target: an flock on a file beside it, released by the kernel if the run dies."""
+"""One writer per target: an flock on a file beside it, released by the kernel if the run dies.
+
+The sink chooses the file from the target's real path (sinks/base.real_path), so every name of
+one target (a symlink, a `..`) meets the same lock. The file itself is never a symlink: a run
+would otherwise truncate and write whatever file it points to."""
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from contextlib import contextmanager
@@ -18,9 +23,13 @@ class TargetBusy(FlightLSTMError):
 def target_lock(path: Path, target: str, *, wait: bool = False):
     """Hold the target's lock for the block; without `wait`, raise TargetBusy if it is held."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     except FileNotFoundError:
         raise TargetError(f"cannot write {target}: directory {path.parent} does not exist") from None
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        raise TargetError(f"cannot write {target}: its lock file {path} is a symlink; remove it") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))

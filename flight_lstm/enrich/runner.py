@@ -26,6 +26,7 @@ from flight_lstm.limits import Limits
 from flight_lstm.plan import Plan
 from flight_lstm.service import Service
 from flight_lstm.sinks import TargetError, open_sink
+from flight_lstm.sinks.keys import key_types
 from flight_lstm.sources import open_source
 from udfs import OPERATORS
 
@@ -47,8 +48,8 @@ def run(job: Job, *, dry_run: bool = False, wait: bool = False, stop: threading.
     model = lineage.model_of(job.sql, OPERATORS)
     output = service.schema(service.plan(job.sql))  # checks the query; no operator runs
     expected = lineage.with_lineage(output)
-    plan = increment.build(job.sql, job.keys, OPERATORS, watermark=job.watermark, model=model,
-                           rescore_on_model_change=job.rescore_on_model_change)
+    plan = increment.build(job.sql, job.keys, OPERATORS, key_types=key_types(output, job.keys),
+                           watermark=job.watermark, model=model, rescore_on_model_change=job.rescore_on_model_change)
     keys_plan = service.catalog.plan(plan.keys_sql, local_tables=(DONE,))
     chunk_plan = service.catalog.plan(plan.chunk_sql, local_tables=(CHUNK,))
 
@@ -64,8 +65,8 @@ def run(job: Job, *, dry_run: bool = False, wait: bool = False, stop: threading.
         target = existing or expected
         done = _done_keys(sink, existing, job, output)
         candidates = _collect(service.engine, keys_plan, {DONE: done})
+        _check_unique(candidates, job.keys)  # all: a changed row (pending) may share a key with a done one
         pending = candidates.filter(candidates.column(TODO))
-        _check_unique(pending, job.keys)
         summary.read, summary.skipped = candidates.num_rows, candidates.num_rows - pending.num_rows
         if dry_run:
             out(_describe(job, sink.describe(), model, plan, keys_plan, chunk_plan, summary, pending))
@@ -78,6 +79,7 @@ def run(job: Job, *, dry_run: bool = False, wait: bool = False, stop: threading.
             scored = _score(service.engine, chunk_plan, chunks, job.keys)
         with Progress(job.name, pending.num_rows) as progress:
             for i, rows in scored:
+                _check_unique(rows, job.keys)  # a shape the keys query does not see (DISTINCT, GROUP BY ALL)
                 summary.scored += rows.num_rows
                 rows = _conform(lineage.stamp(rows, model), target)
                 sink.commit(rows, list(job.keys), replace=bool(pc.any(chunks[i].column(EXISTING)).as_py()))
@@ -131,8 +133,10 @@ def _done_keys(sink, existing: pa.Schema | None, job: Job, output: pa.Schema) ->
     return pa.table({ours: table.column(theirs) for ours, theirs in columns.items()})
 
 
-def _check_unique(pending: pa.Table, keys: tuple[str, ...]) -> None:
-    counts = pending.group_by(list(keys)).aggregate([([], "count_all")])
+def _check_unique(rows: pa.Table, keys: tuple[str, ...]) -> None:
+    """Each key once in `rows`, by Arrow's equality: for the key types sinks/keys.py allows, the
+    identity that the chunk filter and the targets compare by too."""
+    counts = rows.group_by(list(keys)).aggregate([([], "count_all")])
     repeated = counts.filter(pc.greater(counts.column("count_all"), 1))
     if repeated.num_rows:
         example = {k: repeated.column(k)[0].as_py() for k in keys}

@@ -13,7 +13,8 @@ import sqlglot
 from sqlglot import exp
 
 from flight_lstm.errors import SourceUnavailable
-from flight_lstm.sinks.base import Sink, TargetError
+from flight_lstm.sinks.base import Sink, TargetError, real_path
+from flight_lstm.sinks.keys import is_text, same_key
 from flight_lstm.sources.duckdb import DuckDBSource
 
 # A server query holds the file for a moment; a commit waits this long for it before failing.
@@ -28,7 +29,7 @@ class DuckDBTableSink(Sink):
     scheme = "duckdb"
 
     def __init__(self, path: Path, table: str):
-        self.path = path
+        self.path = real_path(path)
         parts = [p.name for p in sqlglot.parse_one(f"SELECT * FROM {table}", read="duckdb").find(exp.Table).parts]
         if len(parts) > 2:
             raise TargetError(f"a table target is [schema.]table in the source file, got {table!r}")
@@ -95,7 +96,8 @@ class DuckDBTableSink(Sink):
             con.begin()
             con.execute(f"CREATE TABLE IF NOT EXISTS {self.ref} AS SELECT * FROM _rows LIMIT 0")
             if replace:
-                match = " AND ".join(f"r.{quote(k)} IS NOT DISTINCT FROM t.{quote(k)}" for k in keys)
+                match = " AND ".join(same_key(f"r.{quote(k)}", f"t.{quote(k)}",
+                                              text=is_text(rows.schema.field(k).type)) for k in keys)
                 con.execute(f"DELETE FROM {self.ref} AS t WHERE EXISTS (SELECT 1 FROM _rows AS r WHERE {match})")
             con.execute(f"INSERT INTO {self.ref} BY NAME SELECT * FROM _rows")
             con.commit()
