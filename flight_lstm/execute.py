@@ -207,7 +207,16 @@ class Running:
         with self._busy:
             if self._ended:
                 raise self._stopped or self.budget.stopped()
-            yield
+            try:
+                yield
+            finally:
+                self.budget.touch()  # idle time is the client's, counted from the end of our work
+
+    def due(self) -> bool:
+        """Whether the watchdog should stop it: cancelled or out of time, or idle between steps
+        (a long blocking step is the server's work, not a silent client)."""
+        budget = self.budget
+        return budget.cancelled() or budget.expired() or (not self._busy.locked() and budget.idle())
 
     def stop(self) -> None:
         self.con.interrupt()
@@ -323,7 +332,7 @@ class Watchdog:
                     idle = True
                     continue
                 idle = False
-                due = [r for r in self._watched.values() if r.budget.should_stop()]
+                due = [r for r in self._watched.values() if r.due()]
             for r in due:  # outside the lock (ending a query unwatches it); again each tick until it ends
                 r.stop()
 

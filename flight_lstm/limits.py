@@ -67,7 +67,6 @@ class Budget:
         return time.monotonic() - self.active > self.limits.idle_seconds
 
     def should_stop(self) -> bool:
-        """Polled by the watchdog that interrupts DuckDB mid-operator."""
         return self.cancelled() or self.expired() or self.idle()
 
     def stopped(self) -> QueryCancelled | QueryTimedOut:

@@ -48,13 +48,18 @@ class Service:
     def plan(self, sql: str) -> Plan:
         """Cached per query text while the source stays the same: GetFlightInfo and DoGet each
         plan the query, and planning costs 1-2 ms."""
-        return self._plans.get(sql, lambda: self.catalog.plan(sql))
+        return self._plans.get(sql, lambda: self._plan_in_slot(sql))
+
+    def _plan_in_slot(self, sql: str) -> Plan:
+        """Planning a large text costs CPU (sqlglot, then DuckDB's parse): it waits for a slot."""
+        with self.engine.admitted():
+            return self.catalog.plan(sql)
 
     def dataset_sql(self, name: str, kind: str | None = None) -> str:
         """The query behind a dataset: a published view (by name) or a source table (as listed).
         A caller that already knows the kind (from `relations`) saves listing the source again."""
         if kind is None:
-            kind = "VIEW" if name.lower() in self.catalog.views else "TABLE" if name in self.source.tables() else None
+            kind = "VIEW" if name.lower() in self.catalog.views else "TABLE" if name in self._tables() else None
         if kind is None:
             raise InvalidQuery(f"unknown dataset {name!r}; ListFlights lists them")
         return f"SELECT * FROM {quote(name) if kind == 'VIEW' else name}"
@@ -75,11 +80,13 @@ class Service:
             yield name, sql, self.schema(self.plan(sql))
 
     def relations(self) -> list[tuple[str, str]]:
-        """(name, "TABLE" or "VIEW"): the source's tables, then the published views. Listing the
-        source is work a client asks for, so it takes a query slot like a query."""
+        """(name, "TABLE" or "VIEW"): the source's tables, then the published views."""
+        return [*((t, "TABLE") for t in self._tables()), *((v, "VIEW") for v in self.view_sql)]
+
+    def _tables(self) -> list[str]:
+        """Listing the source is work a client asks for: it takes a query slot like a query."""
         with self.engine.admitted():
-            tables = self.source.tables()
-        return [*((t, "TABLE") for t in tables), *((v, "VIEW") for v in self.view_sql)]
+            return self.source.tables()
 
     def dataset_schema(self, name: str, kind: str | None = None) -> pa.Schema:
         return self.schema(self.plan(self.dataset_sql(name, kind)))

@@ -74,7 +74,7 @@ def test_an_exchange_that_never_sends_gives_its_slot_back(lake):
         srv.shutdown()
 
 
-def test_get_flight_info_and_listings_wait_for_a_slot(lake):
+def test_get_flight_info_planning_and_listings_wait_for_a_slot(lake):
     srv, uri = serve(lake, max_queries=1, queue_seconds=0.3)
     try:
         with flight.connect(uri) as a, flight.connect(uri) as c:
@@ -84,6 +84,10 @@ def test_get_flight_info_and_listings_wait_for_a_slot(lake):
                 c.get_flight_info(flight.FlightDescriptor.for_command(b"SELECT len(range(30000000)) AS n"))
             with pytest.raises(flight.FlightUnavailableError, match="--max-queries"):
                 list(c.list_flights())
+            with pytest.raises(flight.FlightUnavailableError, match="--max-queries"):
+                c.get_flight_info(flight.FlightDescriptor.for_path("nope"))
+            with pytest.raises(flight.FlightUnavailableError, match="--max-queries"):  # planning alone
+                c.get_flight_info(flight.FlightDescriptor.for_command(b"SELECT 1 IN (0, 1, 2) AS x"))
             held.cancel()
             assert eventually(lambda: run(c, "SELECT 1 AS x")).num_rows == 1
     finally:
@@ -161,10 +165,57 @@ def test_an_internal_failure_logs_its_traceback_once_a_minute(caplog):
 
 def test_caches_are_bounded_by_bytes_not_entries(lake):
     service = Service(DuckDBSource(lake))
-    pad = "x" * 400_000
-    for i in range(60):  # 60 distinct queries of 0.4 MB: 24 MB of text, each in two caches
+    pad = "x" * 200_000
+    for i in range(120):  # 120 distinct queries of 0.2 MB: 24 MB of text, each in two caches
         sql = f"SELECT '{pad}' AS p, {i} AS i"
         service.schema(service.plan(sql))
     cap = 16 * 2**20
     assert 0 < service._plans.bytes <= cap and 0 < service._schemas.bytes <= cap
     assert service.schema(service.plan("SELECT 1 AS one")).names == ["one"]
+
+
+def test_a_slow_blocking_query_is_not_mistaken_for_a_silent_client(lake):
+    # The query's own work (before its first batch) outlasts the idle time: it must still answer.
+    srv, uri = serve(lake, query_seconds=None, idle_seconds=0.3)
+    try:
+        with flight.connect(uri) as c:
+            got = run(c, "SELECT count(*) AS n FROM (SELECT sentiment('a fine film ' || i) AS s "
+                         "FROM range(6000) t(i)) WHERE s > 2")
+            assert got.column("n")[0].as_py() == 0
+    finally:
+        srv.shutdown()
+
+
+def test_oversized_and_overdeep_queries_are_clean_errors(client):
+    with pytest.raises(flight.FlightServerError, match="over 262144 bytes"):
+        run(client, "SELECT 1 IN (" + ", ".join(map(str, range(60000))) + ")")
+    with pytest.raises(flight.FlightServerError, match="too deeply|depth"):
+        run(client, "SELECT " + " + ".join(["1"] * 900))
+
+
+def test_parameter_uploads_are_bounded_and_need_a_known_handle(client):
+    from flight_lstm.server import flight_sql_messages as m
+
+    def put(handle, batches):
+        command = m.CommandPreparedStatementQuery(prepared_statement_handle=handle)
+        writer, reader = client.do_put(flight.FlightDescriptor.for_command(m.pack(command)), batches[0].schema)
+        for b in batches:
+            writer.write_batch(b)
+        writer.done_writing()
+        reader.read()
+        writer.close()
+
+    one = pa.record_batch([pa.array([1])], names=["p"])
+    with pytest.raises(flight.FlightServerError, match="unknown or expired prepared statement"):
+        put(b'{"id": "made-up", "sql": "SELECT ?"}', [one])
+    request = m.ActionCreatePreparedStatementRequest(query="SELECT ? AS x")
+    result = list(client.do_action(flight.Action("CreatePreparedStatement", m.pack(request))))[0].body.to_pybytes()
+    handle = m.unpack("ActionCreatePreparedStatementResult",
+                      m.flight_sql_type(result)[1]).prepared_statement_handle
+    with pytest.raises(flight.FlightServerError, match="at most 1,048,576 bytes"):
+        put(handle, [pa.record_batch([pa.array(["x" * 2_000_000])], names=["p"])])
+    with pytest.raises(flight.FlightServerError, match="exactly one row"):
+        put(handle, [one, one])
+    with pytest.raises(flight.FlightServerError, match="unknown or expired"):  # a handle whose SQL was edited
+        put(handle.replace(b"SELECT ? AS x", b"SELECT ? AS y"), [one])
+    put(handle, [one])

@@ -31,7 +31,16 @@ SYSTEM_CATALOGS = {"system", "temp", "memory"}
 SYSTEM_SCHEMAS = {"information_schema", "pg_catalog"}
 
 _parser = duckdb.connect(":memory:")
-_parser_lock = threading.Lock()
+_parser_lock = threading.Lock()  # for the shared connection's catalog look-ups at first use
+_cursors = threading.local()  # each thread parses on its own cursor: no query waits for another
+
+
+def _cursor() -> duckdb.DuckDBPyConnection:
+    cursor = getattr(_cursors, "cursor", None)
+    if cursor is None:
+        with _parser_lock:
+            cursor = _cursors.cursor = _parser.cursor()
+    return cursor
 
 
 @cache
@@ -53,16 +62,18 @@ def _builtin_views() -> frozenset[str]:
 
 def check_with_duckdb(sql: str) -> None:
     """Refuse `sql` unless DuckDB reads it as one SELECT within the read-only rule."""
-    with _parser_lock:
-        (text,), = _parser.execute("SELECT json_serialize_sql(?)", [sql]).fetchall()
-    parsed = json.loads(text)
+    (text,), = _cursor().execute("SELECT json_serialize_sql(?)", [sql]).fetchall()
+    try:
+        parsed = json.loads(text)
+        nodes = list(_walk(parsed.get("statements", [])))
+    except RecursionError:
+        raise InvalidQuery("the query nests expressions too deeply") from None
     if parsed.get("error"):
         if parsed.get("error_type") == "parser":
             raise InvalidQuery(f"syntax error: {parsed.get('error_message', '').splitlines()[0]}")
         raise QueryRefused("queries are read-only: only one SELECT statement is allowed")
     if len(parsed["statements"]) != 1:
         raise QueryRefused("queries are read-only: only one SELECT statement is allowed")
-    nodes = list(_walk(parsed["statements"][0]))
     ctes = {key.lower() for node in nodes for key in _cte_names(node)}
     for node in nodes:
         _check_node(node, ctes)

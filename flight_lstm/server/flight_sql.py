@@ -20,7 +20,7 @@ from sqlglot import exp
 from flight_lstm.errors import InvalidQuery, QueryRefused
 from flight_lstm.server import flight_sql_messages as messages
 from flight_lstm.server import flight_sql_metadata as metadata
-from flight_lstm.server.prepared import STATEMENT_TTL, PreparedStatements
+from flight_lstm.server.prepared import PARAMETER_BYTES, STATEMENT_TTL, PreparedStatements
 from flight_lstm.service import Service
 
 ACTIONS = {
@@ -121,9 +121,8 @@ class FlightSQL:
         if name != "CommandPreparedStatementQuery":
             raise unsupported(name)
         handle = messages.unpack(name, value).prepared_statement_handle
-        rows = reader.read_all()
-        if rows.num_rows != 1:
-            raise InvalidQuery(f"bind exactly one row of parameters to a query, got {rows.num_rows}")
+        self.statements.get(handle, user)  # an unknown handle reads no upload
+        rows = _one_row(reader)
         self.statements.bind(handle, [column[0].as_py() for column in rows.columns], user)
         return messages.DoPutPreparedStatementResult(prepared_statement_handle=handle).SerializeToString()
 
@@ -147,6 +146,24 @@ class FlightSQL:
             self.statements.close(messages.unpack(name, value).prepared_statement_handle, user)
             return []
         raise InvalidQuery(f"{action} needs its Flight SQL request message as the body")
+
+
+def _one_row(reader: flight.MetadataRecordBatchReader) -> pa.RecordBatch:
+    """The one row of parameters, read a batch at a time so an upload too large is refused as it comes."""
+    rows = None
+    for chunk in reader:
+        batch = chunk.data
+        if batch is None:
+            continue
+        if rows is not None or batch.num_rows != 1:
+            raise InvalidQuery("bind exactly one row of parameters to a query, "
+                               f"got {batch.num_rows + (rows.num_rows if rows is not None else 0)} or more")
+        if batch.nbytes > PARAMETER_BYTES:
+            raise InvalidQuery(f"bound parameters may hold at most {PARAMETER_BYTES:,} bytes")
+        rows = batch
+    if rows is None:
+        raise InvalidQuery("bind exactly one row of parameters to a query, got 0")
+    return rows
 
 
 def unsupported(name: str) -> InvalidQuery:

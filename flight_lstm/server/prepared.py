@@ -16,9 +16,11 @@ import threading
 import time
 from dataclasses import dataclass
 
-from flight_lstm.errors import InvalidQuery
+from flight_lstm.errors import InvalidQuery, ResourceExhausted
 
 STATEMENT_TTL = 600.0  # seconds a prepared statement lives unused
+STATEMENTS_PER_USER = 256  # open at once; a client that never closes cannot fill the server
+PARAMETER_BYTES = 1 << 20  # the bound values of one statement
 
 
 @dataclass
@@ -26,6 +28,7 @@ class _Open:
     user: str | None
     params: list | None
     used: float
+    sql: str
 
 
 class PreparedStatements:
@@ -38,14 +41,20 @@ class PreparedStatements:
         key = secrets.token_hex(16)
         with self._lock:
             self._sweep()
-            self._open[key] = _Open(user, None, time.monotonic())
+            if sum(entry.user == user for entry in self._open.values()) >= STATEMENTS_PER_USER:
+                raise ResourceExhausted(f"resource exhausted: {STATEMENTS_PER_USER} prepared statements are open "
+                                        "for this user; close some first")
+            self._open[key] = _Open(user, None, time.monotonic(), sql)
         return json.dumps({"id": key, "sql": sql}).encode()
 
     def get(self, handle: bytes, user: str | None) -> tuple[str, list | None]:
         """(SQL, bound parameters) of an open statement of `user`; renews its lease."""
         key, sql = _parse(handle)
         with self._lock:
-            return sql, self._entry(key, user).params
+            entry = self._entry(key, user)
+            if entry.sql != sql:  # a handle edited by its client names another statement
+                raise InvalidQuery("unknown or expired prepared statement: prepare the query again")
+            return sql, entry.params
 
     def bind(self, handle: bytes, params: list, user: str | None) -> None:
         key, _ = _parse(handle)
