@@ -25,6 +25,7 @@ def apply_lift(lift: Lift, schema: pa.Schema, batches: Iterable[pa.RecordBatch],
         for batch in batches:
             with checked_between_batches(budget.check):
                 out = _apply(lift, schema, batch, by_name)
+            budget.touch()  # the model's time was the server's work, not the client's silence
             yield out
     finally:
         close = getattr(batches, "close", None)

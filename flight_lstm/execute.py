@@ -216,7 +216,7 @@ class Running:
         """Whether the watchdog should stop it: cancelled or out of time, or idle between steps
         (a long blocking step is the server's work, not a silent client)."""
         budget = self.budget
-        return budget.cancelled() or budget.expired() or (not self._busy.locked() and budget.idle())
+        return budget.should_stop() or (not self._busy.locked() and budget.idle())
 
     def stop(self) -> None:
         self.con.interrupt()

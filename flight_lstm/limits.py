@@ -67,7 +67,9 @@ class Budget:
         return time.monotonic() - self.active > self.limits.idle_seconds
 
     def should_stop(self) -> bool:
-        return self.cancelled() or self.expired() or self.idle()
+        """Checked during the server's own work, which is never the client's silence (the
+        watchdog judges that between steps: `Running.due`)."""
+        return self.cancelled() or self.expired()
 
     def stopped(self) -> QueryCancelled | QueryTimedOut:
         """Why an interrupted query stopped: its deadline, its silent client, or its client."""
@@ -80,9 +82,12 @@ class Budget:
         return QueryCancelled("the client cancelled the query")
 
     def check(self) -> None:
-        """Stop the query, with its reason, if its client went away or its time ran out."""
+        """Stop the query, with its reason, if its client went away or its time ran out. Called
+        during the server's own work (between a model's batches too), so it also marks the
+        client as present: silence counts from the end of our work."""
         if self.should_stop():
             raise self.stopped()
+        self.touch()
 
     def spend(self, rows: int) -> None:
         """Count a batch about to leave; past a limit, stop the query with its reason."""

@@ -182,6 +182,9 @@ def test_a_slow_blocking_query_is_not_mistaken_for_a_silent_client(lake):
             got = run(c, "SELECT count(*) AS n FROM (SELECT sentiment('a fine film ' || i) AS s "
                          "FROM range(6000) t(i)) WHERE s > 2")
             assert got.column("n")[0].as_py() == 0
+            # A lifted operator call: the model's time on a batch is the server's too.
+            got = run(c, "SELECT sentiment('a fine film ' || i) AS s FROM range(20000) t(i)")
+            assert got.num_rows == 20000
     finally:
         srv.shutdown()
 
