@@ -107,7 +107,9 @@ class Service:
                  cancelled: Callable[[], bool] = lambda: False) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
         """Run row-wise SQL over a table named `input` holding the caller's batches, one at a time:
         (output schema, one output batch per input batch, in order)."""
-        return exchange(self.engine, plan_row_wise(sql, self.catalog), schema, batches, cancelled)
+        with self.engine.admitted():  # planning costs CPU like any query's
+            plan = plan_row_wise(sql, self.catalog)
+        return exchange(self.engine, plan, schema, batches, cancelled)
 
     def warm_up(self) -> None:
         """Load the default models and run each once, so the first query pays nothing and a

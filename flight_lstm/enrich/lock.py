@@ -1,6 +1,6 @@
 """One writer per target: an flock on a file beside it, released by the kernel if the run dies.
 
-The sink chooses the file from the target's real path (sinks/base.real_path), so every name of
+The sink chooses the file from the target's resolved path (Sink.lock_path), so every name of
 one target (a symlink, a `..`) meets the same lock. The file itself is never a symlink: a run
 would otherwise truncate and write whatever file it points to."""
 from __future__ import annotations

@@ -306,9 +306,7 @@ def _node_problem(node: exp.Expression) -> str | None:
                 return f"the function name {node.name[:40]!r} (not a plain word)"
             if node.name.lower() in TABLE_FUNCTION_NAMES:
                 return f"the table function {node.name}()"
-            allowed = None  # its arguments are checked as nodes of their own
-        else:
-            allowed = None
+        allowed = None  # any arguments: each is checked as a node of its own
     elif kind in SENDABLE:
         allowed = SENDABLE[kind]
     else:

@@ -1,8 +1,8 @@
 """Open Flight SQL prepared statements, with a time to live, since clients close them lazily and a
 crashed client never does.
 
-A handle carries its SQL, so the store keeps only what a handle cannot: that it is still open, who
-opened it, and its bound parameters. Each use renews the lease; an expired, closed or foreign handle
+A handle carries its SQL for the client's sake; the store keeps what decides: that it is still
+open, who opened it, its SQL (a handle whose SQL was edited is unknown) and its bound parameters. Each use renews the lease; an expired, closed or foreign handle
 is an error. A statement belongs to the user who prepared it (None with auth off): to anyone else
 its handle is unknown, so another user can neither run it, see or change its parameters, nor close
 it, nor tell it from a handle that never existed. Closing an unknown handle does nothing, as ADBC's

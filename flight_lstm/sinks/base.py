@@ -2,7 +2,6 @@
 batches of rows, and a way to read back what is already there (so a rerun skips it)."""
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -32,7 +31,8 @@ class Sink(ABC):
     @abstractmethod
     def lock_path(self) -> Path:
         """The file whose flock keeps two runs from writing this target at once: one per target,
-        whatever name a run gives it, so a local target's is chosen from its `real_path`."""
+        whatever name a run gives it, so a local target is known by its resolved path (a symlink
+        to it or to a parent, or a `..`, would otherwise give it two lock files)."""
 
     @abstractmethod
     def describe(self) -> str:
@@ -55,9 +55,3 @@ class Sink(ABC):
     def recover(self) -> None:
         """Clear what a killed run left behind (called under the lock, before anything is read)."""
 
-
-def real_path(path: Path) -> Path:
-    """`path` with every symlink resolved (it need not exist yet). A local target is known, locked
-    and written by this path alone: a symlink to its directory, or to a parent, or a `..`, would
-    otherwise give one target two lock files, and two runs both writing it."""
-    return Path(os.path.realpath(path))

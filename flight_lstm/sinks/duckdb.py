@@ -13,7 +13,7 @@ import sqlglot
 from sqlglot import exp
 
 from flight_lstm.errors import SourceUnavailable
-from flight_lstm.sinks.base import Sink, TargetError, real_path
+from flight_lstm.sinks.base import Sink, TargetError
 from flight_lstm.sinks.keys import is_text, same_key
 from flight_lstm.sources.duckdb import DuckDBSource
 
@@ -29,7 +29,7 @@ class DuckDBTableSink(Sink):
     scheme = "duckdb"
 
     def __init__(self, path: Path, table: str):
-        self.path = real_path(path)
+        self.path = Path(path).resolve()
         parts = [p.name for p in sqlglot.parse_one(f"SELECT * FROM {table}", read="duckdb").find(exp.Table).parts]
         if len(parts) > 2:
             raise TargetError(f"a table target is [schema.]table in the source file, got {table!r}")

@@ -12,7 +12,7 @@ from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
 
-from flight_lstm.sinks.base import Sink, TargetError, real_path
+from flight_lstm.sinks.base import Sink, TargetError
 
 CATALOG_FILE = "catalog.db"
 
@@ -21,7 +21,7 @@ class IcebergSink(Sink):
     scheme = "iceberg"
 
     def __init__(self, warehouse: Path, namespace: str, table: str):
-        self.warehouse, self.namespace, self.table = real_path(warehouse), namespace, table
+        self.warehouse, self.namespace, self.table = Path(warehouse).resolve(), namespace, table
         self.identifier = f"{namespace}.{table}"
 
     @classmethod

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from flight_lstm.sinks.base import Sink, TargetError, real_path
+from flight_lstm.sinks.base import Sink, TargetError
 
 PENDING = ".pending-"
 
@@ -25,7 +25,7 @@ class ParquetSink(Sink):
     replaces = False  # append-only: re-scoring would need rewriting files readers may hold
 
     def __init__(self, directory: Path):
-        self.directory = real_path(directory)
+        self.directory = Path(directory).resolve()
 
     @classmethod
     def from_uri(cls, uri: str, *, source_uri: str) -> "ParquetSink":
