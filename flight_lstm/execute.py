@@ -21,6 +21,7 @@ import pyarrow as pa
 from flight_lstm.apply import apply_lift
 from flight_lstm.errors import FlightLSTMError, InvalidQuery, QueryCancelled, QueryRefused, ResourceExhausted
 from flight_lstm.limits import Admission, Budget, Limits
+from flight_lstm.models.checks import checked_between_batches
 from flight_lstm.plan import Plan
 from flight_lstm.sources import Source
 from udfs.base import Operator, constant
@@ -45,7 +46,12 @@ class Engine:
         self.limits = limits
         self.admission = Admission(limits)
         self.watchdog = Watchdog()
-        self.db = _database(source, operators, {"memory_limit": memory_limit, "threads": threads})
+        self._checks: dict[int, Callable[[], None]] = {}  # connection id -> its query's budget check
+        self.db = _database(source, operators, self._check_of,
+                            {"memory_limit": memory_limit, "threads": threads})
+
+    def _check_of(self, connection_id: int) -> Callable[[], None]:
+        return self._checks.get(connection_id, _nothing)
 
     def close(self) -> None:
         """Let go of the source now (the server is stopping); queries still running keep theirs."""
@@ -102,7 +108,14 @@ class Engine:
         except BaseException:
             leave()
             raise
-        running = Running(con, budget, lambda: self.release(con, plan, leave))
+        (connection_id,), = con.sql("SELECT current_connection_id()").fetchall()
+        self._checks[connection_id] = budget.check
+
+        def release() -> None:
+            self._checks.pop(connection_id, None)
+            self.release(con, plan, leave)
+
+        running = Running(con, budget, release)
         running.unwatch = self.watchdog.watch(running)
         return running
 
@@ -152,7 +165,11 @@ def _reads_source(plan: Plan | None) -> bool:
     return plan is not None and bool(plan.tables or plan.scans)
 
 
-def _database(source: Source, operators, settings: dict) -> duckdb.DuckDBPyConnection:
+def _nothing() -> None:
+    """The check of a call from no running query (none is made by the planner)."""
+
+
+def _database(source: Source, operators, check_of, settings: dict) -> duckdb.DuckDBPyConnection:
     """The engine's locked-down database. The second lock behind the planner: even SQL the planner
     let through cannot read or write files (but the source's own), install or load extensions,
     scan Python variables, or change a setting."""
@@ -163,7 +180,7 @@ def _database(source: Source, operators, settings: dict) -> duckdb.DuckDBPyConne
         **{k: v for k, v in settings.items() if v is not None},
     })
     for op in operators:
-        _register(db, op)
+        _register(db, op, check_of)
     paths = source.allowed_paths()
     if paths:
         db.execute("SET allowed_paths = ?", [paths])
@@ -261,20 +278,34 @@ def _batches(running: Running, source: Source) -> Iterator[pa.RecordBatch]:
 
 @contextmanager
 def stopped_by(budget: Budget):
-    """An interrupted query says why it stopped: its client, or its time limit."""
+    """An interrupted query says why it stopped: its client, or its time limit. So does a model
+    that a budget check stopped on one of DuckDB's threads, whose error DuckDB wraps as its own."""
     try:
         yield
     except QueryCancelled:
         raise budget.stopped() from None
+    except (FlightLSTMError, duckdb.Error, OSError):
+        if budget.should_stop():
+            raise budget.stopped() from None
+        raise
 
 
-def _register(con: duckdb.DuckDBPyConnection, op: Operator) -> None:
+def _register(con: duckdb.DuckDBPyConnection, op: Operator, check_of: Callable[[int], Callable[[], None]]) -> None:
+    """Both forms of `op`, each taking its caller's connection id last (plan/operators.py's
+    `tag_connection`): DuckDB may call it on any of its threads, and the model checks that
+    query's budget between its inference batches."""
     def with_model(*arrays):
         return op.fn(*arrays[:-1], model=constant(arrays[-1], "the model name"))
 
+    def checked(fn):
+        def call(*arrays):
+            with checked_between_batches(check_of(constant(arrays[-1], "the connection id"))):
+                return fn(*arrays[:-1])
+        return call
+
     for name, params, fn in ((op.name, op.params, op.fn), (op.with_model_name, (*op.params, "VARCHAR"), with_model)):
         con.create_function(
-            name, _arity(fn, len(params)), list(params), op.returns,
+            name, _arity(checked(fn), len(params) + 1), [*params, "UBIGINT"], op.returns,
             type="arrow", null_handling="special", side_effects=False,
         )
 

@@ -222,3 +222,23 @@ def test_parameter_uploads_are_bounded_and_need_a_known_handle(client):
     with pytest.raises(flight.FlightServerError, match="unknown or expired"):  # a handle whose SQL was edited
         put(handle.replace(b"SELECT ? AS x", b"SELECT ? AS y"), [one])
     put(handle, [one])
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT k, forecast(list(v ORDER BY t), 8760) AS f FROM "
+    "(SELECT i % 300 AS k, i AS t, sin(i) AS v FROM range(120000) r(i)) GROUP BY k",
+    "SELECT max(sentiment(review || repeat(' fine', i % 50))) AS s FROM reviews, range(3000) r(i)",
+], ids=["forecast per group", "sentiment in an aggregate"])
+def test_a_model_called_by_duckdb_stops_at_the_time_limit(lake, sql):
+    """DuckDB calls these operators on its own worker threads, mid-query: the model still checks
+    its query's budget between inference batches, and the client is told the time ran out."""
+    srv, uri = serve(lake, query_seconds=0.5)
+    try:
+        with flight.connect(uri) as c:
+            started = time.monotonic()
+            with pytest.raises(flight.FlightTimedOutError, match="time limit of 0.5 s"):
+                run(c, sql)
+            assert time.monotonic() - started < 2.5  # unlimited, each runs for several seconds
+            assert run(c, "SELECT 41 + 1 AS x").column("x")[0].as_py() == 42
+    finally:
+        srv.shutdown()

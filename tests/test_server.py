@@ -11,7 +11,7 @@ import pytest
 from conftest import REVIEWS, run
 from flight_lstm.errors import InvalidQuery, QueryRefused
 from flight_lstm.execute import Engine
-from flight_lstm.plan import Plan
+from flight_lstm.plan import Catalog, Plan
 from flight_lstm.sources.duckdb import DuckDBSource
 from udfs import OPERATORS, sentiment
 
@@ -294,7 +294,7 @@ def test_concurrent_queries_share_one_attachment(lake):
     from concurrent.futures import ThreadPoolExecutor
 
     engine = Engine(DuckDBSource(lake), OPERATORS)
-    plan = Plan("SELECT count(*) AS n, max(sentiment(review)) AS s FROM reviews", ("reviews",), frozenset({"sentiment"}))
+    plan = Catalog(OPERATORS).plan("SELECT count(*) AS n, max(sentiment(review)) AS s FROM reviews")
 
     def one(_):
         schema, batches = engine.stream(plan)

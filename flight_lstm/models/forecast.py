@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .base import BaseModel, dataset_dir, now_iso, seed_everything, training_record
+from .checks import between_batches
 from .registry import ModelCard
 
 MAX_HORIZON = 8760  # one year of hourly steps
@@ -196,6 +197,7 @@ class ForecastModel(BaseModel):
             rows = rows_all[start:start + CHUNK_ROWS]
             xc, pc_, oc = x[rows], present[rows], obs[rows]
             for b in range(blocks):
+                between_batches()  # a caller's cancel or time limit may stop a long horizon here
                 out, mu, scale = self._scaled(xc, pc_, oc)
                 y = mu[:, None] + scale[:, None] * out
                 mean[rows, b * self.horizon:(b + 1) * self.horizon] = y

@@ -16,7 +16,7 @@ from flight_lstm.errors import InvalidQuery
 from flight_lstm.plan.emit import to_sql
 from flight_lstm.plan.forecast_table import expand_forecast_tables
 from flight_lstm.plan.lift import Lift, lift_operators
-from flight_lstm.plan.operators import bind_operators, operators_called
+from flight_lstm.plan.operators import bind_operators, operators_called, tag_connection
 from flight_lstm.plan.parse import parse_one_query
 from flight_lstm.plan.pushdown import push_down
 from flight_lstm.plan.read_only import check_read_only
@@ -69,4 +69,5 @@ class Catalog:
                 tree, scans = push_down(tree.copy(), self.pushdown_dialect, internal, self.columns_of, local_tables)
             except OptimizeError as e:  # sqlglot finds no scopes in it: a query that cannot run anywhere
                 raise InvalidQuery(f"cannot plan this query: {str(e).splitlines()[0]}") from None
+        tree = tag_connection(tree, self.operators)
         return Plan(to_sql(tree), tables, called, tuple(scans), lift_operators(tree, self.operators))

@@ -50,8 +50,8 @@ def lift_operators(tree: exp.Expression, operators: Iterable) -> Lift | None:
         if op is None or _named_elsewhere(tree, projection):
             projections.append(projection)
             continue
-        args = call.expressions[:len(op.params)]
-        model = call.expressions[-1].this if len(call.expressions) > len(op.params) else None
+        args = call.expressions[:len(op.params)]  # then the model's name, if named, and the connection
+        model = call.expressions[len(op.params)].this if call.name.lower() == op.with_model_name else None
         names = tuple(f"{PREFIX}{len(calls)}_{j}" for j in range(len(args)))
         projections += [exp.alias_(exp.cast(a.copy(), kind), name) for a, kind, name in zip(args, op.params, names)]
         calls.append(LiftedCall(op.name, model, names))

@@ -11,6 +11,8 @@ from sqlglot import exp
 
 from flight_lstm.errors import InvalidQuery
 
+CONNECTION_ID = "current_connection_id"
+
 
 def bind_operators(tree: exp.Query, operators: Iterable, check_model: Callable[[str, str], None]) -> exp.Query:
     by_name = {op.name: op for op in operators}
@@ -36,6 +38,19 @@ def bind_operators(tree: exp.Query, operators: Iterable, check_model: Callable[[
             raise InvalidQuery(f"the model argument of {op.name}() must be a string literal like 'name@version'")
         check_model(op.model_kind, model.this)
         call.set("this", op.with_model_name)
+    return tree
+
+
+def tag_connection(tree: exp.Expression, operators: Iterable) -> exp.Expression:
+    """Give every operator call its connection's id as one more, last, argument.
+
+    DuckDB calls a UDF on its own worker threads, which carry nothing of the query that asked;
+    with the id the engine finds that query's budget there, so a cancel or time limit stops a
+    model mid-call (execute.py). The last step before SQL is written, once per plan."""
+    names = {name for op in operators for name in (op.name, op.with_model_name)}
+    for call in tree.find_all(exp.Anonymous):
+        if call.name.lower() in names:
+            call.append("expressions", exp.Anonymous(this=CONNECTION_ID))
     return tree
 
 

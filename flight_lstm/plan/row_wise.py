@@ -9,7 +9,7 @@ from flight_lstm.errors import InvalidQuery
 from flight_lstm.plan import Catalog, Plan
 from flight_lstm.plan.emit import to_sql
 from flight_lstm.plan.lift import lift_operators
-from flight_lstm.plan.operators import bind_operators, operators_called
+from flight_lstm.plan.operators import bind_operators, operators_called, tag_connection
 from flight_lstm.plan.parse import parse_one_query
 from flight_lstm.plan.read_only import check_read_only
 
@@ -28,6 +28,7 @@ def plan_row_wise(sql: str, catalog: Catalog) -> Plan:
     check_row_wise(tree, catalog.operators)
     tree = bind_operators(tree, catalog.operators, catalog.check_model)
     called = operators_called(tree, catalog.operators)
+    tree = tag_connection(tree, catalog.operators)
     return Plan(to_sql(tree), (), called, lift=lift_operators(tree, catalog.operators))
 
 
