@@ -10,7 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
-from flight_lstm.limits import Limits
+from flight_lstm.limits import Limits, cap_memory
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +35,10 @@ def _parser() -> argparse.ArgumentParser:
                             "one skips a cold attach; a writer waits for a pause this long (0: let go at once)")
     serve.add_argument("--memory-limit", help="DuckDB's memory for the server, e.g. 4GB (default: DuckDB's, 80%% of RAM); "
                        "a query past it gets UNAVAILABLE")
+    serve.add_argument("--max-memory", metavar="SIZE",
+                       help="cap on the whole process's memory (its data segment), behind --memory-limit: "
+                            "an allocation past it fails that query with UNAVAILABLE (default: what the "
+                            "server holds once started, plus --memory-limit, plus 1 GiB)")
     serve.add_argument("--threads", type=int, help="DuckDB's threads, server-wide (default: one per core)")
     serve.add_argument("--auth-file", type=Path, help="users file (flight-lstm users add); turns auth on")
     serve.add_argument("--token-secret-file", type=Path,
@@ -145,6 +149,10 @@ def _serve(args) -> int:
         service.warm_up()
     except Exception as e:  # a server that cannot score must not start half-working
         raise SystemExit(f"error: the models failed to load: {e}") from None
+    try:
+        cap_memory(args.memory_limit, args.max_memory)
+    except ValueError as e:
+        raise SystemExit(f"error: --max-memory: {e}") from None
     options, scheme = _security(args)
     server = FlightLSTMServer(service, f"{scheme}://{args.host}:{args.port}", **options)
     signal.signal(signal.SIGTERM, lambda *_: _drain(server, args.grace_seconds))

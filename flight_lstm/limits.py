@@ -5,6 +5,9 @@ slot too: it cannot hold one by keeping a stream open."""
 from __future__ import annotations
 
 import math
+import os
+import re
+import resource
 import threading
 import time
 from dataclasses import dataclass
@@ -97,3 +100,65 @@ class Budget:
             raise ResourceExhausted(
                 f"resource exhausted: the result passed the server's limit of {self.limits.max_rows:,} "
                 "rows (--max-rows); add a LIMIT or a filter")
+
+
+# Process memory. DuckDB's --memory-limit covers what its buffer manager holds, not a single
+# expression's value (`len(range(25000000))` built 2 GB under a 1 GB limit) nor the models'
+# tensors or the batches in flight. A cap on the data segment is the last line behind it: past
+# it an allocation fails, DuckDB and Python report out of memory for that query alone, and the
+# server lives on. The data segment counts reserved address space (malloc's arenas, thread
+# stacks), about 1.6 GB for an idle server holding 0.4 GB, so the cap starts from what the
+# server has once its models are loaded.
+HEADROOM = 1 << 30  # more threads and arenas under load, models' tensors, batches in flight
+_SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(I?)B?\s*", re.I)
+
+
+def parse_size(text: str) -> int:
+    """Bytes in a size as DuckDB writes them: `4GB` (10^9), `4GiB` (2^30), `512MB`, `100000`."""
+    found = _SIZE.fullmatch(text)
+    if not found:
+        raise ValueError(f"not a size: {text!r} (write e.g. 4GB or 512MiB)")
+    number, unit, binary = found.groups()
+    power = "KMGT".find(unit.upper()) + 1 if unit else 0
+    return int(float(number) * (1024 if binary else 1000) ** power)
+
+
+def usable_memory() -> int:
+    """The memory this process may use: the machine's, or its container's (cgroup v2) if less."""
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            cgroup = f.read().strip()
+    except OSError:
+        return total
+    return min(total, int(cgroup)) if cgroup.isdigit() else total
+
+
+def data_segment() -> int | None:
+    """This process's data segment now (Linux), the measure RLIMIT_DATA holds to."""
+    try:
+        with open("/proc/self/status") as f:
+            kib = next(line.split()[1] for line in f if line.startswith("VmData:"))
+    except (OSError, StopIteration):
+        return None
+    return int(kib) * 1024
+
+
+def cap_memory(duckdb_limit: str | None, max_memory: str | None = None) -> int | None:
+    """Cap the data segment (RLIMIT_DATA) at `max_memory`, or by default at what the process has
+    now plus DuckDB's limit (else the usable memory) plus HEADROOM. Returns the cap, or None
+    where the platform cannot say what the process holds."""
+    now = data_segment()
+    if max_memory is not None:
+        cap = parse_size(max_memory)
+    elif now is None:
+        return None
+    else:
+        cap = now + (parse_size(duckdb_limit) if duckdb_limit else usable_memory()) + HEADROOM
+    if now is not None and cap < now:
+        raise ValueError(f"the memory cap {cap:,} bytes is below the {now:,} the server already holds")
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    resource.setrlimit(resource.RLIMIT_DATA, (cap, hard))
+    return cap

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import re
+import subprocess
+import sys
 import time
 
 import pyarrow as pa
@@ -15,7 +17,7 @@ from google.protobuf.any_pb2 import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flight_lstm.limits import Limits
+from flight_lstm.limits import Limits, parse_size
 from flight_lstm.server import errors as server_errors
 from flight_lstm.server import flight_sql_messages as messages
 from flight_lstm.server.flight_sql_metadata import like
@@ -242,3 +244,45 @@ def test_a_model_called_by_duckdb_stops_at_the_time_limit(lake, sql):
             assert run(c, "SELECT 41 + 1 AS x").column("x")[0].as_py() == 42
     finally:
         srv.shutdown()
+
+
+def _status(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line.split()[1] for line in f if line.startswith(field + ":"))) * 1024
+
+
+def _data_cap(pid: int) -> int:
+    with open(f"/proc/{pid}/limits") as f:
+        return int(next(line.split()[3] for line in f if line.startswith("Max data size")))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the server's /proc entry")
+def test_a_value_built_outside_duckdbs_accounting_hits_the_process_cap(lake):
+    """DuckDB's --memory-limit does not count one expression's value: `len(range(100000000))`
+    once took the server past 6 GB under a 1 GB limit. The data-segment cap fails that query
+    alone, early, and the server serves on."""
+    proc = subprocess.Popen([sys.executable, "-m", "flight_lstm.cli", "serve", "--source", f"duckdb://{lake}",
+                             "--port", "0", "--memory-limit", "300MB"], stdout=subprocess.PIPE, text=True)
+    try:
+        uri = proc.stdout.readline().strip().rsplit(" on ", 1)[1]
+        cap = _data_cap(proc.pid)
+        assert _status(proc.pid, "VmData") + parse_size("300MB") < cap  # the default: now + limit + headroom
+        with flight.connect(uri) as c:
+            try:  # needs about 1 GB more: right, or out of memory, whichever the heap allows
+                assert run(c, "SELECT len(range(100000000)) AS n").column("n")[0].as_py() == 100_000_000
+            except flight.FlightUnavailableError as e:
+                assert "Out of Memory" in str(e)
+            for sql in ("SELECT len(range(400000000)) AS n", "SELECT length(repeat('x', 3000000000)) AS n"):
+                with pytest.raises(flight.FlightUnavailableError, match="Out of Memory"):
+                    run(c, sql)
+            assert run(c, "SELECT 41 + 1 AS x").column("x")[0].as_py() == 42
+        assert _status(proc.pid, "VmHWM") < cap
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+@pytest.mark.parametrize("text, size", [("4GB", 4_000_000_000), ("4GiB", 4 << 30), ("512 MB", 512_000_000),
+                                        ("1.5kib", 1536), ("100000", 100_000), ("2g", 2_000_000_000)])
+def test_sizes_read_as_duckdb_writes_them(text, size):
+    assert parse_size(text) == size
