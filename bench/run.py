@@ -29,8 +29,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = ROOT.parent / "shared" / "data" / "sst2"
 
-from flight_lstm.models.sentiment import load_sst2  # noqa: E402
-from flight_lstm.models.forecast import last_window, fill_gaps, flatten, robust_scale, to_arrow  # noqa: E402
+from flight_lstm.models.data import load_sst2  # noqa: E402
+from flight_lstm.models.series import last_window, fill_gaps, flatten, robust_scale, to_arrow  # noqa: E402
 from udfs import forecast, sentiment  # noqa: E402
 from udfs.base import load_model  # noqa: E402
 

@@ -1,20 +1,230 @@
-"""Train a new model version on the user's own lakehouse data, read through the same read-only
-planner and source as any query, and register it where the server will find it by name."""
+"""Training, in one place: the recipe that fits each model, the shipped models' recipes, and
+training a new version on the user's own lakehouse data, read through the same read-only planner
+and source as any query and registered where the server will find it by name.
+
+The loop itself (optimizer, early stopping, weight averaging) is `BaseModel.fit`, shared by all.
+"""
 from __future__ import annotations
 
+import hashlib
 import shlex
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import torch
 
 from flight_lstm.errors import InvalidQuery
-from flight_lstm.models import train_forecast, train_sentiment
-from flight_lstm.models.registry import Registry, user_models_dir
+from flight_lstm.evaluate import evaluate_forecast, evaluate_sentiment
+from flight_lstm.models import ModelCard, Registry, default_registry
+from flight_lstm.models.base import BaseModel, seed_everything
+from flight_lstm.models.data import (HOLDOUT, SOFT_LABELS, dataset_dir, holdout_split, load_m4_hourly,
+                                     load_sst2, read_soft_labels)
+from flight_lstm.models.forecast import ForecastModel
+from flight_lstm.models.registry import user_models_dir
+from flight_lstm.models.sentiment import SentimentModel
+from flight_lstm.models.series import TrainingWindows
+from flight_lstm.models.text import Encoded, build_vocab, tokenize
 from flight_lstm.service import Service
 from flight_lstm.sources import open_source
-from udfs.base import registry
+
+
+# -- saving, with a card -------------------------------------------------------------------------
+
+
+def training_record(info: dict, seed: int, epochs: int, data_files, command: str) -> dict:
+    """The card's `training` entry: data provenance, command, seed and what `fit` reported."""
+    files = [{"path": str(p), "sha256_16": hashlib.sha256(Path(p).read_bytes()).hexdigest()[:16]}
+             for p in data_files]
+    return {"data_files": files, "command": command, "seed": seed, "epochs": epochs,
+            "torch": torch.__version__, **info}
+
+
+def save_with_card(model: BaseModel, out_dir: str | Path, *, name: str, version: str,
+                   training: dict, metrics: dict) -> ModelCard:
+    """Save a trained model and its card as out_dir/name/version, where a registry finds it."""
+    card = ModelCard(name=name, version=str(version), kind=model.kind,
+                     created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                     training=training, metrics=metrics)
+    return model.save(out_dir, card)
+
+
+# -- forecast -------------------------------------------------------------------------------------
+
+
+def fit_forecast(series: list[np.ndarray], *, seed: int = 0, epochs: int = 30,
+                 steps_per_epoch: int = 100, batch_size: int = 256, lr: float = 1e-3,
+                 holdout: int = 48, calib_windows: int = 2, window: int = 336,
+                 hidden: int = 128, layers: int = 2, trunc_p: float = 0.2, gap_p: float = 0.2,
+                 patience: int = 8, progress: bool = True) -> tuple[ForecastModel, dict]:
+    """Train on random windows; stop early and calibrate intervals on the calibration windows.
+
+    The last `holdout` points of every series are never used, so they can serve as a test set.
+    """
+    rng = seed_everything(seed)
+    model = ForecastModel(window=window, hidden=hidden, layers=layers)
+    windows = TrainingWindows([np.asarray(s, np.float64) for s in series], window, model.horizon,
+                              holdout, calib_windows)
+    z_c, obs_c, target_c = windows.calibration()
+
+    def calib_mae() -> float:
+        return float(np.abs(model.scaled_forecast(z_c, obs_c) - target_c).mean())
+
+    info = model.fit(windows.sampler(batch_size, steps_per_epoch, trunc_p, gap_p), calib_mae,
+                     rng=rng, epochs=epochs, lr=lr, patience=patience, desc="forecast",
+                     progress=progress)
+    model.calibrate_intervals(z_c, obs_c, target_c)
+    info.update(calibration_windows=len(target_c), steps_per_epoch=steps_per_epoch,
+                hparams=dict(window=window, hidden=hidden, layers=layers, batch_size=batch_size,
+                             lr=lr, holdout=holdout, calib_windows=calib_windows,
+                             trunc_p=trunc_p, gap_p=gap_p, patience=patience))
+    return model, info
+
+
+def train_forecast(series: list[np.ndarray], *, name: str, version: str, out_dir: str | Path,
+                   seed: int = 0, epochs: int = 30, data_files=(),
+                   command: str = "train_forecast", **hparams: Any) -> ModelCard:
+    """Train and save a forecast model; the card's metrics hold the calibration-window MAE."""
+    model, info = fit_forecast(series, seed=seed, epochs=epochs, **hparams)
+    return save_with_card(model, out_dir, name=name, version=version,
+                          training=training_record(info, seed, epochs, data_files, command),
+                          metrics={"calibration_scaled_mae": round(info["best_val"], 4)})
+
+
+def train_shipped_forecast(data_dir: str | Path, out_dir: str | Path, *, seed: int = 0,
+                           epochs: int = 40, command: str | None = None, **hparams: Any
+                           ) -> ModelCard:
+    """The shipped m4-hourly-lstm@1, evaluated M4-style on the held-back last 48 points.
+
+    data_dir is the shared data root (holding m4_hourly/) or the m4_hourly folder itself.
+    """
+    data_dir = dataset_dir(data_dir, "m4_hourly")
+    csv = data_dir / "Hourly-train.csv"
+    series = list(load_m4_hourly(csv).values())
+    model, info = fit_forecast(series, seed=seed, epochs=epochs, holdout=48, **hparams)
+    command = command or f"train_shipped_forecast({str(data_dir)!r}, {str(out_dir)!r})"
+    return save_with_card(model, out_dir, name="m4-hourly-lstm", version="1",
+                          training=training_record(info, seed, epochs, [csv], command),
+                          metrics=evaluate_forecast(model, series))
+
+
+# -- sentiment ------------------------------------------------------------------------------------
+
+
+def _sentiment_batches(enc: Encoded, labels: np.ndarray, batch_size: int,
+             teacher: np.ndarray | None = None):
+    """Epoch iterator: shuffled buckets of rows with similar length; labels < 0 become NaN."""
+    keep = np.flatnonzero(enc.lengths > 0)
+    labels = np.where(labels < 0, np.nan, labels).astype(np.float32)
+    extra = () if teacher is None else (np.asarray(teacher, np.float32),)
+
+    def epoch(rng: np.random.Generator):
+        noisy = enc.lengths[keep] + rng.uniform(0, 2, len(keep))
+        order = keep[np.argsort(noisy)]
+        chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        for k in rng.permutation(len(chunks)):
+            rows = chunks[k]
+            yield (torch.from_numpy(enc.pad(rows)), torch.from_numpy(enc.lengths[rows]),
+                   *(torch.from_numpy(a[rows]) for a in (labels, *extra)))
+
+    return epoch
+
+
+def fit_sentiment(texts: pa.Array, labels: np.ndarray, *, seed: int = 0, epochs: int = 8,
+                  dev: tuple[pa.Array, np.ndarray] | None = None, vocab_size: int = 14_000,
+                  embed_dim: int = 128, hidden: int = 128, dropout: float = 0.5,
+                  batch_size: int = 128, lr: float = 3e-3, patience: int = 3,
+                  average_last: int = 0, teacher: np.ndarray | None = None,
+                  progress: bool = True) -> tuple[SentimentModel, dict[str, Any]]:
+    """Train a SentimentModel; select the epoch by accuracy on `dev` (or a 10% held-out split),
+    or with `average_last` keep the mean weights of the last epochs (BaseModel.fit).
+
+    With `teacher` (one logit per text) the model is distilled; labels of -1 then mark texts
+    that only the teacher labelled, and the vocabulary comes from the labelled texts alone.
+    """
+    rng = seed_everything(seed)
+    labels = np.asarray(labels, dtype=np.int64)
+    if dev is None:
+        perm = rng.permutation(len(labels))
+        perm = perm[labels[perm] >= 0]
+        cut = max(1, len(perm) // 10)
+        dev = (texts.take(pa.array(perm[:cut])), labels[perm[:cut]])
+        train = np.setdiff1d(np.arange(len(labels)), perm[:cut])
+        texts, labels = texts.take(pa.array(train)), labels[train]
+        teacher = None if teacher is None else np.asarray(teacher)[train]
+    vocab = build_vocab(tokenize(texts.filter(pa.array(labels >= 0))), vocab_size)
+    model = SentimentModel(vocab, embed_dim=embed_dim, hidden=hidden, dropout=dropout)
+    enc, dev_enc = model.encode(texts), model.encode(dev[0])
+    dev_pos = np.asarray(dev[1]) == 1
+
+    def dev_error() -> float:
+        return float(np.mean((model.logits(dev_enc) > 0) != dev_pos))
+
+    info = model.fit(_sentiment_batches(enc, labels, batch_size, teacher), dev_error, rng=rng,
+                     epochs=epochs, lr=lr, patience=patience, average_last=average_last,
+                     desc="sentiment", progress=progress)
+    info.update(vocab_size=len(vocab), train_rows=len(labels), dev_rows=len(dev[1]),
+                distilled=teacher is not None,
+                hparams=dict(embed_dim=embed_dim, hidden=hidden, dropout=dropout,
+                             batch_size=batch_size, lr=lr, patience=patience,
+                             average_last=average_last))
+    return model, info
+
+
+def train_sentiment(texts: pa.Array, labels: np.ndarray, *, name: str, version: str,
+                    out_dir: str | Path, seed: int = 0, epochs: int = 8,
+                    dev: tuple[pa.Array, np.ndarray] | None = None, data_files=(),
+                    command: str = "train_sentiment", **hparams: Any) -> ModelCard:
+    """Train and save a sentiment model; the card's metrics hold the selection accuracy."""
+    model, info = fit_sentiment(texts, labels, seed=seed, epochs=epochs, dev=dev, **hparams)
+    return save_with_card(model, out_dir, name=name, version=version,
+                          training=training_record(info, seed, epochs, data_files, command),
+                          metrics={"selection_accuracy": round(1 - info["best_val"], 4)})
+
+
+def train_shipped_sentiment(data_dir: str | Path, out_dir: str | Path,
+                            soft_labels: str | Path | None = None, *, seed: int = 0,
+                            epochs: int = 8, average_last: int = 4, version: str = "4",
+                            command: str | None = None) -> ModelCard:
+    """The shipped sst2-bilstm: distilled from the MiniLM teacher's logits on the training
+    phrases, sentences and their augmented copies (soft_labels, default SOFT_LABELS; made by
+    flight_lstm.models.teacher).  The served weights are the mean of the last `average_last`
+    epochs'.  Held-out training sentences (their phrases never trained on) are scored per epoch;
+    this recipe was chosen among the candidates on held-out and dev together (README).
+
+    data_dir is the shared data root (holding sst2/) or the sst2 folder itself.
+    """
+    data_dir = dataset_dir(data_dir, "sst2")
+    soft_labels = Path(soft_labels or SOFT_LABELS)
+    if not soft_labels.exists():
+        raise FileNotFoundError(f"no soft labels at {soft_labels}; make them with "
+                                "flight_lstm.models.teacher.train_teacher and soft_labels")
+    texts, labels, logits, notes = read_soft_labels(soft_labels)
+    if (notes["seed"], notes["holdout"]) != (seed, HOLDOUT):
+        raise ValueError(f"{soft_labels} was made for another held-out split: {notes}")
+    data = load_sst2(data_dir)
+    held_out = holdout_split(data, HOLDOUT, seed)["held_out"]
+    model, info = fit_sentiment(texts, labels, seed=seed, epochs=epochs, dev=held_out,
+                                average_last=average_last, teacher=logits)
+    files = [*(data_dir / f for f in ("train_phrases.tsv", "train.tsv", "dev.tsv")), soft_labels]
+    command = command or (f"train_shipped_sentiment({str(data_dir)!r}, {str(out_dir)!r}, "
+                          f"{str(soft_labels)!r})")
+    training = training_record(info, seed, epochs, files, command)
+    training["teacher"] = notes
+    return save_with_card(
+        model, out_dir, name="sst2-bilstm", version=version, training=training,
+        metrics={"dev": evaluate_sentiment(model, *data["dev"]),
+                 "held_out": evaluate_sentiment(model, *held_out),
+                 "teacher_dev_accuracy": notes["teacher_dev_accuracy"],
+                 "note": "held_out: 10% of the training sentences, kept out with their phrases; "
+                         "the recipe (augmentation, weight averaging) was chosen on held_out and "
+                         "dev together"})
+
+
+# -- on the user's own data -----------------------------------------------------------------------
 
 
 def read_query(service: Service, sql: str) -> pa.Table:
@@ -50,7 +260,7 @@ def texts_and_labels(table: pa.Table) -> tuple[pa.Array, np.ndarray]:
 
 def next_version(name: str, out_dir: Path) -> str:
     """One past the highest version of `name` in the target directory or anywhere the server looks."""
-    cards = Registry([out_dir]).cards() + registry().cards()
+    cards = Registry([out_dir]).cards() + default_registry().cards()
     versions = [int(c.version) for c in cards if c.name == name and c.version.isdigit()]
     return str(max(versions, default=0) + 1)
 
@@ -68,3 +278,4 @@ def train_from_source(kind: str, source_uri: str, sql: str, name: str, *, out_di
         return train_forecast(series_from_table(table), **options)
     texts, labels = texts_and_labels(table)
     return train_sentiment(texts, labels, **options)
+

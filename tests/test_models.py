@@ -10,21 +10,15 @@ import pyarrow as pa
 import pytest
 import torch
 
-from flight_lstm.models import (
-    MAX_HORIZON,
-    ForecastModel,
-    ModelNotFound,
-    Registry,
-    SentimentModel,
-    default_registry,
-    evaluate_sentiment,
-    load_sst2,
-    tokenize,
-    train_forecast,
-    train_sentiment,
-)
-from flight_lstm.models.forecast import fill_gaps, fit_forecast, naive2, seasonality_test, to_arrow
-from flight_lstm.models.sentiment import detokenize, fit_sentiment, holdout_split
+from flight_lstm.evaluate import evaluate_sentiment, naive2, seasonality_test
+from flight_lstm.models import ModelNotFound, Registry, default_registry
+from flight_lstm.models.data import holdout_split, load_sst2
+from flight_lstm.models.forecast import MAX_HORIZON, ForecastModel
+from flight_lstm.models.sentiment import SentimentModel
+from flight_lstm.models.series import fill_gaps, to_arrow
+from flight_lstm.models.text import detokenize, tokenize
+from flight_lstm.training import fit_forecast, fit_sentiment, train_forecast, train_sentiment
+from udfs.base import load_model
 
 SST2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst2"
 POS = ["good", "great", "fun", "moving", "brilliant", "charming"]
@@ -294,6 +288,12 @@ def test_default_registry_searches_env_dirs_first(registry_dirs, monkeypatch):
     assert default_registry().resolve("forecast").name == "m4-hourly-lstm"  # packaged fallback
     monkeypatch.delenv("FLIGHT_LSTM_MODELS")
     assert "weights" in default_registry().resolve("sentiment").path
+
+
+def test_the_operators_load_through_the_one_registry(registry_dirs, monkeypatch):
+    monkeypatch.setenv("FLIGHT_LSTM_MODELS", str(registry_dirs[1]))
+    model = load_model("sentiment", None)
+    assert model is default_registry().load("sentiment") and model.card.ref == "sst2-bilstm@99"
 
 
 # -- forecast training ----------------------------------------------------------------------------

@@ -6,11 +6,12 @@ Registration in an engine is generic: one loop over `OPERATORS` (see udfs/__init
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
 from typing import Callable
 
 import numpy as np
 import pyarrow as pa
+
+from flight_lstm.models import default_registry as registry  # the process's one registry
 
 
 @dataclass(frozen=True)
@@ -28,14 +29,6 @@ class Operator:
     def with_model_name(self) -> str:
         """Engines register one signature per name, so the model-choosing form gets its own."""
         return f"{self.name}__with_model"
-
-
-@cache
-def registry():
-    """The process-wide model registry (torch and weights load on first use, not at import)."""
-    from flight_lstm.models import default_registry
-
-    return default_registry()
 
 
 def load_model(kind: str, model: str | None):

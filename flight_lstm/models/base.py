@@ -1,4 +1,4 @@
-"""Shared base for all models: persistence, the seeded training loop and the model card.
+"""Shared base for all models: persistence and the seeded training loop.
 
 Each model is one nn.Module subclass that declares its `kind`, keeps its constructor arguments in
 `self.config` and implements `training_loss`.  The base then saves/loads it as
@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import collections
 import copy
-import hashlib
 import math
 import sys
 import time
 from collections.abc import Callable, Iterable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -23,19 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .registry import CARD_FILE, WEIGHTS_FILE, ModelCard
-
-_KINDS: dict[str, type[BaseModel]] = {}
-
-
-def model_class(kind: str) -> type[BaseModel]:
-    return _KINDS[kind]
-
-
-def dataset_dir(data: str | Path, name: str) -> Path:
-    """A dataset's folder, given it or the shared data root holding it (e.g. `sst2`, `m4_hourly`)."""
-    data = Path(data)
-    return data / name if (data / name).is_dir() else data
+from .card import CARD_FILE, WEIGHTS_FILE, ModelCard
 
 
 def seed_everything(seed: int) -> np.random.Generator:
@@ -44,25 +30,9 @@ def seed_everything(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def training_record(info: dict, seed: int, epochs: int, data_files, command: str) -> dict:
-    """The card's `training` entry: data provenance, command, seed and what `fit` reported."""
-    files = [{"path": str(p), "sha256_16": hashlib.sha256(Path(p).read_bytes()).hexdigest()[:16]}
-             for p in data_files]
-    return {"data_files": files, "command": command, "seed": seed, "epochs": epochs,
-            "torch": torch.__version__, **info}
-
-
 class BaseModel(nn.Module):
     kind: ClassVar[str]
     card: ModelCard | None
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        _KINDS[cls.kind] = cls
 
     def __init__(self, **config: Any):
         super().__init__()

@@ -1,56 +1,48 @@
-"""Model cards and the registry that finds, resolves and loads versioned models.
+"""The registry that finds, resolves and loads versioned models, one per process and model path.
 
 A model lives in `<root>/<name>/<version>/` as `model.pt` + `card.json`.  Roots are searched in
 order, so a directory given in FLIGHT_LSTM_MODELS can shadow a packaged model of the same name and
-version.  Loading is cached and locked so concurrent queries load each model once.
+version.  Loading is cached and locked so concurrent queries load each model once.  A model's
+module, and torch with it, is imported when the first model of its kind loads, so the operators
+and the server start without torch.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import json
+import importlib
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-KINDS = ("sentiment", "forecast")
-DEFAULTS = {"sentiment": ("sst2-bilstm", ""), "forecast": ("m4-hourly-lstm", "1")}
+from .card import CARD_FILE, ModelCard
+
 PACKAGED_WEIGHTS = Path(__file__).resolve().parent / "weights"
-CARD_FILE, WEIGHTS_FILE = "card.json", "model.pt"
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A kind of model: the class that loads its weights, and the model used when none is named."""
+
+    module: str
+    class_name: str
+    default: tuple[str, str]  # (name, version); version "" is the name's latest
+
+
+KINDS = {
+    "sentiment": Kind("flight_lstm.models.sentiment", "SentimentModel", ("sst2-bilstm", "")),
+    "forecast": Kind("flight_lstm.models.forecast", "ForecastModel", ("m4-hourly-lstm", "1")),
+}
 
 
 class ModelNotFound(ValueError):
     """A model reference that matches nothing of the requested kind."""
 
 
-@dataclass
-class ModelCard:
-    """What a model is, how it was trained and how well it did; `path` is set when found on disk."""
-
-    name: str
-    version: str
-    kind: str
-    created: str
-    training: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)
-    path: str = ""
-
-    @property
-    def ref(self) -> str:
-        return f"{self.name}@{self.version}"
-
-    def write(self, directory: Path) -> None:
-        fields = dataclasses.asdict(self)
-        del fields["path"]  # where a card lives is a property of the install, not of the model
-        (directory / CARD_FILE).write_text(json.dumps(fields, indent=2) + "\n")
-
-    @classmethod
-    def read(cls, directory: Path) -> ModelCard:
-        fields = json.loads((directory / CARD_FILE).read_text())
-        return cls(**{**fields, "version": str(fields["version"]), "path": str(directory)})
+def model_class(kind: str):
+    """The class of `kind`'s models; the one place where model modules, and torch, get imported."""
+    return getattr(importlib.import_module(KINDS[kind].module), KINDS[kind].class_name)
 
 
 def _version_key(version: str) -> tuple[int, int, str]:
@@ -64,7 +56,7 @@ class Registry:
     def __init__(self, dirs: list[str | Path]):
         self.dirs = [Path(d) for d in dirs]
         self._lock = threading.Lock()
-        self._loaded: dict[str, Any] = {}
+        self._loaded: dict[str, object] = {}
 
     def cards(self) -> list[ModelCard]:
         """Every model found, first root winning when a name@version appears twice."""
@@ -80,7 +72,7 @@ class Registry:
         if kind not in KINDS:
             raise ModelNotFound(f"unknown model kind {kind!r}; kinds are {', '.join(KINDS)}")
         if ref is None:
-            name, version = DEFAULTS[kind]
+            name, version = KINDS[kind].default
         else:
             name, _, version = ref.strip().partition("@")
         cards = self.cards()
@@ -104,8 +96,6 @@ class Registry:
         with self._lock:
             model = self._loaded.get(card.path)
             if model is None:
-                from .base import model_class  # late: base imports this module
-
                 model = model_class(kind).load(Path(card.path))
                 self._loaded[card.path] = model
             return model
@@ -116,16 +106,22 @@ def _registry_for(dirs: tuple[str, ...]) -> Registry:
     return Registry(list(dirs))
 
 
+def _env_dirs() -> list[str]:
+    return [d for d in os.environ.get("FLIGHT_LSTM_MODELS", "").split(os.pathsep) if d]
+
+
 def user_models_dir() -> Path:
     """Where `flight-lstm train --source ...` registers new versions unless told otherwise."""
-    extra = [d for d in os.environ.get("FLIGHT_LSTM_MODELS", "").split(os.pathsep) if d]
+    extra = _env_dirs()
     if extra:
         return Path(extra[0])
     return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "flight-lstm" / "models"
 
 
 def default_registry() -> Registry:
-    """Registry over FLIGHT_LSTM_MODELS (os.pathsep-separated, searched first), the user's models
-    directory, then the packaged weights."""
-    extra = [d for d in os.environ.get("FLIGHT_LSTM_MODELS", "").split(os.pathsep) if d]
-    return _registry_for(tuple(dict.fromkeys((*extra, str(user_models_dir()), str(PACKAGED_WEIGHTS)))))
+    """The process's registry over FLIGHT_LSTM_MODELS (os.pathsep-separated, searched first), the
+    user's models directory, then the packaged weights.  The environment is read on every call, and
+    each set of directories keeps one registry, so a changed FLIGHT_LSTM_MODELS takes effect and
+    models already loaded from the same directories are not loaded again."""
+    dirs = (*_env_dirs(), str(user_models_dir()), str(PACKAGED_WEIGHTS))
+    return _registry_for(tuple(dict.fromkeys(dirs)))

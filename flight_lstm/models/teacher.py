@@ -21,8 +21,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .base import dataset_dir
-from .sentiment import HOLDOUT, SOFT_LABELS, detokenize, holdout_split, load_sst2
+from .data import HOLDOUT, SOFT_LABELS, dataset_dir, holdout_split, load_sst2
+from .text import detokenize
 
 TEACHER_DIR = SOFT_LABELS.parent / "sst2-minilm-teacher"
 MASK = "<mask>"  # masked word in augmented text: the student's UNK, the teacher's [MASK]

@@ -2,8 +2,9 @@
 
 SST-2 is lowercased, Penn-Treebank tokenized text ("is n't", "-lrb- great ! -rrb-"), while users
 send raw text ("isn't", "(great!)").  Both go through the same normalisation, at training and at
-inference, so that both spellings become the same tokens.  Every step is an Arrow kernel over the
-whole column; there is no per-row Python.
+inference, so that both spellings become the same tokens; `detokenize` goes the other way, to
+test and teach on raw-looking text.  Every step is an Arrow kernel over the whole column; there is
+no per-row Python.
 """
 
 from __future__ import annotations
@@ -62,6 +63,21 @@ def tokenize(texts: pa.Array | pa.ChunkedArray) -> pa.Array:
     text = normalize(texts)
     text = pc.if_else(pc.equal(text, ""), pa.scalar(None, text.type), text)
     return pc.utf8_split_whitespace(text)
+
+
+_DETOKENIZE = (
+    (r" n't\b", "n't"), (r"\bca n't", "can't"), (r"\bwo n't", "won't"),
+    (r" '(s|re|ve|ll|d|m)\b", r"'\1"), (r"-lrb- ", "("), (r" -rrb-", ")"),
+    (r"\\(.)", r"\1"), (r"`` ", '"'), (r" ''", '"'), (r"` ", "'"),
+    (r" ([.,!?;:%])", r"\1"), (r"\bcan not\b", "cannot"),
+)
+
+
+def detokenize(texts: pa.Array) -> pa.Array:
+    """A raw-looking copy of PTB-tokenized text ("is n't" -> "isn't", "-lrb- a -rrb-" -> "(a)")."""
+    for pattern, replacement in _DETOKENIZE:
+        texts = pc.replace_substring_regex(texts, pattern=pattern, replacement=replacement)
+    return pc.utf8_capitalize(texts)
 
 
 def build_vocab(tokens: pa.Array, max_size: int, min_count: int = 1) -> list[str]:
