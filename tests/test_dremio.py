@@ -22,10 +22,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from dremio_standin import DremioStandin  # noqa: E402
 
 from flight_lstm.errors import InvalidQuery, QueryCancelled, SourceUnavailable  # noqa: E402
-from flight_lstm.execute import Engine  # noqa: E402
+from flight_lstm.engine import Engine  # noqa: E402
 from flight_lstm.plan import Plan  # noqa: E402
 from flight_lstm.sources import open_source  # noqa: E402
-from flight_lstm.sources.dremio import DremioSource, quote_part, split_schema, stream_error  # noqa: E402
+from flight_lstm.dremio.errors import stream_error  # noqa: E402
+from flight_lstm.dremio.names import quote_part, split_schema  # noqa: E402
+from flight_lstm.sources.dremio import DremioSource  # noqa: E402
 
 PASSWORD = "s3cret-Pa55word"
 PAT = "pat-7f3a9c1e5b"

@@ -9,34 +9,9 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import pyarrow as pa
-from sqlglot import exp
 
 from flight_lstm.errors import InvalidQuery
-from flight_lstm.plan.parse import parse_one_query
-
-MODEL, SCORED_AT = "_model", "_scored_at"
-COLUMNS = (pa.field(MODEL, pa.string()), pa.field(SCORED_AT, pa.timestamp("us", tz="UTC")))
-
-
-def model_of(sql: str, operators) -> str | None:
-    """The `_model` value for rows of `sql`: each operator call's model, resolved now (a bare
-    name or the default means its latest version at the time of the run)."""
-    from flight_lstm.models import ModelNotFound
-    from udfs.base import registry
-
-    by_name = {op.name: op for op in operators}
-    refs = set()
-    for call in parse_one_query(sql).find_all(exp.Anonymous):
-        op = by_name.get(call.name.lower())
-        if op is None:
-            continue
-        args = call.expressions
-        named = len(args) == len(op.params) + 1 and isinstance(args[-1], exp.Literal)
-        try:
-            refs.add(registry().resolve(op.model_kind, args[-1].this if named else None).ref)
-        except ModelNotFound as e:
-            raise InvalidQuery(str(e)) from None
-    return ",".join(sorted(refs)) or None
+from flight_lstm.sinks.base import LINEAGE as COLUMNS, MODEL, SCORED_AT  # noqa: F401 - named here too
 
 
 def with_lineage(schema: pa.Schema) -> pa.Schema:

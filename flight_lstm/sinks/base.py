@@ -10,6 +10,12 @@ import pyarrow as pa
 from flight_lstm.errors import FlightLSTMError
 
 
+# The lineage columns every enrichment run adds to the rows it commits (enrich/lineage.py): a
+# target that stores them otherwise gives them back as these (e.g. Dremio's zone-less TIMESTAMP).
+MODEL, SCORED_AT = "_model", "_scored_at"
+LINEAGE = (pa.field(MODEL, pa.string()), pa.field(SCORED_AT, pa.timestamp("us", tz="UTC")))
+
+
 class TargetError(FlightLSTMError):
     """The target cannot take the rows: missing schema, different columns, unwritable."""
 

@@ -1,5 +1,5 @@
-"""A table in Dremio, written over the Flight connection of the job's `dremio://` source (same
-credentials: DREMIO_PASSWORD or DREMIO_TOKEN).
+"""A table in Dremio, written through the one Dremio client (flight_lstm/dremio), opened from the
+job's `dremio://` source URI (same credentials: DREMIO_PASSWORD or DREMIO_TOKEN).
 
     --source dremio://USER@HOST:32010 --into dremio:space.folder.table   (parts may be "quoted")
 
@@ -41,18 +41,16 @@ import pyarrow as pa
 import sqlglot
 from sqlglot import exp
 
+from flight_lstm.dremio import DremioClient, parse_uri
+from flight_lstm.dremio.names import quote_path
 from flight_lstm.errors import InvalidQuery, QueryRefused
-from flight_lstm.sinks.base import Sink, TargetError
-from flight_lstm.sources.dremio import DremioClient, DremioSource, quote_part
+from flight_lstm.identifiers import quote
+from flight_lstm.sinks.base import LINEAGE, Sink, TargetError
 
 log = logging.getLogger("flight_lstm.sinks.dremio")
 
 STATEMENT_ROWS = 500
 STATEMENT_BYTES = 1_000_000
-
-
-def quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def string(value: str) -> str:
@@ -66,7 +64,7 @@ class DremioSink(Sink):
 
     def __init__(self, client: DremioClient, parts: tuple[str, ...]):
         self.client, self.parts = client, parts
-        self.ref = ".".join(quote_part(p) for p in parts)
+        self.ref = quote_path(parts)
         self._exists = False  # set by schema(), which a run calls first, and by the CTAS
 
     @classmethod
@@ -75,7 +73,7 @@ class DremioSink(Sink):
             raise TargetError("a Dremio target (--into dremio:space.folder.table) writes through "
                               "the job's Dremio source: use --source dremio://USER@HOST:32010")
         try:
-            client = DremioSource.from_uri(source_uri).client
+            client = parse_uri(source_uri).client()
         except ValueError as e:
             raise TargetError(f"cannot open the Dremio target: {e}") from None
         return cls(client, _parse_table(uri))
@@ -159,9 +157,7 @@ def _parse_table(uri: str) -> tuple[str, ...]:
 
 def _as_written(schema: pa.Schema) -> pa.Schema:
     """Dremio's zone-less millisecond TIMESTAMP as the rows carry it: `_scored_at` was written in UTC."""
-    from flight_lstm.enrich.lineage import COLUMNS  # not at the top: the enrich package imports the sinks
-
-    stamped = COLUMNS[1]
+    stamped = LINEAGE[1]
     return pa.schema([
         pa.field(f.name, stamped.type if f.name == stamped.name else pa.timestamp("us"))
         if pa.types.is_timestamp(f.type) else f.remove_metadata() for f in schema

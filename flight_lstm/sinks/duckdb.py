@@ -13,16 +13,13 @@ import sqlglot
 from sqlglot import exp
 
 from flight_lstm.errors import SourceUnavailable
+from flight_lstm.identifiers import quote
 from flight_lstm.sinks.base import Sink, TargetError
 from flight_lstm.sinks.keys import is_text, same_key
 from flight_lstm.sources.duckdb import DuckDBSource
 
 # A server query holds the file for a moment; a commit waits this long for it before failing.
 OPEN_TIMEOUT = 60.0
-
-
-def quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 class DuckDBTableSink(Sink):

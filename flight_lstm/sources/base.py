@@ -21,8 +21,14 @@ class Source(ABC):
 
     @classmethod
     @abstractmethod
-    def from_uri(cls, uri: str) -> "Source":
-        """Build from `scheme://...`; the URI may hold credentials, so never log it."""
+    def from_uri(cls, uri: str, *, keep_attached: float = 0.0) -> "Source":
+        """Build from `scheme://...`; the URI may hold credentials, so never log it. The keywords
+        are the options a URI does not carry (`open_source(uri, **options)`); every source takes
+        each, one that has no use for it ignores it:
+
+        keep_attached  seconds (0 or more) to keep what the last query attached, so the next one
+                       skips a cold attach; 0 lets go as soon as a query ends
+        """
 
     @abstractmethod
     def tables(self) -> list[str]:

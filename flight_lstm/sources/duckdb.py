@@ -35,14 +35,14 @@ class DuckDBSource(Source):
         self._closed = False
 
     @classmethod
-    def from_uri(cls, uri: str) -> "DuckDBSource":
+    def from_uri(cls, uri: str, *, keep_attached: float = 0.0) -> "DuckDBSource":
         parsed = urlparse(uri)
         if parsed.scheme not in ("", cls.scheme):
             raise ValueError(f"not a DuckDB URI: {parsed.scheme}://")
         path = unquote(parsed.netloc + parsed.path) if parsed.scheme else uri
         if not path:
             raise ValueError("a DuckDB source needs a file: duckdb:///abs/path/lake.db")
-        return cls(path)
+        return cls(path, keep_attached)
 
     def tables(self) -> list[str]:
         con = duckdb.connect()

@@ -1,0 +1,60 @@
+"""The source and sink contracts as a whole: options through open_source, one quoting rule, the
+layers (sinks and the Dremio client below enrichment)."""
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+
+import duckdb
+import pytest
+
+from flight_lstm.dremio import parse_uri
+from flight_lstm.identifiers import quote
+from flight_lstm.sources import SOURCES, open_source
+from flight_lstm.sources.base import Source
+
+
+def test_every_source_takes_every_option_of_the_contract():
+    options = [name for name, p in inspect.signature(Source.from_uri).parameters.items() if p.kind is p.KEYWORD_ONLY]
+    assert options == ["keep_attached"]
+    for kind in SOURCES.values():
+        assert set(options) <= set(inspect.signature(kind.from_uri).parameters), kind.__name__
+
+
+def test_open_source_passes_options(tmp_path, monkeypatch):
+    lake = tmp_path / "lake.db"
+    duckdb.connect(str(lake)).close()
+    assert open_source(f"duckdb://{lake}").keep_attached == 0
+    assert open_source(f"duckdb://{lake}", keep_attached=2.5).keep_attached == 2.5
+    with pytest.raises(ValueError, match="keep_attached"):
+        open_source(str(lake), keep_attached=-1)
+    with pytest.raises(TypeError):
+        open_source(str(lake), colour="blue")
+    monkeypatch.setenv("DREMIO_PASSWORD", "pw")
+    monkeypatch.delenv("DREMIO_TOKEN", raising=False)
+    dremio = open_source("dremio://alice@127.0.0.1:1", keep_attached=0.5)  # nothing to keep: taken, unused
+    assert dremio.describe() == "dremio:alice@127.0.0.1:1"
+
+
+def test_parsed_dremio_settings_never_show_the_secret(monkeypatch):
+    monkeypatch.delenv("DREMIO_PASSWORD", raising=False)
+    monkeypatch.setenv("DREMIO_TOKEN", "pat-secret")
+    settings = parse_uri("dremio+tls://h:1?routing_tag=x&system_tables=true")
+    assert settings.token == "pat-secret" and settings.system_tables and settings.headers == {"routing_tag": "x"}
+    assert "pat-secret" not in repr(settings)
+    assert "s3cret" not in repr(parse_uri("dremio://bob:s3cret@h"))
+
+
+def test_one_identifier_quoting_rule():
+    assert quote("a") == '"a"' and quote('we"ird') == '"we""ird"' and quote("") == '""'
+    name = 'we"ird name'
+    assert duckdb.sql(f"SELECT 1 AS {quote(name)}").columns == [name]
+
+
+def test_sinks_and_the_dremio_client_load_without_enrichment():
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, flight_lstm.sinks, flight_lstm.dremio, flight_lstm.sources; "
+                               "print(sorted(m for m in sys.modules if m.startswith('flight_lstm.enrich')))"],
+        capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"
