@@ -10,7 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
-from flight_lstm.limits import Limits, cap_memory
+from flight_lstm.engine import BATCH_ROWS, Limits, cap_memory
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8815)
     serve.add_argument("--view", action="append", default=[], metavar='NAME="SQL"',
                        help="publish a query as a named dataset (repeatable)")
-    serve.add_argument("--batch-rows", type=int, default=65_536, help="rows per streamed batch")
+    serve.add_argument("--batch-rows", type=int, default=BATCH_ROWS, help="rows per streamed batch")
     serve.add_argument("--keep-attached", type=float, default=0.5, metavar="SECONDS",
                        help="a DuckDB source file stays attached this long after the last query, so the next "
                             "one skips a cold attach; a writer waits for a pause this long (0: let go at once)")
@@ -132,7 +132,6 @@ def _serve(args) -> int:
     from flight_lstm.server import FlightLSTMServer
     from flight_lstm.service import Service
     from flight_lstm.sources import open_source
-    from flight_lstm.sources.duckdb import DuckDBSource
 
     views = dict(_split_view(v) for v in args.view)
     limits = Limits(max_queries=args.max_queries, queue_seconds=args.queue_seconds,
@@ -140,9 +139,7 @@ def _serve(args) -> int:
                     idle_seconds=args.idle_seconds)
     if args.keep_attached < 0:
         raise SystemExit("--keep-attached is seconds: 0 or more")
-    source = open_source(args.source)
-    if isinstance(source, DuckDBSource):
-        source.keep_attached = args.keep_attached
+    source = open_source(args.source, keep_attached=args.keep_attached)
     service = Service(source, views=views, batch_rows=args.batch_rows,
                       memory_limit=args.memory_limit, threads=args.threads, limits=limits)
     try:
@@ -271,10 +268,9 @@ def _models(args) -> int:
 
 
 def _train(args) -> int:
-    from flight_lstm.models import train_shipped_forecast, train_shipped_sentiment
     from flight_lstm.models.registry import user_models_dir
     from flight_lstm.service import card_summary
-    from flight_lstm.training import train_from_source
+    from flight_lstm.training import train_from_source, train_shipped_forecast, train_shipped_sentiment
 
     epochs = {"epochs": args.epochs} if args.epochs else {}
     if args.source:

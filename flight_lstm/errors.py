@@ -27,3 +27,17 @@ class ResourceExhausted(FlightLSTMError):
 
 class QueryTimedOut(FlightLSTMError):
     """The query ran past its time limit and was stopped."""
+
+
+def first_line(error: BaseException) -> str:
+    """An error's message fit for one line of an answer: its first line, else its class name."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def text_of(data: bytes, what: str) -> str:
+    """Client bytes that must be UTF-8 text (SQL, a statement handle)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidQuery(f"{what} must be UTF-8 SQL text") from None

@@ -1,6 +1,6 @@
-"""The product's core, with no wire protocol: plan SQL, find schemas, stream results, describe.
-
-The Flight server (and later the enrichment job) are thin faces over this.
+"""The product's core, with no wire protocol: plan SQL, find schemas, stream results, run
+exchanges, plan and score enrichment runs, describe. The one door: the Flight server, DoExchange
+and enrichment (local and Ray) use nothing below it.
 """
 from __future__ import annotations
 
@@ -12,28 +12,41 @@ from typing import Callable, Iterable, Iterator
 
 import pyarrow as pa
 
+from flight_lstm.engine import Engine, Limits
 from flight_lstm.errors import InvalidQuery
-from flight_lstm.exchange import exchange
-from flight_lstm.execute import Engine
+from flight_lstm.identifiers import quote
+from flight_lstm.models import ModelNotFound
 from flight_lstm.plan import Catalog, Plan
-from flight_lstm.plan.row_wise import plan_row_wise
-from flight_lstm.sources import Source
+from flight_lstm.plan.increment import CHUNK, DONE, Increment, build
+from flight_lstm.plan.parse import parse_one_query
+from flight_lstm.sinks.keys import key_types
+from flight_lstm.sources import Source, open_source
 from udfs import OPERATORS
 from udfs.base import registry
 
 CACHE_BYTES = 16 * 2**20  # per cache: plans, or schemas, by the query texts and SQL they hold
 
+# A batch job reads every key of a table and may score a big chunk for long: the caps a server
+# puts on one query's rows and time are not for it.
+JOB_LIMITS = Limits(query_seconds=None, max_rows=None)
 
-def quote(name: str) -> str:
-    """A name as one double-quoted SQL identifier."""
-    return '"' + name.replace('"', '""') + '"'
+
+@dataclasses.dataclass(frozen=True)
+class Enrichment:
+    """An enrichment run's queries, from its SQL parsed once (plan/increment.py)."""
+
+    output: pa.Schema  # the query's result (found without running an operator)
+    model: str | None  # the `_model` lineage value: 'name@version' of each model, comma-separated
+    increment: Increment
+    keys: Plan  # every candidate key and whether it is done; reads DONE
+    chunk: Plan  # the query's rows for one chunk of keys; reads CHUNK
 
 
 class Service:
     def __init__(self, source: Source, *, views: dict[str, str] | None = None, **engine_options):
         self.source = source
         self.engine = Engine(source, OPERATORS, **engine_options)
-        self.catalog = Catalog(operators=OPERATORS, check_model=check_model,
+        self.catalog = Catalog(operators=OPERATORS, resolve_model=resolve_model,
                                pushdown_dialect=source.pushdown_dialect, columns_of=source.columns)
         self.view_sql = dict(views or {})
         self._plans = SourceCache(source, plan_bytes)
@@ -45,15 +58,39 @@ class Service:
         """The server is stopping: the source lets go of what it kept between queries."""
         self.engine.close()
 
-    def plan(self, sql: str) -> Plan:
+    @classmethod
+    def for_jobs(cls, source_uri: str) -> "Service":
+        """A service for batch jobs (enrichment, here or in a Ray worker): no time or row cap."""
+        return cls(open_source(source_uri), limits=JOB_LIMITS)
+
+    def plan(self, sql: str, local_tables: tuple[str, ...] = ()) -> Plan:
         """Cached per query text while the source stays the same: GetFlightInfo and DoGet each
-        plan the query, and planning costs 1-2 ms."""
+        plan the query, and planning costs 1-2 ms. `local_tables` are tables the caller passes
+        to `collect` (not cached: a job plans each of its queries once)."""
+        if local_tables:
+            return self._plan_in_slot(sql, local_tables)
         return self._plans.get(sql, lambda: self._plan_in_slot(sql))
 
-    def _plan_in_slot(self, sql: str) -> Plan:
+    def _plan_in_slot(self, query, local_tables: tuple[str, ...] = ()) -> Plan:
         """Planning a large text costs CPU (sqlglot, then DuckDB's parse): it waits for a slot."""
         with self.engine.admitted():
-            return self.catalog.plan(sql)
+            return self.catalog.plan(query, local_tables)
+
+    def plan_enrichment(self, sql: str, keys: tuple[str, ...], *, watermark: str | None = None,
+                        rescore_on_model_change: bool = False) -> Enrichment:
+        """Check a run's query and plan its keys and chunk queries; the SQL is parsed once."""
+        query = parse_one_query(sql)
+        plan = self._plan_in_slot(query)
+        output = self.schema(plan)
+        model = ",".join(sorted(plan.models)) or None
+        increment = build(query, keys, OPERATORS, key_types=key_types(output, keys), watermark=watermark,
+                          model=model, rescore_on_model_change=rescore_on_model_change)
+        return Enrichment(output, model, increment, self._plan_in_slot(increment.keys_query, (DONE,)),
+                          self._plan_in_slot(increment.chunk_query, (CHUNK,)))
+
+    def collect(self, plan: Plan, tables: dict[str, pa.Table]) -> pa.Table:
+        """The whole result, with `tables` readable by the names the plan was given as local."""
+        return self.engine.collect(plan, tables)
 
     def dataset_sql(self, name: str, kind: str | None = None) -> str:
         """The query behind a dataset: a published view (by name) or a source table (as listed).
@@ -108,8 +145,8 @@ class Service:
         """Run row-wise SQL over a table named `input` holding the caller's batches, one at a time:
         (output schema, one output batch per input batch, in order)."""
         with self.engine.admitted():  # planning costs CPU like any query's
-            plan = plan_row_wise(sql, self.catalog)
-        return exchange(self.engine, plan, schema, batches, cancelled)
+            plan = self.catalog.plan_exchange(sql)
+        return self.engine.exchange(plan, schema, batches, cancelled)
 
     def warm_up(self) -> None:
         """Load the default models and run each once, so the first query pays nothing and a
@@ -194,10 +231,8 @@ def _without_folders(value):
     return _FOLDERS.sub("", value) if isinstance(value, str) else value
 
 
-def check_model(kind: str, ref: str) -> None:
-    from flight_lstm.models import ModelNotFound
-
+def resolve_model(kind: str, ref: str | None) -> str:
     try:
-        registry().resolve(kind, ref)
+        return registry().resolve(kind, ref).ref
     except ModelNotFound as e:
         raise InvalidQuery(str(e)) from None

@@ -14,7 +14,8 @@ import pytest
 
 from flight_lstm.cli import main
 from flight_lstm.enrich import Job, JobError, TargetBusy, load_jobs, run, run_scheduled
-from flight_lstm.enrich.increment import DONE, build
+from flight_lstm.plan.increment import DONE, build
+from flight_lstm.plan.parse import parse_one_query
 from flight_lstm.enrich.lock import target_lock
 from flight_lstm.enrich.schedule import Schedule, parse_interval
 from flight_lstm.errors import InvalidQuery, QueryRefused, SourceUnavailable
@@ -204,21 +205,21 @@ def test_missing_target_schema_and_mismatched_target_are_clear_errors(lake):
 
 
 def test_source_failing_mid_run_keeps_committed_chunks(lake, monkeypatch):
-    import flight_lstm.enrich.runner as runner
+    from flight_lstm.service import Service
 
-    real, seen = runner._collect, []
+    real, seen = Service.collect, []
 
-    def failing(engine, plan, tables):
+    def failing(service, plan, tables):
         seen.append(1)
         if len(seen) == 3:  # keys query, chunk 1, then chunk 2 fails
             raise SourceUnavailable("the source went away")
-        return real(engine, plan, tables)
+        return real(service, plan, tables)
 
-    monkeypatch.setattr(runner, "_collect", failing)
+    monkeypatch.setattr(Service, "collect", failing)
     with pytest.raises(SourceUnavailable):
         run(job(lake))
     assert target_rows(lake).num_rows == 25
-    monkeypatch.setattr(runner, "_collect", real)
+    monkeypatch.setattr(Service, "collect", real)
     assert run(job(lake)).written == 35
     assert target_rows(lake).column("id").to_pylist() == list(range(60))
 
@@ -306,17 +307,17 @@ def test_schedules():
 
 
 def test_planner_keeps_local_tables_local():
-    increment = build(SQL, ("id",), OPERATORS, watermark="updated_at")
+    increment = build(parse_one_query(SQL), ("id",), OPERATORS, watermark="updated_at")
     catalog = Catalog(operators=OPERATORS, pushdown_dialect="dremio",
                       columns_of=lambda t: ["id", "review", "updated_at"])
-    plan = catalog.plan(increment.keys_sql, local_tables=(DONE,))
+    plan = catalog.plan(increment.keys_query, local_tables=(DONE,))
     assert plan.tables == ("reviews",)
     assert plan.scans and all(DONE not in sql for _, sql in plan.scans)
     assert DONE in plan.sql
 
 
 def test_a_commit_waits_for_a_server_in_this_process_to_let_go_of_the_file(lake):
-    from flight_lstm.execute import Engine
+    from flight_lstm.engine import Engine
     from flight_lstm.plan import Plan
     from flight_lstm.sources.duckdb import DuckDBSource
 

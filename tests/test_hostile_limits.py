@@ -17,7 +17,7 @@ from google.protobuf.any_pb2 import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flight_lstm.limits import Limits, parse_size
+from flight_lstm.engine.limits import Limits, parse_size
 from flight_lstm.server import errors as server_errors
 from flight_lstm.server import flight_sql_messages as messages
 from flight_lstm.server.flight_sql_metadata import like

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from flight_lstm.errors import InvalidQuery, QueryCancelled
-from flight_lstm.execute import Engine
+from flight_lstm.engine import Engine
 from flight_lstm.models import checks
 from flight_lstm.models.checks import between_batches
 from flight_lstm.plan import Catalog

@@ -13,7 +13,7 @@ import pyarrow.flight as flight
 import pytest
 from conftest import run, start_server
 
-from flight_lstm.limits import Limits
+from flight_lstm.engine import Limits
 from flight_lstm.service import Service
 from flight_lstm.sources.duckdb import DuckDBSource
 

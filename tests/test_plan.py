@@ -8,11 +8,12 @@ from flight_lstm.plan import Catalog
 
 @pytest.fixture
 def catalog():
-    def check_model(kind, ref):
-        if ref.split("@")[0] != "known":
+    def resolve_model(kind, ref):
+        if ref is not None and ref.split("@")[0] != "known":
             raise InvalidQuery(f"unknown {kind} model {ref}")
+        return ref
 
-    c = Catalog(operators=udfs.OPERATORS, check_model=check_model)
+    c = Catalog(operators=udfs.OPERATORS, resolve_model=resolve_model)
     c.add_view("scored", "SELECT id, sentiment(review) AS s FROM reviews")
     return c
 

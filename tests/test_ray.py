@@ -25,7 +25,8 @@ from test_enrich import SENTIMENT_REF, make_reviews  # noqa: E402
 from test_enrich_kill import CHUNK, check_whole_chunks, kill_after_commits  # noqa: E402
 
 from flight_lstm.enrich import Job, JobError, run  # noqa: E402
-from flight_lstm.enrich.increment import build  # noqa: E402
+from flight_lstm.plan.increment import build  # noqa: E402
+from flight_lstm.plan.parse import parse_one_query  # noqa: E402
 from flight_lstm.enrich.ray_engine import chunk_sql  # noqa: E402
 from flight_lstm.sinks import open_sink  # noqa: E402
 from udfs import OPERATORS  # noqa: E402
@@ -166,7 +167,7 @@ def test_each_dremio_partition_pushes_its_key_range_down(cluster, tmp_path):
 
 def test_chunk_ranges_are_plain_conditions_on_the_key_expressions():
     sql = "SELECT id AS rid, day, name, x, sentiment(review) AS s FROM t"
-    increment = build(sql, ("rid", "day", "name", "x"), OPERATORS)
+    increment = build(parse_one_query(sql), ("rid", "day", "name", "x"), OPERATORS)
     chunk = pa.table({"rid": pa.array([3, None, 9], pa.int64()),
                       "day": [datetime(2026, 1, 2), None, datetime(2026, 3, 4)],
                       "name": ["it's", "b", "a"], "x": [0.5, 1.5, 2.5]})

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import REVIEWS, run
 from flight_lstm.errors import InvalidQuery, QueryRefused
-from flight_lstm.execute import Engine
+from flight_lstm.engine import Engine
 from flight_lstm.plan import Catalog, Plan
 from flight_lstm.sources.duckdb import DuckDBSource
 from udfs import OPERATORS, sentiment
@@ -334,7 +334,7 @@ def test_plans_are_cached_until_the_file_changes(tmp_path, monkeypatch):
     service = Service(DuckDBSource(make_lake(tmp_path / "plans.db")))
     planned = []
     real_plan = service.catalog.plan
-    monkeypatch.setattr(service.catalog, "plan", lambda sql: (planned.append(sql), real_plan(sql))[1])
+    monkeypatch.setattr(service.catalog, "plan", lambda sql, local_tables=(): (planned.append(sql), real_plan(sql, local_tables))[1])
     sql = "SELECT id, sentiment(review) AS s FROM reviews"
     assert service.plan(sql) is service.plan(sql)  # GetFlightInfo, then DoGet: planned once
     assert planned == [sql]

@@ -9,10 +9,12 @@ from typing import Callable, Iterable, Iterator
 import duckdb
 import pyarrow as pa
 
-from flight_lstm.apply import apply_lift
-from flight_lstm.errors import InvalidQuery
-from flight_lstm.execute import Engine, Running, checked_sql, stopped_by, translated_errors
-from flight_lstm.limits import Budget
+from flight_lstm.engine.database import checked_sql
+from flight_lstm.engine.errors import translated_errors
+from flight_lstm.engine.lift import apply_lift
+from flight_lstm.engine.limits import Budget
+from flight_lstm.engine.running import Running, stopped_by
+from flight_lstm.errors import InvalidQuery, first_line
 from flight_lstm.plan import Plan
 from flight_lstm.plan.row_wise import INPUT
 
@@ -21,7 +23,7 @@ ROW_BY_ROW = {"PROJECTION", "FILTER", "PYTHON_ARROW_SCAN", "ARROW_SCAN", "EMPTY_
 
 
 def exchange(
-    engine: Engine, plan: Plan, schema: pa.Schema, batches: Iterable[pa.RecordBatch],
+    engine, plan: Plan, schema: pa.Schema, batches: Iterable[pa.RecordBatch],
     cancelled: Callable[[], bool] = lambda: False,
 ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
     """The output schema, then the output batches as the input batches arrive.
@@ -48,7 +50,7 @@ def _register(con: duckdb.DuckDBPyConnection, data: pa.RecordBatch | pa.Schema) 
     try:
         con.register(INPUT, data.empty_table() if isinstance(data, pa.Schema) else data)
     except pa.ArrowException as e:
-        raise InvalidQuery(f"DuckDB cannot read the batches you send: {str(e).splitlines()[0]}") from None
+        raise InvalidQuery(f"DuckDB cannot read the batches you send: {first_line(e)}") from None
 
 
 def _check_row_by_row(con: duckdb.DuckDBPyConnection, sql: str) -> None:
@@ -66,7 +68,7 @@ def _nodes(tree: list[dict]) -> Iterator[dict]:
         yield from _nodes(node.get("children", ()))
 
 
-def _run(running: Running, plan: Plan, schema, batches, engine: Engine) -> Iterator[pa.RecordBatch]:
+def _run(running: Running, plan: Plan, schema, batches, engine) -> Iterator[pa.RecordBatch]:
     budget = running.budget
     try:
         with stopped_by(budget), translated_errors(engine.source):

@@ -6,8 +6,8 @@ from typing import Iterable, Iterator
 
 import pyarrow as pa
 
-from flight_lstm.errors import FlightLSTMError, InvalidQuery
-from flight_lstm.limits import Budget
+from flight_lstm.errors import FlightLSTMError, InvalidQuery, first_line
+from flight_lstm.engine.limits import Budget
 from flight_lstm.models.checks import checked_between_batches
 from flight_lstm.plan.lift import Lift, LiftedCall
 
@@ -50,4 +50,4 @@ def _call(call: LiftedCall, batch: pa.RecordBatch, by_name: dict) -> pa.Array:
     except FlightLSTMError:
         raise
     except Exception as e:
-        raise InvalidQuery(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) from None
+        raise InvalidQuery(first_line(e)) from None

@@ -24,12 +24,13 @@ from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from sqlglot import exp, parse_one
+from sqlglot import exp
 
-from flight_lstm.enrich.increment import CHUNK, Increment
 from flight_lstm.enrich.job import Job, JobError
-from flight_lstm.enrich.runner import chunk_keys, open_service, score_chunk
+from flight_lstm.enrich.scoring import chunk_keys, score_chunk
 from flight_lstm.errors import FlightLSTMError
+from flight_lstm.plan.increment import CHUNK, Increment
+from flight_lstm.service import Service
 from flight_lstm.sinks import Sink
 from flight_lstm.sinks.duckdb import DuckDBTableSink
 
@@ -53,7 +54,7 @@ def score(job: Job, increment: Increment, chunks: list[pa.Table]) -> Iterator[tu
 
     if not ray.is_initialized():
         ray.init(address=job.ray_address, **({} if job.ray_address else {"include_dashboard": False}))
-    ray.data.DataContext.get_current().enable_progress_bars = False  # runner.Progress reports
+    ray.data.DataContext.get_current().enable_progress_bars = False  # runner's Progress reports
     workers = job.ray_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
     requests = [pa.table({"chunk": [i], "sql": [chunk_sql(increment, chunk, job.keys)],
                           "keys": pa.array([_pack(chunk_keys(chunk, job.keys))], pa.large_binary())})
@@ -74,9 +75,8 @@ def score(job: Job, increment: Increment, chunks: list[pa.Table]) -> Iterator[tu
 def chunk_sql(increment: Increment, chunk: pa.Table, keys: tuple[str, ...]) -> str:
     """The chunk query, narrowed to the chunk's key range by a condition the source can use."""
     ranges = [r for r in map(_range, increment.key_sql, (chunk.column(k) for k in keys)) if r]
-    if not ranges:
-        return increment.chunk_sql
-    return parse_one(increment.chunk_sql, read="duckdb").where(*ranges, dialect="duckdb").sql(dialect="duckdb")
+    query = increment.chunk_query.copy()
+    return (query.where(*ranges, dialect="duckdb") if ranges else query).sql(dialect="duckdb")
 
 
 def _range(expression: str, values: pa.ChunkedArray) -> str | None:
@@ -100,15 +100,15 @@ class _Scorer:
     """One Ray Data actor: the job's source and the engine with udfs' operators, set up once."""
 
     def __init__(self, source: str):
-        self.service = open_service(source)
+        self.service = Service.for_jobs(source)
 
     def __call__(self, request: pa.Table) -> pa.Table:
         """One chunk (batch_size=1): its rows, or the error a local run would raise for them
         (Ray would hand the driver only its own wrapper)."""
         try:
-            plan = self.service.catalog.plan(request.column("sql")[0].as_py(), local_tables=(CHUNK,))
+            plan = self.service.plan(request.column("sql")[0].as_py(), local_tables=(CHUNK,))
             keys = _unpack(request.column("keys")[0].as_buffer())
-            rows, error = _pack(score_chunk(self.service.engine, plan, keys)), None
+            rows, error = _pack(score_chunk(self.service, plan, keys)), None
         except FlightLSTMError as e:
             rows, error = None, pickle.dumps(e)
         return pa.table({"chunk": request.column("chunk"), "rows": pa.array([rows], pa.large_binary()),

@@ -16,46 +16,31 @@ from typing import Callable, Iterator
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flight_lstm.enrich import increment, lineage
-from flight_lstm.enrich.increment import CHUNK, DONE, DONE_MODEL, DONE_WATERMARK, EXISTING, TODO, key_column
+from flight_lstm.enrich import lineage, ray_engine
 from flight_lstm.enrich.job import Job, JobError
 from flight_lstm.enrich.lock import target_lock
 from flight_lstm.enrich.progress import Progress, Summary
-from flight_lstm.execute import Engine
-from flight_lstm.limits import Limits
-from flight_lstm.plan import Plan
-from flight_lstm.service import Service
+from flight_lstm.enrich.scoring import chunk_keys, score_chunk
+from flight_lstm.plan.increment import DONE, DONE_MODEL, DONE_WATERMARK, EXISTING, TODO, key_column
+from flight_lstm.service import Enrichment, Service
 from flight_lstm.sinks import TargetError, open_sink
-from flight_lstm.sinks.keys import key_types
-from flight_lstm.sources import open_source
-from udfs import OPERATORS
-
-# A run reads every key of a table and may score a big chunk for long: the caps a server puts on
-# one query's rows and time are not for it.
-RUN_LIMITS = Limits(query_seconds=None, max_rows=None)
 
 
 def run(job: Job, *, dry_run: bool = False, wait: bool = False, stop: threading.Event | None = None,
         out: Callable[[str], None] = print) -> Summary:
     """Run `job` once. `stop` ends the run after the chunk being committed; `out` prints the dry run."""
     started = time.monotonic()
-    service = open_service(job.source)
+    service = Service.for_jobs(job.source)
     sink = open_sink(job.into, source_uri=job.source)
     summary = Summary(job.name, sink.describe())
     if (job.watermark or job.rescore_on_model_change) and not sink.replaces:
         raise JobError(f"{sink.describe()} is append-only: --watermark and --rescore-on-model-change "
                        "need a target that can replace rows (a DuckDB table or Iceberg)")
-    model = lineage.model_of(job.sql, OPERATORS)
-    output = service.schema(service.plan(job.sql))  # checks the query; no operator runs
+    planned = service.plan_enrichment(job.sql, job.keys, watermark=job.watermark,
+                                      rescore_on_model_change=job.rescore_on_model_change)
+    output, model = planned.output, planned.model
     expected = lineage.with_lineage(output)
-    plan = increment.build(job.sql, job.keys, OPERATORS, key_types=key_types(output, job.keys),
-                           watermark=job.watermark, model=model, rescore_on_model_change=job.rescore_on_model_change)
-    keys_plan = service.catalog.plan(plan.keys_sql, local_tables=(DONE,))
-    chunk_plan = service.catalog.plan(plan.chunk_sql, local_tables=(CHUNK,))
-
     if job.engine == "ray":
-        from flight_lstm.enrich import ray_engine
-
         ray_engine.check(sink)
     with target_lock(sink.lock_path, sink.describe(), wait=wait):
         sink.recover()
@@ -64,19 +49,19 @@ def run(job: Job, *, dry_run: bool = False, wait: bool = False, stop: threading.
             raise TargetError(f"{sink.describe()} has columns {existing.names}, the job writes {expected.names}")
         target = existing or expected
         done = _done_keys(sink, existing, job, output)
-        candidates = _collect(service.engine, keys_plan, {DONE: done})
+        candidates = service.collect(planned.keys, {DONE: done})
         _check_unique(candidates, job.keys)  # all: a changed row (pending) may share a key with a done one
         pending = candidates.filter(candidates.column(TODO))
         summary.read, summary.skipped = candidates.num_rows, candidates.num_rows - pending.num_rows
         if dry_run:
-            out(_describe(job, sink.describe(), model, plan, keys_plan, chunk_plan, summary, pending))
+            out(_describe(job, sink.describe(), planned, summary, pending))
             summary.seconds = time.monotonic() - started
             return summary
         chunks = [pending.slice(offset, job.chunk_rows) for offset in range(0, pending.num_rows, job.chunk_rows)]
         if job.engine == "ray":
-            scored = ray_engine.score(job, plan, chunks)
+            scored = ray_engine.score(job, planned.increment, chunks)
         else:
-            scored = _score(service.engine, chunk_plan, chunks, job.keys)
+            scored = _score(service, planned.chunk, chunks, job.keys)
         with Progress(job.name, pending.num_rows) as progress:
             for i, rows in scored:
                 _check_unique(rows, job.keys)  # a shape the keys query does not see (DISTINCT, GROUP BY ALL)
@@ -92,32 +77,11 @@ def run(job: Job, *, dry_run: bool = False, wait: bool = False, stop: threading.
     return summary
 
 
-def open_service(source: str) -> Service:
-    """The engine a run reads and scores with, here or in a Ray worker."""
-    return Service(open_source(source), limits=RUN_LIMITS)
-
-
-def _score(engine: Engine, chunk_plan: Plan, chunks: list[pa.Table],
+def _score(service: Service, chunk_plan, chunks: list[pa.Table],
            keys: tuple[str, ...]) -> Iterator[tuple[int, pa.Table]]:
     """(chunk index, the query's rows for that chunk), in this process, one chunk at a time."""
     for i, chunk in enumerate(chunks):
-        yield i, score_chunk(engine, chunk_plan, chunk_keys(chunk, keys))
-
-
-def chunk_keys(chunk: pa.Table, keys: tuple[str, ...]) -> pa.Table:
-    """A chunk's keys as the chunk query reads them (`_chunk_keys`)."""
-    return pa.table({key_column(i): chunk.column(k) for i, k in enumerate(keys)})
-
-
-def score_chunk(engine: Engine, chunk_plan: Plan, keys: pa.Table) -> pa.Table:
-    """The query's rows for one chunk's keys: the key filter sits below the operators."""
-    return _collect(engine, chunk_plan, {CHUNK: keys})
-
-
-def _collect(engine: Engine, plan: Plan, tables: dict[str, pa.Table]) -> pa.Table:
-    """Run to the end, so the source connection is closed before anything is written."""
-    schema, batches = engine.stream(plan, extra_tables=tables)
-    return pa.Table.from_batches(list(batches), schema)
+        yield i, score_chunk(service, chunk_plan, chunk_keys(chunk, keys))
 
 
 def _done_keys(sink, existing: pa.Schema | None, job: Job, output: pa.Schema) -> pa.Table:
@@ -152,13 +116,14 @@ def _conform(rows: pa.Table, schema: pa.Schema) -> pa.Table:
         raise TargetError(f"the rows do not fit the target's columns: {e}") from None
 
 
-def _describe(job, target, model, plan, keys_plan, chunk_plan, summary, pending) -> str:
+def _describe(job: Job, target: str, planned: Enrichment, summary: Summary, pending: pa.Table) -> str:
     chunks = -(-pending.num_rows // job.chunk_rows)
+    keys_plan, chunk_plan = planned.keys, planned.chunk
     scans = "".join(f"\n  source scan {name}: {sql}" for name, sql in (*keys_plan.scans, *chunk_plan.scans))
     return (f"dry run of job {job.name} -> {target} (nothing written)\n"
-            f"model: {model}\n"
+            f"model: {planned.model}\n"
             f"keys query (no operators):\n  {keys_plan.sql}\n"
-            f"incremental filter: a row is done when {DONE} AS d holds {plan.done_condition}\n"
+            f"incremental filter: a row is done when {DONE} AS d holds {planned.increment.done_condition}\n"
             f"chunk query (operators run only on the chunk's keys):\n  {chunk_plan.sql}{scans}\n"
             f"rows: {summary.read} in the query, {summary.skipped} done, {pending.num_rows} to score "
             f"in {chunks} chunk(s) of up to {job.chunk_rows}")

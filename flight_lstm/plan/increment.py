@@ -1,5 +1,6 @@
-"""The incremental filter: which of the query's rows still need scoring, decided before any
-operator runs.
+"""The incremental filter of an enrichment run: which of the query's rows still need scoring,
+decided before any operator runs. A planner step: the run's query, parsed once, in; two queries
+(trees) out, each then planned like any other.
 
 A run puts two queries to the source, each planned like any other:
 - the *keys query*: the user's query with its SELECT list replaced by the key (and watermark)
@@ -19,7 +20,8 @@ import pyarrow as pa
 from sqlglot import exp
 
 from flight_lstm.errors import InvalidQuery
-from flight_lstm.plan.parse import parse_one_query
+from flight_lstm.identifiers import quote
+from flight_lstm.plan.operators import operator_calls
 from flight_lstm.sinks.keys import is_text, same_key
 
 DONE, CHUNK = "_done_keys", "_chunk_keys"
@@ -32,38 +34,33 @@ def key_column(i: int) -> str:
     return f"__enrich_k{i}"
 
 
-def quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 @dataclass(frozen=True)
 class Increment:
-    keys_sql: str  # every candidate key, with EXISTING and TODO flags
-    chunk_sql: str  # the user's query for the keys in CHUNK only
+    keys_query: exp.Query  # every candidate key, with EXISTING and TODO flags
+    chunk_query: exp.Query  # the user's query for the keys in CHUNK only
     done_condition: str  # when a candidate counts as done, for --dry-run
     key_sql: tuple[str, ...]  # each key's expression over the source's columns
 
 
-def build(sql: str, keys: tuple[str, ...], operators, *, key_types: dict[str, pa.DataType] | None = None,
-          watermark: str | None = None, model: str | None = None,
-          rescore_on_model_change: bool = False) -> Increment:
-    """`key_types`, each key's type in the query's output (sinks/keys.key_types), tells which keys are
-    text; a run passes it, so they compare byte for byte whatever the source's collation."""
+def build(tree: exp.Expression, keys: tuple[str, ...], operators, *,
+          key_types: dict[str, pa.DataType] | None = None, watermark: str | None = None,
+          model: str | None = None, rescore_on_model_change: bool = False) -> Increment:
+    """`tree` is the run's query as parsed (left unchanged). `key_types`, each key's type in the
+    query's output (sinks/keys.key_types), tells which keys are text; a run passes it, so they
+    compare byte for byte whatever the source's collation."""
     text = {k for k, t in (key_types or {}).items() if is_text(t)}
-    tree = parse_one_query(sql)
     if not isinstance(tree, exp.Select):
         raise InvalidQuery("enrichment needs one SELECT (not a UNION or VALUES) so rows can be found by key")
     if tree.args.get("limit") or tree.args.get("offset"):
         raise InvalidQuery("enrichment runs the whole query: drop LIMIT/OFFSET")
-    names = {n.lower() for op in operators for n in (op.name, op.with_model_name)}
     below = tree.copy()
     below.set("expressions", [exp.null()])
-    if _calls(below, names):
+    if _calls(below, operators):
         raise InvalidQuery("operators may appear only in the SELECT list of the outer query "
                            "(not in FROM, WHERE, GROUP BY, HAVING or a CTE), so rows can be "
                            "filtered by key before any model runs")
     outputs = _outputs(tree)
-    key_exprs = [_expression(outputs, k, "--key", names) for k in keys]
+    key_exprs = [_expression(outputs, k, "--key", operators) for k in keys]
     for k, e in zip(keys, key_exprs):
         if e.find(exp.AggFunc, exp.Window):
             raise InvalidQuery(f"key {k!r} must be computed without aggregates or window functions")
@@ -73,7 +70,8 @@ def build(sql: str, keys: tuple[str, ...], operators, *, key_types: dict[str, pa
     if watermark:
         if watermark in keys:
             raise InvalidQuery("the watermark column cannot be a key column")
-        selected.append(exp.alias_(_expression(outputs, watermark, "--watermark", names).copy(), watermark, quoted=True))
+        selected.append(exp.alias_(_expression(outputs, watermark, "--watermark", operators).copy(), watermark,
+                                   quoted=True))
     probe.set("expressions", selected)
 
     known = " AND ".join(same_key(f"d.{key_column(i)}", f"p.{quote(k)}", text=k in text)
@@ -83,13 +81,32 @@ def build(sql: str, keys: tuple[str, ...], operators, *, key_types: dict[str, pa
         done += f" AND d.{DONE_MODEL} IS NOT DISTINCT FROM {exp.Literal.string(model).sql() if model else 'NULL'}"
     if watermark:
         done += f" AND NOT coalesce(p.{quote(watermark)} > d.{DONE_WATERMARK}, false)"
-    keys_sql = (f"SELECT p.*, EXISTS (SELECT 1 FROM {DONE} AS d WHERE {known}) AS {EXISTING}, "
-                f"NOT EXISTS (SELECT 1 FROM {DONE} AS d WHERE {done}) AS {TODO} "
-                f"FROM ({probe.sql(dialect='duckdb')}) AS p")
-    in_chunk = " AND ".join(same_key(f"c.{key_column(i)}", f"({e.sql(dialect='duckdb')})", text=k in text)
-                            for i, (k, e) in enumerate(zip(keys, key_exprs)))
-    chunk = tree.copy().where(f"EXISTS (SELECT 1 FROM {CHUNK} AS c WHERE {in_chunk})", dialect="duckdb")
-    return Increment(keys_sql, chunk.sql(dialect="duckdb"), done, tuple(e.sql(dialect="duckdb") for e in key_exprs))
+    keys_query = exp.select(
+        "p.*",
+        exp.alias_(_exists(DONE, "d", known), EXISTING),
+        exp.alias_(exp.not_(_exists(DONE, "d", done)), TODO),
+    ).from_(exp.Subquery(this=probe, alias=exp.TableAlias(this=exp.to_identifier("p"))))
+    in_chunk = exp.and_(*(_with_expression(same_key(f"c.{key_column(i)}", KEY, text=k in text), e)
+                          for i, (k, e) in enumerate(zip(keys, key_exprs))))
+    chunk = tree.copy().where(exp.Exists(this=exp.select("1").from_(f"{CHUNK} AS c").where(in_chunk)))
+    return Increment(keys_query, chunk, done, tuple(e.sql(dialect="duckdb") for e in key_exprs))
+
+
+KEY = "__enrich_key"  # stands for a key's expression in a condition written as text
+
+
+def _exists(table: str, alias: str, condition: str) -> exp.Exists:
+    return exp.Exists(this=exp.select("1").from_(f"{table} AS {alias}").where(condition, dialect="duckdb"))
+
+
+def _with_expression(condition: str, expression: exp.Expression) -> exp.Expression:
+    """`condition` (our own text) with the key's expression tree in place of KEY: the user's SQL
+    is not written out and read back."""
+    tree = exp.condition(condition, dialect="duckdb")
+    for column in list(tree.find_all(exp.Column)):
+        if column.name == KEY and not column.table:
+            column.replace(exp.paren(expression.copy()))
+    return tree
 
 
 def _outputs(select: exp.Select) -> dict[str, exp.Expression] | None:
@@ -103,7 +120,7 @@ def _outputs(select: exp.Select) -> dict[str, exp.Expression] | None:
     return outputs
 
 
-def _expression(outputs: dict, name: str, option: str, operators: set[str]) -> exp.Expression:
+def _expression(outputs: dict, name: str, option: str, operators) -> exp.Expression:
     found = outputs.get(name)
     if found is None:
         found = next((e for n, e in outputs.items() if n is not None and n.lower() == name.lower()), None)
@@ -116,5 +133,5 @@ def _expression(outputs: dict, name: str, option: str, operators: set[str]) -> e
     return found
 
 
-def _calls(node: exp.Expression, operators: set[str]) -> bool:
-    return any(f.name.lower() in operators for f in node.find_all(exp.Anonymous))
+def _calls(node: exp.Expression, operators) -> bool:
+    return next(operator_calls(node, operators), None) is not None

@@ -1,11 +1,12 @@
-"""Check operator calls and route the model-choosing form to its engine-side name.
+"""Operator calls in a tree: find them, check them, route the model-choosing form to its
+engine-side name, and name the models they use.
 
 `sentiment(review, 'sst2-bilstm@4')` becomes `sentiment__with_model(review, 'sst2-bilstm@4')`,
 because an engine registers one signature per function name. Users only see the public names.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from sqlglot import exp
 
@@ -14,16 +15,25 @@ from flight_lstm.errors import InvalidQuery
 CONNECTION_ID = "current_connection_id"
 
 
-def bind_operators(tree: exp.Query, operators: Iterable, check_model: Callable[[str, str], None]) -> exp.Query:
-    by_name = {op.name: op for op in operators}
-    internal = {op.with_model_name for op in by_name.values()}
+def operator_names(operators: Iterable) -> frozenset[str]:
+    """Every name an engine registers for the operators: the public ones and the model-choosing ones."""
+    return frozenset(name for op in operators for name in (op.name, op.with_model_name))
+
+
+def operator_calls(tree: exp.Expression, operators: Iterable) -> Iterator[tuple[exp.Anonymous, object]]:
+    """(call, its operator) for each operator call in the tree, under either of its names."""
+    by_name = {name: op for op in operators for name in (op.name, op.with_model_name)}
     for call in list(tree.find_all(exp.Anonymous)):
-        name = call.name.lower()
-        if name in internal:
-            raise InvalidQuery(f"unknown function {name}()")
-        op = by_name.get(name)
-        if op is None:
-            continue
+        op = by_name.get(call.name.lower())
+        if op is not None:
+            yield call, op
+
+
+def bind_operators(tree: exp.Query, operators: Iterable,
+                   resolve_model: Callable[[str, str | None], str | None]) -> exp.Query:
+    for call, op in operator_calls(tree, operators):
+        if call.name.lower() == op.with_model_name:
+            raise InvalidQuery(f"unknown function {call.name.lower()}()")
         args = call.expressions
         if len(args) == len(op.params):
             call.set("this", op.name)
@@ -36,9 +46,19 @@ def bind_operators(tree: exp.Query, operators: Iterable, check_model: Callable[[
         model = args[-1]
         if not (isinstance(model, exp.Literal) and model.is_string):
             raise InvalidQuery(f"the model argument of {op.name}() must be a string literal like 'name@version'")
-        check_model(op.model_kind, model.this)
+        resolve_model(op.model_kind, model.this)
         call.set("this", op.with_model_name)
     return tree
+
+
+def models_called(tree: exp.Expression, operators: Iterable,
+                  resolve_model: Callable[[str, str | None], str | None]) -> frozenset[str]:
+    """'name@version' of the model behind each (bound) call: the named one, or the kind's default."""
+    refs = set()
+    for call, op in operator_calls(tree, operators):
+        named = call.name.lower() == op.with_model_name
+        refs.add(resolve_model(op.model_kind, call.expressions[len(op.params)].this if named else None))
+    return frozenset(refs - {None})
 
 
 def tag_connection(tree: exp.Expression, operators: Iterable) -> exp.Expression:
@@ -46,15 +66,12 @@ def tag_connection(tree: exp.Expression, operators: Iterable) -> exp.Expression:
 
     DuckDB calls a UDF on its own worker threads, which carry nothing of the query that asked;
     with the id the engine finds that query's budget there, so a cancel or time limit stops a
-    model mid-call (execute.py). The last step before SQL is written, once per plan."""
-    names = {name for op in operators for name in (op.name, op.with_model_name)}
-    for call in tree.find_all(exp.Anonymous):
-        if call.name.lower() in names:
-            call.append("expressions", exp.Anonymous(this=CONNECTION_ID))
+    model mid-call (engine/database.py). The last step before SQL is written, once per plan."""
+    for call, _ in operator_calls(tree, operators):
+        call.append("expressions", exp.Anonymous(this=CONNECTION_ID))
     return tree
 
 
 def operators_called(tree: exp.Expression, operators: Iterable) -> frozenset[str]:
     """Public names of the operators a (bound) tree calls."""
-    names = {name: op.name for op in operators for name in (op.name, op.with_model_name)}
-    return frozenset(names[f.name.lower()] for f in tree.find_all(exp.Anonymous) if f.name.lower() in names)
+    return frozenset(op.name for _, op in operator_calls(tree, operators))

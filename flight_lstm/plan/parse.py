@@ -7,7 +7,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
-from flight_lstm.errors import InvalidQuery, QueryRefused
+from flight_lstm.errors import InvalidQuery, QueryRefused, first_line
 
 MAX_SQL_BYTES = 256 * 1024  # a dense 0.6 MB IN list took 11 s to plan (sqlglot)
 
@@ -42,4 +42,4 @@ def _first_line(error: Exception) -> str:
     if errors:
         e = errors[0]
         return f"{e.get('description')} at line {e.get('line')}, column {e.get('col')}"
-    return str(error).splitlines()[0]
+    return first_line(error)

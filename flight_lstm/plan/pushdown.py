@@ -46,7 +46,7 @@ from sqlglot import exp
 from sqlglot.errors import ErrorLevel, UnsupportedError
 from sqlglot.optimizer.scope import Scope, traverse_scope
 
-from flight_lstm.errors import QueryRefused
+from flight_lstm.errors import QueryRefused, first_line
 from flight_lstm.plan.emit import PLAIN_WORD, to_sql
 from flight_lstm.plan.views import cte_names
 
@@ -292,7 +292,7 @@ def unsendable(node: exp.Expression, dialect: str) -> str | None:
     try:
         node.sql(dialect=dialect, comments=False, unsupported_level=ErrorLevel.RAISE)
     except UnsupportedError as e:
-        return f"the source's SQL has no form for it ({str(e).splitlines()[0][:80]})"
+        return f"the source's SQL has no form for it ({first_line(e)[:80]})"
     return None
 
 

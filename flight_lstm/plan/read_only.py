@@ -46,7 +46,7 @@ def function_name(node: exp.Func) -> str:
     return (node.name if isinstance(node, exp.Anonymous) else node.sql_name()).lower()
 
 
-def check_read_only(tree: exp.Expression) -> None:
+def check_read_only(tree: exp.Expression) -> exp.Expression:
     if not isinstance(tree, exp.Query):
         raise QueryRefused(f"queries are read-only: only SELECT is allowed, got {tree.key.upper()}")
     ctes = cte_names(tree)
@@ -63,6 +63,7 @@ def check_read_only(tree: exp.Expression) -> None:
                 raise QueryRefused(f"table function {name}() is not allowed in FROM")
         if isinstance(node, exp.Table) and (isinstance(node.this, exp.Literal) or _file_like(node, ctes)):
             raise QueryRefused("reading a file by its path is not allowed")
+    return tree
 
 
 def _file_like(table: exp.Table, ctes: set[str]) -> bool:

@@ -1,4 +1,4 @@
-"""Plan a query over a client's own batches (DoExchange): it must work row by row, so that each
+"""Check a query over a client's own batches (DoExchange): it must work row by row, so that each
 batch can run alone and come back as one batch, in order. Whatever needs the whole input is refused
 here, by name, before any data moves."""
 from __future__ import annotations
@@ -6,12 +6,6 @@ from __future__ import annotations
 from sqlglot import exp
 
 from flight_lstm.errors import InvalidQuery
-from flight_lstm.plan import Catalog, Plan
-from flight_lstm.plan.emit import to_sql
-from flight_lstm.plan.lift import lift_operators
-from flight_lstm.plan.operators import bind_operators, operators_called, tag_connection
-from flight_lstm.plan.parse import parse_one_query
-from flight_lstm.plan.read_only import check_read_only
 
 INPUT = "input"
 
@@ -22,17 +16,7 @@ WHOLE_INPUT = (
 )
 
 
-def plan_row_wise(sql: str, catalog: Catalog) -> Plan:
-    tree = parse_one_query(sql)
-    check_read_only(tree)
-    check_row_wise(tree, catalog.operators)
-    tree = bind_operators(tree, catalog.operators, catalog.check_model)
-    called = operators_called(tree, catalog.operators)
-    tree = tag_connection(tree, catalog.operators)
-    return Plan(to_sql(tree), (), called, lift=lift_operators(tree, catalog.operators))
-
-
-def check_row_wise(tree: exp.Expression, operators) -> None:
+def check_row_wise(tree: exp.Expression, operators) -> exp.Expression:
     if not isinstance(tree, exp.Select):
         raise InvalidQuery(f"an exchange runs one SELECT ... FROM {INPUT}, got {tree.key.upper()}")
     for node in tree.walk():
@@ -51,3 +35,4 @@ def check_row_wise(tree: exp.Expression, operators) -> None:
                                "use it in a query (GetFlightInfo/DoGet) instead of an exchange")
     if tree.find(exp.Table) is None:
         raise InvalidQuery(f"an exchange query reads the table {INPUT!r}: SELECT ... FROM {INPUT}")
+    return tree

@@ -12,7 +12,7 @@ import json
 import pyarrow as pa
 import pyarrow.flight as flight
 
-from flight_lstm.errors import InvalidQuery, QueryRefused
+from flight_lstm.errors import InvalidQuery, QueryRefused, text_of
 from flight_lstm.server import liveness
 from flight_lstm.server.auth import BasicBearerAuth, NoOpAuthHandler, caller
 from flight_lstm.server.errors import flight_errors, mapped
@@ -29,13 +29,6 @@ ACTIONS = {
 }
 
 
-def sql_of(data: bytes) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidQuery("the command must be UTF-8 SQL text") from None
-
-
 class FlightLSTMServer(flight.FlightServerBase):
     def __init__(self, service: Service, location: str = "grpc://127.0.0.1:8815", *,
                  auth: BasicBearerAuth | None = None, **kwargs):
@@ -49,7 +42,7 @@ class FlightLSTMServer(flight.FlightServerBase):
 
     def _ticket_sql(self, descriptor: flight.FlightDescriptor) -> str:
         if descriptor.descriptor_type == flight.DescriptorType.CMD:
-            return sql_of(descriptor.command)
+            return text_of(descriptor.command, "the command")
         return self.service.dataset_sql(".".join(p.decode() if isinstance(p, bytes) else p for p in descriptor.path))
 
     def _info(self, context, descriptor: flight.FlightDescriptor) -> flight.FlightInfo:
@@ -90,7 +83,7 @@ class FlightLSTMServer(flight.FlightServerBase):
                 cancelled = liveness.cancelled(context)
                 schema, batches, query.operators = self.flight_sql.do_get(*message, cancelled, caller(context))
             else:
-                plan = self.service.plan(sql_of(ticket.ticket))
+                plan = self.service.plan(text_of(ticket.ticket, "the command"))
                 (schema, batches), query.operators = self.service.stream(plan, liveness.cancelled(context)), plan.operators
         except BaseException as e:
             query.end(e)
@@ -112,7 +105,7 @@ class FlightLSTMServer(flight.FlightServerBase):
         query = Query("do_exchange")
         try:
             batches = (chunk.data for chunk in reader if chunk.data is not None)
-            schema, results = self.service.exchange(sql_of(descriptor.command), reader.schema, batches,
+            schema, results = self.service.exchange(text_of(descriptor.command, "the command"), reader.schema, batches,
                                                     liveness.cancelled(context))
         except BaseException as e:
             query.end(e)
@@ -138,7 +131,7 @@ class FlightLSTMServer(flight.FlightServerBase):
         elif action.type == "models":
             body = self.service.models()
         elif action.type == "explain":
-            body = self.service.explain(sql_of(action.body.to_pybytes()))
+            body = self.service.explain(text_of(action.body.to_pybytes(), "the command"))
         else:
             raise InvalidQuery(f"unknown action {action.type!r}; known: {', '.join(ACTIONS)}")
         return [flight.Result(json.dumps(body).encode())]

@@ -14,10 +14,8 @@ from typing import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.flight as flight
-import sqlglot
-from sqlglot import exp
 
-from flight_lstm.errors import InvalidQuery, QueryRefused
+from flight_lstm.errors import InvalidQuery, QueryRefused, text_of
 from flight_lstm.server import flight_sql_messages as messages
 from flight_lstm.server import flight_sql_metadata as metadata
 from flight_lstm.server.prepared import PARAMETER_BYTES, STATEMENT_TTL, PreparedStatements
@@ -78,7 +76,7 @@ class FlightSQL:
 
     def do_get(self, name: str, value: bytes, cancelled: Callable[[], bool], user: str | None) -> Stream:
         if name == "TicketStatementQuery":
-            plan = self.service.plan(_utf8(messages.unpack(name, value).statement_handle))
+            plan = self.service.plan(text_of(messages.unpack(name, value).statement_handle, "the statement handle"))
             return (*self.service.stream(plan, cancelled), plan.operators)
         if name == "CommandPreparedStatementQuery":
             sql, params = self.statements.get(messages.unpack(name, value).prepared_statement_handle, user)
@@ -137,8 +135,7 @@ class FlightSQL:
             _no_transaction(request)
             plan = self.service.plan(request.query)  # refuses writes and DDL, as every query
             # With placeholders the result types wait for the values (DoPut), so no schema yet.
-            parameterized = sqlglot.parse_one(plan.sql, read="duckdb").find(exp.Placeholder) is not None
-            schema = b"" if parameterized else self.service.schema(plan).serialize().to_pybytes()
+            schema = b"" if plan.parameters else self.service.schema(plan).serialize().to_pybytes()
             result = messages.ActionCreatePreparedStatementResult(
                 prepared_statement_handle=self.statements.open(request.query, user), dataset_schema=schema)
             return [messages.pack(result)]
@@ -182,10 +179,3 @@ def _other_catalog(command) -> bool:
 
 def _opt(message, field: str) -> str | None:
     return getattr(message, field) if message.HasField(field) else None
-
-
-def _utf8(data: bytes) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidQuery("the statement handle must be UTF-8 SQL text") from None

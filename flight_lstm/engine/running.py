@@ -1,0 +1,102 @@
+"""A query in flight, between the engine that starts it and the watchdog that may stop it."""
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import duckdb
+import pyarrow as pa
+
+from flight_lstm.engine.errors import translated_errors
+from flight_lstm.engine.limits import Budget
+from flight_lstm.errors import FlightLSTMError, QueryCancelled
+from flight_lstm.sources import Source
+
+
+class Running:
+    """A query in flight: its cursor, its result reader, its budget and its slot, given back once
+    by `end`, whichever comes first: the stream's end, its collection, or the watchdog.
+
+    Work on the cursor happens inside `step()`. The watchdog's `stop` interrupts a step mid-way;
+    a query between steps is waiting on its client (not reading, or not sending), and is ended
+    at once: result and cursor closed, source let go, slot freed. The client's next move gets
+    the reason."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, budget: Budget, release: Callable[[], None]):
+        self.con, self.budget, self._release = con, budget, release
+        self.result = None  # a reader over the cursor's result: it outlives a closed cursor
+        self.unwatch: Callable[[], None] = lambda: None
+        self._busy = threading.Lock()
+        self._ended = False
+        self._stopped: Exception | None = None  # why the watchdog ended it, kept for the client
+
+    @contextmanager
+    def step(self):
+        with self._busy:
+            if self._ended:
+                raise self._stopped or self.budget.stopped()
+            try:
+                yield
+            finally:
+                self.budget.touch()  # idle time is the client's, counted from the end of our work
+
+    def due(self) -> bool:
+        """Whether the watchdog should stop it: cancelled or out of time, or idle between steps
+        (a long blocking step is the server's work, not a silent client)."""
+        budget = self.budget
+        return budget.should_stop() or (not self._busy.locked() and budget.idle())
+
+    def stop(self) -> None:
+        self.con.interrupt()
+        if self._busy.acquire(blocking=False):  # between steps: nothing runs on the cursor
+            try:
+                self._stopped = self._stopped or self.budget.stopped()
+                self.end()
+            finally:
+                self._busy.release()
+
+    def end(self) -> None:
+        with _ending:
+            if self._ended:
+                return
+            self._ended = True
+        try:
+            self.unwatch()
+            if self.result is not None:
+                self.result.close()  # DuckDB's result goes now, not when a collector finds it
+        finally:
+            self._release()
+
+
+_ending = threading.Lock()
+
+
+def batches(running: Running, source: Source) -> Iterator[pa.RecordBatch]:
+    try:
+        with stopped_by(running.budget), translated_errors(source):
+            while True:
+                running.budget.touch()
+                with running.step():
+                    try:
+                        batch = running.result.read_next_batch()
+                    except StopIteration:
+                        return
+                running.budget.spend(batch.num_rows)
+                yield batch
+    finally:
+        running.end()
+
+
+@contextmanager
+def stopped_by(budget: Budget):
+    """An interrupted query says why it stopped: its client, or its time limit. So does a model
+    that a budget check stopped on one of DuckDB's threads, whose error DuckDB wraps as its own."""
+    try:
+        yield
+    except QueryCancelled:
+        raise budget.stopped() from None
+    except (FlightLSTMError, duckdb.Error, OSError):
+        if budget.should_stop():
+            raise budget.stopped() from None
+        raise

@@ -1,0 +1,54 @@
+"""One thread that stops the queries whose budget says so."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable
+
+from flight_lstm.engine.running import Running
+
+
+class Watchdog:
+    """Stops each running query whose budget says so: interrupts DuckDB, mid-operator too, and
+    ends a query that waits on a silent client (`Running.stop`).
+
+    One thread serves all of an engine's queries, so a query starts and joins no thread of its
+    own (that cost a short query ~2 ms); the thread ends once nothing is watched for a tick."""
+
+    TICK = 0.1  # seconds between looks: how late a cancel or time limit may act
+
+    def __init__(self):
+        self._watched: dict[int, Running] = {}
+        self._lock = threading.Lock()
+        self._running = False
+
+    def watch(self, running: Running) -> Callable[[], None]:
+        """Guard `running` until the returned call, which also interrupts whatever still runs on it."""
+        with self._lock:
+            self._watched[id(running)] = running
+            if not self._running:
+                self._running = True
+                threading.Thread(target=self._run, name="flight-lstm-watchdog", daemon=True).start()
+
+        def unwatch() -> None:
+            with self._lock:
+                self._watched.pop(id(running), None)
+            running.con.interrupt()
+
+        return unwatch
+
+    def _run(self) -> None:
+        idle = False
+        while True:
+            time.sleep(self.TICK)
+            with self._lock:
+                if not self._watched:
+                    if idle:
+                        self._running = False
+                        return
+                    idle = True
+                    continue
+                idle = False
+                due = [r for r in self._watched.values() if r.due()]
+            for r in due:  # outside the lock (ending a query unwatches it); again each tick until it ends
+                r.stop()
