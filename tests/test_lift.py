@@ -1,4 +1,4 @@
-"""Operator calls lifted out of DuckDB (plan/lift.py, apply.py) answer exactly as DuckDB calling
+"""Operator calls lifted out of DuckDB (plan/lift.py, engine/lift.py) answer exactly as DuckDB calling
 them would: same rows, names, types and values, and the same errors."""
 from __future__ import annotations
 

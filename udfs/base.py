@@ -1,7 +1,7 @@
 """What an operator is: a SQL signature plus the vectorized Arrow function behind it.
 
 Operators know Arrow arrays and the model registry, nothing about DuckDB, Flight or sources.
-Registration in an engine is generic: one loop over `OPERATORS` (see udfs/__init__.py).
+Registration in an engine is generic: one loop over `OPERATORS` (flight_lstm/engine/database.py).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """When two rows have the same key: when their key values are identical, text byte for byte. Every
 place that compares keys uses this one relation, or exactly-once breaks where two of them differ:
 the run's uniqueness check (Arrow group_by), its keys-vs-done anti-join and chunk filter (DuckDB,
-enrich/increment.py), and each target's idempotent write (DuckDB, Iceberg, Dremio).
+plan/increment.py), and each target's idempotent write (DuckDB, Iceberg, Dremio).
 
 The engines agree on identity for some types only, so a key must have one of them:
 - floating point is refused: DuckDB holds -0.0 = 0.0 and NaN = NaN where Arrow keeps 0.0 and -0.0
