@@ -112,3 +112,15 @@ def test_errors_and_the_models_action_name_no_server_path(served_copy):
     assert "/" not in str(e.value).split("Detail")[0]
     body = b"".join(r.body.to_pybytes() for r in client.do_action(flight.Action("models", b"")))
     assert b'"/' not in body and b"/work" not in body and b"shared/data" not in body
+
+
+@pytest.mark.parametrize("sql, error", [
+    ("SELECT sentiment(review, current_connection_id()) FROM reviews", "must be a string literal"),
+    ("SELECT sentiment__with_model(review, 'sst2-bilstm@4', 1::UBIGINT) FROM reviews", "unknown function"),
+    ("SELECT sentiment(review, 'sst2-bilstm@4', 1) FROM reviews", "takes 1 argument"),
+])
+def test_a_client_cannot_name_the_connection_an_operator_call_reports_to(client, sql, error):
+    """The planner alone adds each call's connection id (the key to its query's time limit):
+    a client that passes one itself, to slip out of its own limit, is refused."""
+    with pytest.raises(flight.FlightServerError, match=error):
+        run(client, sql)
