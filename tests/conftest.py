@@ -1,4 +1,5 @@
-"""Shared fixtures: a real DuckDB file made by the test, a real Flight server on a loopback port."""
+"""Shared fixtures: a real DuckDB file made by the test, a real Flight server on a loopback port,
+and for enrichment a reviews lake of the test's own and a count of model calls."""
 from __future__ import annotations
 
 import threading
@@ -9,6 +10,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
+from enrichment import make_reviews, sentiment_module
 from flight_lstm.server import FlightLSTMServer
 from flight_lstm.service import Service
 from flight_lstm.sources.duckdb import DuckDBSource
@@ -84,3 +86,28 @@ def client(server):
 def run(client: flight.FlightClient, sql: str) -> pa.Table:
     info = client.get_flight_info(flight.FlightDescriptor.for_command(sql))
     return pa.concat_tables(client.do_get(e.ticket).read_all() for e in info.endpoints)
+
+
+@pytest.fixture
+def reviews_lake(tmp_path) -> str:
+    """A DuckDB file of this test's own with 60 `reviews` to enrich (enrichment.make_reviews), as a
+    source URI; not the session's shared `lake`."""
+    return make_reviews(tmp_path / "lake.db")
+
+
+@pytest.fixture
+def calls(monkeypatch) -> list[int]:
+    """Texts each model call scored: proof of which rows reached an operator."""
+    seen: list[int] = []
+    real = sentiment_module.load_model
+
+    class Counting:
+        def __init__(self, model):
+            self.model = model
+
+        def score(self, texts):
+            seen.append(len(texts))
+            return self.model.score(texts)
+
+    monkeypatch.setattr(sentiment_module, "load_model", lambda kind, model: Counting(real(kind, model)))
+    return seen

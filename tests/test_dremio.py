@@ -19,6 +19,8 @@ import pyarrow.flight as flight
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+from dremio_fixtures import DEEP, PAT, PASSWORD, PATHS, ROWS, sample_database  # noqa: E402
+from dremio_fixtures import env, standin  # noqa: E402,F401  (fixtures)
 from dremio_standin import DremioStandin  # noqa: E402
 
 from flight_lstm.errors import InvalidQuery, QueryCancelled, SourceUnavailable  # noqa: E402
@@ -28,34 +30,6 @@ from flight_lstm.sources import open_source  # noqa: E402
 from flight_lstm.dremio.errors import stream_error  # noqa: E402
 from flight_lstm.dremio.names import quote_part, split_schema  # noqa: E402
 from flight_lstm.sources.dremio import DremioSource  # noqa: E402
-
-PASSWORD = "s3cret-Pa55word"
-PAT = "pat-7f3a9c1e5b"
-ROWS = 200_000
-DEEP = '"my space"."folder.with.dots".sub.reviews'
-PATHS = {DEEP: "reviews", "space.folder.reviews": "reviews", "space.folder.big": "big", ("Samples", "select"): "reviews"}
-
-
-def _database() -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect()
-    con.execute("CREATE TABLE reviews AS SELECT range AS id, 'review ' || range AS review FROM range(100)")
-    con.execute(f"CREATE TABLE big AS SELECT range AS id, range * 2 AS twice FROM range({ROWS})")
-    return con
-
-
-@pytest.fixture
-def standin():
-    s = DremioStandin(_database(), PATHS, users={"alice": PASSWORD}, pats={PAT: "alice"}, batch_rows=4096).start()
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-def env(monkeypatch):
-    monkeypatch.delenv("DREMIO_TOKEN", raising=False)
-    monkeypatch.setenv("DREMIO_PASSWORD", PASSWORD)
-    return monkeypatch
-
 
 def source(standin, query: str = "", scheme: str = "dremio", user: str = "alice@") -> DremioSource:
     src = open_source(f"{scheme}://{user}127.0.0.1:{standin.port}{'?' + query if query else ''}")
@@ -346,7 +320,7 @@ def test_tls_with_a_ca_file(tmp_path, env):
          "-keyout", str(key), "-out", str(cert)],
         check=True, capture_output=True,
     )
-    s = DremioStandin(_database(), PATHS, users={"alice": PASSWORD}, tls=(cert.read_bytes(), key.read_bytes()))
+    s = DremioStandin(sample_database(), PATHS, users={"alice": PASSWORD}, tls=(cert.read_bytes(), key.read_bytes()))
     s.start()
     try:
         src = open_source(f"dremio+tls://alice@localhost:{s.port}?ca={cert}")

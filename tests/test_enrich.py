@@ -1,17 +1,16 @@
 """Enrichment runs in-process against real DuckDB files, Parquet directories and Iceberg tables."""
 from __future__ import annotations
 
-import importlib
 import subprocess
 import sys
 import threading
 import time
 
-import duckdb
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
+from enrichment import SENTIMENT_REF, SQL, job, make_reviews, source_sql, target_rows
 from flight_lstm.cli import main
 from flight_lstm.enrich import Job, JobError, TargetBusy, load_jobs, run, run_scheduled
 from flight_lstm.plan.increment import DONE, build
@@ -23,70 +22,15 @@ from flight_lstm.plan import Catalog
 from flight_lstm.sinks import TargetError, open_sink
 from udfs import OPERATORS
 
-from udfs.base import registry  # noqa: E402
-
-SENTIMENT_REF = registry().resolve("sentiment").ref  # lineage names the model that scored
-
-sentiment_module = importlib.import_module("udfs.sentiment")  # the package re-exports a function of that name
-
-WORDS = ["a moving , beautifully acted film .", "dull , lifeless and far too long .", "It isn't good at all.",
-         "one of the best films of the year", None, "terrible script , awful acting"]
-SQL = "SELECT id, review, updated_at, sentiment(review) AS sentiment FROM reviews"
-
-
-def make_reviews(path, n: int = 60) -> str:
-    with duckdb.connect(str(path)) as con:
-        con.execute(f"""CREATE TABLE reviews AS SELECT i::BIGINT AS id, (i % 3)::INTEGER AS part,
-            ['{WORDS[0]}', '{WORDS[1]}', 'It isn''t good at all.', '{WORDS[3]}', NULL, '{WORDS[5]}'][i % 6 + 1] AS review,
-            TIMESTAMP '2026-01-01' AS updated_at FROM range({n}) t(i)""")
-    return f"duckdb://{path}"
-
-
-@pytest.fixture
-def lake(tmp_path) -> str:
-    return make_reviews(tmp_path / "lake.db")
-
-
-@pytest.fixture
-def calls(monkeypatch) -> list[int]:
-    """Texts each model call scored: proof of which rows reached an operator."""
-    seen: list[int] = []
-    real = sentiment_module.load_model
-
-    class Counting:
-        def __init__(self, model):
-            self.model = model
-
-        def score(self, texts):
-            seen.append(len(texts))
-            return self.model.score(texts)
-
-    monkeypatch.setattr(sentiment_module, "load_model", lambda kind, model: Counting(real(kind, model)))
-    return seen
-
-
-def job(lake, into="reviews_scored", **options) -> Job:
-    return Job.from_options("t", {"source": lake, "sql": SQL, "key": "id", "into": into, "chunk_rows": 25, **options})
-
-
-def target_rows(lake, into="reviews_scored") -> pa.Table:
-    sink = open_sink(into, source_uri=lake)
-    return sink.read(list(sink.schema().names)).sort_by("id")
-
-
-def source_sql(lake, sql: str) -> None:
-    with duckdb.connect(lake.removeprefix("duckdb://")) as con:
-        con.execute(sql)
-
 
 @pytest.mark.parametrize("into", ["reviews_scored", "parquet", "iceberg"])
-def test_first_run_writes_every_row_with_lineage_and_second_writes_nothing(lake, tmp_path, calls, into):
+def test_first_run_writes_every_row_with_lineage_and_second_writes_nothing(reviews_lake, tmp_path, calls, into):
     into = {"parquet": f"parquet://{tmp_path}/scored", "iceberg": f"iceberg://{tmp_path}/wh/lake.scored"}.get(into, into)
     if into.startswith("iceberg"):
         (tmp_path / "wh").mkdir()
-    first = run(job(lake, into))
+    first = run(job(reviews_lake, into))
     assert (first.read, first.scored, first.written, first.skipped, first.chunks) == (60, 60, 60, 0, 3)
-    rows = target_rows(lake, into)
+    rows = target_rows(reviews_lake, into)
     assert rows.column("id").to_pylist() == list(range(60))
     assert set(rows.column("_model").to_pylist()) == {SENTIMENT_REF}
     assert rows.schema.field("_scored_at").type.tz in ("UTC", "Etc/UTC")
@@ -94,60 +38,61 @@ def test_first_run_writes_every_row_with_lineage_and_second_writes_nothing(lake,
     assert sum(calls) == 60
 
     calls.clear()
-    second = run(job(lake, into))
+    second = run(job(reviews_lake, into))
     assert (second.read, second.scored, second.written, second.skipped) == (60, 0, 0, 60)
     assert calls == []  # already-scored rows cost no model call
-    assert target_rows(lake, into).num_rows == 60
+    assert target_rows(reviews_lake, into).num_rows == 60
 
 
-def test_new_rows_only_are_scored(lake, calls):
-    run(job(lake))
-    source_sql(lake, "INSERT INTO reviews SELECT 100 + i, 0, 'great fun', TIMESTAMP '2026-01-01' FROM range(7) t(i)")
+def test_new_rows_only_are_scored(reviews_lake, calls):
+    run(job(reviews_lake))
+    source_sql(reviews_lake,
+               "INSERT INTO reviews SELECT 100 + i, 0, 'great fun', TIMESTAMP '2026-01-01' FROM range(7) t(i)")
     calls.clear()
-    summary = run(job(lake))
+    summary = run(job(reviews_lake))
     assert (summary.scored, summary.written, summary.skipped) == (7, 7, 60)
     assert sum(calls) == 7
-    assert target_rows(lake).num_rows == 67
+    assert target_rows(reviews_lake).num_rows == 67
 
 
 @pytest.mark.parametrize("into", ["reviews_scored", "iceberg"])
-def test_watermark_rescores_changed_rows_and_keeps_each_key_once(lake, tmp_path, calls, into):
+def test_watermark_rescores_changed_rows_and_keeps_each_key_once(reviews_lake, tmp_path, calls, into):
     if into == "iceberg":
         (tmp_path / "wh").mkdir()
         into = f"iceberg://{tmp_path}/wh/lake.scored"
-    run(job(lake, into, watermark="updated_at"))
-    source_sql(lake, "UPDATE reviews SET review = 'an awful , boring mess', updated_at = TIMESTAMP '2026-02-01' "
-                     "WHERE id IN (0, 3, 30)")
+    run(job(reviews_lake, into, watermark="updated_at"))
+    source_sql(reviews_lake, "UPDATE reviews SET review = 'an awful , boring mess', "
+                             "updated_at = TIMESTAMP '2026-02-01' WHERE id IN (0, 3, 30)")
     calls.clear()
-    summary = run(job(lake, into, watermark="updated_at"))
+    summary = run(job(reviews_lake, into, watermark="updated_at"))
     assert (summary.scored, summary.written) == (3, 3)
     assert sum(calls) == 3
-    rows = target_rows(lake, into)
+    rows = target_rows(reviews_lake, into)
     assert rows.column("id").to_pylist() == list(range(60))
     changed = rows.filter(pa.compute.is_in(rows.column("id"), pa.array([0, 3, 30])))
     assert all(s < 0 for s in changed.column("sentiment").to_pylist())
-    assert run(job(lake, into, watermark="updated_at")).written == 0
+    assert run(job(reviews_lake, into, watermark="updated_at")).written == 0
 
 
-def test_rescore_on_model_change(lake, calls):
-    run(job(lake))
-    source_sql(lake, "UPDATE reviews_scored SET _model = 'older-model@0' WHERE id < 5")
-    assert run(job(lake)).written == 0  # without the option the old rows stand
+def test_rescore_on_model_change(reviews_lake, calls):
+    run(job(reviews_lake))
+    source_sql(reviews_lake, "UPDATE reviews_scored SET _model = 'older-model@0' WHERE id < 5")
+    assert run(job(reviews_lake)).written == 0  # without the option the old rows stand
     calls.clear()
-    summary = run(job(lake, rescore_on_model_change=True))
+    summary = run(job(reviews_lake, rescore_on_model_change=True))
     assert summary.written == 5 and sum(calls) == 5
-    rows = target_rows(lake)
+    rows = target_rows(reviews_lake)
     assert rows.num_rows == 60 and set(rows.column("_model").to_pylist()) == {SENTIMENT_REF}
 
 
-def test_composite_key_and_aliased_key(lake, calls):
+def test_composite_key_and_aliased_key(reviews_lake, calls):
     sql = "SELECT id AS review_id, part, sentiment_label(review) AS label FROM reviews"
-    make = lambda: Job.from_options("c", {"source": lake, "sql": sql, "key": "review_id,part", "into": "labels",
-                                          "chunk_rows": 40})
+    make = lambda: Job.from_options("c", {"source": reviews_lake, "sql": sql, "key": "review_id,part",
+                                          "into": "labels", "chunk_rows": 40})
     assert run(make()).written == 60
     calls.clear()
     assert run(make()).written == 0 and calls == []
-    assert open_sink("labels", source_uri=lake).read(["review_id", "part"]).num_rows == 60
+    assert open_sink("labels", source_uri=reviews_lake).read(["review_id", "part"]).num_rows == 60
 
 
 def test_group_by_forecast_keyed_by_group(tmp_path):
@@ -163,22 +108,22 @@ def test_group_by_forecast_keyed_by_group(tmp_path):
     assert rows.column("_model")[0].as_py().startswith("m4-hourly-lstm@")
 
 
-def test_parquet_is_append_only_and_files_are_whole(lake, tmp_path):
+def test_parquet_is_append_only_and_files_are_whole(reviews_lake, tmp_path):
     into = f"parquet://{tmp_path}/scored"
-    run(job(lake, into))
+    run(job(reviews_lake, into))
     files = sorted((tmp_path / "scored").glob("*.parquet"))
     assert [ds.dataset(f).count_rows() for f in files] == [25, 25, 10]
     with pytest.raises(JobError, match="append-only"):
-        run(job(lake, into, watermark="updated_at"))
+        run(job(reviews_lake, into, watermark="updated_at"))
 
 
-def test_dry_run_prints_plan_and_filter_and_writes_nothing(lake, calls):
+def test_dry_run_prints_plan_and_filter_and_writes_nothing(reviews_lake, calls):
     printed = []
-    summary = run(job(lake), dry_run=True, out=printed.append)
+    summary = run(job(reviews_lake), dry_run=True, out=printed.append)
     assert summary.written == 0 and calls == []
     text = printed[0]
     assert "NOT EXISTS" in text and "_done_keys" in text and "60 to score in 3 chunk(s)" in text
-    assert open_sink("reviews_scored", source_uri=lake).schema() is None
+    assert open_sink("reviews_scored", source_uri=reviews_lake).schema() is None
 
 
 @pytest.mark.parametrize("sql, error", [
@@ -188,23 +133,23 @@ def test_dry_run_prints_plan_and_filter_and_writes_nothing(lake, calls):
     ("SELECT sentiment(review) AS s FROM reviews", InvalidQuery),  # the key is not in the output
     ("DELETE FROM reviews", QueryRefused),
 ])
-def test_bad_query_leaves_target_as_it_was(lake, sql, error):
-    run(job(lake))
-    before = target_rows(lake)
+def test_bad_query_leaves_target_as_it_was(reviews_lake, sql, error):
+    run(job(reviews_lake))
+    before = target_rows(reviews_lake)
     with pytest.raises(error):
-        run(Job.from_options("bad", {"source": lake, "sql": sql, "key": "id", "into": "reviews_scored"}))
-    assert target_rows(lake).equals(before)
+        run(Job.from_options("bad", {"source": reviews_lake, "sql": sql, "key": "id", "into": "reviews_scored"}))
+    assert target_rows(reviews_lake).equals(before)
 
 
-def test_missing_target_schema_and_mismatched_target_are_clear_errors(lake):
+def test_missing_target_schema_and_mismatched_target_are_clear_errors(reviews_lake):
     with pytest.raises(TargetError, match="schema 'nosuch' does not exist"):
-        run(job(lake, "nosuch.scored"))
-    source_sql(lake, "CREATE TABLE other (id BIGINT, x INTEGER)")
+        run(job(reviews_lake, "nosuch.scored"))
+    source_sql(reviews_lake, "CREATE TABLE other (id BIGINT, x INTEGER)")
     with pytest.raises(TargetError, match="has columns"):
-        run(job(lake, "other"))
+        run(job(reviews_lake, "other"))
 
 
-def test_source_failing_mid_run_keeps_committed_chunks(lake, monkeypatch):
+def test_source_failing_mid_run_keeps_committed_chunks(reviews_lake, monkeypatch):
     from flight_lstm.service import Service
 
     real, seen = Service.collect, []
@@ -217,36 +162,36 @@ def test_source_failing_mid_run_keeps_committed_chunks(lake, monkeypatch):
 
     monkeypatch.setattr(Service, "collect", failing)
     with pytest.raises(SourceUnavailable):
-        run(job(lake))
-    assert target_rows(lake).num_rows == 25
+        run(job(reviews_lake))
+    assert target_rows(reviews_lake).num_rows == 25
     monkeypatch.setattr(Service, "collect", real)
-    assert run(job(lake)).written == 35
-    assert target_rows(lake).column("id").to_pylist() == list(range(60))
+    assert run(job(reviews_lake)).written == 35
+    assert target_rows(reviews_lake).column("id").to_pylist() == list(range(60))
 
 
-def test_duplicate_keys_in_the_query_are_refused(lake):
-    bad = Job.from_options("d", {"source": lake, "sql": "SELECT part, sentiment(review) AS s FROM reviews",
+def test_duplicate_keys_in_the_query_are_refused(reviews_lake):
+    bad = Job.from_options("d", {"source": reviews_lake, "sql": "SELECT part, sentiment(review) AS s FROM reviews",
                                  "key": "part", "into": "by_part"})
     with pytest.raises(JobError, match="not unique"):
         run(bad)
 
 
-def test_second_run_on_a_busy_target_exits_with_a_message(lake):
-    sink = open_sink("reviews_scored", source_uri=lake)
+def test_second_run_on_a_busy_target_exits_with_a_message(reviews_lake):
+    sink = open_sink("reviews_scored", source_uri=reviews_lake)
     with target_lock(sink.lock_path, sink.describe()):
         with pytest.raises(TargetBusy, match="another enrichment run"):
-            run(job(lake))
-        done = subprocess.run([sys.executable, "-m", "flight_lstm.cli", "enrich", "--source", lake, "--sql", SQL,
-                               "--key", "id", "--into", "reviews_scored"], capture_output=True, text=True)
+            run(job(reviews_lake))
+        done = subprocess.run([sys.executable, "-m", "flight_lstm.cli", "enrich", "--source", reviews_lake,
+                               "--sql", SQL, "--key", "id", "--into", "reviews_scored"], capture_output=True, text=True)
         assert done.returncode == 75 and "another enrichment run" in done.stderr
-    assert run(job(lake)).written == 60
+    assert run(job(reviews_lake)).written == 60
 
 
-def test_waiting_run_queues_behind_the_holder(lake):
-    sink = open_sink("reviews_scored", source_uri=lake)
+def test_waiting_run_queues_behind_the_holder(reviews_lake):
+    sink = open_sink("reviews_scored", source_uri=reviews_lake)
     results = []
     with target_lock(sink.lock_path, sink.describe()):
-        waiter = threading.Thread(target=lambda: results.append(run(job(lake), wait=True)))
+        waiter = threading.Thread(target=lambda: results.append(run(job(reviews_lake), wait=True)))
         waiter.start()
         time.sleep(0.5)
         assert not results
@@ -254,11 +199,11 @@ def test_waiting_run_queues_behind_the_holder(lake):
     assert results[0].written == 60
 
 
-def test_cli_runs_a_jobs_file_and_reports_bad_queries(lake, tmp_path, capsys):
+def test_cli_runs_a_jobs_file_and_reports_bad_queries(reviews_lake, tmp_path, capsys):
     jobs = tmp_path / "jobs.toml"
     jobs.write_text(f'''
 [defaults]
-source = "{lake}"
+source = "{reviews_lake}"
 key = "id"
 [jobs.scores]
 sql = "SELECT id, sentiment(review) AS s FROM reviews"
@@ -272,11 +217,11 @@ every = "15m"
     assert main(["enrich", "--jobs", str(jobs), "--job", "scores"]) == 0
     assert "written=60" in capsys.readouterr().out
     assert main(["enrich", "--jobs", str(jobs), "--once"]) == 0
-    assert open_sink("labels", source_uri=lake).read(["id"]).num_rows == 60
-    assert main(["enrich", "--source", lake, "--sql", "SELECT id, nosuch(review) FROM reviews", "--key", "id",
+    assert open_sink("labels", source_uri=reviews_lake).read(["id"]).num_rows == 60
+    assert main(["enrich", "--source", reviews_lake, "--sql", "SELECT id, nosuch(review) FROM reviews", "--key", "id",
                  "--into", "scores"]) == 1
     assert "error:" in capsys.readouterr().err
-    assert open_sink("scores", source_uri=lake).read(["id"]).num_rows == 60
+    assert open_sink("scores", source_uri=reviews_lake).read(["id"]).num_rows == 60
 
 
 def test_schedules():
@@ -316,16 +261,16 @@ def test_planner_keeps_local_tables_local():
     assert DONE in plan.sql
 
 
-def test_a_commit_waits_for_a_server_in_this_process_to_let_go_of_the_file(lake):
+def test_a_commit_waits_for_a_server_in_this_process_to_let_go_of_the_file(reviews_lake):
     from flight_lstm.engine import Engine
     from flight_lstm.plan import Plan
     from flight_lstm.sources.duckdb import DuckDBSource
 
-    source = DuckDBSource.from_uri(lake)
+    source = DuckDBSource.from_uri(reviews_lake)
     source.keep_attached = 1.0
     schema, batches = Engine(source, OPERATORS).stream(Plan("SELECT count(*) FROM reviews", ("reviews",), frozenset()))
     assert sum(b.num_rows for b in batches) == 1  # the file stays attached for a second after this
     started = time.monotonic()
-    open_sink("duckdb:scored", source_uri=lake).commit(pa.table({"id": [1]}), ["id"], replace=False)
+    open_sink("duckdb:scored", source_uri=reviews_lake).commit(pa.table({"id": [1]}), ["id"], replace=False)
     assert time.monotonic() - started >= 0.5  # it waited instead of failing on the attached file
-    assert target_rows(lake, "scored").column("id").to_pylist() == [1]
+    assert target_rows(reviews_lake, "scored").column("id").to_pylist() == [1]

@@ -18,25 +18,17 @@ import pyarrow as pa
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+from dremio_fixtures import PASSWORD, env  # noqa: E402,F401  (env is a fixture)
 from dremio_standin import DremioStandin  # noqa: E402
-from test_enrich import SENTIMENT_REF, calls, make_reviews  # noqa: E402,F401  (calls is a fixture)
-from test_enrich_kill import kill_after_commits  # noqa: E402
+from enrichment import SENTIMENT_REF, kill_after_commits, make_reviews  # noqa: E402
 
 import flight_lstm.sinks.dremio as dremio_sink  # noqa: E402
 from flight_lstm.cli import main  # noqa: E402
 from flight_lstm.enrich import Job, run  # noqa: E402
 from flight_lstm.sinks import TargetError, open_sink  # noqa: E402
 
-PASSWORD = "s3cret-Pa55word"
 SQL = "SELECT id, review, updated_at, sentiment(review) AS sentiment FROM space.folder.reviews"
 INTO = 'dremio:space.folder."scored reviews"'
-
-
-@pytest.fixture
-def env(monkeypatch):
-    monkeypatch.delenv("DREMIO_TOKEN", raising=False)
-    monkeypatch.setenv("DREMIO_PASSWORD", PASSWORD)
-    return monkeypatch
 
 
 @pytest.fixture

@@ -4,18 +4,15 @@ mid-commit), then run again; every key ends in the target exactly once and no re
 part of a chunk."""
 from __future__ import annotations
 
-import os
 import random
-import signal
 import subprocess
 import sys
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
+from enrichment import CHUNK, check_whole_chunks, kill_after_commits, make_reviews
 from flight_lstm.sinks import open_sink
-from test_enrich import make_reviews
 
-ROWS, CHUNK, KILLS = 320, 16, 3  # enough chunks that a kill lands before the run can finish
+ROWS, KILLS = 320, 3  # enough chunks of CHUNK that a kill lands before the run can finish
 SQL = "SELECT id, review, sentiment(review) AS sentiment FROM reviews"
 
 
@@ -24,34 +21,6 @@ def enrich(lake: str, into: str) -> subprocess.Popen:
         [sys.executable, "-m", "flight_lstm.cli", "enrich", "--source", lake, "--sql", SQL, "--key", "id",
          "--into", into, "--chunk-rows", str(CHUNK)],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-
-
-def kill_after_commits(process: subprocess.Popen, commits: int, delay: float) -> bool:
-    """SIGKILL once `commits` chunks were reported, `delay` s later; False if it finished first."""
-    seen = 0
-    for line in process.stderr:
-        seen += "written=" in line
-        if seen >= commits:
-            try:
-                process.wait(delay)
-                return False
-            except subprocess.TimeoutExpired:
-                os.kill(process.pid, signal.SIGKILL)
-                process.wait()
-                return True
-    process.wait()
-    return False
-
-
-def check_whole_chunks(lake: str, into: str) -> int:
-    sink = open_sink(into, source_uri=lake)
-    if sink.schema() is None:
-        return 0
-    rows = sink.read(["id", "_scored_at"])
-    assert max(Counter(rows.column("id").to_pylist()).values()) == 1, "a key was written twice"
-    sizes = Counter(rows.column("_scored_at").to_pylist()).values()
-    assert all(s == CHUNK for s in sizes) or sorted(sizes)[1:] == [CHUNK] * (len(sizes) - 1), sizes
-    return rows.num_rows
 
 
 def test_killed_runs_resume_to_every_key_exactly_once(tmp_path):

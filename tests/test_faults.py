@@ -21,11 +21,11 @@ import pyarrow.flight as flight
 import pytest
 
 from conftest import REVIEWS, make_lake, run, start_server
+from dremio_fixtures import ROWS as DREMIO_ROWS
+from dremio_fixtures import env, standin  # noqa: F401  (fixtures)
 from flight_lstm.service import Service
 from flight_lstm.sources import open_source
 from flight_lstm.sources.duckdb import DuckDBSource
-from test_dremio import ROWS as DREMIO_ROWS
-from test_dremio import env, standin  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
 SLOW_ROWS = 2_000_000  # minutes of scoring if it ran to its end

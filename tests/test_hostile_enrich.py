@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import threading
 
-import duckdb
 import pytest
-from test_enrich import calls, job, lake, make_reviews, sentiment_module, target_rows  # noqa: F401  (fixtures)
 
+from enrichment import job, make_reviews, sentiment_module, source_sql, target_rows
 from flight_lstm.enrich import Job, JobError, TargetBusy, run
 from flight_lstm.errors import InvalidQuery
 from flight_lstm.sinks import TargetError, open_sink
@@ -73,19 +72,14 @@ def test_a_target_named_through_a_symlink_takes_the_same_lock(tmp_path, paused, 
     assert ids == list(range(60))
 
 
-def test_a_lock_file_that_is_a_symlink_is_refused_and_its_file_left_alone(lake, tmp_path):
+def test_a_lock_file_that_is_a_symlink_is_refused_and_its_file_left_alone(reviews_lake, tmp_path):
     victim = tmp_path / "victim.txt"
     victim.write_text("keep me")
-    sink = open_sink(f"parquet://{tmp_path}/scored", source_uri=lake)
+    sink = open_sink(f"parquet://{tmp_path}/scored", source_uri=reviews_lake)
     sink.lock_path.symlink_to(victim)
     with pytest.raises(TargetError, match="is a symlink"):
-        run(job(lake, f"parquet://{tmp_path}/scored"))
+        run(job(reviews_lake, f"parquet://{tmp_path}/scored"))
     assert victim.read_text() == "keep me"
-
-
-def source_table(lake: str, sql: str) -> None:
-    with duckdb.connect(lake.removeprefix("duckdb://")) as con:
-        con.execute(sql)
 
 
 def keyed(lake, into, key_sql: str = "k", **options) -> Job:
@@ -103,66 +97,66 @@ def keyed(lake, into, key_sql: str = "k", **options) -> Job:
     "(INTERVAL 1 MONTH, 'good'), (INTERVAL 30 DAYS, 'bad')",
 ])
 @pytest.mark.parametrize("into", ["keyed_scored", "parquet"])
-def test_keys_without_exact_equality_are_refused_before_any_model_runs(lake, tmp_path, calls, values, into):
+def test_keys_without_exact_equality_are_refused_before_any_model_runs(reviews_lake, tmp_path, calls, values, into):
     into = f"parquet://{tmp_path}/scored" if into == "parquet" else into
-    source_table(lake, f"CREATE TABLE keyed AS SELECT * FROM (VALUES {values}) t(k, review)")
+    source_sql(reviews_lake, f"CREATE TABLE keyed AS SELECT * FROM (VALUES {values}) t(k, review)")
     with pytest.raises(InvalidQuery, match=r"key column 'k' is .*cannot identify rows.*DECIMAL"):
-        run(keyed(lake, into))
+        run(keyed(reviews_lake, into))
     assert calls == []
-    assert open_sink(into, source_uri=lake).schema() is None
+    assert open_sink(into, source_uri=reviews_lake).schema() is None
 
 
-def test_float_keys_cast_to_decimal_are_one_key_everywhere(lake, calls):
-    source_table(lake, "CREATE TABLE keyed AS SELECT * FROM "
-                       "(VALUES (0.0::DOUBLE, 'good'), (-0.0::DOUBLE, 'bad')) t(k, review)")
+def test_float_keys_cast_to_decimal_are_one_key_everywhere(reviews_lake, calls):
+    source_sql(reviews_lake, "CREATE TABLE keyed AS SELECT * FROM "
+                             "(VALUES (0.0::DOUBLE, 'good'), (-0.0::DOUBLE, 'bad')) t(k, review)")
     with pytest.raises(JobError, match="not unique"):  # as decimals 0.0 and -0.0 are the same key
-        run(keyed(lake, "keyed_scored", "CAST(k AS DECIMAL(18, 6))"))
+        run(keyed(reviews_lake, "keyed_scored", "CAST(k AS DECIMAL(18, 6))"))
     assert calls == []
-    source_table(lake, "INSERT INTO keyed VALUES (0.25, 'fine')")
-    source_table(lake, "DELETE FROM keyed WHERE k = 0 AND review = 'bad'")
-    assert run(keyed(lake, "keyed_scored", "CAST(k AS DECIMAL(18, 6))")).written == 2
-    assert run(keyed(lake, "keyed_scored", "CAST(k AS DECIMAL(18, 6))")).written == 0
+    source_sql(reviews_lake, "INSERT INTO keyed VALUES (0.25, 'fine')")
+    source_sql(reviews_lake, "DELETE FROM keyed WHERE k = 0 AND review = 'bad'")
+    assert run(keyed(reviews_lake, "keyed_scored", "CAST(k AS DECIMAL(18, 6))")).written == 2
+    assert run(keyed(reviews_lake, "keyed_scored", "CAST(k AS DECIMAL(18, 6))")).written == 0
 
 
 @pytest.mark.parametrize("into", ["keyed_scored", "parquet"])
-def test_collated_text_keys_compare_byte_for_byte(lake, tmp_path, into):
+def test_collated_text_keys_compare_byte_for_byte(reviews_lake, tmp_path, into):
     into = f"parquet://{tmp_path}/scored" if into == "parquet" else into
-    source_table(lake, "CREATE TABLE keyed (k VARCHAR COLLATE NOCASE, review VARCHAR)")
-    source_table(lake, "INSERT INTO keyed VALUES ('A', 'good'), ('a', 'bad'), ('b', 'fine')")
-    assert run(keyed(lake, into)).written == 3  # was 5: 'A' and 'a' matched each other's chunk
-    assert run(keyed(lake, into)).written == 0
-    keys = open_sink(into, source_uri=lake).read(["k"]).column("k").to_pylist()
+    source_sql(reviews_lake, "CREATE TABLE keyed (k VARCHAR COLLATE NOCASE, review VARCHAR)")
+    source_sql(reviews_lake, "INSERT INTO keyed VALUES ('A', 'good'), ('a', 'bad'), ('b', 'fine')")
+    assert run(keyed(reviews_lake, into)).written == 3  # was 5: 'A' and 'a' matched each other's chunk
+    assert run(keyed(reviews_lake, into)).written == 0
+    keys = open_sink(into, source_uri=reviews_lake).read(["k"]).column("k").to_pylist()
     assert sorted(keys) == ["A", "a", "b"]
 
 
-def test_rescoring_a_collated_key_replaces_only_that_key(lake):
-    source_table(lake, "CREATE TABLE keyed AS SELECT * FROM (VALUES ('A', 'good', TIMESTAMP '2026-01-01'), "
-                       "('a', 'bad', TIMESTAMP '2026-01-01')) t(k, review, updated_at)")
-    source_table(lake, "CREATE TABLE keyed_scored (k VARCHAR COLLATE NOCASE, updated_at TIMESTAMP, s DOUBLE, "
-                       "_model VARCHAR, _scored_at TIMESTAMPTZ)")
-    make = lambda: Job.from_options("k", {"source": lake, "key": "k", "into": "keyed_scored", "chunk_rows": 1,
-                                          "watermark": "updated_at",
+def test_rescoring_a_collated_key_replaces_only_that_key(reviews_lake):
+    source_sql(reviews_lake, "CREATE TABLE keyed AS SELECT * FROM (VALUES ('A', 'good', TIMESTAMP '2026-01-01'), "
+                             "('a', 'bad', TIMESTAMP '2026-01-01')) t(k, review, updated_at)")
+    source_sql(reviews_lake, "CREATE TABLE keyed_scored (k VARCHAR COLLATE NOCASE, updated_at TIMESTAMP, s DOUBLE, "
+                             "_model VARCHAR, _scored_at TIMESTAMPTZ)")
+    make = lambda: Job.from_options("k", {"source": reviews_lake, "key": "k", "into": "keyed_scored",
+                                          "chunk_rows": 1, "watermark": "updated_at",
                                           "sql": "SELECT k, updated_at, sentiment(review) AS s FROM keyed"})
     assert run(make()).written == 2
-    source_table(lake, "UPDATE keyed SET updated_at = TIMESTAMP '2026-02-01' WHERE k = 'a'")
+    source_sql(reviews_lake, "UPDATE keyed SET updated_at = TIMESTAMP '2026-02-01' WHERE k = 'a'")
     assert run(make()).written == 1
-    rows = open_sink("keyed_scored", source_uri=lake).read(["k", "updated_at"]).to_pylist()
+    rows = open_sink("keyed_scored", source_uri=reviews_lake).read(["k", "updated_at"]).to_pylist()
     assert sorted((r["k"], r["updated_at"].month) for r in rows) == [("A", 1), ("a", 2)]
 
 
-def test_a_key_repeated_by_a_changed_row_is_refused(lake):
-    run(job(lake, watermark="updated_at"))
+def test_a_key_repeated_by_a_changed_row_is_refused(reviews_lake):
+    run(job(reviews_lake, watermark="updated_at"))
     # A second row for key 7, newer than the scored one: only it is pending, yet both match key 7.
-    source_table(lake, "INSERT INTO reviews VALUES (7, 0, 'a new review', TIMESTAMP '2026-02-01')")
-    before = target_rows(lake)
+    source_sql(reviews_lake, "INSERT INTO reviews VALUES (7, 0, 'a new review', TIMESTAMP '2026-02-01')")
+    before = target_rows(reviews_lake)
     with pytest.raises(JobError, match=r"not unique.*\{'id': 7\}"):
-        run(job(lake, watermark="updated_at"))
-    assert target_rows(lake).equals(before)
+        run(job(reviews_lake, watermark="updated_at"))
+    assert target_rows(reviews_lake).equals(before)
 
 
-def test_a_key_repeated_by_distinct_is_refused_before_it_is_written(lake):
+def test_a_key_repeated_by_distinct_is_refused_before_it_is_written(reviews_lake):
     # The keys query (SELECT DISTINCT id % 7) has each key once; the chunk query, several reviews per key.
     sql = "SELECT DISTINCT id % 7 AS id, review, sentiment(review) AS s FROM reviews"
     with pytest.raises(JobError, match="not unique"):
-        run(Job.from_options("d", {"source": lake, "sql": sql, "key": "id", "into": "distinct_scored"}))
-    assert open_sink("distinct_scored", source_uri=lake).schema() is None
+        run(Job.from_options("d", {"source": reviews_lake, "sql": sql, "key": "id", "into": "distinct_scored"}))
+    assert open_sink("distinct_scored", source_uri=reviews_lake).schema() is None

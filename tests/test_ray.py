@@ -21,8 +21,7 @@ import ray
 
 sys.path.insert(0, str(Path(__file__).parent))
 from dremio_standin import DremioStandin  # noqa: E402
-from test_enrich import SENTIMENT_REF, make_reviews  # noqa: E402
-from test_enrich_kill import CHUNK, check_whole_chunks, kill_after_commits  # noqa: E402
+from enrichment import CHUNK, SENTIMENT_REF, check_whole_chunks, kill_after_commits, make_reviews  # noqa: E402
 
 from flight_lstm.enrich import Job, JobError, run  # noqa: E402
 from flight_lstm.plan.increment import build  # noqa: E402
