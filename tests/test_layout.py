@@ -86,3 +86,12 @@ def test_importing_the_operators_and_models_loads_no_torch():
     code = "import sys, udfs, flight_lstm.models; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_no_test_file_imports_another():
+    tests = {p.stem for p in (ROOT / "tests").glob("test_*.py")}
+    for path in (ROOT / "tests").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) else [])
+            assert not set(names) & tests, f"{path.name} imports a test file: share helpers in a helper module"
