@@ -56,7 +56,8 @@ class Sink(ABC):
     @abstractmethod
     def commit(self, rows: pa.Table, keys: list[str], *, replace: bool) -> None:
         """Make `rows` visible at once, creating the target if needed; with `replace`, rows already
-        written under the same keys go in the same commit."""
+        written under the same keys go in the same commit. A run calls `schema()` first, under
+        the lock: a sink may prepare the target's place there (Parquet makes its directory)."""
 
     def recover(self) -> None:
         """Clear what a killed run left behind (called under the lock, before anything is read)."""
