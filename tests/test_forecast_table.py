@@ -56,10 +56,11 @@ def test_gaps_are_filled_not_shifted(service):
     assert origins == {"a": 3600, "b": 3600, "c": 3600}
 
 
-def test_daily_dates_step_by_a_day(service):
+def test_daily_dates_step_by_a_day_and_stay_dates(service):
     t = run(service, f"SELECT ts, forecast_origin FROM {CALL.format(table='daily', h=2, extra='')} ORDER BY step")
     deltas = [(r["ts"] - r["forecast_origin"]).days for r in t.to_pylist()]
     assert deltas == [1, 2]
+    assert t.schema.field("ts").type == pa.date32() == t.schema.field("forecast_origin").type
 
 
 def test_single_point_series_has_a_forecast_but_no_timestamp(service):
@@ -78,6 +79,15 @@ def test_irregular_or_duplicate_timestamps_are_refused(service, table, words):
     ("forecast_table('sales', key => 'store', ts => 'ts', value => 'amount', horizon => 2, color => 'red')", "unknown: color"),
     ("forecast_table(sales, ts => 'ts', value => 'amount', horizon => 2)", "string literal"),
     ("forecast_table('sales', ts => 'ts', value => 'amount', horizon => 'x')", "number"),
+    *((CALL.format(table="sales", h=2, extra=extra), words) for extra, words in [  # freq and tz: see test_frequencies.py
+        (", freq => 'fortnightly'", "freq => 'fortnightly': unknown frequency 'fortnightly'; use one of 5min, 10min"),
+        (", freq => 0", "a seasonal period must be a whole number from 1"),
+        (", freq => 1.5", "freq must be a frequency name"),
+        (", freq => store", "freq must be a frequency name"),
+        (", freq => 'monthly'' OR 1=1 --'", "unknown frequency"),
+        (", tz => 'Mars/Olympus'", "tz => 'Mars/Olympus' is not a known time zone"),
+        (", tz => 'Europe/Berlin'' OR 1=1 --'", "is not a known time zone"),
+    ]),
 ])
 def test_bad_calls_name_the_problem(service, call, words):
     with pytest.raises(InvalidQuery, match=words):

@@ -12,6 +12,7 @@ import torch
 
 from flight_lstm.evaluate import evaluate_sentiment, naive2, seasonality_test
 from flight_lstm.models import ModelNotFound, Registry, default_registry
+from flight_lstm.models.card import ModelCard
 from flight_lstm.models.data import holdout_split, load_sst2
 from flight_lstm.models.forecast import MAX_HORIZON, ForecastModel
 from flight_lstm.models.sentiment import SentimentModel
@@ -294,6 +295,47 @@ def test_the_operators_load_through_the_one_registry(registry_dirs, monkeypatch)
     monkeypatch.setenv("FLIGHT_LSTM_MODELS", str(registry_dirs[1]))
     model = load_model("sentiment", None)
     assert model is default_registry().load("sentiment") and model.card.ref == "sst2-bilstm@99"
+
+
+def frequency_registry(root: Path, listing: dict[str, list]) -> Registry:
+    """A registry over cards only (resolving loads nothing), each listing the given frequencies."""
+    for ref in listing:
+        name, version = ref.split("@")
+        (root / name / version).mkdir(parents=True)
+        ModelCard(name, version, "forecast", "2026-01-01T00:00:00+00:00").write(root / name / version)
+    reg = Registry([root])
+    cards = reg.cards()
+    for card in cards:  # the optional card field `frequencies`
+        card.frequencies = listing[card.ref]
+    reg.cards = lambda: cards
+    return reg
+
+
+def test_a_frequency_resolves_to_the_model_whose_card_lists_it(tmp_path):
+    reg = frequency_registry(tmp_path, {"m4-hourly-lstm@1": [], "tourism@1": ["monthly", 4],
+                                        "tourism@2": ["monthly", "quarterly"], "weekly@1": []})
+    assert reg.resolve("forecast", "monthly").ref == "tourism@2"  # the latest version listing it
+    assert reg.resolve("forecast", " Quarterly ").ref == "tourism@2"
+    assert reg.resolve("forecast", "12").ref == "tourism@2"  # a seasonal period: monthly's
+    assert reg.resolve("forecast", "daily").ref == "m4-hourly-lstm@1"  # none lists it: the default
+    assert reg.resolve("forecast", "168").ref == "m4-hourly-lstm@1"
+    assert reg.resolve("forecast", "weekly").ref == "weekly@1"  # a model of that name comes first
+    assert reg.resolve("forecast", "tourism@1").ref == "tourism@1"
+
+
+@pytest.mark.parametrize("kind, ref, fragment", [
+    ("forecast", "monthly@1", "no forecast model 'monthly@1'"),  # a version names a model
+    ("sentiment", "monthly", "no sentiment model 'monthly'"),  # only forecasts have frequencies
+    ("forecast", "fortnightly", "no forecast model 'fortnightly'"),
+])
+def test_what_is_not_a_frequency_reference(tmp_path, kind, ref, fragment):
+    reg = frequency_registry(tmp_path, {"m4-hourly-lstm@1": ["hourly"]})
+    with pytest.raises(ModelNotFound, match=fragment):
+        reg.resolve(kind, ref)
+
+
+def test_a_frequency_resolves_to_the_shipped_default_today():
+    assert default_registry().resolve("forecast", "monthly").ref == "m4-hourly-lstm@1"
 
 
 # -- forecast training ----------------------------------------------------------------------------

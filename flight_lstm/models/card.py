@@ -25,6 +25,9 @@ class ModelCard:
     created: str
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    # Forecast models: the frequencies the model serves (names such as 'monthly', or seasonal
+    # periods); the registry picks the model for a series' frequency by this list.
+    frequencies: list[str | int] = field(default_factory=list)
     path: str = ""
 
     @property

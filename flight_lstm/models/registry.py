@@ -16,6 +16,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from flight_lstm import frequencies
+
 from .card import CARD_FILE, ModelCard
 
 PACKAGED_WEIGHTS = Path(__file__).resolve().parent / "weights"
@@ -34,6 +36,7 @@ KINDS = {
     "sentiment": Kind("flight_lstm.models.sentiment", "SentimentModel", ("sst2-bilstm", "")),
     "forecast": Kind("flight_lstm.models.forecast", "ForecastModel", ("m4-hourly-lstm", "1")),
 }
+BY_FREQUENCY = "forecast"  # the kind whose references may name a frequency instead of a model
 
 
 class ModelNotFound(ValueError):
@@ -68,7 +71,11 @@ class Registry:
         return list(found.values())
 
     def resolve(self, kind: str, ref: str | None = None) -> ModelCard:
-        """Card for `name` (latest version), `name@version`, or the kind's default (None)."""
+        """Card for `name` (latest version), `name@version`, or the kind's default (None).
+
+        A forecast reference may instead be a frequency (flight_lstm/frequencies.py: 'monthly', or
+        a seasonal period such as '12'), unless a model has that name: the model whose card lists
+        that frequency, else the kind's default."""
         if kind not in KINDS:
             raise ModelNotFound(f"unknown model kind {kind!r}; kinds are {', '.join(KINDS)}")
         if ref is None:
@@ -80,6 +87,9 @@ class Registry:
         matches = [c for c in same_name if c.kind == kind and version in ("", c.version)]
         if matches:
             return max(matches, key=lambda c: _version_key(c.version))
+        freq = frequencies.reference(name) if kind == BY_FREQUENCY and ref is not None and not version else None
+        if freq is not None:
+            return self._for_frequency(kind, freq, cards)
         available = sorted(c.ref for c in cards if c.kind == kind)
         listing = ", ".join(available) if available else "none"
         wanted = ref if ref is not None else f"default {name}@{version}"
@@ -90,6 +100,17 @@ class Registry:
         # No folders named: this message reaches clients (FLIGHT_LSTM_MODELS says where to look).
         raise ModelNotFound(f"{problem}; available {kind} models: {listing}")
 
+    def _for_frequency(self, kind: str, freq: str | int, cards: list[ModelCard]) -> ModelCard:
+        """The latest version of the first model (in root order: FLIGHT_LSTM_MODELS first) whose
+        card's optional `frequencies` lists `freq` (a name, or its seasonal period); else the
+        kind's default."""
+        period = frequencies.period_of(freq)
+        listing = [c for c in cards if c.kind == kind and period in _card_periods(c)]
+        if not listing:
+            return self.resolve(kind)
+        same_name = [c for c in listing if c.name == listing[0].name]
+        return max(same_name, key=lambda c: _version_key(c.version))
+
     def load(self, kind: str, ref: str | None = None):
         """The loaded model for a reference, loaded once and shared across threads."""
         card = self.resolve(kind, ref)
@@ -99,6 +120,12 @@ class Registry:
                 model = model_class(kind).load(Path(card.path))
                 self._loaded[card.path] = model
             return model
+
+
+def _card_periods(card: ModelCard) -> set[int]:
+    """Seasonal periods of the frequencies a card lists (names or periods; others are ignored)."""
+    listed = card.frequencies or ()
+    return {frequencies.period_of(f) for f in listed if frequencies.reference(str(f)) is not None}
 
 
 @functools.lru_cache(maxsize=None)

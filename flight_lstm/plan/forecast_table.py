@@ -1,56 +1,178 @@
 """Expand `forecast_table(...)` in FROM into plain SQL: one row per series and future step.
 
     SELECT * FROM forecast_table('sales', key => 'store', ts => 'ts', value => 'amount',
-                                 horizon => 24, level => 0.95)
+                                 horizon => 24, level => 0.95[, freq => 'monthly'][, tz => 'Europe/Berlin']
+                                 [, model => 'name@version'])
 
-gives columns (store, ts, step, mean, lo, hi, forecast_origin). Each series' step is its most
-common gap between timestamps; missing steps are filled (as NaN, then interpolated by the model);
-duplicate timestamps or timestamps off that regular grid are refused with an error naming the
-series. Future timestamps are the last timestamp plus step multiples, in the column's own type
-(a TIMESTAMPTZ keeps its time zone; DATE becomes TIMESTAMP). A series with a single point has
-no step: its ts is NULL.
+gives columns (store, ts, step, mean, lo, hi, forecast_origin).
+
+Each series' frequency (flight_lstm/frequencies.py) is inferred from its timestamps, in SQL:
+yearly, quarterly or monthly when every point falls on the same day of the month (1..28) or on
+month ends, at one time of day (and in one month of the quarter or year); weekly on one weekday;
+business daily when only Monday to Friday are observed and a weekend is skipped; daily; else a
+fixed step, the most common gap (5, 10, 15, 30 minutes and hourly are named; any other is kept,
+unnamed, as before). Each needs its most common step to be one step of the frequency. `freq =>`
+names the frequency instead (it must fit the timestamps) or gives a seasonal period (the step is
+still inferred). The frequency picks the model (`forecast_interval(..., 'monthly')`, resolved by
+models/registry.py) unless `model =>` names one.
+
+Missing steps are filled (NULL, interpolated by the model). Refused, with an error naming the
+series: duplicate timestamps; stamps no frequency fits; a key that mixes frequencies (its first
+MIN_RUN steps of one, its last of another); a `freq` its stamps contradict; a horizon beyond
+10 years of its steps.
+
+Future timestamps follow the calendar on the wall clock for daily and longer frequencies (month
+ends stay month ends, Feb 29 included) and are fixed durations below a day. A TIMESTAMPTZ is read
+on the wall clock of `tz =>` (default: the engine's session time zone, the server's own), so a
+daily series stays at its local hour across DST changes; it stays a TIMESTAMPTZ, a DATE stays a
+DATE, a TIMESTAMP a TIMESTAMP (other precisions become one); times past 2262-04-11 are refused.
+`forecast_origin` is the series' last timestamp in the same type. A series with a single point has
+no step unless `freq` names one: its ts is NULL.
 """
 from __future__ import annotations
+
+import zoneinfo
 
 import sqlglot
 from sqlglot import exp
 
+from flight_lstm import frequencies
 from flight_lstm.errors import InvalidQuery
+from flight_lstm.frequencies import FREQUENCIES
 
 NAME = "forecast_table"
-PARAMETERS = ("key", "ts", "value", "horizon", "level", "model")
+PARAMETERS = ("key", "ts", "value", "horizon", "level", "model", "freq", "tz")
 MAX_FILL = 10  # a filled series may be at most this many times longer than its points (+1000)
+MIN_RUN = 3  # a key mixes frequencies when its first this many steps are of one, its last of another
+US_PER_MINUTE = 60_000_000
+US_PER_YEAR = round(frequencies.DAYS_PER_YEAR * 86_400_000_000)
+# Inference tries these in order, coarsest first; then any other fixed step.
+INFERENCE_ORDER = ("yearly", "quarterly", "monthly", "weekly", "business_daily", "daily",
+                   "hourly", "30min", "15min", "10min", "5min")
+MONTHS_PER_STEP = {"yearly": 12, "quarterly": 3, "monthly": 1}
+DAYS_PER_STEP = {"weekly": 7, "daily": 1}
+FIXED = "fixed"  # an unnamed fixed step (say 2 hours): the kind's default model, capped by its length
+# Epoch microseconds `us` as a value of the ts column's own type (a DATE stays a DATE), up to
+# LAST_TS: time_bucket(width, x, offset) has x's type and is offset + the start of (x - offset)'s
+# bucket, so with x = LAST_TS (in that type, and at least `us`) and offset = `us` - a bucket start,
+# it is exactly `us`. Day-sized buckets start at 2000-01-03 00:00 (UTC for a TIMESTAMPTZ).
+LAST_TS = "2262-04-11"  # the last day every timestamp type holds (TIMESTAMP_NS ends on it)
+LAST_US = 9_223_286_400_000_000  # its microseconds
+
+
+def _as_ts_type(us: str) -> str:
+    return (f"time_bucket(INTERVAL '10000000 days', greatest(_origin, '{LAST_TS}'), "
+            f"to_microseconds({us} - 946857600000000))")
+
+
+# A key whose first MIN_RUN steps are all of one frequency and last MIN_RUN steps all of another.
+MIXED = ("CASE WHEN len(list_distinct(_first_steps)) = 1 AND len(list_distinct(_last_steps)) = 1 "
+         f"AND len(_first_steps) = {MIN_RUN} AND len(_last_steps) = {MIN_RUN} AND _first_steps[1] <> '' "
+         "AND _last_steps[1] <> '' AND _first_steps[1] <> _last_steps[1] "
+         "THEN _first_steps[1] || ' steps, then ' || _last_steps[1] || ' steps' END")
+TZ_HINT = ("CASE WHEN typeof(s._origin) = 'TIMESTAMP WITH TIME ZONE' THEN ' (a TIMESTAMPTZ is read on the wall "
+           "clock of the server''s time zone; for daily or longer steps, tz => ''Area/City'' names another)' "
+           "ELSE '' END")
 
 TEMPLATE = """
-WITH _points AS (
-    SELECT {key} AS _key, {ts} AS _ts, epoch_us({ts}) AS _t, CAST({value} AS DOUBLE) AS _value
-    FROM {table} WHERE {ts} IS NOT NULL
+WITH _pairs AS (  -- each point, where it falls on the calendar, and how it follows the one before
+    SELECT *, CASE
+            WHEN _pair_tod AND _pair_anchor AND _months IN (1, 3, 12)
+                THEN CASE _months WHEN 1 THEN 'monthly' WHEN 3 THEN 'quarterly' ELSE 'yearly' END
+            WHEN _pair_tod AND _days = 7 THEN 'weekly'
+            WHEN _pair_tod AND (_days = 1 OR (_bdays = 1 AND _wd < 5 AND _previous_wd < 5)) THEN 'daily'
+            {sub_daily_pairs}
+        END AS _class
+    FROM (SELECT *, _day - {previous[day]} AS _days, _month - {previous[month]} AS _months,
+                 _bday - {previous[bday]} AS _bdays, {previous[wd]} AS _previous_wd, {previous[tod]} = _tod AS _pair_tod,
+                 ({previous[eom]} AND _eom) OR ({previous[dom]} = _dom AND _dom <= 28) AS _pair_anchor
+          FROM (SELECT *, {calendar} FROM (SELECT *, _t - lag(_t) OVER w AS _gap, lag(_w) OVER w AS _pw
+                                           FROM ({points}) WINDOW w AS (PARTITION BY _key ORDER BY _t))))
+), _stats AS (
+    SELECT _key, count(*) AS _n, coalesce(min(_gap), 1) = 0 AS _duplicates, first(_value) AS _single,
+           list(_value ORDER BY _t) AS _observed, arg_max(_ts, _t) AS _origin, arg_max(_w, _t) AS _wl,
+           min(_t) AS _t0, max(_t) AS _tl, min(_day) AS _day0, max(_day) AS _dayl,
+           min(_month) AS _month0, max(_month) AS _monthl, min(_bday) AS _bday0, max(_bday) AS _bdayl,
+           min(_tod) = max(_tod) AS _same_tod, min(_dom) = max(_dom) AND max(_dom) <= 28 AS _same_dom,
+           bool_and(_eom) AS _month_ends,
+           min(_tod) = max(_tod) AND (min(_dom) = max(_dom) AND max(_dom) <= 28 OR bool_and(_eom)) AS _anchored,
+           min(_month % 3) = max(_month % 3) AS _same_moq, min(_month % 12) = max(_month % 12) AS _same_moy,
+           min(_wd) = max(_wd) AS _same_wd, max(_wd) < 5 AS _weekdays,
+           coalesce(bool_or(_days > _bdays), false) AS _skips_weekends, {multiples},
+           mode(_gap) AS _gap_mode, mode(_days) AS _days_mode, mode(_months) AS _months_mode,
+           mode(_bdays) AS _bdays_mode,
+           arg_min(coalesce(_class, ''), _t, {run}) FILTER (WHERE _gap IS NOT NULL) AS _first_steps,
+           arg_max(coalesce(_class, ''), _t, {run}) FILTER (WHERE _gap IS NOT NULL) AS _last_steps
+    FROM _pairs GROUP BY _key
 ), _series AS (
-    SELECT _key, min(_t) AS _first, max(_t) AS _last, arg_max(_ts, _t) AS _origin, mode(_gap) AS _step,
-           count(*) AS _n, count(DISTINCT _t) AS _distinct, first(_value) AS _single
-    FROM (SELECT *, _t - lag(_t) OVER (PARTITION BY _key ORDER BY _t) AS _gap FROM _points)
+    SELECT *, CASE
+            WHEN _months_step IS NOT NULL THEN (_monthl - _month0) // _months_step
+            WHEN _days_step IS NOT NULL THEN (_dayl - _day0) // _days_step
+            WHEN _freq = 'business_daily' THEN _bdayl - _bday0
+            ELSE (_tl - _t0) // _us_step
+        END + 1 AS _length
+    FROM (SELECT *, {months_step} AS _months_step, {days_step} AS _days_step, {us_step} AS _us_step, {cap} AS _cap
+          FROM (SELECT *, {chosen} AS _freq, {mixed} AS _mixed
+                FROM (SELECT *, CASE WHEN _n > 1 THEN CASE {inference} WHEN _gap_mode > 0 THEN '{fixed}' END END AS _guess
+                      FROM _stats)))
+), _filled AS (  -- series with missing steps: each point after the NULLs of the steps missing before it
+    SELECT _key, flatten(list(list_resize(CAST([] AS DOUBLE[]), greatest(coalesce(_pos - _previous, 1) - 1, 0))
+                              || [_value] ORDER BY _t)) AS _values, count(*) FILTER (WHERE _on_grid) AS _on_grid
+    FROM (SELECT *, lag(_pos) OVER (PARTITION BY _key ORDER BY _t) AS _previous
+          FROM (SELECT p._key, p._t, p._value, CASE
+                        WHEN s._months_step IS NOT NULL THEN ({point[month]} - s._month0) // s._months_step
+                        WHEN s._days_step IS NOT NULL THEN ({point[day]} - s._day0) // s._days_step
+                        WHEN s._freq = 'business_daily' THEN {point[bday]} - s._bday0
+                        ELSE (p._t - s._t0) // s._us_step
+                    END AS _pos, s._us_step IS NULL OR (p._t - s._t0) % s._us_step = 0 AS _on_grid
+                FROM ({points}) AS p JOIN _series AS s ON p._key IS NOT DISTINCT FROM s._key
+                WHERE (s._length > s._n OR s._freq = '{fixed}') AND s._length < {max_fill} * s._n + 1000))
     GROUP BY _key
-), _grid AS (
-    SELECT _key, unnest(generate_series(_first, _last, _step)) AS _t FROM _series
-    WHERE _step > 0 AND (_last - _first) / _step < {max_fill} * _n + 1000
-), _lists AS (
-    SELECT g._key, list(p._value ORDER BY g._t) AS _values, count(p._t) AS _on_grid
-    FROM _grid AS g LEFT JOIN _points AS p ON g._key IS NOT DISTINCT FROM p._key AND g._t = p._t
-    GROUP BY g._key
-), _forecasts AS (
-    SELECT s._key, s._origin, s._step, unnest(forecast_interval(
-        CASE
-            WHEN s._distinct < s._n THEN error('forecast_table: ' || {label} || ' has duplicate timestamps')
+), _inputs AS (
+    SELECT s.*, CASE
+            WHEN s._duplicates THEN error('forecast_table: ' || {label} || ' has duplicate timestamps')
+            WHEN s._mixed IS NOT NULL THEN error('forecast_table: ' || {label} || ' mixes frequencies: '
+                || s._mixed || '; forecast one part, or choose with freq => ...')
+            WHEN {given} AND s._freq IS NULL THEN error('forecast_table: ' || {label}
+                || ': freq => ''{freq}'' contradicts its timestamps' || coalesce(' (they look ' || CASE s._guess
+                    WHEN '{fixed}' THEN 'like steps of ' || CAST(to_microseconds(s._gap_mode) AS VARCHAR)
+                    ELSE s._guess END || ')', ''))
             WHEN s._n = 1 THEN [s._single]
-            WHEN l._values IS NULL THEN error('forecast_table: ' || {label} || ' has too sparse timestamps to lay on a regular grid')
-            WHEN l._on_grid < s._n THEN error('forecast_table: ' || {label} || ' has irregular timestamps: steps are not multiples of its usual step')
-            ELSE l._values
-        END, {horizon}, {level}{model})) AS _f
-    FROM _series AS s LEFT JOIN _lists AS l ON s._key IS NOT DISTINCT FROM l._key
+            WHEN {horizon} > s._cap THEN error('forecast_table: horizon => {horizon} is more than {years} years of '
+                || replace(s._freq, '{fixed}', 'its') || ' steps (' || CAST(s._cap AS VARCHAR) || ') for ' || {label})
+            WHEN s._length >= {max_fill} * s._n + 1000 THEN error('forecast_table: ' || {label} || ' has too sparse timestamps to lay on a regular grid')
+            WHEN f._on_grid < s._n THEN error('forecast_table: ' || {label} || ' has irregular timestamps: no frequency '
+                || 'fits them (its steps are not all multiples of its most common step, '
+                || CAST(to_microseconds(s._gap_mode) AS VARCHAR) || ')' || {tz_hint})
+            ELSE coalesce(f._values, s._observed)
+        END AS _input
+    FROM _series AS s LEFT JOIN _filled AS f ON s._key IS NOT DISTINCT FROM f._key
+), _forecasts AS (
+    SELECT *, unnest({call}) AS _f FROM _inputs
+), _future AS (
+    SELECT *, CASE
+            WHEN _us_step IS NOT NULL THEN _tl + _us_step * _f.step
+            WHEN typeof(_origin) = 'TIMESTAMP WITH TIME ZONE' THEN epoch_us({instant})
+            ELSE epoch_us(_fw)
+        END AS _us
+    FROM (SELECT *, CASE
+            WHEN _months_step IS NOT NULL THEN CAST(CASE
+                    WHEN _month_ends AND NOT _same_dom THEN last_day(date_trunc('month', _wl) + to_months(_months_step * _f.step))
+                    ELSE CAST(date_trunc('month', _wl) + to_months(_months_step * _f.step) AS DATE) + CAST(day(_wl) - 1 AS INTEGER)
+                END AS TIMESTAMP) + (_wl - date_trunc('day', _wl))
+            WHEN _days_step IS NOT NULL THEN _wl + to_days(_days_step * _f.step)
+            WHEN _freq = 'business_daily' THEN _wl + to_days(CAST(
+                4 + 7 * ((_bdayl + _f.step - ((_bdayl + _f.step) % 5 + 5) % 5) // 5)
+                + ((_bdayl + _f.step) % 5 + 5) % 5 - _dayl AS INTEGER))
+        END AS _fw FROM _forecasts)
 )
-SELECT {key_out}_origin + to_microseconds(_step * _f.step) AS {ts_name}, _f.step AS step, _f.mean AS mean,
-       _f.lo AS lo, _f.hi AS hi, _origin + to_microseconds(0) AS forecast_origin
-FROM _forecasts
+SELECT {key_out}CASE
+            WHEN coalesce(_us, _tl) > {last_us} THEN error('forecast_table: ' || {label} || ' reaches past {last_ts}')
+            WHEN _freq IS NULL THEN NULL
+            ELSE {as_ts_type}
+        END AS {ts_name},
+       _f.step AS step, _f.mean AS mean, _f.lo AS lo, _f.hi AS hi, {origin} AS forecast_origin
+FROM _future AS s
 """
 
 
@@ -71,34 +193,146 @@ def _expansion(call: exp.Anonymous) -> str:
     if len(positional) != 1 or unknown:
         raise InvalidQuery(
             f"{NAME}('table', key => 'col', ts => 'col', value => 'col', horizon => N[, level => 0.95]"
-            f"[, model => 'name@version']) takes one table name and named parameters"
+            f"[, freq => 'monthly' or a period][, tz => 'Europe/Berlin'][, model => 'name@version']) "
+            f"takes one table name and named parameters"
             + (f"; unknown: {', '.join(sorted(unknown))}" if unknown else "")
         )
     for required in ("ts", "value", "horizon"):
         if required not in named:
             raise InvalidQuery(f"{NAME}() needs {required} => ...")
-    key = _string(named["key"], "key") if "key" in named else None
-    ts = _string(named["ts"], "ts")
-    model = named.get("model")
+    key = _column(_string(named["key"], "key")) if "key" in named else None
+    ts = _column(_string(named["ts"], "ts"))
+    horizon = _number(named["horizon"], "horizon")
+    level = _number(named["level"], "level") if "level" in named else "0.95"
+    freq = _freq(named["freq"]) if "freq" in named else None
+    given = freq if isinstance(freq, str) else None  # a name fixes the grid; a period only the model
+    if given and float(horizon) > FREQUENCIES[given].max_horizon:
+        raise InvalidQuery(f"{NAME}(): horizon => {horizon} is more than {frequencies.MAX_YEARS} years "
+                           f"of {given} steps ({FREQUENCIES[given].max_horizon})")
+    model = _string(named["model"], "model") if "model" in named else (None if freq is None else str(freq))
+    zone = _zone(named["tz"]) if "tz" in named else None
+    points = (f"SELECT {key or 'NULL'} AS _key, {ts} AS _ts, epoch_us({ts}) AS _t, "
+              f"CAST({_column(_string(named['value'], 'value'))} AS DOUBLE) AS _value, {_wall_clock(ts, zone)} AS _w "
+              f"FROM {exp.to_table(_string(positional[0], 'table')).sql('duckdb')} WHERE {ts} IS NOT NULL")
+    sub_daily = [f for f in FREQUENCIES.values() if f.minutes]
     return TEMPLATE.format(
-        table=exp.to_table(_string(positional[0], "table")).sql("duckdb"),
-        key=_column(key) if key else "NULL",
-        key_out=f"_key AS {_column(key)}, " if key else "",
+        points=points,
+        key_out=f"_key AS {key}, " if key else "",
+        ts_name=ts,
         label="'series ' || coalesce(s._key::VARCHAR, 'NULL')" if key else "'the series'",
-        ts=_column(ts),
-        ts_name=_column(ts),
-        value=_column(_string(named["value"], "value")),
-        horizon=_number(named["horizon"], "horizon"),
-        level=_number(named["level"], "level") if "level" in named else "0.95",
-        model=f", '{_string(model, 'model')}'" if model is not None else "",
+        horizon=horizon,
+        calendar=", ".join(f"{expr} AS _{name}" for name, expr in _calendar("_w").items()),
+        previous={name: f"({expr})" for name, expr in _calendar("_pw").items()},
+        point={name: f"({expr})" for name, expr in _calendar("p._w").items()},
+        sub_daily_pairs=" ".join(f"WHEN _gap = {f.minutes * US_PER_MINUTE} THEN '{f.name}'" for f in sub_daily),
+        multiples=", ".join(f"coalesce(bool_and(_gap % {f.minutes * US_PER_MINUTE} = 0), true) AS _on_{f.name}"
+                            for f in sub_daily),
+        inference=" ".join(f"WHEN {_fits(name, given=False)} THEN '{name}'" for name in INFERENCE_ORDER),
+        chosen=f"CASE WHEN {_fits(given, given=True)} THEN '{given}' END" if given else "_guess",
+        mixed="NULL" if given else MIXED,
+        months_step=_by_frequency(MONTHS_PER_STEP),
+        days_step=_by_frequency(DAYS_PER_STEP),
+        us_step=_by_frequency({f.name: f.minutes * US_PER_MINUTE for f in sub_daily}, fixed="_gap_mode"),
+        cap=_by_frequency({f.name: f.max_horizon for f in FREQUENCIES.values()},
+                          fixed=f"{frequencies.MAX_YEARS * US_PER_YEAR} // _gap_mode"),
+        given="true" if given else "false",
+        freq=given or "",
+        tz_hint="''" if zone else TZ_HINT,
+        instant=f"timezone({zone}, _fw)" if zone else "CAST(_fw AS TIMESTAMPTZ)",
+        call=_call(model, horizon, level),
+        fixed=FIXED,
+        as_ts_type=_as_ts_type("_us"),
+        origin=_as_ts_type("_tl"),  # the last timestamp, in the same type as the future ones
+        last_us=LAST_US,
+        last_ts=LAST_TS,
+        years=frequencies.MAX_YEARS,
+        run=MIN_RUN,
         max_fill=MAX_FILL,
     )
+
+
+def _calendar(w: str) -> dict[str, str]:
+    """Where the wall-clock TIMESTAMP `w` falls: time of day (us), day number (days since
+    1970-01-01), month number (12 * year + month - 1), day of month, month end, weekday (Monday
+    0) and business-day number (Monday to Friday, counted from Monday 1970-01-05)."""
+    day, wd = f"(CAST({w} AS DATE) - DATE '1970-01-01')", f"(isodow({w}) - 1)"
+    return {"tod": f"epoch_us({w}) - epoch_us(date_trunc('day', {w}))", "day": day,
+            "month": f"12 * year({w}) + month({w}) - 1", "dom": f"day({w})",
+            "eom": f"CAST({w} AS DATE) = last_day({w})", "wd": wd,
+            "bday": f"5 * (({day} - 4 - {wd}) // 7) + {wd}"}
+
+
+def _fits(name: str, given: bool) -> str:
+    """SQL over a series' statistics: its points lie on `name`'s grid, usually one step apart (a
+    single point fits any frequency it could belong to when the frequency is given)."""
+    def one(mode: str, steps: int) -> str:
+        return f"({mode} = {steps} OR _n = 1)" if given else f"{mode} = {steps}"
+
+    f = FREQUENCIES[name]
+    if f.minutes:  # and every gap a multiple of the step (other fixed steps are checked point by point)
+        return f"{one('_gap_mode', f.minutes * US_PER_MINUTE)} AND _on_{f.name}"
+    return {
+        "daily": f"_same_tod AND {one('_days_mode', 1)}",
+        # inferred only when a weekend is skipped at least once: Monday to Friday alone could be daily
+        "business_daily": f"_same_tod AND _weekdays AND {one('_bdays_mode', 1)}" + ("" if given else " AND _skips_weekends"),
+        "weekly": f"_same_tod AND _same_wd AND {one('_days_mode', 7)}",
+        "monthly": f"_anchored AND {one('_months_mode', 1)}",
+        "quarterly": f"_anchored AND _same_moq AND {one('_months_mode', 3)}",
+        "yearly": f"_anchored AND _same_moy AND {one('_months_mode', 12)}",
+    }[name]
+
+
+def _by_frequency(values: dict[str, int], fixed: str = "NULL") -> str:
+    """A CASE over the series' frequency `_freq` giving each listed name's value."""
+    whens = " ".join(f"WHEN '{name}' THEN {value}" for name, value in values.items())
+    return f"CASE _freq {whens} WHEN '{FIXED}' THEN {fixed} END"
+
+
+def _call(model: str | None, horizon: str, level: str) -> str:
+    """The operator call: the model (or frequency) named, else the one of each series' frequency."""
+    def call(ref: str | None) -> str:
+        return f"forecast_interval(_input, {horizon}, {level}" + (f", '{ref}')" if ref is not None else ")")
+
+    if model is not None:
+        return call(model.replace("'", "''"))
+    whens = " ".join(f"WHEN '{name}' THEN {call(name)}" for name in FREQUENCIES)
+    return f"CASE _freq {whens} ELSE {call(None)} END"
+
+
+def _wall_clock(ts: str, zone: str | None) -> str:
+    """The ts column as a TIMESTAMP on the wall clock: a TIMESTAMPTZ in `zone` (default the session's)."""
+    if zone is None:
+        return f"CAST({ts} AS TIMESTAMP)"
+    return (f"CASE WHEN typeof({ts}) = 'TIMESTAMP WITH TIME ZONE' THEN timezone({zone}, CAST({ts} AS TIMESTAMPTZ)) "
+            f"ELSE CAST({ts} AS TIMESTAMP) END")
+
+
+def _freq(node: exp.Expression) -> str | int:
+    if isinstance(node, exp.Literal) and node.is_string:
+        value: str | int = node.this
+    elif isinstance(node, exp.Literal) and node.is_int:
+        value = int(node.this)
+    else:
+        raise InvalidQuery(f"{NAME}(): freq must be a frequency name such as 'monthly' or a seasonal period")
+    try:
+        return frequencies.parse(value)
+    except ValueError as e:
+        raise InvalidQuery(f"{NAME}(): freq => {str(value)[:40]!r}: {e}") from None
+
+
+def _zone(node: exp.Expression) -> str:
+    name = _string(node, "tz")
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+        raise InvalidQuery(f"{NAME}(): tz => {name[:40]!r} is not a known time zone (e.g. 'Europe/Berlin')") from None
+    return "'" + name.replace("'", "''") + "'"
 
 
 def _string(node: exp.Expression, what: str) -> str:
     if not (isinstance(node, exp.Literal) and node.is_string):
         raise InvalidQuery(f"{NAME}(): {what} must be a string literal")
-    return node.this.replace("'", "''") if what == "model" else node.this
+    return node.this
 
 
 def _number(node: exp.Expression, what: str) -> str:
