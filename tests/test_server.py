@@ -346,3 +346,21 @@ def test_plans_are_cached_until_the_file_changes(tmp_path, monkeypatch):
         writer.execute("CREATE TABLE extra AS SELECT 1 AS x")
     service.plan(sql)
     assert planned.count(sql) == 2
+
+
+@pytest.mark.parametrize("sql, hint", [
+    ("SELECT id FROM reveiws", 'Did you mean "reviews"?'),
+    ("SELECT idd FROM reviews", 'Candidate bindings: "id"'),
+    ("SELECT sentimnt(review) FROM reviews", 'Did you mean "sentiment"?'),
+])
+def test_duckdbs_hints_reach_the_client_in_one_line(client, sql, hint):
+    with pytest.raises(flight.FlightServerError) as raised:
+        run(client, sql)
+    message = str(raised.value).split(". Detail:")[0]
+    assert hint in message and "\n" not in message
+
+
+def test_a_hint_naming_an_engine_internal_is_dropped(client):
+    with pytest.raises(flight.FlightServerError) as raised:
+        run(client, "SELECT sentiment__with_modl(review, 'x') FROM reviews")
+    assert "__with_model" not in str(raised.value)

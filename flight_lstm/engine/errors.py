@@ -13,12 +13,21 @@ from flight_lstm.sources import Source
 _UDF_ERROR = re.compile(r"Python exception occurred while executing the UDF: (?:\w+Error: )?(.*)", re.S)
 
 
+# DuckDB's help for a typo, on the lines after its message: kept, unless it offers one of the
+# engine's own names (an operator's internal form, a lifted column: they hold `__`).
+_HINT = re.compile(r'^(?:Did you mean "[^"\n]*"\?|Candidate bindings: [^\n]*)$', re.M)
+
+
 def _message(error: duckdb.Error) -> str:
+    """One line: DuckDB's message (or a failing UDF's own), then DuckDB's hints if it gave any."""
     text = str(error).strip()
     found = _UDF_ERROR.search(text)
     if found:
         text = found.group(1).strip()
-    return text.splitlines()[0] if text else type(error).__name__  # the UDF's own message, trimmed
+    if not text:
+        return type(error).__name__
+    hints = [h for h in _HINT.findall(text) if "__" not in h]
+    return " ".join([text.splitlines()[0], *hints])
 
 
 # Mid-stream, DuckDB's errors arrive through the Arrow reader as OSError("<Kind> Error: ...").
