@@ -364,3 +364,10 @@ def test_a_hint_naming_an_engine_internal_is_dropped(client):
     with pytest.raises(flight.FlightServerError) as raised:
         run(client, "SELECT sentiment__with_modl(review, 'x') FROM reviews")
     assert "__with_model" not in str(raised.value)
+
+
+def test_a_syntax_error_says_where_in_duckdbs_words(client):
+    with pytest.raises(flight.FlightServerError) as raised:
+        run(client, "SELEC id FROM reviews")
+    message = str(raised.value).split(". Detail:")[0]
+    assert 'syntax error at or near "SELEC" (line 1, column' in message and "sqlglot" not in message

@@ -60,6 +60,15 @@ def _builtin_views() -> frozenset[str]:
     return frozenset(name.lower() for (name,) in rows)
 
 
+def syntax_error(sql: str) -> str | None:
+    """DuckDB's own words for a syntax error in `sql` (`at or near "SELEC"`), if it finds one."""
+    (text,), = _cursor().execute("SELECT json_serialize_sql(?)", [sql]).fetchall()
+    parsed = json.loads(text)
+    if parsed.get("error") and parsed.get("error_type") == "parser":
+        return (parsed.get("error_message") or "").splitlines()[0] or None
+    return None
+
+
 def check_with_duckdb(sql: str) -> None:
     """Refuse `sql` unless DuckDB reads it as one SELECT within the read-only rule."""
     (text,), = _cursor().execute("SELECT json_serialize_sql(?)", [sql]).fetchall()

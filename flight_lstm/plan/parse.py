@@ -8,6 +8,7 @@ from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
 from flight_lstm.errors import InvalidQuery, QueryRefused, first_line
+from flight_lstm.plan.duckdb_check import syntax_error
 
 MAX_SQL_BYTES = 256 * 1024  # a dense 0.6 MB IN list took 11 s to plan (sqlglot)
 
@@ -23,7 +24,7 @@ def parse_one_query(sql: str) -> exp.Expression:
     try:
         statements = [s for s in sqlglot.parse(sql, read="duckdb") if s is not None]
     except (ParseError, TokenError) as e:
-        raise InvalidQuery(f"syntax error: {_first_line(e)}") from None
+        raise InvalidQuery(_syntax_error(sql, e)) from None
     except RecursionError:  # sqlglot's parser recurses ~16 frames per bracket: ~60 nested brackets
         raise InvalidQuery("syntax error: the query nests brackets or expressions too deeply") from None
     if len(statements) != 1:
@@ -35,6 +36,16 @@ def parse_one_query(sql: str) -> exp.Expression:
         if missing:
             raise InvalidQuery(f"syntax error: {missing[0].split(' for <')[0]} in {node.key.upper()}")
     return statements[0]
+
+
+def _syntax_error(sql: str, error: Exception) -> str:
+    """DuckDB's words where it has them (`syntax error at or near "SELEC"`: the engine's dialect,
+    the message users know), with sqlglot's line and column."""
+    duckdb_says = syntax_error(sql)
+    errors = getattr(error, "errors", None)
+    if duckdb_says and errors:
+        return f"{duckdb_says} (line {errors[0].get('line')}, column {errors[0].get('col')})"
+    return duckdb_says or f"syntax error: {_first_line(error)}"
 
 
 def _first_line(error: Exception) -> str:
