@@ -74,18 +74,43 @@ def hourly_series(n: int, length: int, seed: int = 0) -> list[np.ndarray]:
     return list(level * daily * rng.lognormal(0, 0.05, (n, length)))
 
 
-def lakehouse(path: Path, texts: pa.Array, series: list[np.ndarray] | None = None) -> Path:
+def daily_series(n: int, length: int, seed: int = 0) -> list[np.ndarray]:
+    """Daily sales: a level, a weekly profile with quieter weekends, noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(length)
+    level = rng.uniform(10, 1000, n)[:, None]
+    weekend = ((t[None, :] + rng.integers(0, 7, n)[:, None]) % 7 >= 5)
+    return list(level * (1 - 0.3 * weekend) * rng.lognormal(0, 0.1, (n, length)))
+
+
+def monthly_series(n: int, length: int, seed: int = 0) -> list[np.ndarray]:
+    """Monthly revenue: a level, a slow trend, a yearly cycle, noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(length)
+    level = rng.uniform(10, 1000, n)[:, None] * (1 + rng.uniform(-0.002, 0.01, n)[:, None] * t[None, :])
+    yearly = 1 + 0.3 * np.sin(2 * np.pi * (t[None, :] + rng.integers(0, 12, n)[:, None]) / 12)
+    return list(level * yearly * rng.lognormal(0, 0.05, (n, length)))
+
+
+# Beside the hourly row: (frequency, model reference, horizon, points per series, series maker)
+FREQUENCY_ROWS = (("daily", 56, 730, daily_series), ("monthly", 24, 240, monthly_series))
+
+
+def lakehouse(path: Path, texts: pa.Array, series: list[np.ndarray] | None = None,
+              more: dict[str, list[np.ndarray]] | None = None) -> Path:
+    """reviews, sales (the hourly series) and a table for each of `more` (name -> series)."""
     with duckdb.connect(str(path)) as con:
         reviews = pa.table({"id": pa.array(np.arange(len(texts))), "review": texts})
         con.execute("CREATE OR REPLACE TABLE reviews AS SELECT * FROM reviews")
-        if series is not None:
-            length = len(series[0])
-            sales = pa.table({
-                "store": np.repeat(np.arange(len(series)), length),
-                "ts": np.tile(np.arange(length), len(series)),
-                "amount": np.concatenate(series),
+        tables = {**({"sales": series} if series is not None else {}), **(more or {})}
+        for name, rows in tables.items():
+            length = len(rows[0])
+            data = pa.table({  # noqa: F841 (DuckDB reads it by name)
+                "store": np.repeat(np.arange(len(rows)), length),
+                "ts": np.tile(np.arange(length), len(rows)),
+                "amount": np.concatenate(rows),
             })
-            con.execute("CREATE OR REPLACE TABLE sales AS SELECT * FROM sales")
+            con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM data")
     return path
 
 
@@ -204,9 +229,10 @@ def transformer(texts: pa.Array, data) -> dict | None:
 # -- forecast ----------------------------------------------------------------------------------------
 
 
-def forecast_limit(series: list[np.ndarray]) -> Callable[[], None]:
-    """The forecaster's forward pass alone, on the same series already windowed and scaled."""
-    model = load_model("forecast", None)
+def forecast_limit(series: list[np.ndarray], ref: str | None = None) -> Callable[[], None]:
+    """The forecaster's forward pass alone, on the same series already windowed and scaled
+    (`ref`: the model or frequency; default the default model)."""
+    model = load_model("forecast", ref)
     values, lengths = flatten(to_arrow(series))
     filled, observed, valid = fill_gaps(values, lengths)
     x, present, obs = last_window(filled, observed, lengths, valid, model.window)
@@ -285,6 +311,7 @@ def main() -> int:
     texts, short, data = sst_texts(max(n_texts, n_short))
     texts, short = texts.slice(0, n_texts), short.slice(0, n_short)
     series = hourly_series(n_series, 500)
+    by_freq = {freq: make(n_series, length) for freq, _, length, make in FREQUENCY_ROWS}
     r: dict = {"machine": {"cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
                            "torch_threads": torch.get_num_threads(), "pyarrow": pa.__version__, "duckdb": duckdb.__version__},
                "sizes": {"texts": n_texts, "short_texts": n_short, "series": n_series, "points": 500}, "repeats": repeats}
@@ -297,7 +324,8 @@ def main() -> int:
                                            == (data["dev"][1] == 1)))
 
     with tempfile.TemporaryDirectory() as tmp:
-        lake = lakehouse(Path(tmp) / "lake.db", texts, series)
+        lake = lakehouse(Path(tmp) / "lake.db", texts, series,
+                         {f"sales_{freq}": rows for freq, rows in by_freq.items()})
         server = Server(lake)
         server.query("SELECT sentiment('warm up') AS s")
         print("sentiment: model alone, operator, end to end over Flight (taking turns)", flush=True)
@@ -314,6 +342,20 @@ def main() -> int:
         }, repeats)
         r["forecast_limit"], r["forecast_operator"], r["e2e_forecast"] = (
             n_series / seconds["limit"], n_series / seconds["operator"], n_series / seconds["e2e"])
+        r["forecast_by_frequency"] = {}
+        for freq, horizon, length, _ in FREQUENCY_ROWS:
+            print(f"forecast, {freq}: model alone, operator, end to end over Flight (taking turns)", flush=True)
+            rows = to_arrow(by_freq[freq])
+            sql = (f"SELECT store, forecast(list(amount ORDER BY ts), {horizon}, '{freq}') "
+                   f"FROM sales_{freq} GROUP BY store")
+            seconds = interleaved({
+                "limit": forecast_limit(by_freq[freq], freq),
+                "operator": lambda rows=rows, freq=freq, horizon=horizon: forecast(rows, horizon, freq),
+                "e2e": lambda sql=sql: server.query(sql),
+            }, repeats)
+            r["forecast_by_frequency"][freq] = {
+                "model": load_model("forecast", freq).card.ref, "horizon": horizon, "points": length,
+                **{k: n_series / seconds[k] for k in ("limit", "operator", "e2e")}}
         plain = PlainFlight(pa.table({"id": pa.array(np.arange(n_texts)), "review": texts}))
         threading.Thread(target=plain.serve, daemon=True).start()
         plain_client = flight.connect(f"grpc://127.0.0.1:{plain.port}")
@@ -353,6 +395,9 @@ def main() -> int:
         "end to end / operator (sentiment)": r["e2e_sentiment"] / r["sentiment_operator"],
         "operator / model limit (forecast)": r["forecast_operator"] / r["forecast_limit"],
         "end to end / operator (forecast)": r["e2e_forecast"] / r["forecast_operator"],
+        **{f"{name} ({freq})": value for freq, f in r["forecast_by_frequency"].items()
+           for name, value in (("operator / model limit (forecast)", f["operator"] / f["limit"]),
+                               ("end to end / operator (forecast)", f["e2e"] / f["operator"]))},
         "end to end / row-at-a-time UDF": r["e2e_sentiment"] / r["row_at_a_time_udf"],
         "passthrough / plain pyarrow Flight over the same DuckDB file": r["passthrough"]["ours_rows_per_s"]
         / r["passthrough"]["plain_duckdb_rows_per_s"],
@@ -386,6 +431,10 @@ def markdown(r: dict) -> str:
         "forecast model alone": r["forecast_limit"],
         "forecast operator in-process": r["forecast_operator"],
         "forecast end to end over Flight": r["e2e_forecast"],
+        **{f"{name}, {freq} ({f['model']}, {f['points']} points, horizon {f['horizon']})": f[key]
+           for freq, f in r["forecast_by_frequency"].items()
+           for name, key in (("forecast model alone", "limit"), ("forecast operator in-process", "operator"),
+                             ("forecast end to end over Flight", "e2e"))},
         "passthrough over flight-lstm": r["passthrough"]["ours_rows_per_s"],
         "passthrough, plain pyarrow Flight over the same DuckDB file": r["passthrough"]["plain_duckdb_rows_per_s"],
         "passthrough, plain pyarrow Flight, table in memory": r["passthrough"]["plain_rows_per_s"],

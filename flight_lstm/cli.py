@@ -85,19 +85,28 @@ def _parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a model: the shipped recipe, or on your own data")
     train.add_argument("kind", choices=["sentiment", "forecast"])
     data = train.add_mutually_exclusive_group(required=True)
-    data.add_argument("--data", type=Path, help="benchmark data: the sst2/ or m4_hourly/ folder (or their parent)")
+    data.add_argument("--data", type=Path, help="benchmark data: the shared data folder (or its sst2/, m4_hourly/ ... folder)")
     data.add_argument("--source", help="a source URI to read your own training data from, with --sql")
     train.add_argument("--sql", help="forecast: SELECT series_id, ts, value ...; sentiment: SELECT text, label ...")
     train.add_argument("--name", help="model name to register a new version under (with --source)")
     train.add_argument("--out", type=Path, help="models directory to write into (default: your models directory)")
     train.add_argument("--epochs", type=int)
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--freq", default="hourly",
+                       help="forecast with --data: which shipped forecaster to train (hourly, daily, business_daily, "
+                            "weekly, monthly, quarterly, yearly)")
     train.set_defaults(run=_train)
 
     evaluate = commands.add_parser("evaluate", help="benchmark scores of a model beside baselines")
     evaluate.add_argument("kind", choices=["sentiment", "forecast"])
-    evaluate.add_argument("--data", type=Path, required=True, help="the sst2/ or m4_hourly/ folder (or their parent)")
-    evaluate.add_argument("--model", help="name or name@version (default: the shipped model)")
+    evaluate.add_argument("--data", type=Path, required=True,
+                          help="the shared data folder; forecast scores every validation set found in it")
+    evaluate.add_argument("--model", help="name or name@version (default: the shipped model; for forecast, "
+                                          "the model of each set's frequency)")
+    evaluate.add_argument("--sets", help="forecast: only the validation sets whose names contain one of these "
+                                         "comma-separated words (e.g. hourly,tourism)")
+    evaluate.add_argument("--no-theta", action="store_true",
+                          help="forecast: leave out the Theta baseline (statsforecast) even when installed")
     evaluate.set_defaults(run=_evaluate)
 
     enrich = commands.add_parser("enrich", help="write a query's rows to a target, incrementally, once or on a schedule")
@@ -279,8 +288,11 @@ def _train(args) -> int:
         card = train_from_source(args.kind, args.source, args.sql, args.name, out_dir=args.out, seed=args.seed,
                                  epochs=args.epochs)
     else:
-        train = train_shipped_sentiment if args.kind == "sentiment" else train_shipped_forecast
-        card = train(args.data, args.out or user_models_dir(), seed=args.seed, **epochs)
+        if args.kind == "sentiment":
+            card = train_shipped_sentiment(args.data, args.out or user_models_dir(), seed=args.seed, **epochs)
+        else:
+            card = train_shipped_forecast(args.data, args.out or user_models_dir(), freq=args.freq, seed=args.seed,
+                                          **epochs)
     print(json.dumps(card_summary(card), indent=2))
     print(f"registered {card.ref}", file=sys.stderr)
     return 0
@@ -291,8 +303,12 @@ def _evaluate(args) -> int:
 
     from flight_lstm.evaluate import forecast_report, sentiment_report
 
-    report = sentiment_report if args.kind == "sentiment" else forecast_report
-    duckdb.from_arrow(report(args.data, args.model)).show(max_width=160)
+    if args.kind == "sentiment":
+        table = sentiment_report(args.data, args.model)
+    else:
+        sets = [s.strip() for s in args.sets.split(",") if s.strip()] if args.sets else None
+        table = forecast_report(args.data, args.model, sets, theta=False if args.no_theta else None)
+    duckdb.from_arrow(table).show(max_width=200, max_rows=200)
     return 0
 
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import shlex
+import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -18,11 +20,11 @@ import pyarrow.compute as pc
 import torch
 
 from flight_lstm.errors import InvalidQuery
-from flight_lstm.evaluate import evaluate_forecast, evaluate_sentiment
+from flight_lstm.evaluate import VALIDATION_SETS, evaluate_sentiment, validation_scores
 from flight_lstm.models import ModelCard, Registry, default_registry
 from flight_lstm.models.base import BaseModel, seed_everything
-from flight_lstm.models.data import (HOLDOUT, SOFT_LABELS, dataset_dir, holdout_split, load_m4_hourly,
-                                     load_sst2, read_soft_labels)
+from flight_lstm.models.data import (HOLDOUT, SOFT_LABELS, dataset_dir, generic_series, holdout_split,
+                                     load_m4, load_nn5, load_sst2, load_tourism, read_soft_labels)
 from flight_lstm.models.forecast import ForecastModel
 from flight_lstm.models.registry import user_models_dir
 from flight_lstm.models.sentiment import SentimentModel
@@ -57,30 +59,45 @@ def save_with_card(model: BaseModel, out_dir: str | Path, *, name: str, version:
 
 def fit_forecast(series: list[np.ndarray], *, seed: int = 0, epochs: int = 30,
                  steps_per_epoch: int = 100, batch_size: int = 256, lr: float = 1e-3,
-                 holdout: int = 48, calib_windows: int = 2, window: int = 336,
-                 hidden: int = 128, layers: int = 2, trunc_p: float = 0.2, gap_p: float = 0.2,
-                 patience: int = 8, progress: bool = True) -> tuple[ForecastModel, dict]:
+                 holdout: int = 48, calib_windows: int = 2, window: int = 336, horizon: int = 48,
+                 season: int = 24, chunk: int | None = None, tail: int | None = None,
+                 hidden: int = 128, layers: int = 2, dropout: float = 0.1, trunc_p: float = 0.2,
+                 gap_p: float = 0.2, patience: int = 8, average_last: int = 0,
+                 min_history: int | None = None, shift_p: float = 0.0, relative_loss: bool = False,
+                 synthetic: int = 0, intervals: str = "conformal",
+                 progress: bool = True) -> tuple[ForecastModel, dict]:
     """Train on random windows; stop early and calibrate intervals on the calibration windows.
 
-    The last `holdout` points of every series are never used, so they can serve as a test set.
+    The last `holdout` points of every series are never used, so they can serve as a test set;
+    the `calib_windows` horizons before them choose the epoch and calibrate the intervals.
+    `synthetic` generic series (data.generic_series, as long as the median series) join the
+    training windows only: they widen what the model has seen, and choose and calibrate nothing.
     """
     rng = seed_everything(seed)
-    model = ForecastModel(window=window, hidden=hidden, layers=layers)
-    windows = TrainingWindows([np.asarray(s, np.float64) for s in series], window, model.horizon,
-                              holdout, calib_windows)
-    z_c, obs_c, target_c = windows.calibration()
+    model = ForecastModel(window=window, horizon=horizon, season=season, chunk=chunk, tail=tail,
+                          hidden=hidden, layers=layers, dropout=dropout, intervals=intervals)
+    series = [np.asarray(s, np.float64) for s in series]
+    extra = generic_series(synthetic, int(np.median([len(s) for s in series])), season, seed + 1)
+    windows = TrainingWindows(series + extra, window, horizon, holdout, calib_windows,
+                              relative_loss, calib_series=len(series))
+    z_c, obs_c, target_c, weight_c = windows.calibration()
 
     def calib_mae() -> float:
-        return float(np.abs(model.scaled_forecast(z_c, obs_c) - target_c).mean())
+        error = np.abs(model.scaled_forecast(z_c, obs_c) - target_c) * weight_c
+        return float(error.mean())
 
-    info = model.fit(windows.sampler(batch_size, steps_per_epoch, trunc_p, gap_p), calib_mae,
-                     rng=rng, epochs=epochs, lr=lr, patience=patience, desc="forecast",
-                     progress=progress)
+    batches = windows.sampler(batch_size, steps_per_epoch, trunc_p, gap_p, min_history, shift_p)
+    info = model.fit(batches, calib_mae, rng=rng, epochs=epochs, lr=lr, patience=patience,
+                     average_last=average_last, desc="forecast", progress=progress)
     model.calibrate_intervals(z_c, obs_c, target_c)
     info.update(calibration_windows=len(target_c), steps_per_epoch=steps_per_epoch,
-                hparams=dict(window=window, hidden=hidden, layers=layers, batch_size=batch_size,
-                             lr=lr, holdout=holdout, calib_windows=calib_windows,
-                             trunc_p=trunc_p, gap_p=gap_p, patience=patience))
+                hparams=dict(window=window, horizon=horizon, season=season, chunk=model.chunk,
+                             tail=model.tail, hidden=hidden, layers=layers, dropout=dropout,
+                             batch_size=batch_size, lr=lr, holdout=holdout,
+                             calib_windows=calib_windows, trunc_p=trunc_p, gap_p=gap_p,
+                             patience=patience, average_last=average_last,
+                             min_history=min_history, shift_p=shift_p, synthetic=synthetic,
+                             relative_loss=relative_loss, intervals=intervals))
     return model, info
 
 
@@ -94,21 +111,87 @@ def train_forecast(series: list[np.ndarray], *, name: str, version: str, out_dir
                           metrics={"calibration_scaled_mae": round(info["best_val"], 4)})
 
 
-def train_shipped_forecast(data_dir: str | Path, out_dir: str | Path, *, seed: int = 0,
-                           epochs: int = 40, command: str | None = None, **hparams: Any
-                           ) -> ModelCard:
-    """The shipped m4-hourly-lstm@1, evaluated M4-style on the held-back last 48 points.
+@dataclass(frozen=True)
+class ForecastRecipe:
+    """A shipped forecaster: its data, the frequencies it serves, and how it trains."""
 
-    data_dir is the shared data root (holding m4_hourly/) or the m4_hourly folder itself.
+    name: str
+    version: str
+    frequencies: tuple[str, ...]
+    folder: str  # under the shared data root
+    file: str
+    read: Callable[[Path], dict[str, np.ndarray]]
+    sets: tuple[str, ...]  # VALIDATION_SETS scored on its card (the first: its own held-back data)
+    epochs: int
+    hparams: dict[str, Any]
+
+
+def _tourism_in(freq: str) -> Callable[[Path], dict[str, np.ndarray]]:
+    return lambda path: load_tourism(path.parent, freq)[0]
+
+
+FORECAST_RECIPES: dict[str, ForecastRecipe] = {r.frequencies[0]: r for r in (
+    ForecastRecipe("m4-hourly-lstm", "2", ("hourly", "30min", "15min", "10min", "5min"), "m4_hourly",
+                   "Hourly-train.csv", load_m4, ("M4 Hourly", "synthetic hourly"), 40,
+                   dict(window=336, horizon=48, season=24, holdout=48, average_last=8, shift_p=0.1,
+                        synthetic=100)),
+    ForecastRecipe("nn5-daily-lstm", "1", ("daily",), "nn5", "train.csv", load_nn5,
+                   ("NN5 daily (days 680-735)", "synthetic daily"), 20,
+                   dict(window=196, horizon=56, season=7, tail=49, holdout=56, hidden=64,
+                        dropout=0.2, average_last=8, shift_p=0.1, synthetic=160)),
+    ForecastRecipe("nn5-business-daily-lstm", "1", ("business_daily",), "nn5", "train.csv",
+                   lambda path: load_nn5(path, weekdays_only=True), ("NN5 business days",), 20,
+                   dict(window=140, horizon=40, season=5, tail=35, holdout=40, hidden=64,
+                        dropout=0.2, average_last=8, shift_p=0.1)),
+    ForecastRecipe("m4-weekly-lstm", "1", ("weekly",), "m4_weekly", "Weekly-train.csv", load_m4,
+                   ("M4 Weekly",), 20,
+                   dict(window=104, horizon=13, season=1, chunk=4, tail=52, holdout=13, hidden=64,
+                        average_last=8, shift_p=0.1)),
+    ForecastRecipe("tourism-monthly-lstm", "1", ("monthly",), "tourism", "monthly_in.csv",
+                   _tourism_in("monthly"), ("tourism monthly", "tourism monthly, out of sample"), 30,
+                   dict(window=96, horizon=24, season=12, tail=36, holdout=24, calib_windows=2,
+                        min_history=24, hidden=64, relative_loss=True, average_last=8)),
+    ForecastRecipe("tourism-quarterly-lstm", "1", ("quarterly",), "tourism", "quarterly_in.csv",
+                   _tourism_in("quarterly"), ("tourism quarterly", "tourism quarterly, out of sample"),
+                   30, dict(window=48, horizon=8, season=4, tail=24, holdout=8, calib_windows=2,
+                            min_history=8, hidden=64, relative_loss=True, average_last=8)),
+    ForecastRecipe("tourism-yearly-lstm", "1", ("yearly",), "tourism", "yearly_in.csv",
+                   _tourism_in("yearly"), ("tourism yearly", "tourism yearly, out of sample"), 15,
+                   dict(window=16, horizon=4, season=1, chunk=1, tail=8, holdout=4, calib_windows=1,
+                        min_history=4, hidden=64, relative_loss=True, average_last=8)),
+)}
+
+
+def train_shipped_forecast(data_dir: str | Path, out_dir: str | Path, *, freq: str = "hourly",
+                           seed: int = 0, epochs: int | None = None, command: str | None = None,
+                           **hparams: Any) -> ModelCard:
+    """The shipped forecaster of `freq` (FORECAST_RECIPES), trained without the last horizon of
+    each series and scored on it (and its other validation sets) beside the baselines.
+
+    data_dir is the shared data root, or the recipe's own folder (e.g. m4_hourly/) in it.
     """
-    data_dir = dataset_dir(data_dir, "m4_hourly")
-    csv = data_dir / "Hourly-train.csv"
-    series = list(load_m4_hourly(csv).values())
-    model, info = fit_forecast(series, seed=seed, epochs=epochs, holdout=48, **hparams)
-    command = command or f"train_shipped_forecast({str(data_dir)!r}, {str(out_dir)!r})"
-    return save_with_card(model, out_dir, name="m4-hourly-lstm", version="1",
-                          training=training_record(info, seed, epochs, [csv], command),
-                          metrics=evaluate_forecast(model, series))
+    if freq not in FORECAST_RECIPES:
+        raise ValueError(f"no shipped forecast recipe for {freq!r}; recipes: {', '.join(FORECAST_RECIPES)}")
+    recipe = FORECAST_RECIPES[freq]
+    folder = dataset_dir(data_dir, recipe.folder)
+    root = folder.parent if folder.name == recipe.folder else folder
+    path = folder / recipe.file
+    series = list(recipe.read(path).values())
+    epochs = epochs or recipe.epochs
+    options = {**recipe.hparams, **hparams}
+    started = time.perf_counter()
+    model, info = fit_forecast(series, seed=seed, epochs=epochs, **options)
+    info["training_seconds"] = round(time.perf_counter() - started, 1)
+    command = command or (f"flight-lstm train forecast --freq {freq} --data {root} --out {out_dir}"
+                          + (f" --seed {seed}" if seed else ""))
+    sets = [vs for name in recipe.sets for vs in VALIDATION_SETS if vs.name == name]
+    scores = validation_scores(model, root, sets)
+    metrics = {**scores.get(recipe.sets[0], {}), "sets": scores}
+    card = ModelCard(name=recipe.name, version=recipe.version, kind=model.kind,
+                     created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                     training=training_record(info, seed, epochs, [path], command),
+                     metrics=metrics, frequencies=list(recipe.frequencies))
+    return model.save(out_dir, card)
 
 
 # -- sentiment ------------------------------------------------------------------------------------

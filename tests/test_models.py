@@ -261,7 +261,7 @@ def test_registry_resolve(registry_dirs):
     ("sentiment", "nope", "available sentiment models: sent@10, sent@2, sst2-bilstm@99"),
     ("sentiment", "sent@3", "no sentiment model 'sent@3'"),
     ("sentiment", "fc", "'fc' is a forecast model"),
-    ("forecast", None, "default m4-hourly-lstm@1"),
+    ("forecast", None, "default m4-hourly-lstm@"),
     ("vision", None, "unknown model kind"),
 ])
 def test_registry_errors(registry_dirs, kind, ref, fragment):
@@ -334,8 +334,8 @@ def test_what_is_not_a_frequency_reference(tmp_path, kind, ref, fragment):
         reg.resolve(kind, ref)
 
 
-def test_a_frequency_resolves_to_the_shipped_default_today():
-    assert default_registry().resolve("forecast", "monthly").ref == "m4-hourly-lstm@1"
+def test_a_frequency_resolves_to_its_shipped_model():
+    assert default_registry().resolve("forecast", "monthly").ref == "tourism-monthly-lstm@1"
 
 
 # -- forecast training ----------------------------------------------------------------------------
@@ -386,7 +386,7 @@ def test_naive2_deseasonalizes_seasonal_series_only():
 @pytest.fixture(scope="module")
 def forecaster():
     model = default_registry().load("forecast")
-    assert (model.card.name, model.card.version) == ("m4-hourly-lstm", "1")
+    assert (model.card.name, model.card.version) == ("m4-hourly-lstm", "2")
     return model
 
 

@@ -83,7 +83,36 @@ def test_evaluate_prints_metrics_beside_baselines(tmp_path):
 
 def test_evaluate_forecast_on_a_small_m4_file(tmp_path):
     _m4_folder(tmp_path / "m4_hourly")
-    out = cli("evaluate", "forecast", "--data", str(tmp_path))
+    out = cli("evaluate", "forecast", "--data", str(tmp_path), "--sets", "M4 Hourly", "--no-theta")
     lines = [line for line in out.splitlines() if "│" in line]
     assert any("m4-hourly-lstm@" in line for line in lines)
     assert any("seasonal naive" in line for line in lines) and any("Naive2" in line for line in lines)
+    assert not any("tourism" in line for line in lines)  # no files: no row
+
+
+def _tourism_folder(path, n=12, length=20):
+    """Yearly series in the tourism competition's layout: ids, lengths, start years, values."""
+    path.mkdir()
+    rng = np.random.default_rng(0)
+    history = [100 * (1 + 0.05 * np.arange(length + 4)) * rng.lognormal(0, 0.02, length + 4) for _ in range(n)]
+    for name, part, first in (("yearly_in.csv", slice(0, length), 1990), ("yearly_oos.csv", slice(length, None), 1990 + length)):
+        columns = [h[part] for h in history]
+        rows = [[f"Y{k + 1}" for k in range(n)], [str(len(c)) for c in columns], [str(first)] * n]
+        rows += [[f"{c[i]:.2f}" for c in columns] for i in range(len(columns[0]))]
+        (path / name).write_text("\n".join(",".join(r) for r in rows) + "\n")
+    return path
+
+
+def test_train_a_shipped_forecaster_then_find_it_by_frequency(tmp_path):
+    _tourism_folder(tmp_path / "tourism")
+    models = tmp_path / "models"
+    out = json.loads(cli("train", "forecast", "--freq", "yearly", "--data", str(tmp_path), "--out", str(models),
+                         "--epochs", "1"))
+    assert (out["name"], out["frequencies"]) == ("tourism-yearly-lstm", ["yearly"])
+    assert out["training"]["command"].startswith("flight-lstm train forecast --freq yearly --data")
+    sets = out["metrics"]["sets"]
+    assert set(sets) == {"tourism yearly", "tourism yearly, out of sample"}
+    assert {"model", "seasonal_naive", "naive2"} <= set(sets["tourism yearly"])
+    found = cli("evaluate", "forecast", "--data", str(tmp_path), "--sets", "tourism yearly", "--no-theta",
+                env={"FLIGHT_LSTM_MODELS": str(models)})
+    assert "tourism-yearly-lstm@1" in found and "out of sample" in found

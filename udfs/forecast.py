@@ -2,13 +2,16 @@
 
 `values` is a LIST<DOUBLE> per row (e.g. `list(amount ORDER BY ts)`); the result is a list of
 `horizon` values, or of (step, mean, lo, hi) structs for `forecast_interval`. A NULL, empty or
-all-NaN series, or a NULL parameter, gives NULL.
+all-NaN series, or a NULL parameter, gives NULL; bounds the series cannot support (one or two
+points, all zero) are NULL. The model reference may be a frequency ('monthly', or a seasonal
+period such as '12'): the registry picks that frequency's model, which is told the period.
 """
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
 
+from flight_lstm import frequencies
 from udfs.base import Operator, as_array, load_model, parameter_groups
 
 INTERVAL_TYPE = pa.list_(
@@ -28,6 +31,8 @@ def _run(values, params, model, level_given: bool):
     series = _series(values)
     n = len(series)
     fitted = load_model("forecast", model)
+    freq = frequencies.reference(model)
+    period = frequencies.period_of(freq) if freq is not None else None
     horizons = np.zeros(n, dtype=np.int64)
     results = []
     for key, rows in parameter_groups(n, *params):
@@ -35,7 +40,7 @@ def _run(values, params, model, level_given: bool):
         if horizon != key[0]:
             raise ValueError(f"horizon must be a whole number, got {key[0]}")
         group = series if len(rows) == n else series.take(pa.array(rows))
-        r = fitted.predict(group, horizon=horizon, level=level)
+        r = fitted.predict(group, horizon=horizon, level=level, period=period)
         ok = rows[r.valid]
         horizons[ok] = horizon
         results.append((ok, r, r.valid))
@@ -63,7 +68,8 @@ def forecast_interval(values, horizon, level, model: str | None = None) -> pa.Ar
     starts = np.repeat(offsets[:-1], np.diff(offsets))
     steps = (np.arange(offsets[-1]) - starts + 1).astype(np.int32)
     structs = pa.StructArray.from_arrays(
-        [pa.array(steps), pa.array(flat["mean"]), pa.array(flat["lo"]), pa.array(flat["hi"])],
+        [pa.array(steps), pa.array(flat["mean"]), pa.array(flat["lo"], from_pandas=True),
+         pa.array(flat["hi"], from_pandas=True)],
         fields=list(INTERVAL_TYPE.value_type),
     )
     return pa.ListArray.from_arrays(pa.array(offsets), structs, type=INTERVAL_TYPE, mask=null)

@@ -1,9 +1,12 @@
-"""Readers of the data sets that train and evaluate the shipped models (M4 hourly, SST-2 and the
-teacher's soft labels), kept apart from the networks so a new model or benchmark reuses them."""
+"""Readers of the data sets that train and evaluate the shipped models (M4 Hourly and Weekly, NN5,
+tourism, SST-2 and the teacher's soft labels), and the synthetic series the forecasters are also
+validated on, kept apart from the networks so a new model or benchmark reuses them."""
 
 from __future__ import annotations
 
+import csv
 import json
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +27,8 @@ def dataset_dir(data: str | Path, name: str) -> Path:
     return data / name if (data / name).is_dir() else data
 
 
-def load_m4_hourly(csv_path: str | Path) -> dict[str, np.ndarray]:
-    """M4 hourly training series by id (H1..H414), trailing padding removed."""
+def load_m4(csv_path: str | Path) -> dict[str, np.ndarray]:
+    """M4 training series by id (H1..H414, W1..W359, ...), trailing padding removed."""
     table = pacsv.read_csv(csv_path)
     ids = table.column(0).to_pylist()
     values = np.column_stack([
@@ -33,6 +36,40 @@ def load_m4_hourly(csv_path: str | Path) -> dict[str, np.ndarray]:
         for j in range(1, table.num_columns)])
     lengths = (~np.isnan(values)).sum(axis=1)
     return {sid: values[i, :lengths[i]].copy() for i, sid in enumerate(ids)}
+
+
+load_m4_hourly = load_m4
+
+
+def load_nn5(csv_path: str | Path, weekdays_only: bool = False) -> dict[str, np.ndarray]:
+    """NN5 daily series by id (N101..N211), NaN where a day is missing; with `weekdays_only`,
+    Monday to Friday only (a business-daily series of period 5)."""
+    with open(csv_path, encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.reader(f, delimiter=";"))
+    header, body = rows[0], [r for r in rows[1:] if r]
+    keep = [not weekdays_only or date.fromisoformat(r[0]).weekday() < 5 for r in body]
+    values = np.array([[float(v) if v.strip() else np.nan for v in r[1:]]
+                       for r, k in zip(body, keep) if k])
+    return {sid.strip(): values[:, j].copy() for j, sid in enumerate(header[1:]) if sid.strip()}
+
+
+def load_tourism(data_dir: str | Path, freq: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Tourism competition series of `freq` ('monthly', 'quarterly' or 'yearly'): the histories
+    (`*_in.csv`) and the published out-of-sample values that follow them (`*_oos.csv`)."""
+    data_dir = dataset_dir(data_dir, "tourism")
+    header_rows = 2 if freq == "yearly" else 3  # length, start year[, start month or quarter]
+
+    def read(name: str) -> dict[str, np.ndarray]:
+        with open(data_dir / name, newline="") as f:
+            rows = list(csv.reader(f))
+        ids, lengths, body = rows[0], rows[1], rows[1 + header_rows:]
+        out = {}
+        for j, sid in enumerate(ids):  # the header's length: a few columns have stray cells below
+            column = [r[j] for r in body[:int(lengths[j])]]
+            out[sid.strip()] = np.array(column, dtype=np.float64)
+        return out
+
+    return read(f"{freq}_in.csv"), read(f"{freq}_oos.csv")
 
 
 def _read_tsv(path: Path) -> tuple[pa.Array, np.ndarray]:
@@ -90,3 +127,90 @@ def read_soft_labels(path: str | Path) -> tuple[pa.Array, np.ndarray, np.ndarray
     meta = json.loads(table.schema.metadata[b"flight_lstm"])
     return (table["text"].combine_chunks(), labels,
             table["teacher_logit"].to_numpy().astype(np.float32), meta)
+
+
+# -- synthetic series, unlike the training data --------------------------------------------------
+
+SYNTHETIC_KINDS = ("temperature", "load", "counts", "trend", "level_shift")
+
+
+def synthetic_series(freq: str, n: int = 200, seed: int = 2026) -> tuple[list[np.ndarray], list[str]]:
+    """`n` hourly (6 weeks) or daily (2 years and 2 months) series of the SYNTHETIC_KINDS in turn:
+    temperatures (weather wandering around the cycle, below zero too), electric loads (daily and
+    weekly profiles, multiplicative), counts with many zeros (Poisson at low rates), trends
+    (growing or shrinking, with noise) and level shifts (a step of 30-60% late in the history).
+    Returns the series and their kinds."""
+    if freq not in ("hourly", "daily"):
+        raise ValueError(f"synthetic series are hourly or daily, not {freq!r}")
+    rng = np.random.default_rng(seed)
+    hourly = freq == "hourly"
+    length, per_day = (24 * 42, 24) if hourly else (790, 1)
+    t = np.arange(length)
+    day = t / per_day
+    out, kinds = [], []
+    for i in range(n):
+        kind = SYNTHETIC_KINDS[i % len(SYNTHETIC_KINDS)]
+        phase = rng.uniform(0, 2 * np.pi)
+        daily = np.sin(2 * np.pi * day + phase) if hourly else np.zeros(length)
+        weekly = np.isin(np.floor(day + rng.integers(7)) % 7, (5, 6))  # the weekend
+        annual = np.sin(2 * np.pi * day / 365.25 + phase)
+        weather = np.cumsum(rng.normal(0, 1, length))
+        weather = weather - np.convolve(weather, np.ones(per_day * 7) / (per_day * 7), "same")
+        if kind == "temperature":
+            x = (rng.uniform(-5, 20) + rng.uniform(3, 8) * daily + rng.uniform(5, 12) * annual
+                 + rng.uniform(0.3, 1.0) * weather / np.sqrt(per_day))
+        elif kind == "load":
+            profile = 1 + 0.25 * daily + 0.1 * np.sin(4 * np.pi * day + phase) - 0.2 * weekly
+            x = rng.uniform(50, 5000) * profile * (1 + 0.05 * annual) * rng.lognormal(0, 0.03, length)
+        elif kind == "counts":
+            rate = rng.uniform(0.2, 4) * np.exp(0.8 * daily + 0.4 * ~weekly)
+            x = rng.poisson(rate).astype(np.float64)
+        elif kind == "trend":
+            growth = rng.uniform(-0.4, 1.0) * t / length
+            x = rng.uniform(100, 1000) * (1 + growth) * (1 + 0.2 * daily + 0.15 * weekly)
+            x = x + rng.normal(0, 0.03 * x.mean(), length)
+        else:
+            at = int(length * rng.uniform(0.6, 0.9))
+            step = np.where(t >= at, rng.choice([-1, 1]) * rng.uniform(0.3, 0.6), 0.0)
+            x = rng.uniform(20, 500) * (1 + step) * (1 + 0.3 * daily + 0.2 * weekly)
+            x = x * rng.lognormal(0, 0.05, length)
+        out.append(x)
+        kinds.append(kind)
+    return out, kinds
+
+
+def generic_series(n: int, length: int, season: int, seed: int = 0) -> list[np.ndarray]:
+    """Random structural series that widen a forecaster's training beyond its data set (never
+    scored): a level; a trend, sometimes bending; a cycle of period `season` of 1-3 harmonics
+    and sometimes a longer one; AR(1) noise from white to nearly a random walk; additive or
+    multiplicative; sometimes a level shift, sometimes counts (Poisson). Unlike
+    `synthetic_series`, which validates, it draws no temperatures, loads or other named kinds."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(length)[None, :]
+    u = lambda lo, hi: rng.uniform(lo, hi, (n, 1))  # noqa: E731 - one draw per series
+    trend = rng.normal(0, 0.4, (n, 1)) * t / length * (rng.random((n, 1)) < 0.7)
+    bend = rng.integers(length // 3, length, (n, 1))
+    trend += rng.normal(0, 0.4, (n, 1)) * np.maximum(t - bend, 0) / length * (rng.random((n, 1)) < 0.3)
+    cycle = np.zeros((n, length))
+    if season > 1:
+        for k in (1, 2, 3):
+            on = rng.random((n, 1)) < (0.85 if k == 1 else 0.5)
+            cycle += on * rng.normal(0, 0.25 / k, (n, 1)) * np.sin(2 * np.pi * k * t / season + u(0, 2 * np.pi))
+    longer = season * rng.choice([4.35, 7.0, 12.0, 52.18], (n, 1)) if season > 1 else u(4, 12)
+    cycle += (rng.random((n, 1)) < 0.4) * u(0, 0.3) * np.sin(2 * np.pi * t / longer + u(0, 2 * np.pi))
+    phi, sigma = u(0, 0.98), u(0.005, 0.2)
+    shocks = rng.normal(0, 1, (n, length)) * sigma * np.sqrt(1 - phi**2)
+    noise = np.zeros((n, length))
+    noise[:, 0] = shocks[:, 0] / np.sqrt(1 - phi[:, 0] ** 2)
+    for i in range(1, length):
+        noise[:, i] = phi[:, 0] * noise[:, i - 1] + shocks[:, i]
+    shift = np.where(t >= rng.integers(length // 2, length, (n, 1)), u(-0.5, 0.5), 0.0)
+    shift *= rng.random((n, 1)) < 0.2
+    multiplicative = rng.random((n, 1)) < 0.6
+    x = np.where(multiplicative, (1 + trend) * (1 + cycle) * np.exp(noise) * (1 + shift),
+                 1 + trend + cycle + noise + shift)
+    counts = rng.random(n) < 0.15
+    rate = np.clip(x[counts], 0, None) * rng.uniform(0.3, 8, (counts.sum(), 1))
+    x[counts] = rng.poisson(rate)
+    level = np.where(counts[:, None], 1.0, rng.lognormal(3, 2, (n, 1)) * rng.choice([1, 1, 1, -1], (n, 1)))
+    return list(x * level + np.where(counts[:, None], 0.0, rng.normal(0, 1, (n, 1)) * level))

@@ -34,7 +34,7 @@ class Kind:
 
 KINDS = {
     "sentiment": Kind("flight_lstm.models.sentiment", "SentimentModel", ("sst2-bilstm", "")),
-    "forecast": Kind("flight_lstm.models.forecast", "ForecastModel", ("m4-hourly-lstm", "1")),
+    "forecast": Kind("flight_lstm.models.forecast", "ForecastModel", ("m4-hourly-lstm", "")),
 }
 BY_FREQUENCY = "forecast"  # the kind whose references may name a frequency instead of a model
 

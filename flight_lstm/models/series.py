@@ -14,6 +14,8 @@ import pyarrow.compute as pc
 EPS_REL = 1e-6  # scale floor relative to the level, so constant windows stay well defined
 TINY = 1e-300  # scale floor for all-zero windows
 TARGET_CLIP = 20.0  # training targets in scaled space; bounds degenerate (near-constant) windows
+SHORT = 3  # a window with fewer observed points than this shows no spread to scale intervals by
+WEIGHT_CLIP = 5.0  # relative-error loss weights (scale / |actual|), bounded for near-zero values
 
 
 def to_arrow(series: list[np.ndarray]) -> pa.Array:
@@ -104,16 +106,63 @@ def robust_scale(x: np.ndarray, present: np.ndarray):
     return dev / scale[:, None], mu, scale
 
 
+def error_scale(x: np.ndarray, obs: np.ndarray, lag: int) -> np.ndarray:
+    """Per row, the mean absolute error of the seasonal naive forecast at `lag` over the window's
+    observed points (lag 1 where they hold no pair `lag` apart): the scale of interval widths.
+
+    Scale-equivariant and shift-invariant, so it may be computed on scaled windows.  A row with
+    fewer than SHORT observed points shows no spread, so it is scaled by at least its mean |value|
+    (wide bounds, never near-zero ones), and by NaN (NULL bounds) when that is 0 too.
+    """
+    def mae(k: int):
+        if k >= x.shape[1]:
+            return np.zeros(len(x)), np.zeros(len(x), np.int64)
+        ok = obs[:, k:] & obs[:, :-k]
+        total = np.where(ok, np.abs(x[:, k:] - x[:, :-k]), 0.0).sum(axis=1)
+        count = ok.sum(axis=1)
+        return total / np.maximum(count, 1), count
+
+    scale, count = mae(lag)
+    if lag > 1:
+        naive, _ = mae(1)
+        scale = np.where(count > 0, scale, naive)
+    n_obs = obs.sum(axis=1)
+    level = np.where(obs, np.abs(x), 0.0).sum(axis=1) / np.maximum(n_obs, 1)
+    short = n_obs < SHORT
+    scale = np.where(short, np.maximum(scale, level), np.maximum(scale, EPS_REL * level + TINY))
+    return np.where(short & (scale == 0), np.nan, scale)
+
+
+def split_phases(values: np.ndarray, lengths: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row cut into its k phases, counted back from its end: phase r of a row of length L
+    holds its points at times t = L + r (mod k), whose next value is step r + 1 of the row.
+    A 15-minute series becomes 4 hourly ones. Returns the flat values and lengths of the n * k
+    rows, ordered by row, then phase."""
+    n = len(lengths)
+    row = np.repeat(np.arange(n), lengths)
+    t = np.arange(len(values)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    phase = (t - lengths[row]) % k
+    order = np.lexsort((t, phase, row))
+    return values[order], np.bincount(row * k + phase, minlength=n * k)
+
+
+def interleave(parts: np.ndarray, k: int, horizon: int) -> np.ndarray:
+    """The (n * k, m) forecasts of `split_phases`' rows woven back into (n, horizon) steps."""
+    n = len(parts) // k
+    return parts.reshape(n, k, -1).transpose(0, 2, 1).reshape(n, -1)[:, :horizon]
+
+
 class TrainingWindows:
     """Training and calibration windows cut from a padded matrix of series.
 
     The last `holdout` points of every series are never cut, so they can serve as a test set;
-    the `calib_windows` horizons before them are kept for validation and interval calibration.
+    the `calib_windows` horizons before them are kept for validation and interval calibration
+    (of the first `calib_series` series only, when given: the others only train).
     """
 
     def __init__(self, series: list[np.ndarray], window: int, horizon: int, holdout: int,
-                 calib_windows: int):
-        self.window, self.horizon = window, horizon
+                 calib_windows: int, relative_loss: bool = False, calib_series: int | None = None):
+        self.window, self.horizon, self.relative_loss = window, horizon, relative_loss
         self.lengths = np.array([len(s) for s in series])
         filled, _, _ = fill_gaps(np.concatenate(series), self.lengths)
         self.data = np.full((len(series), self.lengths.max() + horizon), np.nan)
@@ -127,22 +176,42 @@ class TrainingWindows:
             raise ValueError("series are too short for the holdout and calibration windows")
         origins = np.concatenate([self.train_end + k * horizon for k in range(calib_windows)])
         rows = np.tile(np.arange(len(series)), calib_windows)
-        self.calib_rows, self.calib_origins = rows[origins >= 1], origins[origins >= 1]
+        keep = (origins >= 1) & (rows < (len(series) if calib_series is None else calib_series))
+        self.calib_rows, self.calib_origins = rows[keep], origins[keep]
 
-    def cut(self, rows, origins, hist, rng=None, gap_p=0.0):
-        """Windows ending at `origins` with `hist` points of history, as
-        (z, observed, scaled target)."""
+    def cut(self, rows, origins, hist, rng=None, gap_p=0.0, shift_p=0.0):
+        """Windows ending at `origins` with `hist` points of history, as (z, observed, scaled
+        target, loss weight per step).  The weight is 1, or with `relative_loss` scale / |actual|
+        (the loss then measures errors relative to the actual value, as MAPE does; actuals below a
+        tenth of the window's level count as that), bounded and of mean 1."""
         w = self.window
         cols = origins[:, None] - w + np.arange(w)
         present = cols >= (origins - hist)[:, None]
         x = np.where(present, self.data[rows[:, None], cols.clip(0)], 0.0)
+        y = self.data[rows[:, None], origins[:, None] + np.arange(self.horizon)]
         obs = present.copy()
+        if rng is not None and shift_p > 0:
+            x, y = self._level_shift(x, y, hist, rng, shift_p)
         if rng is not None and gap_p > 0:
             x, obs = self._gaps(x, obs, hist, rng, gap_p)
         z, mu, scale = robust_scale(x, present)
-        y = self.data[rows[:, None], origins[:, None] + np.arange(self.horizon)]
         target = np.clip((y - mu[:, None]) / scale[:, None], -TARGET_CLIP, TARGET_CLIP)
-        return z, obs, target
+        weight = np.ones_like(target)
+        if self.relative_loss:
+            floor = np.maximum(0.1 * np.abs(mu), TINY)[:, None]
+            weight = np.clip(scale[:, None] / np.maximum(np.abs(y), floor), 0, WEIGHT_CLIP)
+            weight /= max(weight.mean(), TINY)
+        return z, obs, target, weight
+
+    def _level_shift(self, x, y, hist, rng, p):
+        """Scale everything from a random point of the history on, targets too, by 1 +- 20-60%:
+        a level shift, after which the new level is the one to follow."""
+        b, w = x.shape
+        sel = (rng.random(b) < p) & (hist >= 8)
+        at = w - 2 - (rng.random(b) * np.maximum(hist - 5, 1)).astype(np.int64)  # 2 .. hist-3 back
+        factor = np.where(sel, 1 + rng.choice([-1, 1], b) * rng.uniform(0.2, 0.6, b), 1.0)
+        after = np.arange(w)[None, :] >= at[:, None]
+        return np.where(after, x * factor[:, None], x), y * factor[:, None]
 
     def _gaps(self, x, obs, hist, rng, p):
         """Replace a random span with its linear interpolation and mark it unobserved."""
@@ -158,20 +227,24 @@ class TrainingWindows:
         x = np.where(inside, left[:, None] + (right - left)[:, None] * t, x)
         return x, obs & ~inside
 
-    def sampler(self, batch_size: int, steps: int, trunc_p: float, gap_p: float):
+    def sampler(self, batch_size: int, steps: int, trunc_p: float, gap_p: float,
+                min_history: int | None = None, shift_p: float = 0.0):
         """`BaseModel.fit`'s epoch: `steps` batches of random windows, each cut to a short history
-        with probability `trunc_p` and given a filled-in gap with probability `gap_p`."""
+        with probability `trunc_p`, given a filled-in gap with probability `gap_p` and a level
+        shift with probability `shift_p`.  Windows end anywhere after `min_history` points
+        (default: a full window, where the series allows)."""
+        first = self.window if min_history is None else min_history
 
         def epoch(rng: np.random.Generator):
             for _ in range(steps):
                 rows = rng.choice(self.trainable, batch_size)
                 last = self.train_end[rows] - self.horizon
                 # Full windows where the series allows; short histories come from truncation.
-                origins = rng.integers(np.minimum(self.window, last), last + 1)
+                origins = rng.integers(np.minimum(first, last), last + 1)
                 short = np.ceil(np.exp(rng.uniform(0, np.log(self.window), batch_size)))
                 hist = np.where(rng.random(batch_size) < trunc_p,
                                 np.minimum(origins, short.astype(np.int64)), origins)
-                yield self.cut(rows, origins, hist, rng, gap_p)
+                yield self.cut(rows, origins, hist, rng, gap_p, shift_p)
 
         return epoch
 
