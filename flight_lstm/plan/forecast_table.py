@@ -37,7 +37,7 @@ import sqlglot
 from sqlglot import exp
 
 from flight_lstm import frequencies
-from flight_lstm.errors import InvalidQuery
+from flight_lstm.plan.arguments import TableCall
 from flight_lstm.frequencies import FREQUENCIES
 
 NAME = "forecast_table"
@@ -186,34 +186,27 @@ def expand_forecast_tables(tree: exp.Expression) -> exp.Expression:
     return tree
 
 
-def _expansion(call: exp.Anonymous) -> str:
-    positional = [a for a in call.expressions if not isinstance(a, exp.Kwarg)]
-    named = {a.this.name.lower(): a.expression for a in call.expressions if isinstance(a, exp.Kwarg)}
-    unknown = set(named) - set(PARAMETERS)
-    if len(positional) != 1 or unknown:
-        raise InvalidQuery(
-            f"{NAME}('table', key => 'col', ts => 'col', value => 'col', horizon => N[, level => 0.95]"
-            f"[, freq => 'monthly' or a period][, tz => 'Europe/Berlin'][, model => 'name@version']) "
-            f"takes one table name and named parameters"
-            + (f"; unknown: {', '.join(sorted(unknown))}" if unknown else "")
-        )
-    for required in ("ts", "value", "horizon"):
-        if required not in named:
-            raise InvalidQuery(f"{NAME}() needs {required} => ...")
-    key = _column(_string(named["key"], "key")) if "key" in named else None
-    ts = _column(_string(named["ts"], "ts"))
-    horizon = _number(named["horizon"], "horizon")
-    level = _number(named["level"], "level") if "level" in named else "0.95"
-    freq = _freq(named["freq"]) if "freq" in named else None
+USAGE = ("'table', key => 'col', ts => 'col', value => 'col', horizon => N[, level => 0.95]"
+         "[, freq => 'monthly' or a period][, tz => 'Europe/Berlin'][, model => 'name@version']")
+
+
+def _expansion(node: exp.Anonymous) -> str:
+    call = TableCall.of(node, PARAMETERS, USAGE)
+    call.require("ts", "value", "horizon")
+    key = call.column("key") if "key" in call else None
+    ts = call.column("ts")
+    horizon = call.number("horizon")
+    level = call.number("level") if "level" in call else "0.95"
+    freq = _freq(call) if "freq" in call else None
     given = freq if isinstance(freq, str) else None  # a name fixes the grid; a period only the model
     if given and float(horizon) > FREQUENCIES[given].max_horizon:
-        raise InvalidQuery(f"{NAME}(): horizon => {horizon} is more than {frequencies.MAX_YEARS} years "
-                           f"of {given} steps ({FREQUENCIES[given].max_horizon})")
-    model = _string(named["model"], "model") if "model" in named else (None if freq is None else str(freq))
-    zone = _zone(named["tz"]) if "tz" in named else None
+        raise call.error(f"horizon => {horizon} is more than {frequencies.MAX_YEARS} years "
+                         f"of {given} steps ({FREQUENCIES[given].max_horizon})")
+    model = call.string("model") if "model" in call else (None if freq is None else str(freq))
+    zone = _zone(call) if "tz" in call else None
     points = (f"SELECT {key or 'NULL'} AS _key, {ts} AS _ts, epoch_us({ts}) AS _t, "
-              f"CAST({_column(_string(named['value'], 'value'))} AS DOUBLE) AS _value, {_wall_clock(ts, zone)} AS _w "
-              f"FROM {exp.to_table(_string(positional[0], 'table')).sql('duckdb')} WHERE {ts} IS NOT NULL")
+              f"CAST({call.column('value')} AS DOUBLE) AS _value, {_wall_clock(ts, zone)} AS _w "
+              f"FROM {call.table} WHERE {ts} IS NOT NULL")
     sub_daily = [f for f in FREQUENCIES.values() if f.minutes]
     return TEMPLATE.format(
         points=points,
@@ -307,41 +300,24 @@ def _wall_clock(ts: str, zone: str | None) -> str:
             f"ELSE CAST({ts} AS TIMESTAMP) END")
 
 
-def _freq(node: exp.Expression) -> str | int:
+def _freq(call: TableCall) -> str | int:
+    node = call.named["freq"]
     if isinstance(node, exp.Literal) and node.is_string:
         value: str | int = node.this
     elif isinstance(node, exp.Literal) and node.is_int:
         value = int(node.this)
     else:
-        raise InvalidQuery(f"{NAME}(): freq must be a frequency name such as 'monthly' or a seasonal period")
+        raise call.error("freq must be a frequency name such as 'monthly' or a seasonal period")
     try:
         return frequencies.parse(value)
     except ValueError as e:
-        raise InvalidQuery(f"{NAME}(): freq => {str(value)[:40]!r}: {e}") from None
+        raise call.error(f"freq => {str(value)[:40]!r}: {e}") from None
 
 
-def _zone(node: exp.Expression) -> str:
-    name = _string(node, "tz")
+def _zone(call: TableCall) -> str:
+    name = call.string("tz")
     try:
         zoneinfo.ZoneInfo(name)
     except (ValueError, zoneinfo.ZoneInfoNotFoundError):
-        raise InvalidQuery(f"{NAME}(): tz => {name[:40]!r} is not a known time zone (e.g. 'Europe/Berlin')") from None
+        raise call.error(f"tz => {name[:40]!r} is not a known time zone (e.g. 'Europe/Berlin')") from None
     return "'" + name.replace("'", "''") + "'"
-
-
-def _string(node: exp.Expression, what: str) -> str:
-    if not (isinstance(node, exp.Literal) and node.is_string):
-        raise InvalidQuery(f"{NAME}(): {what} must be a string literal")
-    return node.this
-
-
-def _number(node: exp.Expression, what: str) -> str:
-    if isinstance(node, exp.Neg) and isinstance(node.this, exp.Literal):
-        node = exp.Literal.number("-" + node.this.this)
-    if not (isinstance(node, exp.Literal) and not node.is_string):
-        raise InvalidQuery(f"{NAME}(): {what} must be a number")
-    return node.this
-
-
-def _column(name: str) -> str:
-    return exp.to_identifier(name, quoted=True).sql("duckdb")

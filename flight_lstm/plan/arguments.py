@@ -1,0 +1,72 @@
+"""The arguments of a table function in FROM (`forecast_table(...)`, `anomaly_table(...)`): one
+table name, then named parameters, each a literal.
+
+Only literals are taken, and each comes back as SQL of our own making: a column or table name
+quoted as an identifier, a number as its literal text. So no user text reaches the expansion
+outside a quoted identifier or literal, whatever the caller writes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlglot import exp
+
+from flight_lstm.errors import InvalidQuery
+
+
+@dataclass(frozen=True)
+class TableCall:
+    function: str  # its name, for messages
+    table: str  # the table it reads, as SQL
+    named: dict[str, exp.Expression]
+
+    @classmethod
+    def of(cls, call: exp.Anonymous, parameters: tuple[str, ...], usage: str) -> TableCall:
+        """The call's table and named parameters; InvalidQuery with `usage` for anything else."""
+        function = call.name.lower()
+        positional = [a for a in call.expressions if not isinstance(a, exp.Kwarg)]
+        named = {a.this.name.lower(): a.expression for a in call.expressions if isinstance(a, exp.Kwarg)}
+        unknown = set(named) - set(parameters)
+        if len(positional) != 1 or unknown:
+            raise InvalidQuery(f"{function}({usage}) takes one table name and named parameters"
+                               + (f"; unknown: {', '.join(sorted(unknown))}" if unknown else ""))
+        self = cls(function, "", named)
+        table = exp.to_table(self._string(positional[0], "the table name")).sql("duckdb")
+        return cls(function, table, named)
+
+    def __contains__(self, parameter: str) -> bool:
+        return parameter in self.named
+
+    def require(self, *parameters: str) -> None:
+        for parameter in parameters:
+            if parameter not in self.named:
+                raise InvalidQuery(f"{self.function}() needs {parameter} => ...")
+
+    def string(self, parameter: str) -> str:
+        """The parameter's text (not SQL: quote it before it goes into any)."""
+        return self._string(self.named[parameter], parameter)
+
+    def column(self, parameter: str) -> str:
+        """The parameter as a quoted column name."""
+        return quote_column(self.string(parameter))
+
+    def number(self, parameter: str) -> str:
+        """The parameter's numeric literal, as SQL."""
+        node = self.named[parameter]
+        if isinstance(node, exp.Neg) and isinstance(node.this, exp.Literal):
+            node = exp.Literal.number("-" + node.this.this)
+        if not (isinstance(node, exp.Literal) and not node.is_string):
+            raise InvalidQuery(f"{self.function}(): {parameter} must be a number")
+        return node.this
+
+    def error(self, message: str) -> InvalidQuery:
+        return InvalidQuery(f"{self.function}(): {message}")
+
+    def _string(self, node: exp.Expression, what: str) -> str:
+        if not (isinstance(node, exp.Literal) and node.is_string):
+            raise InvalidQuery(f"{self.function}(): {what} must be a string literal")
+        return node.this
+
+
+def quote_column(name: str) -> str:
+    return exp.to_identifier(name, quoted=True).sql("duckdb")
