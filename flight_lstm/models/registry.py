@@ -35,6 +35,7 @@ class Kind:
 KINDS = {
     "sentiment": Kind("flight_lstm.models.sentiment", "SentimentModel", ("sst2-bilstm", "")),
     "forecast": Kind("flight_lstm.models.forecast", "ForecastModel", ("m4-hourly-lstm", "")),
+    "anomaly": Kind("flight_lstm.models.anomaly", "AnomalyModel", ("anomaly-lstm", "")),
 }
 BY_FREQUENCY = "forecast"  # the kind whose references may name a frequency instead of a model
 

@@ -16,6 +16,9 @@ TINY = 1e-300  # scale floor for all-zero windows
 TARGET_CLIP = 20.0  # training targets in scaled space; bounds degenerate (near-constant) windows
 SHORT = 3  # a window with fewer observed points than this shows no spread to scale intervals by
 WEIGHT_CLIP = 5.0  # relative-error loss weights (scale / |actual|), bounded for near-zero values
+# Anomaly scoring is online with a bounded past: a point's answer depends on at most this many
+# points before it, so a scheduled run reads this much context and no more (plan/anomaly_table.py).
+MAX_CONTEXT = 2048
 
 
 def to_arrow(series: list[np.ndarray]) -> pa.Array:

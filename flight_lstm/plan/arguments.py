@@ -52,12 +52,12 @@ class TableCall:
 
     def number(self, parameter: str) -> str:
         """The parameter's numeric literal, as SQL."""
-        node = self.named[parameter]
-        if isinstance(node, exp.Neg) and isinstance(node.this, exp.Literal):
-            node = exp.Literal.number("-" + node.this.this)
+        node, sign = self.named[parameter], ""
+        if isinstance(node, exp.Neg):
+            node, sign = node.this, "-"
         if not (isinstance(node, exp.Literal) and not node.is_string):
             raise InvalidQuery(f"{self.function}(): {parameter} must be a number")
-        return node.this
+        return sign + node.this
 
     def error(self, message: str) -> InvalidQuery:
         return InvalidQuery(f"{self.function}(): {message}")

@@ -214,9 +214,9 @@ def _expansion(node: exp.Anonymous) -> str:
         ts_name=ts,
         label="'series ' || coalesce(s._key::VARCHAR, 'NULL')" if key else "'the series'",
         horizon=horizon,
-        calendar=", ".join(f"{expr} AS _{name}" for name, expr in _calendar("_w").items()),
-        previous={name: f"({expr})" for name, expr in _calendar("_pw").items()},
-        point={name: f"({expr})" for name, expr in _calendar("p._w").items()},
+        calendar=", ".join(f"{expr} AS _{name}" for name, expr in calendar("_w").items()),
+        previous={name: f"({expr})" for name, expr in calendar("_pw").items()},
+        point={name: f"({expr})" for name, expr in calendar("p._w").items()},
         sub_daily_pairs=" ".join(f"WHEN _gap = {f.minutes * US_PER_MINUTE} THEN '{f.name}'" for f in sub_daily),
         multiples=", ".join(f"coalesce(bool_and(_gap % {f.minutes * US_PER_MINUTE} = 0), true) AS _on_{f.name}"
                             for f in sub_daily),
@@ -244,7 +244,7 @@ def _expansion(node: exp.Anonymous) -> str:
     )
 
 
-def _calendar(w: str) -> dict[str, str]:
+def calendar(w: str) -> dict[str, str]:
     """Where the wall-clock TIMESTAMP `w` falls: time of day (us), day number (days since
     1970-01-01), month number (12 * year + month - 1), day of month, month end, weekday (Monday
     0) and business-day number (Monday to Friday, counted from Monday 1970-01-05)."""

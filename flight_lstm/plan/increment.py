@@ -11,6 +11,10 @@ A run puts two queries to the source, each planned like any other:
 
 So a row already scored never reaches a model, whatever order the engine picks for the rest.
 Both compare keys as every other place does (sinks/keys.py: identical values, text byte for byte).
+
+A query straight over `anomaly_table(...)`, keyed on its (key, ts), marks the call instead
+(plan/anomaly_table.py): the keys query reads the keys without scoring, and the chunk query
+scores the pending points of each series from just enough of its past.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from sqlglot import exp
 
 from flight_lstm.errors import InvalidQuery
 from flight_lstm.identifiers import quote
+from flight_lstm.plan import anomaly_table
 from flight_lstm.plan.operators import operator_calls
 from flight_lstm.sinks.keys import is_text, same_key
 
@@ -64,7 +69,10 @@ def build(tree: exp.Expression, keys: tuple[str, ...], operators, *,
     for k, e in zip(keys, key_exprs):
         if e.find(exp.AggFunc, exp.Window):
             raise InvalidQuery(f"key {k!r} must be computed without aggregates or window functions")
-    probe = tree.copy()
+    probe, chunk = tree.copy(), tree.copy()
+    series = _anomaly_call(tree)
+    if series is not None:
+        _mark_anomaly_call(series, probe, chunk, keys, text)
     probe.set("order", None)
     selected = [exp.alias_(e.copy(), k, quoted=True) for k, e in zip(keys, key_exprs)]
     if watermark:
@@ -88,8 +96,41 @@ def build(tree: exp.Expression, keys: tuple[str, ...], operators, *,
     ).from_(exp.Subquery(this=probe, alias=exp.TableAlias(this=exp.to_identifier("p"))))
     in_chunk = exp.and_(*(_with_expression(same_key(f"c.{key_column(i)}", KEY, text=k in text), e)
                           for i, (k, e) in enumerate(zip(keys, key_exprs))))
-    chunk = tree.copy().where(exp.Exists(this=exp.select("1").from_(f"{CHUNK} AS c").where(in_chunk)))
+    chunk = chunk.where(exp.Exists(this=exp.select("1").from_(f"{CHUNK} AS c").where(in_chunk)))
     return Increment(keys_query, chunk, done, tuple(e.sql(dialect="duckdb") for e in key_exprs))
+
+
+def _anomaly_call(tree: exp.Select) -> exp.Anonymous | None:
+    """The anomaly_table(...) call the query reads from; InvalidQuery if one is anywhere else."""
+    calls = [c for c in tree.find_all(exp.Anonymous) if c.name.lower() in (anomaly_table.TABLE, anomaly_table.EVENTS)]
+    source = tree.args.get("from_")
+    direct = source.this.this if source is not None and isinstance(source.this, exp.Table) else None
+    if not calls:
+        return None
+    if calls != [direct] or direct.name.lower() != anomaly_table.TABLE or tree.args.get("joins"):
+        raise InvalidQuery("an enrichment over anomalies selects straight FROM anomaly_table(...), with no "
+                           "join or other table function, keyed on its key and ts columns")
+    if any(tree.args.get(part) for part in ("where", "group", "having", "distinct", "qualify")):
+        raise InvalidQuery("an enrichment over anomaly_table(...) writes every scored point: drop WHERE, "
+                           "GROUP BY and DISTINCT, and filter when you read the table (WHERE is_anomaly)")
+    return direct
+
+
+def _mark_anomaly_call(call: exp.Anonymous, probe: exp.Select, chunk: exp.Select, keys: tuple[str, ...],
+                       text: set[str]) -> None:
+    """Mark the copies' anomaly_table call: keys only in the probe, pending points in the chunk."""
+    key, ts = anomaly_table.series_columns(call)
+    wanted = [c for c in (key, ts) if c is not None]
+    position = {k.lower(): i for i, k in enumerate(keys)}
+    if sorted(position) != sorted(c.lower() for c in wanted):
+        raise InvalidQuery(f"an enrichment over anomaly_table(...) is keyed on its series and time: "
+                           f"--key {','.join(wanted)}")
+    matches = [same_key(f"c.{key_column(position[ts.lower()])}", "p._ts", text=False)]
+    if key is not None:
+        matches.append(same_key(f"c.{key_column(position[key.lower()])}", "p._key",
+                                text=any(k.lower() == key.lower() for k in text)))
+    _anomaly_call(probe).meta[anomaly_table.KEYS_ONLY] = True
+    _anomaly_call(chunk).meta[anomaly_table.PENDING] = (CHUNK, " AND ".join(matches))
 
 
 KEY = "__enrich_key"  # stands for a key's expression in a condition written as text
