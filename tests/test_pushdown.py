@@ -130,3 +130,17 @@ def test_a_subquery_inside_one_pushed_whole_is_not_scanned_again(server):
     service_plan = json.loads(next(iter(flight.connect(server).do_action(flight.Action(
         "explain", f"SELECT sentiment(r) FROM (SELECT * FROM (SELECT review AS r FROM {DEEP}) x) y".encode())))).body.to_pybytes())
     assert [s["name"] for s in service_plan["scans"]] == ["_scan_0"]
+
+
+@pytest.mark.parametrize("call", [
+    "forecast_table('shop.sales', key => 'store', ts => 'ts', value => 'amount', horizon => 3)",
+    "anomaly_table('shop.sales', key => 'store', ts => 'ts', value => 'amount')",
+])
+def test_a_table_function_sends_dremio_only_the_columns_it_reads(client, standin, call):
+    """Its expansion is DuckDB's SQL (epoch_us, list_resize, error, typeof): none of it reaches Dremio."""
+    before = len(standin.sql)
+    t = run(client, f"SELECT store, count(*) AS n FROM {call} GROUP BY store ORDER BY store")
+    assert t.column("store").to_pylist() == ["a", "b", "c"]
+    scans = [q for q in reached(standin, before) if q != "SELECT * FROM shop.sales"]  # that one learns the columns
+    assert scans and all(q in ('SELECT "store", "ts", "amount" FROM shop.sales',
+                               'SELECT "store", "ts", "amount" FROM shop.sales WHERE NOT "ts" IS NULL') for q in scans), scans

@@ -32,13 +32,12 @@ first pending point: the model's answer for a point depends on no more of its pa
 """
 from __future__ import annotations
 
-import sqlglot
 from sqlglot import exp
 
 from flight_lstm import frequencies
 from flight_lstm.frequencies import FREQUENCIES
 from flight_lstm.models.series import MAX_CONTEXT
-from flight_lstm.plan.arguments import TableCall, quote_column
+from flight_lstm.plan.arguments import TableCall, expansion, quote_column
 from flight_lstm.plan.forecast_table import calendar
 
 TABLE, EVENTS = "anomaly_table", "anomaly_events"
@@ -50,6 +49,7 @@ CALENDAR_STEPS = {"daily": ("day", 1), "weekly": ("day", 7), "business_daily": (
                   "monthly": ("month", 1), "quarterly": ("month", 3), "yearly": ("month", 12)}
 LEVEL = "0.999"
 GAP = 3
+MAX_COLUMNS = 64  # value => 'a, b, ...': each column adds its own SQL, so a request cannot grow it unbounded
 KEYS_ONLY = "keys_only"  # meta: the rows' keys only
 PENDING = "pending"  # meta: (local table `c` of pending keys, SQL matching its row to a point `p`)
 NUMERIC = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
@@ -107,7 +107,7 @@ def expand_anomaly_tables(tree: exp.Expression) -> exp.Expression:
         if name in (TABLE, EVENTS):
             sql = _expansion(call) if name == TABLE else _events(call)
             alias = table.args.get("alias") or exp.TableAlias(this=exp.to_identifier(name))
-            table.replace(exp.Subquery(this=sqlglot.parse_one(sql, read="duckdb"), alias=alias))
+            table.replace(exp.Subquery(this=expansion(sql), alias=alias))
     return tree
 
 
@@ -200,6 +200,8 @@ def _value_columns(call: TableCall) -> list[str]:
     names = [n.strip() for n in call.string("value").split(",")]
     if not all(names) or len({n.lower() for n in names}) != len(names):
         raise call.error("value => names one column, or several as 'a, b, c', each once")
+    if len(names) > MAX_COLUMNS:
+        raise call.error(f"value => names {len(names)} columns; at most {MAX_COLUMNS} are scored together")
     return [quote_column(n) for n in names]
 
 

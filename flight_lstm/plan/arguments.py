@@ -1,15 +1,31 @@
-"""The arguments of a table function in FROM (`forecast_table(...)`, `anomaly_table(...)`): one
-table name, then named parameters, each a literal.
+"""The table functions in FROM (`forecast_table(...)`, `anomaly_table(...)`): reading their
+arguments, and the tree their expansion becomes.
 
-Only literals are taken, and each comes back as SQL of our own making: a column or table name
-quoted as an identifier, a number as its literal text. So no user text reaches the expansion
-outside a quoted identifier or literal, whatever the caller writes.
+Arguments are one table name, then named parameters, each a literal. Only literals are taken, and
+each comes back as SQL of our own making: a column or table name quoted as an identifier, a number
+as its literal text. So no user text reaches the expansion outside a quoted identifier or literal,
+whatever the caller writes.
+
+An expansion is written in DuckDB's SQL (epoch_us, list_resize, error, ...), which a source that
+runs SQL itself (Dremio) does not speak: each function call in it is marked LOCAL_ONLY, and the
+pushdown (plan/pushdown.py) sends such a source only the columns and plain filters it reads.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import sqlglot
 from sqlglot import exp
+
+LOCAL_ONLY = "local_only"  # meta of a function call that runs in the local DuckDB, never in a source
+
+
+def expansion(sql: str) -> exp.Query:
+    """An expansion's SQL as a tree, its function calls marked LOCAL_ONLY."""
+    tree = sqlglot.parse_one(sql, read="duckdb")
+    for call in tree.find_all(exp.Func):
+        call.meta[LOCAL_ONLY] = True
+    return tree
 
 from flight_lstm.errors import InvalidQuery
 

@@ -33,11 +33,10 @@ from __future__ import annotations
 
 import zoneinfo
 
-import sqlglot
 from sqlglot import exp
 
 from flight_lstm import frequencies
-from flight_lstm.plan.arguments import TableCall
+from flight_lstm.plan.arguments import TableCall, expansion
 from flight_lstm.frequencies import FREQUENCIES
 
 NAME = "forecast_table"
@@ -180,7 +179,7 @@ def expand_forecast_tables(tree: exp.Expression) -> exp.Expression:
     for table in list(tree.find_all(exp.Table)):
         call = table.this
         if isinstance(call, exp.Anonymous) and call.name.lower() == NAME:
-            body = sqlglot.parse_one(_expansion(call), read="duckdb")
+            body = expansion(_expansion(call))
             alias = table.args.get("alias") or exp.TableAlias(this=exp.to_identifier(NAME))
             table.replace(exp.Subquery(this=body, alias=alias))
     return tree

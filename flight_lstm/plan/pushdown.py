@@ -22,9 +22,10 @@ the text sent is then written from that tree by emit.to_sql. Every node of a pie
 - operators: comparisons, AND/OR/NOT, + - * / % unary minus and ||, IN, BETWEEN, LIKE/ILIKE
   (ESCAPE), IS, = ANY/ALL (subquery), CASE;
 - a typed sqlglot function node (aggregates, window functions, CAST, EXTRACT, ...) except table
-  functions (UDTF) and file readers; CAST only to a built-in type; a function sqlglot does not
-  know (Anonymous) only under a plain-word name that is not one of Dremio's table functions; a
-  unit or EXTRACT part only as a Var that is a plain word;
+  functions (UDTF), file readers and the calls a table function's expansion wrote in DuckDB's SQL
+  (LOCAL_ONLY: the source gets the columns they read); CAST only to a built-in type; a function
+  sqlglot does not know (Anonymous) only under a plain-word name that is not one of Dremio's
+  table functions; a unit or EXTRACT part only as a Var that is a plain word;
 and any other text sqlglot would write unquoted must be keyword words (`CURRENT ROW`). The piece
 must also be writable in the source's dialect without sqlglot dropping anything (UnsupportedError).
 
@@ -47,6 +48,7 @@ from sqlglot.errors import ErrorLevel, UnsupportedError
 from sqlglot.optimizer.scope import Scope, traverse_scope
 
 from flight_lstm.errors import QueryRefused, first_line
+from flight_lstm.plan.arguments import LOCAL_ONLY
 from flight_lstm.plan.emit import PLAIN_WORD, to_sql
 from flight_lstm.plan.views import cte_names
 
@@ -298,6 +300,8 @@ def unsendable(node: exp.Expression, dialect: str) -> str | None:
 
 def _node_problem(node: exp.Expression) -> str | None:
     kind = type(node)
+    if isinstance(node, exp.Func) and node.meta.get(LOCAL_ONLY):
+        return f"{node.key.upper()}, written by a table function for the local DuckDB"
     if isinstance(node, exp.Func) and kind not in SENDABLE:
         if isinstance(node, NOT_SENT_FUNCTIONS):
             return f"the table or file function {node.key.upper()}"
