@@ -97,3 +97,8 @@ def test_bad_calls_name_the_problem(service, call, words):
 def test_composes_with_sql_around_it(service):
     t = run(service, f"SELECT store, max(hi - lo) AS widest FROM {CALL.format(table='sales', h=6, extra='')} GROUP BY store ORDER BY store")
     assert t.num_rows == 3 and all(w > 0 for w in t.column("widest").to_pylist())
+
+
+def test_several_series_without_key_are_told_to_name_it(service):
+    with pytest.raises(InvalidQuery, match="has duplicate timestamps: several series in one table.*key => 'col'"):
+        run(service, "SELECT * FROM forecast_table('sales', ts => 'ts', value => 'amount', horizon => 2)")

@@ -116,3 +116,25 @@ def test_a_view_must_itself_be_safe(catalog):
 def test_a_view_may_be_named_with_schema_main(catalog):
     plan = catalog.plan("SELECT * FROM main.scored")
     assert plan.sql.startswith("WITH scored AS") and plan.tables == ("reviews",)
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT forecast(list(amount), 2) FROM sales",
+    "SELECT store, forecast_interval(array_agg(amount), 2, 0.9) FROM sales GROUP BY store",
+    "SELECT forecast(list(amount) FILTER (WHERE amount > 0), 2) FROM sales",
+    "SELECT anomaly_scores(list(amount), 0.99, 0) FROM sales",
+    "SELECT forecast(list(amount), 2, 'known') FROM sales",
+])
+def test_a_series_aggregated_in_no_order_is_refused_with_the_fix(catalog, sql):
+    with pytest.raises(InvalidQuery, match=r"needs its points in time order: write list\(amount ORDER BY ts\)"):
+        catalog.plan(sql)
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT forecast(list(amount ORDER BY ts), 2) FROM sales",
+    "SELECT forecast(list(amount) OVER (PARTITION BY store ORDER BY ts), 2) FROM sales",
+    "SELECT forecast(history, 2) FROM series",  # a list column: its order is its writer's
+    "SELECT forecast([1.0, 2.0, 3.0], 2)",
+])
+def test_a_series_in_a_defined_order_is_taken(catalog, sql):
+    assert catalog.plan(sql).operators == {"forecast"}

@@ -1,7 +1,8 @@
 """What a plan is, and the catalog that makes one: the query steps composed as data.
 
-    QUERY:    parse, expand forecast_table and anomaly_table, check read-only, inline views, bind operators
-    EXCHANGE: parse, check read-only, check row-wise, bind operators
+    QUERY:    parse, expand forecast_table and anomaly_table, check read-only, inline views, check
+              series are ordered, bind operators
+    EXCHANGE: parse, check read-only, check row-wise, check series are ordered, bind operators
     then:     push work down to a source that runs SQL, tag operator calls with their
               connection, lift operator calls out, and write SQL (emit.py, checked by DuckDB)
 
@@ -24,14 +25,16 @@ from flight_lstm.plan.emit import to_sql
 from flight_lstm.plan.forecast_table import expand_forecast_tables
 from flight_lstm.plan.lift import Lift, lift_operators
 from flight_lstm.plan.operators import bind_operators, models_called, operator_names, operators_called, tag_connection
+from flight_lstm.plan.ordered import check_ordered_series
 from flight_lstm.plan.parse import parse_one_query
 from flight_lstm.plan.pushdown import push_down
 from flight_lstm.plan.read_only import check_read_only
 from flight_lstm.plan.row_wise import check_row_wise
 from flight_lstm.plan.views import inline_views, source_tables
 
-QUERY = (expand_forecast_tables, expand_anomaly_tables, check_read_only, inline_views, bind_operators)
-EXCHANGE = (check_read_only, check_row_wise, bind_operators)
+QUERY = (expand_forecast_tables, expand_anomaly_tables, check_read_only, inline_views, check_ordered_series,
+         bind_operators)
+EXCHANGE = (check_read_only, check_row_wise, check_ordered_series, bind_operators)
 
 
 @dataclass(frozen=True)

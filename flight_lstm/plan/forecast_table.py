@@ -129,7 +129,7 @@ WITH _pairs AS (  -- each point, where it falls on the calendar, and how it foll
     GROUP BY _key
 ), _inputs AS (
     SELECT s.*, CASE
-            WHEN s._duplicates THEN error('forecast_table: ' || {label} || ' has duplicate timestamps')
+            WHEN s._duplicates THEN error('forecast_table: ' || {label} || ' has duplicate timestamps{duplicates_hint}')
             WHEN s._mixed IS NOT NULL THEN error('forecast_table: ' || {label} || ' mixes frequencies: '
                 || s._mixed || '; forecast one part, or choose with freq => ...')
             WHEN {given} AND s._freq IS NULL THEN error('forecast_table: ' || {label}
@@ -212,6 +212,7 @@ def _expansion(node: exp.Anonymous) -> str:
         key_out=f"_key AS {key}, " if key else "",
         ts_name=ts,
         label="'series ' || coalesce(s._key::VARCHAR, 'NULL')" if key else "'the series'",
+        duplicates_hint="" if key else ": several series in one table? name the column that tells them apart with key => ''col''",
         horizon=horizon,
         calendar=", ".join(f"{expr} AS _{name}" for name, expr in calendar("_w").items()),
         previous={name: f"({expr})" for name, expr in calendar("_pw").items()},
