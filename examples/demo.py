@@ -19,16 +19,11 @@ sys.path.insert(0, str(HERE))
 from client import datasets, health, run  # noqa: E402
 from make_lakehouse import make_lakehouse  # noqa: E402
 
-VIEW = "review_scores=SELECT id, review, sentiment(review) AS score, sentiment_label(review) AS label FROM reviews"
+from flight_lstm import plot  # noqa: E402
+from flight_lstm.models import default_registry  # noqa: E402
 
-PLOT_SQL = """
-SELECT store, ts, amount AS value, NULL::DOUBLE AS lo, NULL::DOUBLE AS hi, 'history' AS kind
-FROM sales WHERE ts > (SELECT max(ts) FROM sales) - INTERVAL 72 HOUR
-UNION ALL
-SELECT store, ts, mean, lo, hi, 'forecast'
-FROM forecast_table('sales', key => 'store', ts => 'ts', value => 'amount', horizon => 48, level => 0.9)
-ORDER BY store, ts
-"""
+VIEW = "review_scores=SELECT id, review, sentiment(review) AS score, sentiment_label(review) AS label FROM reviews"
+LEVEL = 0.95  # forecast_table's default
 
 
 def start_server(lake: Path) -> tuple[subprocess.Popen, str]:
@@ -60,29 +55,12 @@ def example_queries(path: Path) -> list[tuple[str, str]]:
 
 
 def plot_forecast(server: str, png: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = run(server, PLOT_SQL).to_pylist()
-    stores = sorted({r["store"] for r in rows})
-    fig, axes = plt.subplots(len(stores), 1, figsize=(10, 2.6 * len(stores)), sharex=True)
-    for ax, store in zip(axes, stores):
-        mine = [r for r in rows if r["store"] == store]
-        past = [r for r in mine if r["kind"] == "history"]
-        future = [r for r in mine if r["kind"] == "forecast"]
-        ax.plot([r["ts"] for r in past], [r["value"] for r in past], color="black", lw=1, label="history")
-        ax.plot([r["ts"] for r in future], [r["value"] for r in future], color="tab:blue", lw=1.5, label="forecast")
-        ax.fill_between([r["ts"] for r in future], [r["lo"] for r in future], [r["hi"] for r in future],
-                        color="tab:blue", alpha=0.25, label="90% interval")
-        ax.set_title(f"sales, store {store}", fontsize=10)
-        ax.grid(alpha=0.3)
-    axes[0].legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    return png
+    """The last three days of each store and the next 48 hours, at forecast_table's default level."""
+    history = run(server, plot.history_sql("sales", "store", "ts", "amount", 72))
+    forecast = run(server, plot.forecast_sql("sales", "store", "ts", "amount", 48, LEVEL))
+    model = default_registry().resolve("forecast", "hourly").ref  # what forecast_table picks for hourly sales
+    return plot.draw_forecast(history, forecast, png, title=f"sales: {model}, 48 hours ahead, {LEVEL:.0%} interval",
+                              ts="ts", value="amount", level=LEVEL)
 
 
 def main() -> int:

@@ -35,10 +35,12 @@ REVIEWS = [
 
 STORES = {"north": 120.0, "south": 80.0, "east": 45.0, "west": 200.0}
 DAYS = 28
+OUTAGE = ("south", 20 * 24 + 11, 3)  # a store, the hour its tills went down, for how many hours
 
 
 def sales_table(seed: int = 7) -> pa.Table:
-    """Hourly sales per store: a daily cycle, a weekend lift, a slight trend and noise."""
+    """Hourly sales per store: a daily cycle, a weekend lift, a slight trend and noise, and one
+    incident for anomaly_table to find (OUTAGE: sales near zero for a few hours)."""
     rng = np.random.default_rng(seed)
     hours = np.arange(DAYS * 24)
     ts = (np.datetime64("2026-10-01T00:00") + hours.astype("timedelta64[h]")).astype("datetime64[us]")
@@ -48,6 +50,8 @@ def sales_table(seed: int = 7) -> pa.Table:
     for store, level in STORES.items():
         trend = 1 + 0.004 * hours / 24
         amount = level * daily * weekend * trend * rng.lognormal(0, 0.06, len(hours))
+        if store == OUTAGE[0]:
+            amount[OUTAGE[1]:OUTAGE[1] + OUTAGE[2]] *= 0.1
         columns["store"] += [store] * len(hours)
         columns["ts"].append(ts)
         columns["amount"].append(np.round(amount, 2))

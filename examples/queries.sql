@@ -29,3 +29,15 @@ FROM (
     GROUP BY store
 )
 ORDER BY store, f.step;
+
+-- Anomalies: every hour of every store judged from its own past; the flagged hours, worst first
+SELECT store, ts, round(value, 1) AS value, round(expected, 1) AS expected, round(score, 6) AS score
+FROM anomaly_table('sales', key => 'store', ts => 'ts', value => 'amount')
+WHERE is_anomaly
+ORDER BY score DESC
+LIMIT 8;
+
+-- The same as incidents a person can act on: flagged hours that follow each other, grouped
+SELECT store, start_ts, end_ts, points, round(peak_score, 6) AS peak_score
+FROM anomaly_events('sales', key => 'store', ts => 'ts', value => 'amount')
+ORDER BY start_ts;
