@@ -1,7 +1,7 @@
 """What a plan is, and the catalog that makes one: the query steps composed as data.
 
-    QUERY:    parse, expand forecast_table and anomaly_table, check read-only, inline views, check
-              series are ordered, bind operators
+    QUERY:    parse, expand the table functions (forecast_table, forecast_backtest, anomaly_table),
+              check read-only, inline views, check series are ordered, bind operators
     EXCHANGE: parse, check read-only, check row-wise, check series are ordered, bind operators
     then:     push work down to a source that runs SQL, tag operator calls with their
               connection, lift operator calls out, and write SQL (emit.py, checked by DuckDB)
@@ -22,6 +22,7 @@ from sqlglot.errors import OptimizeError
 from flight_lstm.errors import InvalidQuery, first_line
 from flight_lstm.plan.anomaly_table import expand_anomaly_tables
 from flight_lstm.plan.emit import to_sql
+from flight_lstm.plan.forecast_backtest import expand_forecast_backtests
 from flight_lstm.plan.forecast_table import expand_forecast_tables
 from flight_lstm.plan.lift import Lift, lift_operators
 from flight_lstm.plan.operators import bind_operators, models_called, operator_names, operators_called, tag_connection
@@ -32,7 +33,7 @@ from flight_lstm.plan.read_only import check_read_only
 from flight_lstm.plan.row_wise import check_row_wise
 from flight_lstm.plan.views import inline_views, source_tables
 
-QUERY = (expand_forecast_tables, expand_anomaly_tables, check_read_only, inline_views, check_ordered_series,
+QUERY = (expand_forecast_tables, expand_forecast_backtests, expand_anomaly_tables, check_read_only, inline_views, check_ordered_series,
          bind_operators)
 EXCHANGE = (check_read_only, check_row_wise, check_ordered_series, bind_operators)
 

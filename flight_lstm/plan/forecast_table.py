@@ -73,7 +73,7 @@ TZ_HINT = ("CASE WHEN typeof(s._origin) = 'TIMESTAMP WITH TIME ZONE' THEN ' (a T
            "clock of the server''s time zone; for daily or longer steps, tz => ''Area/City'' names another)' "
            "ELSE '' END")
 
-TEMPLATE = """
+INPUTS = """
 WITH _pairs AS (  -- each point, where it falls on the calendar, and how it follows the one before
     SELECT *, CASE
             WHEN _pair_tod AND _pair_anchor AND _months IN (1, 3, 12)
@@ -129,24 +129,26 @@ WITH _pairs AS (  -- each point, where it falls on the calendar, and how it foll
     GROUP BY _key
 ), _inputs AS (
     SELECT s.*, CASE
-            WHEN s._duplicates THEN error('forecast_table: ' || {label} || ' has duplicate timestamps{duplicates_hint}')
-            WHEN s._mixed IS NOT NULL THEN error('forecast_table: ' || {label} || ' mixes frequencies: '
+            WHEN s._duplicates THEN error('{function}: ' || {label} || ' has duplicate timestamps{duplicates_hint}')
+            WHEN s._mixed IS NOT NULL THEN error('{function}: ' || {label} || ' mixes frequencies: '
                 || s._mixed || '; forecast one part, or choose with freq => ...')
-            WHEN {given} AND s._freq IS NULL THEN error('forecast_table: ' || {label}
+            WHEN {given} AND s._freq IS NULL THEN error('{function}: ' || {label}
                 || ': freq => ''{freq}'' contradicts its timestamps' || coalesce(' (they look ' || CASE s._guess
                     WHEN '{fixed}' THEN 'like steps of ' || CAST(to_microseconds(s._gap_mode) AS VARCHAR)
                     ELSE s._guess END || ')', ''))
             WHEN s._n = 1 THEN [s._single]
-            WHEN {horizon} > s._cap THEN error('forecast_table: horizon => {horizon} is more than {years} years of '
+            WHEN {horizon} > s._cap THEN error('{function}: horizon => {horizon} is more than {years} years of '
                 || replace(s._freq, '{fixed}', 'its') || ' steps (' || CAST(s._cap AS VARCHAR) || ') for ' || {label})
-            WHEN s._length >= {max_fill} * s._n + 1000 THEN error('forecast_table: ' || {label} || ' has too sparse timestamps to lay on a regular grid')
-            WHEN f._on_grid < s._n THEN error('forecast_table: ' || {label} || ' has irregular timestamps: no frequency '
+            WHEN s._length >= {max_fill} * s._n + 1000 THEN error('{function}: ' || {label} || ' has too sparse timestamps to lay on a regular grid')
+            WHEN f._on_grid < s._n THEN error('{function}: ' || {label} || ' has irregular timestamps: no frequency '
                 || 'fits them (its steps are not all multiples of its most common step, '
                 || CAST(to_microseconds(s._gap_mode) AS VARCHAR) || ')' || {tz_hint})
             ELSE coalesce(f._values, s._observed)
         END AS _input
     FROM _series AS s LEFT JOIN _filled AS f ON s._key IS NOT DISTINCT FROM f._key
-), _forecasts AS (
+"""
+
+FORECASTS = """), _forecasts AS (
     SELECT *, unnest({call}) AS _f FROM _inputs
 ), _future AS (
     SELECT *, CASE
@@ -191,6 +193,13 @@ USAGE = ("'table', key => 'col', ts => 'col', value => 'col', horizon => N[, lev
 
 def _expansion(node: exp.Anonymous) -> str:
     call = TableCall.of(node, PARAMETERS, USAGE)
+    fields = series_inputs(call)
+    return (INPUTS + FORECASTS).format(**fields, call=forecast_call(fields["model"], fields["horizon"], fields["level"]))
+
+
+def series_inputs(call: TableCall) -> dict[str, str]:
+    """What INPUTS is formatted with for a call of forecast_table's parameters (and the `model`,
+    `horizon` and `level` it asks for): `_inputs` then holds each series' points on its grid."""
     call.require("ts", "value", "horizon")
     key = call.column("key") if "key" in call else None
     ts = call.column("ts")
@@ -207,7 +216,12 @@ def _expansion(node: exp.Anonymous) -> str:
               f"CAST({call.column('value')} AS DOUBLE) AS _value, {_wall_clock(ts, zone)} AS _w "
               f"FROM {call.table} WHERE {ts} IS NOT NULL")
     sub_daily = [f for f in FREQUENCIES.values() if f.minutes]
-    return TEMPLATE.format(
+    return dict(
+        function=call.function,
+        model=model,
+        level=level,
+        period=_by_frequency({f.name: f.period for f in FREQUENCIES.values()}, fixed="1")
+        if not isinstance(freq, int) else str(freq),
         points=points,
         key_out=f"_key AS {key}, " if key else "",
         ts_name=ts,
@@ -232,7 +246,6 @@ def _expansion(node: exp.Anonymous) -> str:
         freq=given or "",
         tz_hint="''" if zone else TZ_HINT,
         instant=f"timezone({zone}, _fw)" if zone else "CAST(_fw AS TIMESTAMPTZ)",
-        call=_call(model, horizon, level),
         fixed=FIXED,
         as_ts_type=_as_ts_type("_us"),
         origin=_as_ts_type("_tl"),  # the last timestamp, in the same type as the future ones
@@ -281,10 +294,11 @@ def _by_frequency(values: dict[str, int], fixed: str = "NULL") -> str:
     return f"CASE _freq {whens} WHEN '{FIXED}' THEN {fixed} END"
 
 
-def _call(model: str | None, horizon: str, level: str) -> str:
-    """The operator call: the model (or frequency) named, else the one of each series' frequency."""
+def forecast_call(model: str | None, horizon: str, level: str, series: str = "_input") -> str:
+    """The operator call over `series`: the model (or frequency) named, else the one of each
+    series' frequency."""
     def call(ref: str | None) -> str:
-        return f"forecast_interval(_input, {horizon}, {level}" + (f", '{ref}')" if ref is not None else ")")
+        return f"forecast_interval({series}, {horizon}, {level}" + (f", '{ref}')" if ref is not None else ")")
 
     if model is not None:
         return call(model.replace("'", "''"))

@@ -1,0 +1,72 @@
+"""forecast_backtest(): rolling-origin forecasts on the user's own series, beside seasonal naive
+and naive, with numbers checked by hand on a tiny series."""
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from conftest import make_lake
+from flight_lstm.errors import InvalidQuery
+from flight_lstm.service import Service
+from flight_lstm.sources.duckdb import DuckDBSource
+from udfs import forecast_interval
+
+YEARLY = [10.0, 12.0, 11.0, 13.0, 15.0, 14.0, 16.0, 18.0]  # 2016..2023
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    path = make_lake(tmp_path_factory.mktemp("backtest") / "lake.db")
+    with duckdb.connect(path) as con:
+        con.execute(f"CREATE TABLE yearly AS SELECT make_date(2016 + i::INTEGER, 1, 1) AS ts, {YEARLY}[i + 1] AS v "
+                    "FROM range(8) t(i)")
+    return Service(DuckDBSource(path))
+
+
+def run(service, sql) -> pa.Table:
+    return service.collect(service.plan(sql), {})
+
+
+def test_a_tiny_series_by_hand(service):
+    [row] = run(service, "SELECT * FROM forecast_backtest('yearly', ts => 'ts', value => 'v', horizon => 2, "
+                         "origins => 2, level => 0.8)").to_pylist()
+    assert (row["freq"], row["origins"], row["points"]) == ("yearly", 2, 4)
+    # Origin 1 hides 16, 18: history 10 12 11 13 15 14, naive MAE 1.6, seasonal naive (m = 1) 14, 14.
+    # Origin 2 hides 15, 14: history 10 12 11 13, naive MAE 5/3, seasonal naive 13, 13.
+    assert row["seasonal_naive_mase"] == pytest.approx((2 / 1.6 + 4 / 1.6 + 2 / (5 / 3) + 1 / (5 / 3)) / 4)
+    assert row["naive_mase"] == pytest.approx(row["seasonal_naive_mase"])
+    assert row["seasonal_naive_smape"] == pytest.approx((200 * 2 / 30 + 200 * 4 / 32 + 200 * 2 / 28 + 200 * 1 / 27) / 4)
+    # Empirical 80% half-width: 2 (both origins), times sqrt(step): 16 in [12, 16], 18 not in 14 +- 2.83.
+    assert row["seasonal_naive_coverage"] == pytest.approx(0.75)
+    w2 = 2 * np.sqrt(2)
+    msis = [4 / 1.6, (2 * w2 + 10 * (18 - 14 - w2)) / 1.6, 4 / (5 / 3), 2 * w2 / (5 / 3)]
+    assert row["seasonal_naive_msis"] == pytest.approx(np.mean(msis))
+    # The model's numbers from its own forecasts of the same two histories.
+    f = forecast_interval(pa.array([YEARLY[:6], YEARLY[:4]]), 2, 0.8, "yearly").to_pylist()
+    actual, scale = [[16, 18], [15, 14]], [1.6, 5 / 3]
+    errors = [abs(y - s["mean"]) / scale[o] for o in range(2) for y, s in zip(actual[o], f[o])]
+    assert row["mase"] == pytest.approx(np.mean(errors))
+    assert row["beats_seasonal_naive"] == (row["mase"] < row["seasonal_naive_mase"])
+    inside = [s["lo"] <= y <= s["hi"] for o in range(2) for y, s in zip(actual[o], f[o])]
+    assert row["coverage"] == pytest.approx(np.mean(inside))
+
+
+def test_one_row_per_series_with_every_measure(service):
+    t = run(service, "SELECT * FROM forecast_backtest('sales', key => 'store', ts => 'ts', value => 'amount', "
+                     "horizon => 24) ORDER BY store")
+    assert t.column("store").to_pylist() == ["a", "b", "c"]
+    assert t.column("origins").to_pylist() == [3, 3, 3] and t.column("points").to_pylist() == [72, 72, 72]
+    for column in ("mase", "seasonal_naive_mase", "naive_mase", "smape", "coverage", "msis", "seasonal_naive_msis"):
+        assert all(v is not None and v >= 0 for v in t.column(column).to_pylist()), column
+
+
+@pytest.mark.parametrize("extra, message", [
+    (", origins => 0", "origins => 0 must be a whole number from 1 to 100"),
+    (", origins => 2.5", "origins => 2.5 must be a whole number"),
+    (", level => 1", "level => 1 must be between 0 and 1"),
+    (", colour => 'red'", "unknown: colour"),
+])
+def test_bad_parameters_name_themselves(service, extra, message):
+    with pytest.raises(InvalidQuery, match=message):
+        run(service, f"SELECT * FROM forecast_backtest('sales', key => 'store', ts => 'ts', value => 'amount', "
+                     f"horizon => 24{extra})")
