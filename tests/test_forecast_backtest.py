@@ -6,6 +6,7 @@ import pyarrow as pa
 import pytest
 
 from conftest import make_lake
+from flight_lstm import backtest
 from flight_lstm.errors import InvalidQuery
 from flight_lstm.service import Service
 from flight_lstm.sources.duckdb import DuckDBSource
@@ -70,3 +71,36 @@ def test_bad_parameters_name_themselves(service, extra, message):
     with pytest.raises(InvalidQuery, match=message):
         run(service, f"SELECT * FROM forecast_backtest('sales', key => 'store', ts => 'ts', value => 'amount', "
                      f"horizon => 24{extra})")
+
+
+def test_the_cli_backtest_reads_a_query_and_gives_the_sql_numbers_and_a_verdict(service):
+    rows = backtest.forecast_backtest(service, "SELECT store, ts, amount FROM sales", 24)
+    direct = run(service, "SELECT * FROM forecast_backtest('sales', key => 'store', ts => 'ts', value => 'amount', "
+                          "horizon => 24) ORDER BY store")
+    assert rows.column("mase").to_pylist() == direct.column("mase").to_pylist()
+    verdict = backtest.forecast_verdict(rows, 0.95)
+    beats = sum(direct.column("beats_seasonal_naive").to_pylist())
+    assert verdict.startswith(f"beats seasonal naive on {beats} of 3 series; median MASE ")
+    one = backtest.forecast_backtest(service, "SELECT ts, v FROM yearly", 2, origins=2, level=0.8)
+    assert one.num_rows == 1 and one.column("points").to_pylist() == [4]
+    with pytest.raises(InvalidQuery, match="reads \\(key, ts, value\\) or \\(ts, value\\) rows"):
+        backtest.forecast_backtest(service, "SELECT ts FROM yearly", 2)
+    assert backtest.forecast_verdict(one.slice(0, 0), 0.95).startswith("no series long enough")
+
+
+def test_a_sentiment_backtest_by_hand():
+    positive = np.array([True, True, False, False, True])
+    model = np.array([0.9, -0.2, -0.8, 0.3, np.nan])  # right, wrong, right, wrong, unscored
+    vader = np.array([0.5, 0.1, -0.1, -0.4, 0.2])  # all right on the four scored
+    report = backtest.sentiment_backtest(pa.array(["a"] * 5), positive, model, vader)
+    assert (report["texts"], report["unscored"]) == (4, 1)
+    assert report["model"]["accuracy"] == 0.5 and report["vader"]["accuracy"] == 1.0
+    assert report["model"]["confusion"] == {"positive labelled positive": 1, "negative labelled positive": 1,
+                                            "positive labelled negative": 1, "negative labelled negative": 1}
+    # P(positive) 0.95, 0.4, 0.1, 0.65 fall in bins 4, 2, 0, 3 with shares 1, 1, 0, 0.
+    assert [c["texts"] for c in report["calibration"]] == [1, 0, 1, 1, 1]
+    assert report["expected_calibration_error"] == pytest.approx((0.1 + 0.6 + 0.65 + 0.05) / 4)
+    assert list(backtest.labels_of(pa.array(["Positive", "negative"]))) == [True, False]
+    assert list(backtest.labels_of(pa.array([True, False]))) == [True, False]
+    with pytest.raises(InvalidQuery, match="found 'meh'"):
+        backtest.labels_of(pa.array(["positive", "meh"]))
