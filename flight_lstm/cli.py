@@ -10,7 +10,12 @@ import sys
 import threading
 from pathlib import Path
 
+from flight_lstm import threads
 from flight_lstm.engine import BATCH_ROWS, Limits, cap_memory
+
+THREADS_HELP = ("CPUs to use: DuckDB gets N threads, torch N-1 (at least 1), so one busy core does not stall "
+                "torch (default: the CPUs this process may run on, from its affinity and cgroup CPU quota)")
+OUTPUTS = (".parquet", ".csv", ".json")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,12 +24,25 @@ def main(argv: list[str] | None = None) -> int:
     return args.run(args) or 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("flight-lstm")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flight-lstm", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="serve SQL with LSTM operators over Arrow Flight")
     serve.add_argument("--source", required=True, help="duckdb:///abs/path/lake.db")
+    serve.add_argument("--allow-missing", action="store_true",
+                       help="start even if the source cannot be opened yet (a DuckDB file still to be written, "
+                            "Dremio still starting); queries get UNAVAILABLE until it opens")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8815)
     serve.add_argument("--view", action="append", default=[], metavar='NAME="SQL"',
@@ -39,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="cap on the whole process's memory (its data segment), behind --memory-limit: "
                             "an allocation past it fails that query with UNAVAILABLE (default: what the "
                             "server holds once started, plus --memory-limit, plus 1 GiB)")
-    serve.add_argument("--threads", type=int, help="DuckDB's threads, server-wide (default: one per core)")
+    serve.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
     serve.add_argument("--auth-file", type=Path, help="users file (flight-lstm users add); turns auth on")
     serve.add_argument("--token-secret-file", type=Path,
                        help="key that signs bearer tokens; share it between replicas (default: random per start)")
@@ -70,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     query = commands.add_parser("query", help="run SQL on a server and print the result")
     query.add_argument("sql")
     query.add_argument("--server", default="grpc://127.0.0.1:8815")
-    query.add_argument("--output", type=Path, help="write .parquet or .csv instead of printing")
+    query.add_argument("--output", type=Path, help="write the result to a .parquet, .csv or .json file instead of printing")
     query.add_argument("--max-rows", type=int, default=40, help="rows to print")
     query.add_argument("--explain", action="store_true",
                        help="show how the query splits between the source and the local operators")
@@ -83,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     models.set_defaults(run=_models)
 
     train = commands.add_parser("train", help="train a model: the shipped recipe, or on your own data")
-    train.add_argument("kind", choices=["sentiment", "forecast"])
+    train.add_argument("kind", choices=["sentiment", "forecast", "anomaly"])
     data = train.add_mutually_exclusive_group(required=True)
     data.add_argument("--data", type=Path, help="benchmark data: the shared data folder (or its sst2/, m4_hourly/ ... folder)")
     data.add_argument("--source", help="a source URI to read your own training data from, with --sql")
@@ -92,13 +110,15 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, help="models directory to write into (default: your models directory)")
     train.add_argument("--epochs", type=int)
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
+    train.add_argument("--json", action="store_true", help="print the new model's card as JSON (for scripts)")
     train.add_argument("--freq", default="hourly",
                        help="forecast with --data: which shipped forecaster to train (hourly, daily, business_daily, "
                             "weekly, monthly, quarterly, yearly)")
     train.set_defaults(run=_train)
 
     evaluate = commands.add_parser("evaluate", help="benchmark scores of a model beside baselines")
-    evaluate.add_argument("kind", choices=["sentiment", "forecast"])
+    evaluate.add_argument("kind", choices=["sentiment", "forecast", "anomaly"])
     evaluate.add_argument("--data", type=Path, required=True,
                           help="the shared data folder; forecast scores every validation set found in it")
     evaluate.add_argument("--model", help="name or name@version (default: the shipped model; for forecast, "
@@ -107,6 +127,7 @@ def _parser() -> argparse.ArgumentParser:
                                          "comma-separated words (e.g. hourly,tourism)")
     evaluate.add_argument("--no-theta", action="store_true",
                           help="forecast: leave out the Theta baseline (statsforecast) even when installed")
+    evaluate.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
     evaluate.set_defaults(run=_evaluate)
 
     enrich = commands.add_parser("enrich", help="write a query's rows to a target, incrementally, once or on a schedule")
@@ -132,25 +153,33 @@ def _parser() -> argparse.ArgumentParser:
     enrich.add_argument("--once", action="store_true", help="run once even if a schedule is given")
     enrich.add_argument("--wait", action="store_true", help="wait for another run on the same target instead of exiting")
     enrich.add_argument("--dry-run", action="store_true", help="print the plan and the incremental filter; write nothing")
+    enrich.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
     enrich.add_argument("--log-level", default="INFO")
     enrich.set_defaults(run=_enrich)
     return parser
 
 
 def _serve(args) -> int:
+    import pyarrow as pa
+
     from flight_lstm.server import FlightLSTMServer
     from flight_lstm.service import Service
     from flight_lstm.sources import open_source
 
+    plan = _size_threads(args.threads)
     views = dict(_split_view(v) for v in args.view)
     limits = Limits(max_queries=args.max_queries, queue_seconds=args.queue_seconds,
                     query_seconds=args.query_seconds or None, max_rows=args.max_rows or None,
                     idle_seconds=args.idle_seconds)
     if args.keep_attached < 0:
         raise SystemExit("--keep-attached is seconds: 0 or more")
-    source = open_source(args.source, keep_attached=args.keep_attached)
+    try:
+        source = open_source(args.source, keep_attached=args.keep_attached)
+    except ValueError as e:
+        raise SystemExit(f"error: --source: {e}") from None
     service = Service(source, views=views, batch_rows=args.batch_rows,
-                      memory_limit=args.memory_limit, threads=args.threads, limits=limits)
+                      memory_limit=args.memory_limit, threads=plan.duckdb, limits=limits)
+    _check_start(service, args)
     try:
         service.warm_up()
     except Exception as e:  # a server that cannot score must not start half-working
@@ -160,7 +189,10 @@ def _serve(args) -> int:
     except ValueError as e:
         raise SystemExit(f"error: --max-memory: {e}") from None
     options, scheme = _security(args)
-    server = FlightLSTMServer(service, f"{scheme}://{args.host}:{args.port}", **options)
+    try:
+        server = FlightLSTMServer(service, f"{scheme}://{args.host}:{args.port}", **options)
+    except (pa.ArrowException, OSError) as e:  # the port was taken since the check, or gRPC refused the address
+        raise SystemExit(f"error: cannot serve on {args.host}:{args.port}: {e}") from None
     signal.signal(signal.SIGTERM, lambda *_: _drain(server, args.grace_seconds))
     print(f"flight-lstm serving {service.source.describe()} on {scheme}://{args.host}:{server.port}", flush=True)
     if args.metrics_port is not None:
@@ -173,6 +205,59 @@ def _serve(args) -> int:
     finally:
         service.close()
     return 0
+
+
+def _size_threads(cpus: int | None) -> threads.Threads:
+    try:
+        return threads.size(cpus)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def _check_start(service, args) -> None:
+    """What a server can know before it says it is serving: the source opens, every view plans,
+    the port is free. Each failure is one line and a non-zero exit."""
+    from flight_lstm.errors import FlightLSTMError
+
+    try:
+        service.source.tables()
+    except FlightLSTMError as e:
+        if not args.allow_missing:
+            raise SystemExit(f"error: the source cannot be opened: {e}. Check --source, or pass --allow-missing "
+                             "if it will appear later") from None
+        logging.getLogger("flight_lstm.cli").warning("the source cannot be opened yet (%s); serving anyway "
+                                                     "(--allow-missing)", e)
+    else:
+        for name in service.view_sql:
+            try:
+                service.dataset_schema(name, "VIEW")
+            except FlightLSTMError as e:
+                raise SystemExit(f"error: --view {name}: {e}") from None
+    _check_port(args.host, args.port)
+
+
+def _check_port(host: str, port: int) -> None:
+    """Bind the address once, as gRPC will: a port another server holds (even one that shares
+    ports, as gRPC does) fails here in one line, not inside gRPC."""
+    import errno
+    import socket
+
+    if port == 0:
+        return
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                              flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as e:
+        raise SystemExit(f"error: --host {host}: {e.strerror}") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise SystemExit(f"error: port {port} on {host} is in use by another program: stop it or "
+                                 "choose another --port") from None
+            raise SystemExit(f"error: cannot listen on {host}:{port}: {e.strerror}") from None
 
 
 def _drain(server, grace_seconds: float) -> None:
@@ -236,33 +321,75 @@ def _query(args) -> int:
 
     import duckdb
     import pyarrow as pa
-    import pyarrow.csv as pcsv
-    import pyarrow.parquet as pq
 
-    from flight_lstm.client import action, connect, query, short_message
+    # gRPC's own log lines (abseil's, a failed TLS handshake) say less than the error below; they
+    # are read when gRPC starts, at the first connection. GRPC_VERBOSITY=INFO brings them back.
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    from flight_lstm.client import action, connect, connection_hint, query, short_message
 
+    if args.output and args.output.suffix.lower() not in OUTPUTS:
+        raise SystemExit(f"error: --output {args.output}: write a {', '.join(OUTPUTS)} file")
+    tls_ca = _tls_ca(args.tls_ca)
+    password = None
+    if args.user:
+        password = os.environ.get("FLIGHT_LSTM_PASSWORD")
+        if not password and not sys.stdin.isatty():
+            raise SystemExit(f"error: --user {args.user} needs a password: set FLIGHT_LSTM_PASSWORD, or run "
+                             "in a terminal to be asked")
+        password = password or getpass(f"password for {args.user}: ")
     try:
-        password = None
-        if args.user:
-            password = os.environ.get("FLIGHT_LSTM_PASSWORD") or getpass(f"password for {args.user}: ")
-        client = connect(args.server, args.user, password, args.tls_ca.read_bytes() if args.tls_ca else None)
+        client = connect(args.server, args.user, password, tls_ca)
         if args.explain:
             print(json.dumps(action(client, "explain", args.sql), indent=2))
             return 0
         table = query(client, args.sql)
     except (pa.ArrowException, OSError) as e:
-        print(f"error: {short_message(e)}", file=sys.stderr)
+        hint = connection_hint(args.server, e, tls_ca is not None)
+        print(f"error: {short_message(e)}" + (f"\n{hint}" if hint else ""), file=sys.stderr)
         return 1
     if args.output:
-        writer = pq.write_table if args.output.suffix == ".parquet" else pcsv.write_csv
-        writer(table, args.output)
+        _write(table, args.output)
         print(f"wrote {table.num_rows} rows to {args.output}")
     else:
         duckdb.from_arrow(table).show(max_rows=args.max_rows, max_width=160)
     return 0
 
 
+def _tls_ca(path: Path | None) -> bytes | None:
+    """The --tls-ca file's PEM, checked here: gRPC says only "empty address list" of a bad one."""
+    if path is None:
+        return None
+    try:
+        pem = path.read_bytes()
+    except OSError as e:
+        raise SystemExit(f"error: --tls-ca {path}: {e.strerror}") from None
+    if b"-----BEGIN CERTIFICATE-----" not in pem:
+        raise SystemExit(f"error: --tls-ca {path} holds no PEM certificate (-----BEGIN CERTIFICATE-----); "
+                         "give the CA certificate that signed the server's, not a key")
+    return pem
+
+
+def _write(table, path: Path) -> None:
+    """A result as the file's extension says: Parquet, CSV, or JSON (an array of row objects)."""
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        pq.write_table(table, path)
+    elif suffix == ".csv":
+        pcsv.write_csv(table, path)
+    else:
+        import duckdb
+
+        with duckdb.connect() as con:  # DuckDB's JSON: timestamps, lists and structs as JSON values
+            con.register("result", table)
+            literal = str(path).replace("'", "''")
+            con.execute(f"COPY result TO '{literal}' (FORMAT json, ARRAY true)")
+
+
 def _models(args) -> int:
+    from flight_lstm.models import ModelNotFound
     from flight_lstm.service import card_summary
     from udfs.base import registry
 
@@ -270,19 +397,84 @@ def _models(args) -> int:
     if args.json:
         print(json.dumps(cards, indent=2))
         return 0
-    for c in cards:
-        metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in c["metrics"].items())
-        print(f"{c['name']}@{c['version']}  {c['kind']:<9}  {metrics}")
+    defaults = set()
+    for kind in {c["kind"] for c in cards}:
+        try:
+            defaults.add(registry().resolve(kind).ref)
+        except ModelNotFound:  # a kind this version does not know, or its default is missing
+            pass
+    rows = [(f"{c['name']}@{c['version']}" + (" *" if f"{c['name']}@{c['version']}" in defaults else ""),
+             c["kind"], ", ".join(map(str, c["frequencies"])) or "-", c["created"][:10],
+             ", ".join(f"{name} {value:.4g}" for name, value in _headline(c["metrics"])) or "-") for c in cards]
+    _print_table(("model", "kind", "frequencies", "created", "scores"), rows)
+    print("* the default of its kind. Every metric: flight-lstm models --json")
     return 0
 
 
+_SIZES = {"series", "points", "events", "n", "horizon", "season", "rows"}  # a data set's size, not a score
+
+
+def _headline(metrics: dict, limit: int = 3) -> list[tuple[str, float]]:
+    """The first few scores of a card: where a level holds the model's scores beside baselines'
+    ("model", "naive2", ...), only the model's."""
+    found = []
+
+    def walk(value, path):
+        if isinstance(value, dict):
+            items = [("model", value["model"])] if isinstance(value.get("model"), dict) else value.items()
+            for key, inner in items:
+                walk(inner, path if key == "model" else (*path, key))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and path and path[-1] not in _SIZES:
+            found.append((" ".join(path), value))
+
+    walk(metrics, ())
+    return found[:limit]
+
+
+def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]], width: int = 60) -> None:
+    """Columns padded to their widest cell; a cell past `width` characters is cut with "..."."""
+    rows = [tuple(cell if len(cell) <= width else cell[:width - 3] + "..." for cell in row) for row in rows]
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+    for row in (header, *rows):
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
 def _train(args) -> int:
+    from flight_lstm.errors import FlightLSTMError
+
+    _size_threads(args.threads)
+    threads.size_torch()  # training loads torch itself, not through an operator
+    try:
+        card = _trained(args)
+    except FlightLSTMError as e:  # the --source or its --sql: a missing file, a typo, bad values
+        raise SystemExit(f"error: {e}" + ("\nfix --source or --sql and run again" if args.source else "")) from None
+    except (ValueError, OSError) as e:  # the data: too short, missing files, an unknown --freq
+        raise SystemExit(f"error: {e}") from None
+    if args.json:
+        from flight_lstm.service import card_summary
+
+        print(json.dumps(card_summary(card), indent=2))
+        return 0
+    info = card.training
+    print(f"registered {card.ref} ({card.kind}) in {info.get('seconds', '?')} s, {info.get('epochs_run', '?')} epochs; "
+          f"best validation score {info.get('best_val', float('nan')):.4g} (lower is better)")
+    scores = ", ".join(f"{name} {value:.4g}" for name, value in _headline(card.metrics))
+    if scores:
+        print(f"scores: {scores}")
+    print(f"card: {Path(card.path) / 'card.json'} (all of it: flight-lstm models --json)")
+    return 0
+
+
+def _trained(args):
+    """The shipped recipe (--data) or the user's own data (--source and --sql); the new card."""
     from flight_lstm.models.registry import user_models_dir
-    from flight_lstm.service import card_summary
-    from flight_lstm.training import train_from_source, train_shipped_forecast, train_shipped_sentiment
+    from flight_lstm.training import (train_from_source, train_shipped_anomaly, train_shipped_forecast,
+                                      train_shipped_sentiment)
 
     epochs = {"epochs": args.epochs} if args.epochs else {}
     if args.source:
+        if args.kind == "anomaly":
+            raise SystemExit("anomaly models train on the shipped data only (--data)")
         if not (args.sql and args.name):
             raise SystemExit("--source needs --sql and --name")
         card = train_from_source(args.kind, args.source, args.sql, args.name, out_dir=args.out, seed=args.seed,
@@ -290,32 +482,46 @@ def _train(args) -> int:
     else:
         if args.kind == "sentiment":
             card = train_shipped_sentiment(args.data, args.out or user_models_dir(), seed=args.seed, **epochs)
+        elif args.kind == "anomaly":
+            card = train_shipped_anomaly(args.data, args.out or user_models_dir(), seed=args.seed, **epochs)
         else:
             card = train_shipped_forecast(args.data, args.out or user_models_dir(), freq=args.freq, seed=args.seed,
                                           **epochs)
-    print(json.dumps(card_summary(card), indent=2))
-    print(f"registered {card.ref}", file=sys.stderr)
-    return 0
+    return card
 
 
 def _evaluate(args) -> int:
     import duckdb
 
-    from flight_lstm.evaluate import forecast_report, sentiment_report
+    _size_threads(args.threads)
+    threads.size_torch()
+    try:
+        table = _report(args)
+    except (ValueError, OSError) as e:  # the data: a missing folder or file, a set not found
+        raise SystemExit(f"error: {e}") from None
+    duckdb.from_arrow(table).show(max_width=200, max_rows=200)
+    return 0
+
+
+def _report(args):
+    """The benchmark table of the kind asked for, beside its baselines."""
+    from flight_lstm.evaluate import anomaly_report, forecast_report, sentiment_report
 
     if args.kind == "sentiment":
         table = sentiment_report(args.data, args.model)
+    elif args.kind == "anomaly":
+        table = anomaly_report(args.data, args.model)
     else:
         sets = [s.strip() for s in args.sets.split(",") if s.strip()] if args.sets else None
         table = forecast_report(args.data, args.model, sets, theta=False if args.no_theta else None)
-    duckdb.from_arrow(table).show(max_width=200, max_rows=200)
-    return 0
+    return table
 
 
 def _enrich(args) -> int:
     from flight_lstm.enrich import Job, TargetBusy, load_jobs, run, run_scheduled
     from flight_lstm.errors import FlightLSTMError
 
+    _size_threads(args.threads)
     options = {k: getattr(args, k) for k in ("source", "sql", "key", "into", "every", "cron", "watermark",
                                              "rescore_on_model_change", "chunk_rows", "engine", "ray_address",
                                              "ray_workers")}
@@ -323,7 +529,12 @@ def _enrich(args) -> int:
         if args.jobs:
             jobs = load_jobs(args.jobs, args.job)
         else:
-            jobs = [Job.from_options(options["into"] or "enrich", options)]
+            missing = [f"--{k}" for k in ("source", "sql", "key", "into") if not options[k]]
+            if missing:
+                print(f"error: enrich needs --source, --sql, --key and --into (or --jobs FILE); missing "
+                      f"{', '.join(missing)}", file=sys.stderr)
+                return 2
+            jobs = [Job.from_options(options["into"], options)]
         scheduled = [j for j in jobs if j.schedule] if not (args.once or args.dry_run) else []
         for job in jobs:
             if job not in scheduled:
@@ -336,7 +547,7 @@ def _enrich(args) -> int:
     except TargetBusy as e:
         print(f"error: {e}", file=sys.stderr)
         return 75  # EX_TEMPFAIL: try again later
-    except FlightLSTMError as e:
+    except (FlightLSTMError, ValueError) as e:  # ValueError: a source URI of an unknown form
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

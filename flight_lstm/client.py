@@ -49,6 +49,31 @@ def action(client: flight.FlightClient, name: str, body: str = ""):
     return json.loads(results[0].body.to_pybytes())
 
 
+def connection_hint(server: str, error: Exception, tls_ca: bool) -> str | None:
+    """What to do about a failed connection whose gRPC message names a TLS mismatch: which side
+    failed, and the option that fixes it. None for any other error."""
+    text = str(error)
+    address = server.split("://", 1)[-1]
+    if server.startswith("grpc+tls://"):
+        if "wrong version number" in text or "WRONG_VERSION_NUMBER" in text:
+            return f"the server at {address} does not speak TLS: connect with grpc://{address}"
+        if "certificate verify failed" in text:
+            if tls_ca:
+                return ("this client could not verify the server's certificate with the --tls-ca given: "
+                        "pass the CA that signed the server's certificate")
+            return ("this client could not verify the server's certificate (signed by a CA it does not "
+                    "trust, or self-signed): pass that CA with --tls-ca CA.pem")
+        if "Peer name" in text:
+            return f"the server's certificate does not name {address.rsplit(':', 1)[0]}: connect by a name it holds"
+        if "Socket closed" in text:
+            return (f"the server at {address} closed the TLS connection: it may require client certificates "
+                    "(mutual TLS), which this client does not send")
+    elif "Socket closed" in text or "Connection reset" in text:
+        return (f"the server at {address} closed a plain connection: if it serves TLS, connect with "
+                f"grpc+tls://{address} (and --tls-ca CA.pem if its certificate is private)")
+    return None
+
+
 def short_message(error: Exception) -> str:
     """A Flight error's own message, without gRPC's debug context and server detail."""
     return str(error).split(". Detail:")[0].split(". gRPC client debug context")[0]

@@ -27,7 +27,7 @@ def test_train_on_lakehouse_data_then_query_the_new_model_by_name(tmp_path):
     models = tmp_path / "models"
     env = {"FLIGHT_LSTM_MODELS": str(models)}
     out = json.loads(cli("train", "sentiment", "--source", f"duckdb://{lake}", "--sql", "SELECT text, label FROM labelled",
-                         "--name", "mine", "--epochs", "2", env=env))
+                         "--name", "mine", "--epochs", "2", "--json", env=env))
     assert (out["name"], out["version"], out["kind"]) == ("mine", "1", "sentiment")
     assert "lake.db" in out["training"]["command"] and str(tmp_path) not in out["training"]["command"]
     # The forecaster in-process, with few steps per epoch so the test stays short.
@@ -107,7 +107,7 @@ def test_train_a_shipped_forecaster_then_find_it_by_frequency(tmp_path):
     _tourism_folder(tmp_path / "tourism")
     models = tmp_path / "models"
     out = json.loads(cli("train", "forecast", "--freq", "yearly", "--data", str(tmp_path), "--out", str(models),
-                         "--epochs", "1"))
+                         "--epochs", "1", "--json"))
     assert (out["name"], out["frequencies"]) == ("tourism-yearly-lstm", ["yearly"])
     assert out["training"]["command"].startswith("flight-lstm train forecast --freq yearly --data")
     sets = out["metrics"]["sets"]

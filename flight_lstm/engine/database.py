@@ -10,6 +10,7 @@ from typing import Callable
 
 import duckdb
 
+from flight_lstm import threads
 from flight_lstm.errors import QueryRefused
 from flight_lstm.models.checks import checked_between_batches
 from flight_lstm.sources import Source
@@ -19,12 +20,14 @@ from udfs.base import Operator, constant
 def open_database(source: Source, operators, check_of, settings: dict) -> duckdb.DuckDBPyConnection:
     """The engine's locked-down database. The second lock behind the planner: even SQL the planner
     let through cannot read or write files (but the source's own), install or load extensions,
-    scan Python variables, or change a setting."""
+    scan Python variables, or change a setting. Without a `threads` setting, DuckDB takes the
+    process's share (flight_lstm/threads.py), not one thread per core of the machine."""
+    settings = {"threads": threads.duckdb_threads(), **{k: v for k, v in settings.items() if v is not None}}
     db = duckdb.connect(":memory:", config={
         "autoinstall_known_extensions": False,
         "autoload_known_extensions": False,
         "python_enable_replacements": False,
-        **{k: v for k, v in settings.items() if v is not None},
+        **settings,
     })
     for op in operators:
         _register(db, op, check_of)

@@ -108,11 +108,13 @@ class BaseModel(nn.Module):
         )
         best, best_state, best_epoch, history = math.inf, None, -1, []
         recent: collections.deque = collections.deque(maxlen=max(average_last, 1))
-        started = time.perf_counter()
+        started, steps = time.perf_counter(), None
+        val_name = _score_name(validate)
         for epoch in range(epochs):
             self.train()
             total, count = 0.0, 0
-            bar = tqdm(batches(rng), desc=f"{desc} {epoch + 1}/{epochs}", disable=not progress,
+            # An epoch's batches come from a generator: the first epoch's count is the bar's total after it.
+            bar = tqdm(batches(rng), desc=f"{desc} {epoch + 1}/{epochs}", total=steps, disable=not progress,
                        mininterval=5, leave=False)
             for batch in bar:
                 loss = self.training_loss(batch)
@@ -123,13 +125,17 @@ class BaseModel(nn.Module):
                 total, count = total + loss.item(), count + 1
                 bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
             sched.step()
+            steps = count
             self.eval()
             with torch.inference_mode():
                 score = float(validate())
             history.append({"epoch": epoch + 1, "train_loss": total / max(count, 1), "val": score})
             if progress:
-                tqdm.write(f"{desc} epoch {epoch + 1}: train loss {total / max(count, 1):.4f}, "
-                           f"val {score:.4f} ({time.perf_counter() - started:.0f}s)", file=sys.stderr)
+                elapsed = time.perf_counter() - started
+                left = elapsed / (epoch + 1) * (epochs - epoch - 1)
+                tqdm.write(f"{desc} epoch {epoch + 1}/{epochs}: train loss {total / max(count, 1):.4f}, "
+                           f"val {score:.4f} ({val_name}, lower is better); {_duration(elapsed)} so far, "
+                           f"about {_duration(left)} left (less if it stops early)", file=sys.stderr)
             if average_last:
                 recent.append(copy.deepcopy(self.state_dict()))
             elif score < best:
@@ -156,6 +162,16 @@ class BaseModel(nn.Module):
             "seconds": round(time.perf_counter() - started, 1),
             "history": history,
         }
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+def _score_name(validate: Callable[[], float]) -> str:
+    """What a validation score is, from its function's name (calib_mae: "calib mae")."""
+    name = getattr(validate, "__name__", "")
+    return "validation loss" if name in ("", "validate", "<lambda>") else name.replace("_", " ")
 
 
 def _mean_state(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

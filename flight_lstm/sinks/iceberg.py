@@ -1,8 +1,12 @@
 """An Apache Iceberg table through pyiceberg. Each chunk is one transaction, so one catalog
 commit: readers see the whole chunk (and, when re-scoring, the rows it replaces gone) or none of
-it. Embedded default: pyiceberg's SQL catalog on SQLite, `catalog.db` in the warehouse directory.
+it. Embedded default: pyiceberg's SQL catalog named `flight_lstm` on SQLite, `catalog.db` in the
+warehouse directory, which a run creates if it is missing.
 
     iceberg:///abs/warehouse/namespace.table
+
+Read it back with the same catalog (README, Enrichment):
+    SqlCatalog("flight_lstm", uri="sqlite:////abs/warehouse/catalog.db", warehouse="file:///abs/warehouse")
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import pyarrow as pa
 
 from flight_lstm.sinks.base import Sink, TargetError
 
-CATALOG_FILE = "catalog.db"
+CATALOG_NAME, CATALOG_FILE = "flight_lstm", "catalog.db"
 
 
 class IcebergSink(Sink):
@@ -37,15 +41,21 @@ class IcebergSink(Sink):
     def catalog(self):
         from pyiceberg.catalog.sql import SqlCatalog
 
-        if not self.warehouse.is_dir():
+        if not self.warehouse.is_dir():  # a run made it (lock_path); a reader finds nothing to read
             raise TargetError(f"Iceberg warehouse directory {self.warehouse} does not exist")
-        catalog = SqlCatalog("flight_lstm", uri=f"sqlite:///{self.warehouse / CATALOG_FILE}",
+        catalog = SqlCatalog(CATALOG_NAME, uri=f"sqlite:///{self.warehouse / CATALOG_FILE}",
                              warehouse=self.warehouse.as_uri())
         catalog.create_namespace_if_not_exists(self.namespace)
         return catalog
 
     @property
     def lock_path(self) -> Path:
+        """The lock lives in the warehouse, so a run creates a missing warehouse (and its parents) here,
+        before anything else touches it."""
+        try:
+            self.warehouse.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise TargetError(f"cannot create the Iceberg warehouse {self.warehouse}: {e.strerror}") from None
         return self.warehouse / f".{self.identifier}.enrich.lock"
 
     def describe(self) -> str:
