@@ -130,6 +130,36 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
     evaluate.set_defaults(run=_evaluate)
 
+    backtest = commands.add_parser("backtest", help="how well the model would have done on your own data, "
+                                                     "beside simple baselines")
+    backtest.add_argument("kind", nargs="?", choices=["forecast", "sentiment"], default="forecast")
+    backtest.add_argument("--source", required=True, help="duckdb:///abs/path/lake.db or dremio://...")
+    backtest.add_argument("--sql", required=True, help="forecast: SELECT key, ts, value ... (or ts, value); "
+                                                       "sentiment: SELECT text, label ... (0/1, true/false or "
+                                                       "'negative'/'positive')")
+    backtest.add_argument("--horizon", type=int, help="forecast: steps ahead each origin forecasts")
+    backtest.add_argument("--origins", type=int, default=3, help="forecast: rolling origins, each a horizon earlier")
+    backtest.add_argument("--level", type=float, default=0.95, help="forecast: the interval's level")
+    backtest.add_argument("--model", help="name or name@version (default: the model of each series' frequency)")
+    backtest.add_argument("--freq", help="forecast: the series' frequency, if not inferred from ts")
+    backtest.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
+    backtest.set_defaults(run=_backtest)
+
+    plot = commands.add_parser("plot", help="draw a forecast or a series' anomalies to PNG or SVG")
+    plot.add_argument("kind", choices=["forecast", "anomalies"])
+    plot.add_argument("--source", required=True, help="duckdb:///abs/path/lake.db or dremio://...")
+    plot.add_argument("--table", required=True, help="the table (or view) holding the series")
+    plot.add_argument("--key", help="the column naming each series (leave out for one series)")
+    plot.add_argument("--ts", required=True)
+    plot.add_argument("--value", required=True)
+    plot.add_argument("--horizon", type=int, default=24, help="forecast: steps ahead")
+    plot.add_argument("--level", type=float, help="the interval's level (forecast 0.95, anomalies 0.999)")
+    plot.add_argument("--history", type=int, help="points of each series to draw (forecast: 3 horizons; anomalies: 500)")
+    plot.add_argument("--model", help="name or name@version")
+    plot.add_argument("--panels", type=int, default=6, help="at most this many series, one panel each")
+    plot.add_argument("--out", type=Path, required=True, help="a .png or .svg file")
+    plot.set_defaults(run=_plot)
+
     enrich = commands.add_parser("enrich", help="write a query's rows to a target, incrementally, once or on a schedule")
     enrich.add_argument("--source", help="duckdb:///abs/path/lake.db or dremio://...")
     enrich.add_argument("--sql", help='e.g. "SELECT id, sentiment(review) AS sentiment FROM reviews"')
@@ -515,6 +545,90 @@ def _report(args):
         sets = [s.strip() for s in args.sets.split(",") if s.strip()] if args.sets else None
         table = forecast_report(args.data, args.model, sets, theta=False if args.no_theta else None)
     return table
+
+
+def _backtest(args) -> int:
+    """A forecast backtest (a table per series and a verdict) or a sentiment one (accuracy,
+    confusion, calibration), beside baselines, on the rows of --sql."""
+    import duckdb
+
+    from flight_lstm import backtest
+    from flight_lstm.errors import FlightLSTMError
+    from flight_lstm.service import Service
+
+    _size_threads(args.threads)
+    try:
+        service = Service.for_jobs(args.source)
+        if args.kind == "forecast":
+            if not args.horizon:
+                raise SystemExit("error: a forecast backtest needs --horizon")
+            rows = backtest.forecast_backtest(service, args.sql, args.horizon, origins=args.origins, level=args.level,
+                                              model=args.model, freq=args.freq)
+            duckdb.from_arrow(rows).show(max_width=220, max_rows=100)
+            print(backtest.forecast_verdict(rows, args.level))
+            return 0
+        report = _sentiment_backtest(service, args.sql, args.model)
+    except FlightLSTMError as e:
+        raise SystemExit(f"error: {e}\nfix --source or --sql and run again") from None
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _sentiment_backtest(service, sql: str, model: str | None) -> dict:
+    import numpy as np
+    import pyarrow.compute as pc
+
+    from flight_lstm import backtest
+    from flight_lstm.errors import InvalidQuery
+    from udfs import sentiment
+
+    table = service.collect(service.plan(sql), {})
+    if table.num_columns != 2:
+        raise InvalidQuery(f"a sentiment backtest reads (text, label) rows; the query gives {table.column_names}")
+    table = table.filter(pc.and_(pc.is_valid(table.column(0)), pc.is_valid(table.column(1))))
+    texts = table.column(0).combine_chunks().cast("string")
+    scores = np.array(sentiment(texts, model).to_numpy(zero_copy_only=False), dtype=float)
+    try:
+        from flight_lstm.evaluate import vader_scores
+
+        vader = vader_scores(texts)
+    except SystemExit:  # vaderSentiment is not installed: the model alone
+        vader = None
+    return backtest.sentiment_backtest(texts, backtest.labels_of(table.column(1).combine_chunks()), scores, vader)
+
+
+def _plot(args) -> int:
+    """Fetch what to draw with the table functions, then draw it (flight_lstm/plot.py)."""
+    from flight_lstm import plot
+    from flight_lstm.errors import FlightLSTMError
+    from flight_lstm.service import Service
+
+    _size_threads(None)
+    level = args.level or (0.95 if args.kind == "forecast" else 0.999)
+    try:
+        plot.check_output(args.out)
+        service = Service.for_jobs(args.source)
+
+        def run(sql: str):
+            return service.collect(service.plan(sql), {})
+
+        if args.kind == "forecast":
+            sql = plot.forecast_sql(args.table, args.key, args.ts, args.value, args.horizon, level, args.model)
+            models = ", ".join(sorted(service.plan(sql).models)) if args.model else "the model of each series' frequency"
+            out = plot.draw_forecast(run(plot.history_sql(args.table, args.key, args.ts, args.value,
+                                                          args.history or 3 * args.horizon)), run(sql), args.out,
+                                     title=f"{args.table}.{args.value}: {models}, {args.horizon} steps ahead, "
+                                           f"{level:.0%} interval", ts=args.ts, value=args.value, level=level,
+                                     max_panels=args.panels)
+        else:
+            sql = plot.anomaly_sql(args.table, args.key, args.ts, args.value, level, args.model, args.history or 500)
+            model = ", ".join(sorted(service.plan(sql).models))
+            out = plot.draw_anomalies(run(sql), args.out, title=f"{args.table}.{args.value}: {model}, level {level:g}",
+                                      ts=args.ts, value=args.value, level=level, max_panels=args.panels)
+    except (FlightLSTMError, ValueError) as e:  # the query; the output file's type, nothing to draw, no matplotlib
+        raise SystemExit(f"error: {e}") from None
+    print(out)
+    return 0
 
 
 def _enrich(args) -> int:

@@ -100,10 +100,16 @@ def draw_anomalies(scored: pa.Table, out: str | Path, *, title: str, ts: str, va
     return _save(plt, fig, axes, out, title)
 
 
-def _pyplot(out: str | Path):
+def check_output(out: str | Path) -> Path:
+    """The picture's path; ValueError unless it names a format we write (before any work is done)."""
     out = Path(out)
     if out.suffix.lower() not in FORMATS:
         raise ValueError(f"a picture is written as {' or '.join(FORMATS)}, not {out.suffix or 'no extension'}")
+    return out
+
+
+def _pyplot(out: str | Path):
+    out = check_output(out)
     try:
         import matplotlib
     except ImportError:

@@ -121,3 +121,39 @@ def test_models_that_fail_to_load_stop_the_server_at_start(tmp_path):
                             capture_output=True, text=True, timeout=120,
                             env={**__import__("os").environ, "FLIGHT_LSTM_MODELS": str(tmp_path / "models")})
     assert result.returncode != 0 and "models failed to load" in result.stderr
+
+
+def test_backtest_prints_a_row_per_series_and_a_verdict(lake):
+    out = cli("backtest", "--source", f"duckdb://{lake}", "--sql", "SELECT store, ts, amount FROM sales",
+              "--horizon", "12", "--origins", "2").stdout
+    assert "seasonal_naive_mase" in out and "│ a " in out.replace("│ a  ", "│ a ")
+    verdict = out.strip().splitlines()[-1]
+    assert verdict.startswith("beats seasonal naive on ") and " of 3 series; median MASE " in verdict
+
+
+def test_sentiment_backtest_reports_accuracy_confusion_and_calibration(tmp_path):
+    import duckdb
+    import json
+
+    lake = tmp_path / "labelled.db"
+    with duckdb.connect(str(lake)) as con:
+        con.execute("CREATE TABLE r AS SELECT * FROM (VALUES ('a wonderful , moving film', 'positive'), "
+                    "('dull and lifeless', 'negative'), ('one of the best films of the year', 'positive'), "
+                    "('awful script , terrible acting', 'negative')) t(text, label)")
+    report = json.loads(cli("backtest", "sentiment", "--source", f"duckdb://{lake}", "--sql", "SELECT text, label FROM r").stdout)
+    assert report["texts"] == 4 and report["model"]["accuracy"] == 1.0 and "vader" in report
+    assert sum(report["model"]["confusion"].values()) == 4 and len(report["calibration"]) == 5
+
+
+def test_plot_draws_a_forecast_and_anomalies_and_refuses_an_unknown_picture_type(lake, tmp_path):
+    out = cli("plot", "forecast", "--source", f"duckdb://{lake}", "--table", "sales", "--key", "store", "--ts", "ts",
+              "--value", "amount", "--horizon", "12", "--out", str(tmp_path / "f.png")).stdout.strip()
+    assert out == str(tmp_path / "f.png") and (tmp_path / "f.png").stat().st_size > 10_000
+    svg = cli("plot", "anomalies", "--source", f"duckdb://{lake}", "--table", "sales", "--key", "store", "--ts", "ts",
+              "--value", "amount", "--panels", "2", "--out", str(tmp_path / "a.svg")).stdout.strip()
+    text = Path(svg).read_text()
+    assert text.count('<g id="axes_') == 2 and "anomaly-lstm@" in text
+    bad = cli("plot", "forecast", "--source", f"duckdb://{lake}", "--table", "sales", "--ts", "ts", "--value",
+              "amount", "--out", str(tmp_path / "f.jpg"), check=False)
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1] == "error: a picture is written as .png or .svg, not .jpg"
+    assert "Traceback" not in bad.stderr
