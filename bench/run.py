@@ -31,7 +31,9 @@ SST2 = ROOT.parent / "shared" / "data" / "sst2"
 
 from flight_lstm.models.data import load_sst2  # noqa: E402
 from flight_lstm.models.series import last_window, fill_gaps, flatten, robust_scale, to_arrow  # noqa: E402
-from udfs import forecast, sentiment  # noqa: E402
+from udfs import anomaly_scores, forecast, sentiment  # noqa: E402
+
+import contention  # noqa: E402  (bench/contention.py, beside this file)
 from udfs.base import load_model  # noqa: E402
 
 
@@ -247,6 +249,51 @@ def forecast_limit(series: list[np.ndarray], ref: str | None = None) -> Callable
     return run
 
 
+# -- anomaly -----------------------------------------------------------------------------------------
+
+ANOMALY_SQL = "SELECT * FROM anomaly_table('metrics', key => 'store', ts => 'ts', value => 'amount')"
+
+
+def anomaly(n_series: int, length: int, repeats: int) -> dict:
+    """Points scored per second: the model on numpy arrays (its whole `score`), the operator on an
+    Arrow list array, and `anomaly_table` end to end over Flight (every point back as a row), taking
+    turns, on hourly-like series of `length` points each."""
+    series = hourly_series(n_series, length, seed=1)
+    values, lengths = flatten(to_arrow(series))
+    arrays = to_arrow(series)
+    model = load_model("anomaly", None)
+    with tempfile.TemporaryDirectory() as tmp:
+        lake = Path(tmp) / "metrics.db"
+        with duckdb.connect(str(lake)) as con:
+            data = pa.table({"store": np.repeat(np.arange(n_series), length),  # noqa: F841 (read by name)
+                             "ts": np.tile(np.arange(length), n_series), "amount": values})
+            con.execute("CREATE TABLE metrics AS SELECT * FROM data")
+        server = Server(lake)
+        try:
+            server.query(ANOMALY_SQL + " LIMIT 1")  # loads the model
+            seconds = interleaved({
+                "limit": lambda: model.score(values[:, None], lengths, 0.999),
+                "operator": lambda: anomaly_scores(arrays, 0.999, 0),
+                "e2e": lambda: server.query(ANOMALY_SQL),
+            }, repeats)
+        finally:
+            server.close()
+    points = n_series * length
+    return {"model": model.card.ref, "series": n_series, "points": points,
+            **{k: points / seconds[k] for k in ("limit", "operator", "e2e")}}
+
+
+def anomaly_rates(a: dict) -> dict:
+    where = f"{a['series']:,} series x {a['points'] // a['series']:,} points, {a['model']}"
+    return {f"anomaly model alone, points/s ({where})": a["limit"], "anomaly operator in-process, points/s": a["operator"],
+            "anomaly_table end to end over Flight, points/s": a["e2e"]}
+
+
+def anomaly_ratios(a: dict) -> dict:
+    return {"operator / model alone (anomaly)": a["operator"] / a["limit"],
+            "end to end / operator (anomaly)": a["e2e"] / a["operator"]}
+
+
 # -- Flight ------------------------------------------------------------------------------------------
 
 
@@ -305,8 +352,14 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="10x smaller data, one repeat")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--only", choices=["anomaly"], help="run one section alone and print it")
     args = parser.parse_args()
     scale, repeats = (10, 1) if args.quick else (1, args.repeats)
+    if args.only == "anomaly":
+        a = anomaly(1000 // scale, 5000, repeats)
+        print("\n".join([f"| {k} | {v:,.0f} |" for k, v in anomaly_rates(a).items()]
+                        + [f"| {k} | {v:.2f} |" for k, v in anomaly_ratios(a).items()]))
+        return 0
     n_texts, n_short, n_series = 100_000 // scale, 1_000_000 // scale, 10_000 // scale
     texts, short, data = sst_texts(max(n_texts, n_short))
     texts, short = texts.slice(0, n_texts), short.slice(0, n_short)
@@ -388,8 +441,12 @@ def main() -> int:
                   for label in lakes}
         r["memory"] = memory
 
+    print("anomaly: model alone, operator, end to end over Flight (taking turns)", flush=True)
+    r["anomaly"] = anomaly(1000 // scale, 5000, repeats)
     print("enrichment: local engine, then Ray with one and two workers", flush=True)
     r["enrich"] = enrichment(texts, repeats)
+    print("contention: the same enrichment idle and beside a process holding one core (taking turns)", flush=True)
+    r["contention"] = contention.run(repeats, texts=texts.slice(0, 7_350).to_pylist())
     ratios = {
         "operator / model limit (sentiment)": r["sentiment_operator"] / r["sentiment_limit"]["rows_per_s"],
         "end to end / operator (sentiment)": r["e2e_sentiment"] / r["sentiment_operator"],
@@ -408,6 +465,8 @@ def main() -> int:
     }
     if r["transformer"]:
         ratios["end to end / transformer classifier"] = r["e2e_sentiment"] / r["transformer"]["rows_per_s"]
+    ratios.update(anomaly_ratios(r["anomaly"]))
+    ratios["enrich beside a CPU hog / idle (target <= 2.5)"] = r["contention"]["busy_seconds"] / r["contention"]["idle_seconds"]
     ratios.update(enrichment_ratios(r["enrich"]))
     r["ratios"] = ratios
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -441,6 +500,7 @@ def markdown(r: dict) -> str:
     }
     if r["transformer"]:
         rates["MiniLM + logistic head (dev acc %.3f)" % r["transformer"]["dev_accuracy"]] = r["transformer"]["rows_per_s"]
+    rates.update(anomaly_rates(r["anomaly"]))
     rates.update(enrichment_rates(r["enrich"]))
     lines += [f"| {k} | {v:,.0f} |" for k, v in rates.items()]
     lines += ["", f"LSTM dev accuracy: {r['lstm_dev_accuracy']:.3f}", "",
