@@ -13,6 +13,14 @@ class QueryRefused(FlightLSTMError):
     """The SQL is valid but not allowed: writes, DDL, file access, settings, several statements."""
 
 
+class Unsupported(FlightLSTMError):
+    """The request is well formed but names something the server does not do (an action, a command)."""
+
+
+class NotFound(FlightLSTMError):
+    """The request names something that does not exist (now): a query to cancel that is not running."""
+
+
 class SourceUnavailable(FlightLSTMError):
     """The source cannot answer now (locked by a writer, gone away); retrying later may work."""
 

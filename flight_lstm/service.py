@@ -13,7 +13,7 @@ from typing import Callable, Iterable, Iterator
 import pyarrow as pa
 
 from flight_lstm.engine import Engine, Limits
-from flight_lstm.errors import InvalidQuery
+from flight_lstm.errors import InvalidQuery, SourceUnavailable
 from flight_lstm.identifiers import quote
 from flight_lstm.models import ModelNotFound
 from flight_lstm.plan import Catalog, Plan
@@ -136,6 +136,10 @@ class Service:
             return self.engine.schema(plan, params)
         return self._schemas.get(plan.sql, lambda: self.engine.schema(plan))
 
+    def parameters(self, plan: Plan) -> list[str]:
+        """The query's placeholders, in binding order."""
+        return self.engine.parameters(plan) if plan.parameters else []
+
     def stream(self, plan: Plan, cancelled: Callable[[], bool] = lambda: False, params: list | None = None):
         _check_params(plan, params)
         return self.engine.stream(plan, cancelled, params=params)
@@ -157,6 +161,14 @@ class Service:
         forecast(pa.array([[1.0, 2.0, 3.0]]), 1)
 
     def health(self) -> dict:
+        """Readiness: "ok", or "unavailable" with the reason while the source cannot be opened (a
+        DuckDB file not written yet, Dremio down): it lists the source's tables, as `serve` does at
+        start (one attach, a few ms, or one Dremio call)."""
+        try:
+            self._tables()
+        except SourceUnavailable as e:
+            return {"status": "unavailable", "source": self.source.describe(), "reason": str(e),
+                    "views": sorted(self.view_sql)}
         return {"status": "ok", "source": self.source.describe(), "views": sorted(self.view_sql)}
 
     def models(self) -> list[dict]:

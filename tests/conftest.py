@@ -12,6 +12,7 @@ import pytest
 
 from enrichment import make_reviews, sentiment_module
 from flight_lstm.server import FlightLSTMServer
+from flight_lstm.server.auth import BasicBearerAuth, Tokens, Users
 from flight_lstm.service import Service
 from flight_lstm.sources.duckdb import DuckDBSource
 
@@ -75,6 +76,20 @@ def server(lake):
     srv, uri = start_server(Service(DuckDBSource(lake), views=VIEWS, batch_rows=1000))
     yield uri
     srv.shutdown()
+
+
+ANA = ("ana", "correct horse battery")  # the one user of `login_server`
+
+
+@pytest.fixture
+def login_server(lake, tmp_path):
+    """A server on the test lake that asks for a login (ANA), its URI."""
+    users = Users(tmp_path / "users.json")
+    users.add(*ANA)
+    server = FlightLSTMServer(Service(DuckDBSource(lake)), "grpc://127.0.0.1:0", auth=BasicBearerAuth(users, Tokens()))
+    threading.Thread(target=server.serve, daemon=True).start()
+    yield f"grpc://127.0.0.1:{server.port}"
+    server.shutdown()
 
 
 @pytest.fixture

@@ -63,6 +63,16 @@ class Engine:
         finally:
             running.end()
 
+    def parameters(self, plan: Plan) -> list[str]:
+        """The names of the query's placeholders in binding order: "1", "2", ... for `?` and `$n`.
+        DuckDB's parser reads them; their types are known only once values are bound."""
+        con = self.db.cursor()
+        try:
+            names = set().union(*(s.named_parameters for s in con.extract_statements(plan.sql)))
+        finally:
+            con.close()
+        return sorted(names, key=lambda n: (not n.isdigit(), int(n) if n.isdigit() else 0, n))
+
     def stream(
         self, plan: Plan, cancelled: Callable[[], bool] = lambda: False,
         extra_tables: dict[str, pa.Table] | None = None, params: list | None = None,

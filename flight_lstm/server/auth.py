@@ -184,6 +184,13 @@ class _Caller(flight.ServerMiddleware):
         return {"authorization": f"Bearer {self.token}"} if self.token else {}
 
 
+# The bearer a Handshake's Basic login was answered with, for its handler's reply message, by OS
+# thread: pyarrow starts a call's middleware on the thread that then runs its handler, and every
+# Handshake sets its thread's entry first, so a handler reads its own call's token and never
+# another's. (Not threading.local: each pyarrow callback may get a fresh Python thread state.)
+_handshake_tokens: dict[int, str | None] = {}
+
+
 class BasicBearerAuth(flight.ServerMiddlewareFactory):
     """Checks every call: Basic on the handshake (answered with a bearer), the bearer elsewhere."""
 
@@ -194,6 +201,8 @@ class BasicBearerAuth(flight.ServerMiddlewareFactory):
         self._checks, self.check_wait = threading.BoundedSemaphore(checks_at_once), check_wait
 
     def start_call(self, info, headers):
+        if info.method == flight.FlightMethod.HANDSHAKE:
+            _handshake_tokens.pop(threading.get_ident(), None)
         value = _header(headers, "authorization")
         scheme, _, credentials = value.partition(" ")
         if scheme.lower() == "basic":
@@ -201,7 +210,10 @@ class BasicBearerAuth(flight.ServerMiddlewareFactory):
             if user is None:
                 log.warning("login failed: the Basic credentials are not base64 'user:password'")
                 raise flight.FlightUnauthenticatedError("invalid user name or password")
-            return _Caller(user, self.tokens.issue(user, self._login(user, password)))
+            token = self.tokens.issue(user, self._login(user, password))
+            if info.method == flight.FlightMethod.HANDSHAKE:
+                _handshake_tokens[threading.get_ident()] = token
+            return _Caller(user, token)
         if scheme.lower() == "bearer":
             user = self.tokens.user_of(credentials.strip(), self.users.load().get)
             if user is None:
@@ -238,11 +250,14 @@ class BasicBearerAuth(flight.ServerMiddlewareFactory):
             raise flight.FlightUnavailableError(f"too many failed logins for this user; retry in {wait} s")
 
 
-class NoOpAuthHandler(flight.ServerAuthHandler):
-    """The middleware does the work; Handshake must still be answered, or clients fail to connect."""
+class HandshakeAnswer(flight.ServerAuthHandler):
+    """Answers every Handshake with one message, with auth or without: clients that always
+    handshake, and clients that wait for its reply, connect. With auth the middleware checked the
+    Basic login, and the reply carries the bearer token (as the reply header does); without, it
+    is empty. The request's own payload holds no credentials here, so it is not read."""
 
     def authenticate(self, outgoing, incoming):
-        pass
+        outgoing.write((_handshake_tokens.pop(threading.get_ident(), None) or "").encode())
 
     def is_valid(self, token):
         return ""

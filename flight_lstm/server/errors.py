@@ -1,11 +1,20 @@
 """Our errors become Flight statuses with one-line messages; anything else is logged here and
 reaches the client only as an internal error with an id, never as a traceback.
 
-Only pyarrow's Flight exception classes leave a Python server without a traceback attached
-(any other exception, ArrowInvalid included, ships its formatted traceback as the status detail).
-So a bad query is a FlightServerError (gRPC UNKNOWN) rather than INVALID_ARGUMENT, and a limit
-reached is UNAVAILABLE (retryable): Arrow's transport has no RESOURCE_EXHAUSTED, and Arrow clients
-read a RESOURCE_EXHAUSTED from elsewhere as UNAVAILABLE too."""
+pyarrow gives a Python server two ways to answer an error (pyarrow/_flight.pyx). A FlightError
+subclass becomes its fixed status with a clean message, but there is none for INVALID_ARGUMENT,
+NOT_FOUND or UNIMPLEMENTED. Any other exception becomes a status whose code follows its Python type
+(ValueError: INVALID_ARGUMENT, KeyError: NOT_FOUND, NotImplementedError: UNIMPLEMENTED, else
+UNKNOWN), with `. Detail: Python exception: ` and `traceback.format_exception(...)` of it appended.
+A middleware cannot change either (it only sees the call end), and a google.rpc.Status with
+another code in grpc-status-details-bin is refused by gRPC-Go clients (ADBC) as a mismatch.
+
+So a bad query leaves as `InvalidArgument` (a ValueError: INVALID_ARGUMENT, which ADBC raises as
+ProgrammingError), and the traceback module formats our own edge exceptions as their class name
+alone, as later Arrow releases format every Python exception. Other kinds keep their FlightError.
+GetSchema's callback lacks the FlightError branch, so there a FlightError's kind can only be told
+in its message, under UNKNOWN. A limit reached is UNAVAILABLE (retryable): Arrow's transport has
+no RESOURCE_EXHAUSTED, and Arrow clients read a RESOURCE_EXHAUSTED from elsewhere as UNAVAILABLE."""
 from __future__ import annotations
 
 import functools
@@ -16,13 +25,53 @@ import uuid
 
 import pyarrow.flight as flight
 
-from flight_lstm.errors import (InvalidQuery, QueryCancelled, QueryRefused, QueryTimedOut, ResourceExhausted,
-                                SourceUnavailable)
+from flight_lstm.errors import (InvalidQuery, NotFound, QueryCancelled, QueryRefused, QueryTimedOut,
+                                ResourceExhausted, SourceUnavailable, Unsupported)
 
 log = logging.getLogger("flight_lstm.server")
 
+
+class EdgeError(Exception):
+    """A status pyarrow has no FlightError for; its Python type picks the gRPC code."""
+
+
+class InvalidArgument(EdgeError, ValueError):
+    """INVALID_ARGUMENT"""
+
+
+class Unimplemented(EdgeError, NotImplementedError):
+    """UNIMPLEMENTED"""
+
+
+class Missing(EdgeError, KeyError):
+    """NOT_FOUND"""
+
+    def __str__(self):  # KeyError's own quotes its message
+        return str(self.args[0]) if self.args else ""
+
+
+class Failed(EdgeError):
+    """UNKNOWN: what GetSchema answers for a FlightError, whose kind its message then names."""
+
+
+_format_exception = traceback.format_exception
+
+
+def _edge_format_exception(exc, /, *args, **kwargs):
+    """The traceback module's `format_exception`, which pyarrow calls for a status's detail: our
+    edge exceptions are their class name alone; every other exception is formatted as before."""
+    value = args[0] if args else exc
+    if isinstance(value, EdgeError):
+        return [type(value).__name__]
+    return _format_exception(exc, *args, **kwargs)
+
+
+traceback.format_exception = _edge_format_exception
+
 STATUS = {
-    InvalidQuery: flight.FlightServerError,
+    InvalidQuery: InvalidArgument,
+    Unsupported: Unimplemented,
+    NotFound: Missing,
     QueryRefused: flight.FlightUnauthorizedError,  # PERMISSION_DENIED
     SourceUnavailable: flight.FlightUnavailableError,  # UNAVAILABLE: retryable
     QueryCancelled: flight.FlightCancelledError,
@@ -36,7 +85,7 @@ _traced: dict[str, float] = {}  # failure (type and place) -> when its traceback
 
 
 def to_flight_error(error: BaseException) -> BaseException:
-    if isinstance(error, flight.FlightError):
+    if isinstance(error, (flight.FlightError, EdgeError)):
         return error
     for ours, theirs in STATUS.items():
         if isinstance(error, ours):
@@ -73,6 +122,28 @@ def flight_errors(handler):
             raise to_flight_error(e) from None
 
     return wrapped
+
+
+def without_flight_errors(handler):
+    """For GetSchema, whose pyarrow callback sends a FlightError with its traceback: the same
+    statuses, a FlightError's kind named in the message (UNKNOWN) instead."""
+
+    @functools.wraps(handler)
+    def wrapped(*args, **kwargs):
+        try:
+            return handler(*args, **kwargs)
+        except Exception as e:
+            error = to_flight_error(e)
+            if isinstance(error, flight.FlightError):
+                raise Failed(f"{_KIND.get(type(error), 'failed')}: {error}") from None
+            raise error from None
+
+    return wrapped
+
+
+_KIND = {flight.FlightUnauthorizedError: "permission denied", flight.FlightUnauthenticatedError: "unauthenticated",
+         flight.FlightUnavailableError: "unavailable", flight.FlightCancelledError: "cancelled",
+         flight.FlightTimedOutError: "timed out", flight.FlightInternalError: "internal"}
 
 
 def mapped(batches):

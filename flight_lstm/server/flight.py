@@ -3,7 +3,8 @@
 A command descriptor carries SQL text; a path descriptor names a source table or published view.
 The ticket is the SQL itself, so any replica can serve it and DoGet re-checks it like new input.
 A command or ticket that is an Any-packed Flight SQL message goes to `FlightSQL` instead; DoExchange
-runs row-wise SQL over the client's own batches.
+runs row-wise SQL over the client's own batches. Every result leaves through `columns`: dictionaries
+decoded, columns described; CancelFlightInfo stops a running DoGet by its ticket.
 """
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ import json
 import pyarrow as pa
 import pyarrow.flight as flight
 
-from flight_lstm.errors import InvalidQuery, QueryRefused, text_of
-from flight_lstm.server import liveness
-from flight_lstm.server.auth import BasicBearerAuth, NoOpAuthHandler, caller
-from flight_lstm.server.errors import flight_errors, mapped
+from flight_lstm.errors import InvalidQuery, NotFound, QueryRefused, Unsupported, text_of
+from flight_lstm.server import columns, liveness
+from flight_lstm.server import flight_sql_messages as messages
+from flight_lstm.server.auth import BasicBearerAuth, HandshakeAnswer, caller
+from flight_lstm.server.cancels import Cancels, ending
+from flight_lstm.server.errors import flight_errors, mapped, without_flight_errors
 from flight_lstm.server.flight_sql import ACTIONS as FLIGHT_SQL_ACTIONS
 from flight_lstm.server.flight_sql import FlightSQL
-from flight_lstm.server.flight_sql_messages import flight_sql_type
 from flight_lstm.server.telemetry import Query
 from flight_lstm.service import Service
 
@@ -26,7 +28,9 @@ ACTIONS = {
     "health": "Readiness: status, source and published views (JSON).",
     "models": "The model registry: name, version, kind, training data and scores (JSON list).",
     "explain": "Body: SQL. How it splits: the scans a pushdown source runs and the local query (JSON).",
+    "CancelFlightInfo": "Flight: stop your running DoGets of a FlightInfo's tickets (CancelFlightInfoRequest).",
 }
+CANCELLED = 1  # CancelFlightInfoResult.CancelStatus
 
 
 class FlightLSTMServer(flight.FlightServerBase):
@@ -34,10 +38,11 @@ class FlightLSTMServer(flight.FlightServerBase):
                  auth: BasicBearerAuth | None = None, **kwargs):
         middleware = {liveness.KEY: liveness.Liveness()}
         if auth is not None:
-            kwargs["auth_handler"], middleware["auth"] = NoOpAuthHandler(), auth
-        super().__init__(location, middleware=middleware, **kwargs)
+            middleware["auth"] = auth
+        super().__init__(location, middleware=middleware, auth_handler=HandshakeAnswer(), **kwargs)
         self.service = service
         self.flight_sql = FlightSQL(service)
+        self.cancels = Cancels()
         self.auth_required = auth is not None
 
     def _ticket_sql(self, descriptor: flight.FlightDescriptor) -> str:
@@ -51,7 +56,7 @@ class FlightLSTMServer(flight.FlightServerBase):
             if message:
                 return self.flight_sql.flight_info(*message, descriptor, caller(context))
             sql = self._ticket_sql(descriptor)
-            schema = self.service.schema(self.service.plan(sql))
+            schema = columns.described(self.service.schema(self.service.plan(sql)))
         except BaseException as e:
             Query("get_flight_info").end(e)  # a query that fails planning ends here, not in DoGet
             raise
@@ -61,7 +66,7 @@ class FlightLSTMServer(flight.FlightServerBase):
     @flight_errors
     def list_flights(self, context, criteria):
         return [
-            flight.FlightInfo(schema, flight.FlightDescriptor.for_path(name),
+            flight.FlightInfo(columns.described(schema), flight.FlightDescriptor.for_path(name),
                               [flight.FlightEndpoint(sql.encode(), [])], -1, -1)
             for name, sql, schema in self.service.datasets()
         ]
@@ -70,25 +75,32 @@ class FlightLSTMServer(flight.FlightServerBase):
     def get_flight_info(self, context, descriptor):
         return self._info(context, descriptor)
 
-    @flight_errors
+    @without_flight_errors
     def get_schema(self, context, descriptor):
         return flight.SchemaResult(self._info(context, descriptor).schema)
 
     @flight_errors
     def do_get(self, context, ticket):
         query = Query("do_get")
+        was_cancelled, end = self.cancels.start(caller(context), ticket.ticket)
+        gone = liveness.cancelled(context)
+
+        def cancelled() -> bool:
+            return was_cancelled() or gone()
+
         try:
-            message = flight_sql_type(ticket.ticket)
+            message = messages.flight_sql_type(ticket.ticket)
             if message:
-                cancelled = liveness.cancelled(context)
                 schema, batches, query.operators = self.flight_sql.do_get(*message, cancelled, caller(context))
             else:
                 plan = self.service.plan(text_of(ticket.ticket, "the command"))
-                (schema, batches), query.operators = self.service.stream(plan, liveness.cancelled(context)), plan.operators
+                (schema, batches), query.operators = (columns.result(*self.service.stream(plan, cancelled)),
+                                                      plan.operators)
         except BaseException as e:
+            end()
             query.end(e)
             raise
-        return flight.GeneratorStream(schema, mapped(query.watch(batches)))
+        return flight.GeneratorStream(schema, mapped(query.watch(ending(batches, end))))
 
     @flight_errors
     def do_put(self, context, descriptor, reader, writer):
@@ -104,18 +116,30 @@ class FlightLSTMServer(flight.FlightServerBase):
             raise InvalidQuery("DoExchange takes a command descriptor holding SQL over the table `input`")
         query = Query("do_exchange")
         try:
+            sql = text_of(descriptor.command, "the command")
             batches = (chunk.data for chunk in reader if chunk.data is not None)
-            schema, results = self.service.exchange(text_of(descriptor.command, "the command"), reader.schema, batches,
-                                                    liveness.cancelled(context))
+            schema, results = self.service.exchange(sql, _sent_schema(reader), batches, liveness.cancelled(context))
         except BaseException as e:
             query.end(e)
             raise
+        schema, results = columns.result(schema, results)
         writer.begin(schema)
         for batch in query.watch(results):
             writer.write_batch(batch)
 
     def list_actions(self, context):
         return [*ACTIONS.items(), *FLIGHT_SQL_ACTIONS.items()]
+
+    def _cancel(self, body: bytes, user: str | None) -> bytes:
+        """CancelFlightInfo: the info's tickets name the DoGets to stop; none running is NOT_FOUND,
+        as the spec asks for a query the server does not know."""
+        try:
+            info = flight.FlightInfo.deserialize(messages.unpack("CancelFlightInfoRequest", body).info)
+        except (TypeError, ValueError, OSError):  # pyarrow's ArrowInvalid, or bytes that are no FlightInfo
+            raise InvalidQuery("CancelFlightInfo needs a CancelFlightInfoRequest holding a FlightInfo") from None
+        if not self.cancels.cancel(user, [e.ticket.ticket for e in info.endpoints]):
+            raise NotFound("no query of this FlightInfo is running for you: it ended or never started")
+        return messages.CancelFlightInfoResult(status=CANCELLED).SerializeToString()
 
     @flight_errors
     def do_action(self, context, action):
@@ -132,12 +156,22 @@ class FlightLSTMServer(flight.FlightServerBase):
             body = self.service.models()
         elif action.type == "explain":
             body = self.service.explain(text_of(action.body.to_pybytes(), "the command"))
+        elif action.type == "CancelFlightInfo":
+            return [flight.Result(self._cancel(action.body.to_pybytes(), caller(context)))]
         else:
-            raise InvalidQuery(f"unknown action {action.type!r}; known: {', '.join(ACTIONS)}")
+            known = ", ".join([*ACTIONS, *FLIGHT_SQL_ACTIONS])
+            raise Unsupported(f"unknown action {action.type[:100]!r}; the actions are: {known}")
         return [flight.Result(json.dumps(body).encode())]
+
+
+def _sent_schema(reader: flight.MetadataRecordBatchReader) -> pa.Schema:
+    try:
+        return reader.schema
+    except OSError:  # pyarrow's "Client never sent a data message"
+        raise InvalidQuery("DoExchange needs the schema of the batches you send, before them") from None
 
 
 def _flight_sql(descriptor: flight.FlightDescriptor) -> tuple[str, bytes] | None:
     if descriptor.descriptor_type != flight.DescriptorType.CMD:
         return None
-    return flight_sql_type(descriptor.command)
+    return messages.flight_sql_type(descriptor.command)

@@ -2,11 +2,14 @@
 DBeaver) can query: the Flight server hands every Any-packed Flight SQL message here.
 
 Queries are read-only: writes (updates, ingestion, DDL/DML through a prepared statement) are
-refused, those prepared by the planner's own read-only check. Tickets are self-contained: a plain
-query's ticket carries its SQL, a metadata ticket is the Any-packed command itself (DBeaver expects
-that); a prepared statement's carries its handle (which carries the SQL) and needs the server that
-holds its bound parameters. Every call names its user (None with auth off): a prepared statement
-answers only the user who prepared it.
+refused, those prepared by the planner's own read-only check. Several rows of parameters bound to a
+prepared query run it once per row, the results concatenated (the spec's one execution). The
+session is fixed (no catalog, schema `main`), so session options need no state.
+
+Tickets are self-contained: a plain query's ticket carries its SQL, a metadata ticket is the
+Any-packed command itself (DBeaver expects that); a prepared statement's carries its handle (which
+carries the SQL) and needs the server that holds its bound parameters. Every call names its user
+(None with auth off): a prepared statement answers only the user who prepared it.
 """
 from __future__ import annotations
 
@@ -15,21 +18,33 @@ from typing import Callable, Iterator
 import pyarrow as pa
 import pyarrow.flight as flight
 
-from flight_lstm.errors import InvalidQuery, QueryRefused, text_of
+from flight_lstm.errors import InvalidQuery, QueryRefused, Unsupported, text_of
+from flight_lstm.plan import Plan
+from flight_lstm.server import columns
 from flight_lstm.server import flight_sql_messages as messages
 from flight_lstm.server import flight_sql_metadata as metadata
-from flight_lstm.server.prepared import PARAMETER_BYTES, STATEMENT_TTL, PreparedStatements
+from flight_lstm.server.prepared import PARAMETER_BYTES, PARAMETER_ROWS, STATEMENT_TTL, PreparedStatements
 from flight_lstm.service import Service
 
 ACTIONS = {
     "CreatePreparedStatement": "Flight SQL: prepare a read-only query (ActionCreatePreparedStatementRequest).",
     "ClosePreparedStatement": "Flight SQL: close a prepared statement (ActionClosePreparedStatementRequest).",
-    "CloseSession": "Flight SQL: close the session (nothing to do: the server keeps no sessions).",
+    "SetSessionOptions": "Flight: set session options (SetSessionOptionsRequest); only catalog '' and schema 'main'.",
+    "GetSessionOptions": "Flight: the session's options (GetSessionOptionsResult): catalog '' and schema 'main'.",
+    "CloseSession": "Flight: close the session (CloseSessionResult; nothing to do: the session is fixed).",
 }
 WRITES = {"CommandStatementUpdate", "CommandPreparedStatementUpdate", "CommandStatementIngest",
           "CommandStatementSubstraitPlan"}
-# CloseSessionResult{status: CLOSED}: arrow.flight.protocol's message, field 1 = 1.
-CLOSED_SESSION = b"\x08\x01"
+# The session every call runs in: no catalogs, unqualified names in `main` (ADBC's current_catalog
+# and current_db_schema read these keys).
+SESSION = {"catalog": "", "schema": metadata.DEFAULT_SCHEMA}
+INVALID_NAME, INVALID_VALUE = 1, 2  # SetSessionOptionsResult.ErrorValue
+CLOSED = 1  # CloseSessionResult.Status
+# A parameter's type is known only once bound (DuckDB binds late), so the announced schema offers
+# the common value types, as the Flight SQL SQLite example does; a client sends its own types anyway.
+PARAMETER = pa.dense_union([pa.field("string", pa.string()), pa.field("bigint", pa.int64()),
+                            pa.field("double", pa.float64()), pa.field("bool", pa.bool_()),
+                            pa.field("bytes", pa.binary())])
 
 Stream = tuple[pa.Schema, Iterator[pa.RecordBatch], frozenset]
 
@@ -50,11 +65,11 @@ class FlightSQL:
         if name == "CommandStatementQuery":
             command = messages.unpack(name, value)
             _no_transaction(command)
-            schema = self.service.schema(self.service.plan(command.query))
+            schema = columns.described(self.service.schema(self.service.plan(command.query)))
             ticket = messages.pack(messages.TicketStatementQuery(statement_handle=command.query.encode()))
         elif name == "CommandPreparedStatementQuery":
-            sql, params = self.statements.get(messages.unpack(name, value).prepared_statement_handle, user)
-            schema = self.service.schema(self.service.plan(sql), params)
+            sql, rows = self.statements.get(messages.unpack(name, value).prepared_statement_handle, user)
+            schema = columns.described(self.service.schema(self.service.plan(sql), rows and rows[0]))
             ticket = descriptor.command
         else:
             schema = self._metadata_schema(name, value)
@@ -66,6 +81,7 @@ class FlightSQL:
             command = messages.unpack(name, value)
             return metadata.TABLES_WITH_SCHEMA if command.include_schema else metadata.TABLES_SCHEMA
         fixed = {"CommandGetSqlInfo": metadata.SQL_INFO_SCHEMA, "CommandGetCatalogs": metadata.CATALOGS_SCHEMA,
+                 "CommandGetXdbcTypeInfo": metadata.XDBC_TYPE_INFO_SCHEMA,
                  "CommandGetDbSchemas": metadata.DB_SCHEMAS_SCHEMA,
                  "CommandGetTableTypes": metadata.TABLE_TYPES_SCHEMA, **metadata.EMPTY_LISTINGS}
         if name in fixed:
@@ -77,13 +93,31 @@ class FlightSQL:
     def do_get(self, name: str, value: bytes, cancelled: Callable[[], bool], user: str | None) -> Stream:
         if name == "TicketStatementQuery":
             plan = self.service.plan(text_of(messages.unpack(name, value).statement_handle, "the statement handle"))
-            return (*self.service.stream(plan, cancelled), plan.operators)
+            return (*columns.result(*self.service.stream(plan, cancelled)), plan.operators)
         if name == "CommandPreparedStatementQuery":
-            sql, params = self.statements.get(messages.unpack(name, value).prepared_statement_handle, user)
+            sql, rows = self.statements.get(messages.unpack(name, value).prepared_statement_handle, user)
             plan = self.service.plan(sql)
-            return (*self.service.stream(plan, cancelled, params=params), plan.operators)
+            return (*columns.result(*self._each_row(plan, rows or [None], cancelled)), plan.operators)
         table = self._metadata_table(name, value)
         return table.schema, iter(table.to_batches()), frozenset()
+
+    def _each_row(self, plan: Plan, rows: list, cancelled: Callable[[], bool]) -> tuple[pa.Schema, Iterator]:
+        """The query run once per row of parameters, one after another, as one result."""
+        schema, first = self.service.stream(plan, cancelled, params=rows[0])
+        return schema, self._concatenated(plan, schema, first, rows[1:], cancelled)
+
+    def _concatenated(self, plan: Plan, schema: pa.Schema, current: Iterator, rest: list,
+                      cancelled: Callable[[], bool]) -> Iterator[pa.RecordBatch]:
+        try:
+            for row in [None, *rest]:
+                if row is not None:
+                    _, current = self.service.stream(plan, cancelled, params=row)
+                for batch in current:
+                    yield batch if batch.schema == schema else _as(batch, schema)
+        finally:
+            close = getattr(current, "close", None)
+            if close is not None:
+                close()  # a client gone mid-way ends the running row's query now
 
     def _metadata_table(self, name: str, value: bytes) -> pa.Table:
         if name == "CommandGetSqlInfo":
@@ -103,41 +137,48 @@ class FlightSQL:
             return metadata.tables_table(
                 self.service.relations(), _opt(command, "db_schema_filter_pattern"),
                 _opt(command, "table_name_filter_pattern"), list(command.table_types),
-                self.service.dataset_schema if command.include_schema else None)
+                self._dataset_schema if command.include_schema else None)
         if name == "CommandGetTableTypes":
             return metadata.table_types_table()
+        if name == "CommandGetXdbcTypeInfo":
+            command = messages.unpack(name, value)
+            return metadata.xdbc_type_info_table(command.data_type if command.HasField("data_type") else None)
         if name in metadata.EMPTY_LISTINGS:
             return metadata.EMPTY_LISTINGS[name].empty_table()
         raise unsupported(name)
 
+    def _dataset_schema(self, name: str, kind: str) -> pa.Schema:
+        return columns.described(self.service.dataset_schema(name, kind))
+
     # --- DoPut ----------------------------------------------------------------------------------
 
     def do_put(self, name: str, value: bytes, reader: flight.MetadataRecordBatchReader, user: str | None) -> bytes:
-        """Bind a prepared query's parameters (one row); the reply keeps the same handle."""
+        """Bind a prepared query's parameters (one or more rows); the reply keeps the same handle."""
         if name in WRITES:
             raise refuse_write(name)
         if name != "CommandPreparedStatementQuery":
             raise unsupported(name)
         handle = messages.unpack(name, value).prepared_statement_handle
         self.statements.get(handle, user)  # an unknown handle reads no upload
-        rows = _one_row(reader)
-        self.statements.bind(handle, [column[0].as_py() for column in rows.columns], user)
+        self.statements.bind(handle, _rows(reader), user)
         return messages.DoPutPreparedStatementResult(prepared_statement_handle=handle).SerializeToString()
 
     # --- DoAction -------------------------------------------------------------------------------
 
     def do_action(self, action: str, body: bytes, user: str | None) -> list[bytes]:
-        if action == "CloseSession":
-            return [CLOSED_SESSION]
+        if action in ("SetSessionOptions", "GetSessionOptions", "CloseSession"):
+            return [_session(action, body).SerializeToString()]
         name, value = messages.flight_sql_type(body) or ("", b"")
         if action == "CreatePreparedStatement" and name == "ActionCreatePreparedStatementRequest":
             request = messages.unpack(name, value)
             _no_transaction(request)
             plan = self.service.plan(request.query)  # refuses writes and DDL, as every query
             # With placeholders the result types wait for the values (DoPut), so no schema yet.
-            schema = b"" if plan.parameters else self.service.schema(plan).serialize().to_pybytes()
+            schema = b"" if plan.parameters else columns.described(self.service.schema(plan)).serialize().to_pybytes()
+            parameters = pa.schema([pa.field(n, PARAMETER) for n in self.service.parameters(plan)])
             result = messages.ActionCreatePreparedStatementResult(
-                prepared_statement_handle=self.statements.open(request.query, user), dataset_schema=schema)
+                prepared_statement_handle=self.statements.open(request.query, user), dataset_schema=schema,
+                parameter_schema=parameters.serialize().to_pybytes() if len(parameters) else b"")
             return [messages.pack(result)]
         if action == "ClosePreparedStatement" and name == "ActionClosePreparedStatementRequest":
             self.statements.close(messages.unpack(name, value).prepared_statement_handle, user)
@@ -145,26 +186,55 @@ class FlightSQL:
         raise InvalidQuery(f"{action} needs its Flight SQL request message as the body")
 
 
-def _one_row(reader: flight.MetadataRecordBatchReader) -> pa.RecordBatch:
-    """The one row of parameters, read a batch at a time so an upload too large is refused as it comes."""
-    rows = None
+def _rows(reader: flight.MetadataRecordBatchReader) -> list[list]:
+    """The rows of parameters, read a batch at a time so an upload too large is refused as it comes."""
+    rows, size = [], 0
     for chunk in reader:
         batch = chunk.data
         if batch is None:
             continue
-        if rows is not None or batch.num_rows != 1:
-            raise InvalidQuery("bind exactly one row of parameters to a query, "
-                               f"got {batch.num_rows + (rows.num_rows if rows is not None else 0)} or more")
-        if batch.nbytes > PARAMETER_BYTES:
+        size += batch.nbytes
+        if size > PARAMETER_BYTES:
             raise InvalidQuery(f"bound parameters may hold at most {PARAMETER_BYTES:,} bytes")
-        rows = batch
-    if rows is None:
-        raise InvalidQuery("bind exactly one row of parameters to a query, got 0")
+        if len(rows) + batch.num_rows > PARAMETER_ROWS:
+            raise InvalidQuery(f"bind at most {PARAMETER_ROWS:,} rows of parameters to one query")
+        values = [column.to_pylist() for column in batch.columns]
+        rows.extend([column[i] for column in values] for i in range(batch.num_rows))
+    if not rows:
+        raise InvalidQuery("bind at least one row of parameters to a query, got 0")
     return rows
 
 
-def unsupported(name: str) -> InvalidQuery:
-    return InvalidQuery(f"Flight SQL {name} is not supported by flight-lstm")
+def _as(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """A later row's batch in the first row's types (a NULL parameter may type a column NULL)."""
+    try:
+        return batch.cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raise InvalidQuery("the rows of parameters give results of different types; bind them in separate "
+                           "executions") from None
+
+
+def _session(action: str, body: bytes):
+    """The session actions over the fixed session: setting its own values is fine, anything else
+    is an error per option, as the spec has it."""
+    if action == "GetSessionOptions":
+        return messages.GetSessionOptionsResult(session_options=[
+            messages.SessionOptionsEntry(key=k, value=messages.SessionOptionValue(string_value=v))
+            for k, v in SESSION.items()])
+    if action == "CloseSession":
+        return messages.CloseSessionResult(status=CLOSED)
+    errors = []
+    for entry in messages.unpack("SetSessionOptionsRequest", body).session_options:
+        if entry.key not in SESSION:
+            errors.append((entry.key, INVALID_NAME))
+        elif not entry.value.HasField("string_value") or entry.value.string_value != SESSION[entry.key]:
+            errors.append((entry.key, INVALID_VALUE))
+    return messages.SetSessionOptionsResult(errors=[
+        messages.SessionErrorsEntry(key=k, value=messages.SetSessionOptionsError(value=code)) for k, code in errors])
+
+
+def unsupported(name: str) -> Unsupported:
+    return Unsupported(f"Flight SQL {name} is not supported by flight-lstm")
 
 
 def _no_transaction(message) -> None:

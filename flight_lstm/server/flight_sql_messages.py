@@ -17,10 +17,12 @@ PACKAGE = "arrow.flight.protocol.sql"
 TYPE_URL_PREFIX = f"type.googleapis.com/{PACKAGE}."
 
 _F = descriptor_pb2.FieldDescriptorProto
-_TYPES = {"string": _F.TYPE_STRING, "bytes": _F.TYPE_BYTES, "bool": _F.TYPE_BOOL,
-          "uint32": _F.TYPE_UINT32, "int32": _F.TYPE_INT32, "int64": _F.TYPE_INT64}
+_TYPES = {"string": _F.TYPE_STRING, "bytes": _F.TYPE_BYTES, "bool": _F.TYPE_BOOL, "uint32": _F.TYPE_UINT32,
+          "int32": _F.TYPE_INT32, "int64": _F.TYPE_INT64, "sfixed64": _F.TYPE_SFIXED64, "double": _F.TYPE_DOUBLE}
 
-# name -> [(field, number, type, label)], label "" (plain), "optional" (proto3 optional) or "repeated".
+# name -> [(field, number, type, label)], label "" (plain), "optional" (proto3 optional) or "repeated";
+# a capitalised type is another message here. Same bytes as the originals: an enum is its int32, a
+# map<string, V> a repeated (key, value) entry, a oneof its members each optional, a FlightInfo its bytes.
 MESSAGES = {
     "CommandGetSqlInfo": [("info", 1, "uint32", "repeated")],
     "CommandGetDbSchemas": [("catalog", 1, "string", "optional"),
@@ -40,6 +42,21 @@ MESSAGES = {
                                             ("parameter_schema", 3, "bytes", "")],
     "ActionClosePreparedStatementRequest": [("prepared_statement_handle", 1, "bytes", "")],
     "DoPutPreparedStatementResult": [("prepared_statement_handle", 1, "bytes", "optional")],
+    "CommandGetXdbcTypeInfo": [("data_type", 1, "int32", "optional")],
+    # Core Flight actions (arrow.flight.protocol), sent as plain messages rather than Any-packed.
+    "StringListValue": [("values", 1, "string", "repeated")],
+    "SessionOptionValue": [("string_value", 1, "string", "optional"), ("bool_value", 2, "bool", "optional"),
+                           ("int64_value", 3, "sfixed64", "optional"), ("double_value", 4, "double", "optional"),
+                           ("string_list_value", 5, "StringListValue", "optional")],
+    "SessionOptionsEntry": [("key", 1, "string", ""), ("value", 2, "SessionOptionValue", "")],
+    "SetSessionOptionsRequest": [("session_options", 1, "SessionOptionsEntry", "repeated")],
+    "SetSessionOptionsError": [("value", 1, "int32", "")],
+    "SessionErrorsEntry": [("key", 1, "string", ""), ("value", 2, "SetSessionOptionsError", "")],
+    "SetSessionOptionsResult": [("errors", 1, "SessionErrorsEntry", "repeated")],
+    "GetSessionOptionsResult": [("session_options", 1, "SessionOptionsEntry", "repeated")],
+    "CloseSessionResult": [("status", 1, "int32", "")],
+    "CancelFlightInfoRequest": [("info", 1, "bytes", "")],
+    "CancelFlightInfoResult": [("status", 1, "int32", "")],
 }
 
 
@@ -48,8 +65,12 @@ def _file() -> descriptor_pb2.FileDescriptorProto:
     for name, fields in MESSAGES.items():
         message = proto.message_type.add(name=name)
         for field, number, kind, label in fields:
-            f = message.field.add(name=field, number=number, type=_TYPES[kind], json_name=field,
+            f = message.field.add(name=field, number=number, json_name=field,
                                   label=_F.LABEL_REPEATED if label == "repeated" else _F.LABEL_OPTIONAL)
+            if kind in _TYPES:
+                f.type = _TYPES[kind]
+            else:
+                f.type, f.type_name = _F.TYPE_MESSAGE, f".{PACKAGE}.{kind}"
             if label == "optional":  # proto3 `optional`: a synthetic one-field oneof keeps presence
                 f.proto3_optional = True
                 f.oneof_index = len(message.oneof_decl)

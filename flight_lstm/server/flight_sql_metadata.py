@@ -1,5 +1,6 @@
-"""What Flight SQL clients ask before they query: server facts (GetSqlInfo) and the catalog listings
-(schemas, tables, table types, keys), as the Arrow tables the specification defines.
+"""What Flight SQL clients ask before they query: server facts (GetSqlInfo), the catalog listings
+(schemas, tables, table types, keys) and the SQL types (GetXdbcTypeInfo), as the Arrow tables the
+specification defines.
 
 There are no catalogs: tables sit in schemas named as the SQL names them (`main` for unqualified
 names, `sch` for `sch.tbl`, a Dremio path's folders), so what a client lists is what it can query.
@@ -206,3 +207,59 @@ def tables_table(relations: list[tuple[str, str]], schema_pattern: str | None, t
 
 def table_types_table() -> pa.Table:
     return pa.table([pa.array(TABLE_TYPES)], schema=TABLE_TYPES_SCHEMA)
+
+
+# --- GetXdbcTypeInfo --------------------------------------------------------------------------
+
+XDBC_TYPE_INFO_SCHEMA = pa.schema([
+    _utf8("type_name", False), pa.field("data_type", pa.int32(), nullable=False),
+    pa.field("column_size", pa.int32()), _utf8("literal_prefix"), _utf8("literal_suffix"),
+    pa.field("create_params", pa.list_(pa.field("item", pa.string(), nullable=False))),
+    pa.field("nullable", pa.int32(), nullable=False), pa.field("case_sensitive", pa.bool_(), nullable=False),
+    pa.field("searchable", pa.int32(), nullable=False), pa.field("unsigned_attribute", pa.bool_()),
+    pa.field("fixed_prec_scale", pa.bool_(), nullable=False), pa.field("auto_increment", pa.bool_()),
+    _utf8("local_type_name"), pa.field("minimum_scale", pa.int32()), pa.field("maximum_scale", pa.int32()),
+    pa.field("sql_data_type", pa.int32(), nullable=False), pa.field("datetime_subcode", pa.int32()),
+    pa.field("num_prec_radix", pa.int32()), pa.field("interval_precision", pa.int32()),
+])
+# The types results come in (columns.type_name), as XdbcDataType codes (JDBC's java.sql.Types):
+# (name, data type, column size, literal quote, create params, case sensitive, unsigned, radix,
+#  scale range, datetime subcode).
+_XDBC_TYPES = [
+    ("BOOLEAN", -7, 1, None, None, False, None, None, None, None),
+    ("TINYINT", -6, 3, None, None, False, False, 10, (0, 0), None),
+    ("UTINYINT", -6, 3, None, None, False, True, 10, (0, 0), None),
+    ("BIGINT", -5, 19, None, None, False, False, 10, (0, 0), None),
+    ("UBIGINT", -5, 20, None, None, False, True, 10, (0, 0), None),
+    ("BLOB", -3, None, "'", None, False, None, None, None, None),
+    ("DECIMAL", 3, 38, None, ["precision", "scale"], False, False, 10, (0, 38), None),
+    ("INTEGER", 4, 10, None, None, False, False, 10, (0, 0), None),
+    ("UINTEGER", 4, 10, None, None, False, True, 10, (0, 0), None),
+    ("SMALLINT", 5, 5, None, None, False, False, 10, (0, 0), None),
+    ("USMALLINT", 5, 5, None, None, False, True, 10, (0, 0), None),
+    ("FLOAT", 6, 7, None, None, False, False, 2, None, None),
+    ("DOUBLE", 8, 15, None, None, False, False, 2, None, None),
+    ("INTERVAL", 10, None, "'", None, False, None, None, None, None),
+    ("VARCHAR", 12, None, "'", None, True, None, None, None, None),
+    ("DATE", 91, 10, "'", None, False, None, None, None, 1),
+    ("TIME", 92, 15, "'", None, False, None, None, (0, 6), 2),
+    ("TIMESTAMP", 93, 26, "'", None, False, None, None, (0, 9), 3),
+    ("TIMESTAMP WITH TIME ZONE", 93, 32, "'", None, False, None, None, (0, 6), 3),
+]
+
+
+def xdbc_type_info_table(data_type: int | None) -> pa.Table:
+    """The SQL types a result may hold, ordered by data type then name; only `data_type`'s if given."""
+    rows = sorted((t for t in _XDBC_TYPES if data_type is None or t[1] == data_type), key=lambda t: (t[1], t[0]))
+    columns = {name: [] for name in XDBC_TYPE_INFO_SCHEMA.names}
+    for name, code, size, quote, params, case, unsigned, radix, scales, subcode in rows:
+        # A datetime type's SQL data type is its kind (9, with the subcode), as ODBC's SQL_DESC_TYPE.
+        values = dict(type_name=name, data_type=code, column_size=size, literal_prefix=quote, literal_suffix=quote,
+                      create_params=params, nullable=1, case_sensitive=case, searchable=3 if case else 2,
+                      unsigned_attribute=unsigned, fixed_prec_scale=False, auto_increment=False,
+                      local_type_name=name, minimum_scale=scales and scales[0], maximum_scale=scales and scales[1],
+                      sql_data_type=9 if subcode else code, datetime_subcode=subcode, num_prec_radix=radix,
+                      interval_precision=None)
+        for key, value in values.items():
+            columns[key].append(value)
+    return pa.table(columns, schema=XDBC_TYPE_INFO_SCHEMA)

@@ -21,12 +21,13 @@ from flight_lstm.errors import InvalidQuery, ResourceExhausted
 STATEMENT_TTL = 600.0  # seconds a prepared statement lives unused
 STATEMENTS_PER_USER = 256  # open at once; a client that never closes cannot fill the server
 PARAMETER_BYTES = 1 << 20  # the bound values of one statement
+PARAMETER_ROWS = 10_000  # rows of values bound at once: each row runs the query once
 
 
 @dataclass
 class _Open:
     user: str | None
-    params: list | None
+    params: list[list] | None  # rows of bound values
     used: float
     sql: str
 
@@ -47,8 +48,8 @@ class PreparedStatements:
             self._open[key] = _Open(user, None, time.monotonic(), sql)
         return json.dumps({"id": key, "sql": sql}).encode()
 
-    def get(self, handle: bytes, user: str | None) -> tuple[str, list | None]:
-        """(SQL, bound parameters) of an open statement of `user`; renews its lease."""
+    def get(self, handle: bytes, user: str | None) -> tuple[str, list[list] | None]:
+        """(SQL, the rows of bound parameters) of an open statement of `user`; renews its lease."""
         key, sql = _parse(handle)
         with self._lock:
             entry = self._entry(key, user)
@@ -56,7 +57,7 @@ class PreparedStatements:
                 raise InvalidQuery("unknown or expired prepared statement: prepare the query again")
             return sql, entry.params
 
-    def bind(self, handle: bytes, params: list, user: str | None) -> None:
+    def bind(self, handle: bytes, params: list[list], user: str | None) -> None:
         key, _ = _parse(handle)
         with self._lock:
             self._entry(key, user).params = params
