@@ -116,6 +116,8 @@ def test_a_view_must_itself_be_safe(catalog):
 def test_a_view_may_be_named_with_schema_main(catalog):
     plan = catalog.plan("SELECT * FROM main.scored")
     assert plan.sql.startswith("WITH scored AS") and plan.tables == ("reviews",)
+    plan = catalog.plan("SELECT main.scored.id, scored.s FROM main.scored")  # as SQLAlchemy writes it
+    assert "main.scored.id" not in plan.sql and "scored.id" in plan.sql
 
 
 @pytest.mark.parametrize("sql", [

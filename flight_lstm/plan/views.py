@@ -28,6 +28,9 @@ def inline_views(tree: exp.Query, views: dict[str, exp.Query]) -> exp.Query:
     for table in tree.find_all(exp.Table):  # Flight SQL clients list views under schema main
         if table.db.lower() == "main" and not table.catalog and table.name.lower() in views:
             table.set("db", None)
+    for column in tree.find_all(exp.Column):  # and SQLAlchemy writes main.view.column
+        if column.db.lower() == "main" and not column.catalog and column.table.lower() in views:
+            column.set("db", None)
     used = [
         name
         for name in dict.fromkeys(t.name.lower() for t in tree.find_all(exp.Table) if not t.db)
