@@ -80,9 +80,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve)
 
     users = commands.add_parser("users", help="manage the users file for --auth-file")
-    users.add_argument("action", choices=["add"])
+    users.add_argument("action", choices=["add", "list", "remove"])
     users.add_argument("file", type=Path)
-    users.add_argument("user")
+    users.add_argument("user", nargs="?", help="add and remove: the user")
+    users.add_argument("--replace", action="store_true", help="add: give an existing user a new password")
     users.set_defaults(run=_users)
 
     query = commands.add_parser("query", help="run SQL on a server and print the result")
@@ -330,12 +331,24 @@ def _users(args) -> int:
 
     from flight_lstm.server.auth import Users
 
-    password = getpass() if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+    users = Users(args.file)
+    if args.action == "list":
+        print("\n".join(users.names()) or f"no users in {args.file}")
+        return 0
+    if not args.user:
+        raise SystemExit(f"error: users {args.action} needs the user's name")
     try:
-        Users(args.file).add(args.user, password)
+        if args.action == "remove":
+            users.remove(args.user)
+            print(f"removed {args.user} from {args.file}; their tokens no longer work")
+            return 0
+        if args.user in users.load() and not args.replace:  # before asking for a password
+            raise ValueError(f"user {args.user!r} exists already: pass --replace to give them a new password")
+        password = getpass() if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+        users.add(args.user, password, replace=args.replace)
     except ValueError as e:
-        raise SystemExit(str(e)) from None
-    print(f"added {args.user} to {args.file}")
+        raise SystemExit(f"error: {e}") from None
+    print(f"{'new password for' if args.replace else 'added'} {args.user} in {args.file}")
     return 0
 
 

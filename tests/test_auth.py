@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 
+import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
@@ -162,3 +163,35 @@ def test_query_command_logs_in(secured):
     denied = subprocess.run([sys.executable, "-m", "flight_lstm.cli", "query", "--server", secured, "SELECT 1"],
                             capture_output=True, text=True, timeout=60)
     assert denied.returncode == 1 and "authentication required" in denied.stderr
+
+
+def test_users_add_refuses_an_existing_user_unless_replaced_and_list_and_remove_work(tmp_path):
+    path = tmp_path / "users.json"
+
+    def users(*args, password=PASSWORD):
+        return subprocess.run([sys.executable, "-m", "flight_lstm.cli", "users", *args], input=password + "\n",
+                              capture_output=True, text=True, timeout=60)
+
+    assert users("add", str(path), "ana").returncode == 0
+    before = Users(path).load()["ana"]
+    again = users("add", str(path), "ana", password="another password")
+    assert again.returncode == 1 and "exists already: pass --replace" in again.stderr
+    assert Users(path).load()["ana"] == before  # not overwritten
+    assert users("add", str(path), "ana", "--replace", password="another password").returncode == 0
+    assert Users(path).verify("ana", "another password") and not Users(path).verify("ana", PASSWORD)
+    assert users("add", str(path), "bo").returncode == 0
+    assert users("list", str(path)).stdout.split() == ["ana", "bo"]
+    removed = users("remove", str(path), "ana")
+    assert removed.returncode == 0 and Users(path).names() == ["bo"]
+    missing = users("remove", str(path), "ana")
+    assert missing.returncode == 1 and "no user 'ana'" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_the_query_log_names_the_user_and_the_kind_of_error_never_the_query(secured, caplog):
+    caplog.set_level(logging.INFO, logger="flight_lstm.server")
+    client = flight.connect(secured)
+    options = flight.FlightCallOptions(headers=[client.authenticate_basic_token("ana", PASSWORD)])
+    with pytest.raises(pa.ArrowInvalid):
+        client.get_flight_info(flight.FlightDescriptor.for_command(b"SELECT secret_col FROM reviews"), options)
+    line = [r.getMessage() for r in caplog.records if r.getMessage().startswith("query kind=get_flight_info")][-1]
+    assert "user='ana'" in line and "outcome=InvalidQuery error=Binder_Error" in line and "secret_col" not in line

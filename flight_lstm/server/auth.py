@@ -85,12 +85,26 @@ class Users:
             self._cached = ((st.st_ino, st.st_mtime_ns, st.st_size), users)
         return users
 
-    def add(self, user: str, password: str) -> None:
+    def add(self, user: str, password: str, replace: bool = False) -> None:
+        """Add a user, or with `replace` give an existing one a new password (their tokens then fail)."""
         if not user or ":" in user:
             raise ValueError("a user name must be non-empty and hold no ':'")
         if len(password) < 8:
             raise ValueError("a password needs at least 8 characters")
-        users = {**self.load(), user: hash_password(password)}
+        if user in self.load() and not replace:
+            raise ValueError(f"user {user!r} exists already: pass --replace to give them a new password")
+        self._write({**self.load(), user: hash_password(password)})
+
+    def remove(self, user: str) -> None:
+        """Remove a user; their tokens fail from the next call on."""
+        if user not in self.load():
+            raise ValueError(f"no user {user!r} in {self.path.name}")
+        self._write({name: stored for name, stored in self.load().items() if name != user})
+
+    def names(self) -> list[str]:
+        return sorted(self.load())
+
+    def _write(self, users: dict[str, str]) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text(json.dumps(users, indent=1))
         os.chmod(tmp, 0o600)

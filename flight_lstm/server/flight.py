@@ -58,7 +58,7 @@ class FlightLSTMServer(flight.FlightServerBase):
             sql = self._ticket_sql(descriptor)
             schema = columns.described(self.service.schema(self.service.plan(sql)))
         except BaseException as e:
-            Query("get_flight_info").end(e)  # a query that fails planning ends here, not in DoGet
+            Query("get_flight_info", caller(context)).end(e)  # a query that fails planning ends here, not in DoGet
             raise
         endpoint = flight.FlightEndpoint(sql.encode(), [])
         return flight.FlightInfo(schema, descriptor, [endpoint], -1, -1)
@@ -81,7 +81,7 @@ class FlightLSTMServer(flight.FlightServerBase):
 
     @flight_errors
     def do_get(self, context, ticket):
-        query = Query("do_get")
+        query = Query("do_get", caller(context))
         was_cancelled, end = self.cancels.start(caller(context), ticket.ticket)
         gone = liveness.cancelled(context)
 
@@ -114,7 +114,7 @@ class FlightLSTMServer(flight.FlightServerBase):
         """Row-wise SQL over a table `input` holding the client's batches: one batch back per batch sent."""
         if descriptor.descriptor_type != flight.DescriptorType.CMD or _flight_sql(descriptor):
             raise InvalidQuery("DoExchange takes a command descriptor holding SQL over the table `input`")
-        query = Query("do_exchange")
+        query = Query("do_exchange", caller(context))
         try:
             sql = text_of(descriptor.command, "the command")
             batches = (chunk.data for chunk in reader if chunk.data is not None)

@@ -4,6 +4,7 @@ parameters or data: only counts, durations, operator names and outcomes."""
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import weakref
@@ -35,11 +36,22 @@ def outcome(error: BaseException | None) -> str:
     return type(error).__name__ if isinstance(error, FlightLSTMError) else "InternalError"
 
 
+_KIND = re.compile(r"(?:[A-Z][A-Za-z]* ){0,3}Error(?=:)")
+
+
+def error_kind(error: BaseException | None) -> str:
+    """What kind of mistake, for the log: DuckDB's class ("Binder Error", "Parser Error") when
+    the message starts with one, else the outcome. Never the message itself, which may quote
+    the query's text or values."""
+    found = _KIND.match(str(error)) if isinstance(error, FlightLSTMError) else None
+    return found.group(0).replace(" ", "_") if found else outcome(error)
+
+
 class Query:
     """One query from its call to its end: counts its rows and reports once, however it ends."""
 
-    def __init__(self, kind: str):
-        self.kind, self.operators, self.rows = kind, (), 0
+    def __init__(self, kind: str, user: str | None = None):
+        self.kind, self.user, self.operators, self.rows = kind, user, (), 0
         self.started = time.perf_counter()
         self._ended = threading.Event()
         RUNNING.inc()
@@ -53,8 +65,9 @@ class Query:
         QUERIES.labels(label).inc()
         ROWS.inc(self.rows)
         SECONDS.observe(seconds)
-        log.info("query kind=%s outcome=%s rows=%d seconds=%.3f operators=%s", self.kind, label,
-                 self.rows, seconds, ",".join(sorted(self.operators)) or "-")
+        log.info("query kind=%s user=%.80r outcome=%s error=%s rows=%d seconds=%.3f operators=%s", self.kind,
+                 self.user or "-", label, error_kind(error) if error is not None else "-", self.rows, seconds,
+                 ",".join(sorted(self.operators)) or "-")
 
     def watch(self, batches: Iterable) -> Iterator:
         """Pass the batches through, counting rows; the query ends with the stream."""
