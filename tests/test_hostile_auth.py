@@ -72,7 +72,7 @@ def test_removing_a_user_or_changing_a_password_revokes_tokens_at_once(serve, us
         count(uri, ben)
     assert count(uri, ana) > 0
 
-    users.add("ana", "a new password 2")
+    users.add("ana", "a new password 2", replace=True)
     with pytest.raises(flight.FlightUnauthenticatedError, match="invalid or expired"):
         count(uri, ana)  # issued before the change
     with pytest.raises(flight.FlightUnauthenticatedError):

@@ -102,7 +102,7 @@ def test_every_query_logs_one_line_without_its_sql(lake, caplog):
     finally:
         srv.shutdown()
     lines = [r.getMessage() for r in caplog.records if "query kind=" in r.getMessage()]
-    assert [re.search(r"kind=(\w+) outcome=(\w+)", m).groups() for m in lines] == [
+    assert [re.search(r"kind=(\w+) user=\S+ outcome=(\w+)", m).groups() for m in lines] == [
         ("do_get", "ok"), ("get_flight_info", "InvalidQuery")]
     assert "operators=sentiment" in lines[0] and "rows=0" in lines[0]
     assert not any("secret" in r.getMessage() for r in caplog.records)
