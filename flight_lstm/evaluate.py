@@ -18,9 +18,10 @@ import numpy as np
 import pyarrow as pa
 
 from flight_lstm import frequencies
-from flight_lstm.models.data import (dataset_dir, load_m4, load_nn5, load_sst2, load_tourism,
-                                     synthetic_series)
+from flight_lstm.models.data import (dataset_dir, load_m4, load_nn5, load_skab, load_sst2,
+                                     load_tourism, synthetic_series)
 from flight_lstm.models.forecast import ForecastModel
+from flight_lstm.models.injection import inject
 from flight_lstm.models.sentiment import SentimentModel
 from flight_lstm.models.series import fill_gaps, to_arrow
 from flight_lstm.models.text import detokenize
@@ -54,13 +55,17 @@ def sentiment_report(data: str | Path, model: str | None = None) -> pa.Table:
 
 
 def _vader_accuracy(texts: pa.Array, positive: np.ndarray) -> float:
+    return round(float(np.mean((vader_scores(texts) > 0) == positive)), 4)
+
+
+def vader_scores(texts: pa.Array) -> np.ndarray:
+    """VADER's compound score in [-1, 1] per text (a lexicon: the baseline a model must beat)."""
     try:
         from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
     except ImportError:
         raise SystemExit("the VADER baseline needs the vaderSentiment package: pip install vaderSentiment") from None
     analyzer = SentimentIntensityAnalyzer()
-    scores = np.array([analyzer.polarity_scores(t)["compound"] for t in texts.to_pylist()])
-    return round(float(np.mean((scores > 0) == positive)), 4)
+    return np.array([analyzer.polarity_scores(t)["compound"] for t in texts.to_pylist()])
 
 
 # -- forecast -------------------------------------------------------------------------------------
@@ -307,3 +312,275 @@ def forecast_report(data: str | Path, model: str | None = None, sets: list[str] 
                          "mase": s["mase"], "owa": s["owa"], "mape": s["mape"],
                          "coverage_95": s["coverage_95"], "msis_95": s["msis_95"]})
     return pa.Table.from_pylist(rows)
+
+
+# -- anomaly --------------------------------------------------------------------------------------
+
+ANOMALY_LEVEL = 0.999  # the operators' default level
+TOLERANCE = 10  # points after an event's end that still count as detecting it (alarms lag)
+SPLIT = (0.7, 0.1)  # shares of each domain's series that train and validate; the rest reports
+SKAB_SPLIT = (0.5, 0.2)  # of each SKAB folder's experiments: more report, as there are few
+SPLIT_SEED = 19
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """One series for the anomaly detector: its values (points, k), its anomaly labels, the
+    domain it comes from and its seasonal period (the seasonal-difference baseline's lag)."""
+
+    domain: str
+    values: np.ndarray
+    labels: np.ndarray
+    period: int
+
+
+def _domain_series(data: Path) -> list[tuple[str, int, list[np.ndarray]]]:
+    """The univariate domains that train and test the detector: the forecasting series and
+    synthetic ones, each with its seasonal period."""
+    out = []
+    for name, folder, file, read, period in (
+            ("M4 Hourly", "m4_hourly", "Hourly-train.csv", load_m4, 24),
+            ("M4 Weekly", "m4_weekly", "Weekly-train.csv", load_m4, 52),
+            ("NN5", "nn5", "train.csv", load_nn5, 7)):
+        path = dataset_dir(data, folder) / file
+        if path.exists():
+            out.append((name, period, list(read(path).values())))
+    if (dataset_dir(data, "tourism") / "monthly_in.csv").exists():
+        out.append(("tourism monthly", 12, list(load_tourism(data, "monthly")[0].values())))
+    out.append(("synthetic hourly", 24, synthetic_series("hourly", 100, seed=SPLIT_SEED)[0]))
+    out.append(("synthetic daily", 7, synthetic_series("daily", 100, seed=SPLIT_SEED)[0]))
+    return out
+
+
+def _roles(n: int, seed: int, shares: tuple[float, float] = SPLIT) -> np.ndarray:
+    """Deterministic roles of n items: 0 train, 1 validation, 2 report."""
+    order = np.random.default_rng(seed).permutation(n)
+    cut = np.round(np.array(shares).cumsum() * n).astype(int)
+    roles = np.full(n, 2)
+    roles[order[:cut[0]]], roles[order[cut[0]:cut[1]]] = 0, 1
+    return roles
+
+
+def anomaly_splits(data: str | Path) -> dict[str, list[Labelled]]:
+    """'train', 'validation' and 'report' series, split deterministically: each domain's series
+    70/10/20, each SKAB folder's experiments 50/20/30, and SKAB's anomaly-free run in time (its
+    first 60% trains, the next 20% validates, the last 20% reports).  Nothing of the report split
+    trains or chooses anything."""
+    data = Path(data)
+    split: dict[str, list[Labelled]] = {"train": [], "validation": [], "report": []}
+    names = list(split)
+    for domain, period, series in _domain_series(data):
+        for s, role in zip(series, _roles(len(series), SPLIT_SEED)):
+            split[names[role]].append(Labelled(domain, np.asarray(s, np.float64)[:, None],
+                                               np.zeros(len(s), bool), period))
+    if (dataset_dir(data, "skab") / "valve1").is_dir():
+        skab = load_skab(data)
+        values, _ = skab.pop("anomaly-free")
+        cuts = (np.array([0.6, 0.8]) * len(values)).astype(int)
+        for role, part in zip(names, np.split(values, cuts)):
+            split[role].append(Labelled("SKAB anomaly-free", part, np.zeros(len(part), bool), 1))
+        for folder in ("valve1", "valve2", "other"):
+            runs = sorted(k for k in skab if k.startswith(folder + "/"))
+            for name, role in zip(runs, _roles(len(runs), SPLIT_SEED, SKAB_SPLIT)):
+                split[names[role]].append(Labelled("SKAB", *skab[name], 1))
+    return split
+
+
+def anomaly_data_files(data: str | Path) -> list[Path]:
+    """The files `anomaly_splits` reads (for the card's provenance)."""
+    data = Path(data)
+    files = [dataset_dir(data, folder) / file for folder, file in (
+        ("m4_hourly", "Hourly-train.csv"), ("m4_weekly", "Weekly-train.csv"), ("nn5", "train.csv"),
+        ("tourism", "monthly_in.csv"))]
+    skab = dataset_dir(data, "skab")
+    files += sorted(skab.glob("*/*.csv"))
+    return [f for f in files if f.exists()]
+
+
+# Baselines: online, each point judged from the BASELINE_WINDOW points before it.
+BASELINE_WINDOW = 100
+
+
+def rolling_z(x: np.ndarray, window: int = BASELINE_WINDOW, first: int = 16) -> np.ndarray:
+    """Per point of a (points, k) series, the max over columns of |x - mean| / std of the
+    `window` observed points before it (NaN for missing points and the first `first` points)."""
+    ok = np.isfinite(x)
+    anchor = np.array([c[np.isfinite(c)][0] if np.isfinite(c).any() else 0.0 for c in x.T])
+    v = np.where(ok, x - anchor, 0.0)  # centred on the first value, for the sums' precision
+    sums = [np.vstack([np.zeros((1, x.shape[1])), np.cumsum(a, axis=0)]) for a in (ok, v, v * v)]
+    t = np.arange(len(x))
+    back = np.maximum(t - window, 0)
+    cnt, s1, s2 = (s[t] - s[back] for s in sums)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        mean = s1 / cnt
+        sd = np.sqrt(np.maximum(s2 / cnt - mean * mean, 0)) + 1e-9 * np.abs(mean + anchor) + 1e-300
+        z = np.abs(v - mean) / sd
+    z = np.where(ok & (cnt >= 2) & (t[:, None] >= first), z, -np.inf)
+    best = z.max(axis=1)
+    return np.where(best > -np.inf, best, np.nan)
+
+
+def seasonal_difference_z(x: np.ndarray, period: int) -> np.ndarray:
+    """`rolling_z` of the differences at the seasonal lag (lag 1 for a series without season)."""
+    lag = period if len(x) > 2 * period else 1
+    d = np.full(x.shape, np.nan)
+    d[lag:] = x[lag:] - x[:-lag]
+    return rolling_z(d)
+
+
+BASELINES: dict[str, Callable[[Labelled, np.random.Generator], np.ndarray]] = {
+    "rolling z-score": lambda s, rng: rolling_z(s.values),
+    "seasonal-difference z-score": lambda s, rng: seasonal_difference_z(s.values, s.period),
+    "random scores": lambda s, rng: rng.random(len(s.values)),
+}
+
+
+def model_scores(model, series: list[Labelled], level: float = ANOMALY_LEVEL) -> list[np.ndarray]:
+    """The model's score of every point, one array per series (series of k columns together)."""
+    out: list[np.ndarray | None] = [None] * len(series)
+    for k in sorted({s.values.shape[1] for s in series}):
+        idx = [i for i, s in enumerate(series) if s.values.shape[1] == k]
+        lengths = np.array([len(series[i].values) for i in idx])
+        score = model.score(np.concatenate([series[i].values for i in idx]), lengths, level).score
+        for i, part in zip(idx, np.split(score, np.cumsum(lengths)[:-1])):
+            out[i] = part
+    return out
+
+
+# Metrics, over the points of many series pooled (scores are comparable across series).
+
+
+def _ranked(score: np.ndarray) -> np.ndarray:
+    return np.where(np.isnan(score), -np.inf, score)  # an unscored point is never flagged
+
+
+def average_precision(score: np.ndarray, labels: np.ndarray) -> float:
+    """AUC-PR: the mean over anomalous points of the precision when flagging every point scored
+    at least as high (ties flagged together)."""
+    s, labels = _ranked(score), np.asarray(labels, bool)
+    if not labels.any():
+        return float("nan")
+    ranked, pos = np.sort(s), np.sort(s[labels])
+    at = s[labels]
+    flagged = len(s) - np.searchsorted(ranked, at, "left")
+    hits = len(pos) - np.searchsorted(pos, at, "left")
+    return float(np.mean(hits / flagged))
+
+
+def event_windows(labels: np.ndarray, lengths: np.ndarray, tolerance: int = TOLERANCE):
+    """Each event (a run of anomalous points) as the flat window [start, stop) that detects it:
+    from its start to `tolerance` points past its end, not past its series or the next event."""
+    labels = np.asarray(labels, bool)
+    ends = np.cumsum(lengths)[np.asarray(lengths) > 0]
+    first, last = np.zeros(len(labels), bool), np.zeros(len(labels), bool)
+    first[ends - np.asarray(lengths)[np.asarray(lengths) > 0]], last[ends - 1] = True, True
+    starts = np.flatnonzero(labels & (first | ~np.r_[False, labels[:-1]]))
+    stops = np.flatnonzero(labels & (last | ~np.r_[labels[1:], False])) + 1
+    series_end = ends[np.searchsorted(ends, starts, "right")]
+    nxt = np.r_[starts[1:], len(labels)][:len(starts)]
+    return starts, np.minimum.reduce([stops + tolerance, series_end, nxt])
+
+
+def _in_windows(n: int, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    mark = np.zeros(n + 1, np.int64)
+    np.add.at(mark, starts, 1)
+    np.add.at(mark, stops, -1)
+    return np.cumsum(mark)[:n] > 0
+
+
+def _event_peaks(s: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    if not len(starts):
+        return np.zeros(0)
+    bounds = np.stack([starts, stops], axis=1).ravel()
+    return np.maximum.reduceat(np.r_[s, -np.inf], bounds)[::2]
+
+
+def range_average_precision(score: np.ndarray, labels: np.ndarray, lengths: np.ndarray,
+                            tolerance: int = TOLERANCE) -> float:
+    """Range-based AUC-PR with a tolerance: the mean over events of the precision at the
+    threshold that first detects the event (its peak score within its window), precision being
+    the share of flagged points that fall in some event's window.  Long events count once, so
+    random scores do not look good by hitting every long event somewhere."""
+    s = _ranked(score)
+    starts, stops = event_windows(labels, lengths, tolerance)
+    if not len(starts):
+        return float("nan")
+    inside = _in_windows(len(s), starts, stops)
+    peaks = _event_peaks(s, starts, stops)
+    ranked, hit = np.sort(s), np.sort(s[inside])
+    flagged = len(s) - np.searchsorted(ranked, peaks, "left")
+    hits = len(hit) - np.searchsorted(hit, peaks, "left")
+    return float(np.mean(np.where(peaks > -np.inf, hits / np.maximum(flagged, 1), 0.0)))
+
+
+def alarm_scores(score: np.ndarray, labels: np.ndarray, lengths: np.ndarray, threshold: float,
+                 tolerance: int = TOLERANCE) -> tuple[float, float]:
+    """(event recall, false alarms per 1,000 points) when flagging scores above `threshold`:
+    the share of events with a flag in their window, and flags outside every window."""
+    s = _ranked(score)
+    starts, stops = event_windows(labels, lengths, tolerance)
+    inside = _in_windows(len(s), starts, stops)
+    recall = float(np.mean(_event_peaks(s, starts, stops) > threshold)) if len(starts) else float("nan")
+    return recall, float(1000 * np.sum((s > threshold) & ~inside) / max(len(s), 1))
+
+
+def injected(series: list[Labelled], seed: int) -> list[Labelled]:
+    """The univariate series with anomalies planted (one per 300 points, at least one)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for s in series:
+        if s.values.shape[1] == 1 and len(s.values) >= 100:
+            x, labels, _ = inject(s.values[:, 0], rng, max(1, len(s.values) // 300))
+            out.append(Labelled(s.domain, x[:, None], labels, s.period))
+    return out
+
+
+def anomaly_sets(series: list[Labelled], seed: int = SPLIT_SEED) -> dict[str, list[Labelled]]:
+    """A split's evaluation sets: its SKAB experiments (real faults), its clean series with
+    anomalies planted, and its clean series as they are (for false alarms)."""
+    clean = [s for s in series if s.domain != "SKAB"]
+    return {"SKAB": [s for s in series if s.domain == "SKAB"],
+            "injected": injected(clean, seed), "clean": clean}
+
+
+def anomaly_scores(model, series: list[Labelled], train: list[Labelled], level: float = ANOMALY_LEVEL,
+                   seed: int = 0) -> dict[str, dict[str, dict]]:
+    """Set -> method -> metrics: AUC-PR, range AUC-PR, and event recall and false alarms per
+    1,000 points when flagging (the model: score > level; a baseline: above its own `level`
+    quantile on the clean training series).  The clean set reports false alarms only."""
+    rng = np.random.default_rng(seed)
+    clean_train = [s for s in train if s.domain != "SKAB"]
+    thresholds = {name: float(np.quantile(np.nan_to_num(np.concatenate(
+        [fn(s, rng) for s in clean_train]), nan=-np.inf), level)) for name, fn in BASELINES.items()}
+    out = {}
+    for set_name, members in anomaly_sets(series).items():
+        if not members:
+            continue
+        labels = np.concatenate([s.labels for s in members])
+        lengths = np.array([len(s.values) for s in members])
+        scored = {model.card.ref if model.card else "model": (np.concatenate(model_scores(model, members, level)), level)}
+        for name, fn in BASELINES.items():
+            scored[name] = (np.concatenate([fn(s, rng) for s in members]), thresholds[name])
+        rows = {}
+        for name, (score, threshold) in scored.items():
+            recall, false_alarms = alarm_scores(score, labels, lengths, threshold)
+            row = {"series": len(members), "points": int(len(labels)),
+                   "events": int(len(event_windows(labels, lengths)[0]))}
+            if labels.any():
+                row.update(auc_pr=round(average_precision(score, labels), 4),
+                           range_auc_pr=round(range_average_precision(score, labels, lengths), 4),
+                           event_recall=round(recall, 4))
+            row["false_alarms_per_1000"] = round(false_alarms, 3)
+            rows[name] = row
+        out[set_name] = rows
+    return out
+
+
+def anomaly_report(data: str | Path, model: str | None = None, split: str = "report") -> pa.Table:
+    """The detector beside the baselines on a split of `anomaly_splits` (default: the report
+    split, which chose nothing), one row per set and method."""
+    fitted = load_model("anomaly", model)
+    splits = anomaly_splits(data)
+    scores = anomaly_scores(fitted, splits[split], splits["train"])
+    return pa.Table.from_pylist([{"set": s, "method": m, **row} for s, rows in scores.items()
+                                 for m, row in rows.items()])

@@ -1,6 +1,5 @@
 """Hostile SQL from a real client: text the planner never approved must not reach DuckDB, the source
 file must not change, and DuckDB's own catalog (paths, settings) stays out of reach."""
-import shutil
 
 import duckdb
 import pyarrow as pa

@@ -214,3 +214,28 @@ def generic_series(n: int, length: int, season: int, seed: int = 0) -> list[np.n
     x[counts] = rng.poisson(rate)
     level = np.where(counts[:, None], 1.0, rng.lognormal(3, 2, (n, 1)) * rng.choice([1, 1, 1, -1], (n, 1)))
     return list(x * level + np.where(counts[:, None], 0.0, rng.normal(0, 1, (n, 1)) * level))
+
+
+# -- SKAB (anomaly detection) --------------------------------------------------------------------
+
+SKAB_FOLDERS = ("anomaly-free", "valve1", "valve2", "other")
+
+
+def load_skab(data: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """SKAB experiments by name ('anomaly-free', 'valve1/0', ..., 'other/14') as (values
+    (points, 8) float64 in the sensors' column order, anomaly labels (points,) bool; all False
+    for the anomaly-free run), rows in time order."""
+    root = dataset_dir(data, "skab")
+    out = {}
+    for folder in SKAB_FOLDERS:
+        files = sorted((root / folder).glob("*.csv"), key=lambda p: int(p.stem) if p.stem.isdigit() else 0)
+        for path in files:
+            table = pacsv.read_csv(path, parse_options=pacsv.ParseOptions(delimiter=";"))
+            table = table.sort_by("datetime")
+            sensors = [c for c in table.column_names if c not in ("datetime", "anomaly", "changepoint")]
+            values = np.column_stack([pc.cast(table[c], pa.float64()).to_numpy(zero_copy_only=False)
+                                      for c in sensors])
+            labels = (table["anomaly"].to_numpy(zero_copy_only=False) > 0
+                      if "anomaly" in table.column_names else np.zeros(len(values), bool))
+            out[folder if folder == "anomaly-free" else f"{folder}/{path.stem}"] = (values, labels)
+    return out
