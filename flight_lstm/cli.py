@@ -57,7 +57,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="cap on the whole process's memory (its data segment), behind --memory-limit: "
                             "an allocation past it fails that query with UNAVAILABLE (default: what the "
                             "server holds once started, plus --memory-limit, plus 1 GiB)")
-    serve.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
+    serve.add_argument("--threads", type=int, metavar="N",
+                       help="CPUs to use: DuckDB and torch get N threads each (default: the CPUs this process may run "
+                            "on, from its affinity and cgroup CPU quota)")
     serve.add_argument("--auth-file", type=Path, help="users file (flight-lstm users add); turns auth on")
     serve.add_argument("--token-secret-file", type=Path,
                        help="key that signs bearer tokens; share it between replicas (default: random per start)")
@@ -197,7 +199,7 @@ def _serve(args) -> int:
     from flight_lstm.service import Service
     from flight_lstm.sources import open_source
 
-    plan = _size_threads(args.threads)
+    plan = _size_threads(args.threads, spare=False)  # a server: torch gets every CPU (flight_lstm/threads.py)
     views = dict(_split_view(v) for v in args.view)
     limits = Limits(max_queries=args.max_queries, queue_seconds=args.queue_seconds,
                     query_seconds=args.query_seconds or None, max_rows=args.max_rows or None,
@@ -238,9 +240,9 @@ def _serve(args) -> int:
     return 0
 
 
-def _size_threads(cpus: int | None) -> threads.Threads:
+def _size_threads(cpus: int | None, spare: bool = True) -> threads.Threads:
     try:
-        return threads.size(cpus)
+        return threads.size(cpus, spare)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
 

@@ -2,11 +2,13 @@
 affinity, capped by a cgroup CPU quota (a container's `--cpus`), which torch and DuckDB do not
 read (torch counts the machine's cores).
 
-torch gets one CPU fewer than that, at least one: its OpenMP threads meet at a barrier after
-every step of the LSTM, so one thread that has to wait for a core stalls them all. With another
-process holding one of two cores, torch's default two threads made `flight-lstm enrich` 25 times
-slower (40.2 s against 1.6 s with one thread, issue #22); a spare CPU leaves every torch thread a
-core. DuckDB gets every CPU: its workers take tasks from a queue and do not wait for each other,
+Batch tools give torch one CPU fewer than that, at least one: its OpenMP threads meet at a
+barrier after every step of the LSTM, so one thread that has to wait for a core stalls them all.
+With another process holding one of two cores, torch's default two threads made `flight-lstm
+enrich` 25 times slower (40.2 s against 1.6 s with one thread, issue #22); a spare CPU leaves
+every torch thread a core. The server gives torch every CPU: on an idle 2-core machine one torch
+thread served 11% fewer sentiment rows/s and 26% fewer forecast series/s than two, and a server
+did not show the slowdown (its operator calls are lifted out of DuckDB's threads). DuckDB gets every CPU: its workers take tasks from a queue and do not wait for each other,
 and while a lifted operator scores a batch (plan/lift.py) DuckDB's threads are idle.
 
 Every entry point calls `size` first (`--threads N` stands for N CPUs); DuckDB takes its share
@@ -41,8 +43,9 @@ class Threads:
         return f"threads: torch {torch}, DuckDB {self.duckdb} ({self.why})"
 
 
-def plan(cpus: int | None = None) -> Threads:
-    """The split for `cpus` CPUs (a user's --threads), else for the CPUs this process may use."""
+def plan(cpus: int | None = None, spare: bool = True) -> Threads:
+    """The split for `cpus` CPUs (a user's --threads), else for the CPUs this process may use;
+    `spare` keeps one CPU from torch (batch tools), else torch gets them all (the server)."""
     if cpus is not None:
         if cpus < 1:
             raise ValueError(f"--threads is a number of CPUs, 1 or more; got {cpus}")
@@ -52,7 +55,7 @@ def plan(cpus: int | None = None) -> Threads:
         cpus = affinity if quota is None else max(1, min(affinity, math.floor(quota)))
         why = (f"{cpus} CPUs: affinity {affinity}, "
                + ("no cgroup CPU quota" if quota is None else f"cgroup CPU quota {quota:g}"))
-    return Threads(cpus=cpus, torch=max(1, cpus - 1), duckdb=cpus, why=why)
+    return Threads(cpus=cpus, torch=max(1, cpus - 1) if spare else cpus, duckdb=cpus, why=why)
 
 
 def cgroup_cpus() -> float | None:
@@ -103,12 +106,12 @@ _planned: Threads | None = None
 _torch_sized = False
 
 
-def size(cpus: int | None = None) -> Threads:
+def size(cpus: int | None = None, spare: bool = True) -> Threads:
     """An entry point's first step: plan this process's threads and log the plan. torch gets its
     share now if it is loaded, else when the first model loads."""
     global _planned, _torch_sized
     with _lock:
-        _planned, _torch_sized = plan(cpus), False
+        _planned, _torch_sized = plan(cpus, spare), False
     log.info(_planned.describe())
     if "torch" in sys.modules:
         size_torch()

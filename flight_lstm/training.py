@@ -430,8 +430,8 @@ def read_query(service: Service, sql: str) -> pa.Table:
     return pa.Table.from_batches(list(batches), schema)
 
 
-def series_from_table(table: pa.Table) -> list[np.ndarray]:
-    """(series id, ts, value) rows → one array per series in time order."""
+def series_from_table(table: pa.Table) -> dict[str, np.ndarray]:
+    """(series id, ts, value) rows → one array per series (by its id, as text) in time order."""
     if table.num_columns != 3:
         raise InvalidQuery(f"forecast training data needs 3 columns (series id, ts, value), got {table.column_names}")
     key, ts, value = table.column_names
@@ -441,7 +441,22 @@ def series_from_table(table: pa.Table) -> list[np.ndarray]:
         raise InvalidQuery("the training query returned no rows")
     starts = np.flatnonzero(pc.not_equal(ids[1:], ids[:-1]).fill_null(True).to_numpy(zero_copy_only=False)) + 1
     values = pc.cast(table[value], pa.float64()).to_numpy().astype(np.float64)
-    return np.split(values, starts)
+    names = [str(ids[int(i)].as_py()) for i in np.concatenate([[0], starts])]
+    return dict(zip(names, np.split(values, starts)))
+
+
+def check_lengths(series: dict[str, np.ndarray], *, holdout: int = 48, calib_windows: int = 2,
+                  horizon: int = 48) -> None:
+    """Forecast training holds back `holdout` points and `calib_windows` horizons of each series
+    and needs one more horizon (and a point) before them: refuse data with no such series, naming
+    the longest and what it lacks."""
+    needed = holdout + (calib_windows + 1) * horizon + 1
+    longest = max(series, key=lambda name: len(series[name]))
+    if len(series[longest]) < needed:
+        raise InvalidQuery(f"every series is too short to train on: the longest, {longest!r}, has "
+                           f"{len(series[longest])} points, and a series needs at least {needed} ({holdout} held "
+                           f"out, {calib_windows} calibration windows and one training window of {horizon} each); "
+                           "select longer series or more history")
 
 
 def texts_and_labels(table: pa.Table) -> tuple[pa.Array, np.ndarray]:
@@ -473,7 +488,9 @@ def train_from_source(kind: str, source_uri: str, sql: str, name: str, *, out_di
     options = {"seed": seed, "name": name, "version": next_version(name, out_dir), "out_dir": out_dir,
                "command": command, **({"epochs": epochs} if epochs else {}), **hparams}
     if kind == "forecast":
-        return train_forecast(series_from_table(table), **options)
+        series = series_from_table(table)
+        check_lengths(series, **{k: hparams[k] for k in ("holdout", "calib_windows", "horizon") if k in hparams})
+        return train_forecast(list(series.values()), **options)
     texts, labels = texts_and_labels(table)
     return train_sentiment(texts, labels, **options)
 

@@ -204,7 +204,8 @@ def training_lake(tmp_path_factory):
 @pytest.mark.parametrize("kind, sql, expected", [
     ("sentiment", "SELECT text, stars FROM reviews", "error: sentiment labels must be 0/1 or boolean"),
     ("sentiment", "SELECT txt, liked FROM reviews", 'Candidate bindings: "text"'),
-    ("forecast", "SELECT store, ts, amount FROM sales", "error: series are too short"),
+    ("forecast", "SELECT store, ts, amount FROM sales", "error: every series is too short to train on: the longest, "
+                                                        "'a', has 30 points, and a series needs at least 193"),
 ])
 def test_train_mistakes_are_one_line_that_says_what_to_fix(training_lake, tmp_path, kind, sql, expected):
     result = cli("train", kind, "--source", training_lake, "--sql", sql, "--name", "mine", "--out", str(tmp_path))
