@@ -77,7 +77,8 @@ def test_the_cli_backtest_reads_a_query_and_gives_the_sql_numbers_and_a_verdict(
     rows = backtest.forecast_backtest(service, "SELECT store, ts, amount FROM sales", 24)
     direct = run(service, "SELECT * FROM forecast_backtest('sales', key => 'store', ts => 'ts', value => 'amount', "
                           "horizon => 24) ORDER BY store")
-    assert rows.column("mase").to_pylist() == direct.column("mase").to_pylist()
+    # The same numbers, up to float noise: the engine may batch the series differently for the model.
+    assert rows.column("mase").to_pylist() == pytest.approx(direct.column("mase").to_pylist(), rel=1e-4)
     verdict = backtest.forecast_verdict(rows, 0.95)
     beats = sum(direct.column("beats_seasonal_naive").to_pylist())
     assert verdict.startswith(f"beats seasonal naive on {beats} of 3 series; median MASE ")
