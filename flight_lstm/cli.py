@@ -110,6 +110,9 @@ def _parser() -> argparse.ArgumentParser:
     data.add_argument("--source", help="a source URI to read your own training data from, with --sql")
     train.add_argument("--sql", help="forecast: SELECT series_id, ts, value ...; sentiment: SELECT text, label ...")
     train.add_argument("--name", help="model name to register a new version under (with --source)")
+    train.add_argument("--from", dest="parent", metavar="NAME[@VERSION]",
+                       help="forecast with --source: fine-tune this registered model (e.g. m4-hourly-lstm) instead "
+                            "of training from scratch; the card compares the new version with it")
     train.add_argument("--out", type=Path, help="models directory to write into (default: your models directory)")
     train.add_argument("--epochs", type=int)
     train.add_argument("--seed", type=int, default=0)
@@ -523,8 +526,10 @@ def _trained(args):
         if not (args.sql and args.name):
             raise SystemExit("--source needs --sql and --name")
         card = train_from_source(args.kind, args.source, args.sql, args.name, out_dir=args.out, seed=args.seed,
-                                 epochs=args.epochs)
+                                 epochs=args.epochs, parent=args.parent)
     else:
+        if args.parent:
+            raise SystemExit("error: --from fine-tunes on your own data: use it with --source and --sql")
         if args.kind == "sentiment":
             card = train_shipped_sentiment(args.data, args.out or user_models_dir(), seed=args.seed, **epochs)
         elif args.kind == "anomaly":

@@ -6,7 +6,9 @@ The loop itself (optimizer, early stopping, weight averaging) is `BaseModel.fit`
 """
 from __future__ import annotations
 
+import copy
 import hashlib
+import logging
 import shlex
 import time
 from dataclasses import dataclass
@@ -20,8 +22,8 @@ import pyarrow.compute as pc
 import torch
 
 from flight_lstm.errors import InvalidQuery
-from flight_lstm.evaluate import (VALIDATION_SETS, Labelled, anomaly_data_files, anomaly_scores,
-                                  anomaly_splits, evaluate_sentiment, validation_scores)
+from flight_lstm.evaluate import (VALIDATION_SETS, Labelled, ValidationSet, anomaly_data_files, anomaly_scores,
+                                  anomaly_splits, evaluate_sentiment, score_set, validation_scores)
 from flight_lstm.models import ModelCard, Registry, default_registry
 from flight_lstm.models.anomaly import AnomalyModel, plan_runs, prepare
 from flight_lstm.models.base import BaseModel, seed_everything
@@ -34,6 +36,8 @@ from flight_lstm.models.series import TrainingWindows
 from flight_lstm.models.text import Encoded, build_vocab, tokenize
 from flight_lstm.service import Service
 from flight_lstm.sources import open_source
+
+log = logging.getLogger(__name__)
 
 
 # -- saving, with a card -------------------------------------------------------------------------
@@ -67,17 +71,25 @@ def fit_forecast(series: list[np.ndarray], *, seed: int = 0, epochs: int = 30,
                  gap_p: float = 0.2, patience: int = 8, average_last: int = 0,
                  min_history: int | None = None, shift_p: float = 0.0, relative_loss: bool = False,
                  synthetic: int = 0, intervals: str = "conformal",
-                 progress: bool = True) -> tuple[ForecastModel, dict]:
+                 start: ForecastModel | None = None, progress: bool = True) -> tuple[ForecastModel, dict]:
     """Train on random windows; stop early and calibrate intervals on the calibration windows.
 
     The last `holdout` points of every series are never used, so they can serve as a test set;
     the `calib_windows` horizons before them choose the epoch and calibrate the intervals.
     `synthetic` generic series (data.generic_series, as long as the median series) join the
     training windows only: they widen what the model has seen, and choose and calibrate nothing.
+    With `start` (fine-tuning), training continues from a copy of that model, in its shape.
     """
     rng = seed_everything(seed)
-    model = ForecastModel(window=window, horizon=horizon, season=season, chunk=chunk, tail=tail,
-                          hidden=hidden, layers=layers, dropout=dropout, intervals=intervals)
+    if start is not None:
+        model = copy.deepcopy(start)
+        shape = start.config
+        window, horizon, season, hidden, layers, dropout, intervals = (
+            shape[k] for k in ("window", "horizon", "season", "hidden", "layers", "dropout", "intervals"))
+        chunk, tail = shape["chunk"], shape["tail"]
+    else:
+        model = ForecastModel(window=window, horizon=horizon, season=season, chunk=chunk, tail=tail,
+                              hidden=hidden, layers=layers, dropout=dropout, intervals=intervals)
     series = [np.asarray(s, np.float64) for s in series]
     extra = generic_series(synthetic, int(np.median([len(s) for s in series])), season, seed + 1)
     windows = TrainingWindows(series + extra, window, horizon, holdout, calib_windows,
@@ -105,12 +117,39 @@ def fit_forecast(series: list[np.ndarray], *, seed: int = 0, epochs: int = 30,
 
 def train_forecast(series: list[np.ndarray], *, name: str, version: str, out_dir: str | Path,
                    seed: int = 0, epochs: int = 30, data_files=(),
-                   command: str = "train_forecast", **hparams: Any) -> ModelCard:
-    """Train and save a forecast model; the card's metrics hold the calibration-window MAE."""
-    model, info = fit_forecast(series, seed=seed, epochs=epochs, **hparams)
+                   command: str = "train_forecast", parent: str | None = None, **hparams: Any) -> ModelCard:
+    """Train and save a forecast model (from scratch, or fine-tuned from the registered model
+    `parent`). The card holds the calibration-window MAE and, on the last `holdout` points of each
+    series (which training never saw), the new model beside seasonal naive and, when fine-tuned,
+    beside its parent, so `flight-lstm models` shows whether the new version is better."""
+    start = default_registry().load("forecast", parent) if parent else None
+    model, info = fit_forecast(series, seed=seed, epochs=epochs, start=start, **hparams)
+    holdout = info["hparams"]["holdout"]
+    metrics = {**holdout_scores(series, holdout, model.season, {"model": model, **({"parent": start} if start else {})}),
+               "calibration_scaled_mae": round(info["best_val"], 4)}
+    if start is not None:
+        metrics["parent"] = start.card.ref
     return save_with_card(model, out_dir, name=name, version=version,
-                          training=training_record(info, seed, epochs, data_files, command),
-                          metrics={"calibration_scaled_mae": round(info["best_val"], 4)})
+                          training=training_record(info, seed, epochs, data_files, command), metrics=metrics)
+
+
+def holdout_scores(series: list[np.ndarray], holdout: int, season: int, models: dict[str, ForecastModel]) -> dict:
+    """MASE of each model and of seasonal naive on the last `holdout` points of the series long
+    enough to have them after a season of history, as `holdout_mase_<name>` (means over series)."""
+    kept = [np.asarray(s, np.float64) for s in series if len(s) > holdout + season + 1]
+    if not kept:
+        return {}
+    vs = ValidationSet("holdout", str(season), holdout, season, season, lambda _: None)
+    scores, baseline = {}, None
+    for label, fitted in models.items():
+        scored = score_set(fitted, [s[:-holdout] for s in kept], [s[-holdout:] for s in kept], vs)
+        scores[f"holdout_mase_{label}"] = scores_mase(scored["model"])
+        baseline = scores_mase(scored["seasonal_naive"])
+    return {**scores, "holdout_mase_seasonal_naive": baseline}
+
+
+def scores_mase(scores: dict) -> float | None:
+    return None if scores.get("mase") is None else round(scores["mase"], 4)
 
 
 @dataclass(frozen=True)
@@ -478,8 +517,12 @@ def next_version(name: str, out_dir: Path) -> str:
     return str(max(versions, default=0) + 1)
 
 
+FINE_TUNE = {"epochs": 8, "lr": 3e-4}
+SMALL_DATA = 100  # series: fewer, and training from scratch tells the user fine-tuning is likely better
+
+
 def train_from_source(kind: str, source_uri: str, sql: str, name: str, *, out_dir: Path | None = None,
-                      seed: int = 0, epochs: int | None = None, **hparams):
+                      seed: int = 0, epochs: int | None = None, parent: str | None = None, **hparams):
     service = Service(open_source(source_uri))
     table = read_query(service, sql)
     # The card records the source by its secret-free description, never the URI.
@@ -490,7 +533,15 @@ def train_from_source(kind: str, source_uri: str, sql: str, name: str, *, out_di
     if kind == "forecast":
         series = series_from_table(table)
         check_lengths(series, **{k: hparams[k] for k in ("holdout", "calib_windows", "horizon") if k in hparams})
+        if not parent and len(series) < SMALL_DATA:
+            log.warning("%d series is little to learn a forecaster from scratch; fine-tuning a shipped model "
+                        "(--from m4-hourly-lstm, or the model of your data's frequency) is likely better", len(series))
+        if parent:  # continue from what the parent knows: fewer epochs at a lower rate, unless told otherwise
+            options = {"epochs": FINE_TUNE["epochs"], "lr": FINE_TUNE["lr"], **options,
+                       "parent": parent, "command": command + " --from " + parent}
         return train_forecast(list(series.values()), **options)
+    if parent:
+        raise InvalidQuery("--from fine-tunes forecast models only, so far; sentiment trains from scratch")
     texts, labels = texts_and_labels(table)
     return train_sentiment(texts, labels, **options)
 

@@ -10,6 +10,7 @@ import pyarrow.flight as flight
 
 from conftest import make_lake
 from flight_lstm.training import train_from_source
+from udfs.base import registry
 
 
 def cli(*args, env=None):
@@ -116,3 +117,31 @@ def test_train_a_shipped_forecaster_then_find_it_by_frequency(tmp_path):
     found = cli("evaluate", "forecast", "--data", str(tmp_path), "--sets", "tourism yearly", "--no-theta",
                 env={"FLIGHT_LSTM_MODELS": str(models)})
     assert "tourism-yearly-lstm@1" in found and "out of sample" in found
+
+
+def test_fine_tuning_from_a_shipped_model_beats_its_parent_on_the_data_it_was_tuned_for(tmp_path, caplog):
+    """A shop open 9 to 5 (zero at night): the hourly model, fine-tuned briefly, learns it."""
+    import logging
+
+    rng = np.random.default_rng(0)
+    t = np.arange(600)
+    lake = tmp_path / "shop.db"
+    with duckdb.connect(str(lake)) as con:
+        con.execute("CREATE TABLE sales (store VARCHAR, ts BIGINT, amount DOUBLE)")
+        for i in range(8):
+            amount = np.where((t % 24 >= 9) & (t % 24 < 17), 100.0 + 10 * i, 0.0) + rng.normal(0, 2, len(t))
+            con.executemany("INSERT INTO sales VALUES (?, ?, ?)", [(f"s{i}", int(k), float(v)) for k, v in zip(t, amount)])
+    caplog.set_level(logging.WARNING, logger="flight_lstm.training")
+    tuned = train_from_source("forecast", f"duckdb://{lake}", "SELECT store, ts, amount FROM sales", "shop",
+                              out_dir=tmp_path / "models", parent="m4-hourly-lstm", epochs=3, steps_per_epoch=20)
+    m = tuned.metrics
+    assert m["parent"] == registry().resolve("forecast", "m4-hourly-lstm").ref and "--from m4-hourly-lstm" in tuned.training["command"]
+    assert m["holdout_mase_model"] < m["holdout_mase_parent"] and m["holdout_mase_model"] < 1.1 * m["holdout_mase_seasonal_naive"]
+    assert not caplog.records  # fine-tuning gets no advice
+    scratch = train_from_source("forecast", f"duckdb://{lake}", "SELECT store, ts, amount FROM sales", "shop",
+                                out_dir=tmp_path / "models", epochs=1, steps_per_epoch=4)
+    assert "parent" not in scratch.metrics and "holdout_mase_model" in scratch.metrics
+    assert "fine-tuning a shipped model (--from m4-hourly-lstm" in caplog.text  # 8 series: the notice
+    refused = subprocess.run([sys.executable, "-m", "flight_lstm.cli", "train", "forecast", "--data", str(tmp_path),
+                              "--from", "m4-hourly-lstm"], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and "use it with --source and --sql" in refused.stderr
