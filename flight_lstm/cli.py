@@ -151,14 +151,15 @@ def _parser() -> argparse.ArgumentParser:
     backtest.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
     backtest.set_defaults(run=_backtest)
 
-    plot = commands.add_parser("plot", help="draw a forecast or a series' anomalies to PNG or SVG")
-    plot.add_argument("kind", choices=["forecast", "anomalies"])
+    plot = commands.add_parser("plot", help="draw a forecast, a backtest or a series' anomalies to PNG or SVG")
+    plot.add_argument("kind", choices=["forecast", "backtest", "anomalies"])
     plot.add_argument("--source", required=True, help="duckdb:///abs/path/lake.db or dremio://...")
     plot.add_argument("--table", required=True, help="the table (or view) holding the series")
     plot.add_argument("--key", help="the column naming each series (leave out for one series)")
     plot.add_argument("--ts", required=True)
     plot.add_argument("--value", required=True)
-    plot.add_argument("--horizon", type=int, default=24, help="forecast: steps ahead")
+    plot.add_argument("--horizon", type=int, default=24, help="forecast and backtest: steps ahead")
+    plot.add_argument("--origins", type=int, default=3, help="backtest: rolling origins, each a horizon earlier")
     plot.add_argument("--level", type=float, help="the interval's level (forecast 0.95, anomalies 0.999)")
     plot.add_argument("--history", type=int, help="points of each series to draw (forecast: 3 horizons; anomalies: 500)")
     plot.add_argument("--model", help="name or name@version")
@@ -619,12 +620,14 @@ def _sentiment_backtest(service, sql: str, model: str | None) -> dict:
 
 def _plot(args) -> int:
     """Fetch what to draw with the table functions, then draw it (flight_lstm/plot.py)."""
+    import pyarrow as pa
+
     from flight_lstm import plot
     from flight_lstm.errors import FlightLSTMError
     from flight_lstm.service import Service
 
     _size_threads(None)
-    level = args.level or (0.95 if args.kind == "forecast" else 0.999)
+    level = args.level or (0.999 if args.kind == "anomalies" else 0.95)
     try:
         plot.check_output(args.out)
         service = Service.for_jobs(args.source)
@@ -640,6 +643,16 @@ def _plot(args) -> int:
                                      title=f"{args.table}.{args.value}: {models}, {args.horizon} steps ahead, "
                                            f"{level:.0%} interval", ts=args.ts, value=args.value, level=level,
                                      max_panels=args.panels)
+        elif args.kind == "backtest":
+            queries = [plot.backtest_sql(args.table, args.key, args.ts, args.value, args.horizon, origin, level,
+                                         args.model) for origin in range(1, args.origins + 1)]
+            forecasts = pa.concat_tables([run(sql) for sql in queries])
+            models = ", ".join(sorted(service.plan(queries[0]).models)) if args.model else "the model of each series' frequency"
+            history = run(plot.history_sql(args.table, args.key, args.ts, args.value,
+                                           args.history or (args.origins + 2) * args.horizon))
+            out = plot.draw_backtest(history, forecasts, args.out, title=f"{args.table}.{args.value}: {models}, "
+                                     f"{args.origins} origins of {args.horizon} steps, {level:.0%} interval",
+                                     ts=args.ts, value=args.value, level=level, max_panels=args.panels)
         else:
             sql = plot.anomaly_sql(args.table, args.key, args.ts, args.value, level, args.model, args.history or 500)
             model = ", ".join(sorted(service.plan(sql).models))

@@ -1,7 +1,8 @@
 """Pictures of predictions, where a person would rather look than read: a forecast (its history,
-the forecast, the interval band at the level asked and a "now" line) or a series' anomalies (the
-values, what the model expected, its band and the flagged points), one panel per series up to a
-limit, as PNG or SVG (by the file's extension).
+the forecast, the interval band at the level asked and a "now" line), a backtest (each rolling
+origin's forecast and band against what happened) or a series' anomalies (the values, what the
+model expected, its band and the flagged points), one panel per series up to a limit, as PNG or
+SVG (by the file's extension).
 
 The SQL that fetches what to draw and the drawing are plain functions apart, so the CLI (over a
 source), the demo (over Flight) and a notebook draw the same picture. matplotlib is an optional
@@ -51,6 +52,18 @@ def forecast_sql(table: str, key: str | None, ts: str, value: str, horizon: int,
             f"{_arguments(table, key, ts, value)}, horizon => {int(horizon)}, level => {float(level)!r}{extra})")
 
 
+def backtest_sql(table: str, key: str | None, ts: str, value: str, horizon: int, origin: int, level: float,
+                 model: str | None = None) -> str:
+    """forecast_table's rows from rolling origin `origin` (1: the last `horizon` points hidden, 2:
+    the last two horizons, ...), as (key, ts, mean, lo, hi, origin)."""
+    k = quote(key) if key else "NULL"
+    hidden = (f"WITH _backtest_cut AS (SELECT * EXCLUDE (_back) FROM (SELECT *, row_number() OVER "
+              f"(PARTITION BY {k} ORDER BY {quote(ts)} DESC) AS _back FROM {_table(table)}) "
+              f"WHERE _back > {int(origin) * int(horizon)}) ")
+    return hidden + forecast_sql("_backtest_cut", key, ts, value, horizon, level, model).replace(
+        " FROM forecast_table(", f", {int(origin)} AS origin FROM forecast_table(", 1)
+
+
 def anomaly_sql(table: str, key: str | None, ts: str, value: str, level: float, model: str | None = None,
                 points: int | None = None) -> str:
     """anomaly_table's rows as (key, ts, value, expected, lo, hi, is_anomaly), the last `points` of each."""
@@ -76,6 +89,27 @@ def draw_forecast(history: pa.Table, forecast: pa.Table, out: str | Path, *, tit
                         label=f"{level:.0%} interval")
         if past["ts"]:
             ax.axvline(past["ts"][-1], color="grey", ls="--", lw=1, label="now")
+        _label(ax, key, ts, value)
+    return _save(plt, fig, axes, out, title)
+
+
+def draw_backtest(history: pa.Table, forecasts: pa.Table, out: str | Path, *, title: str, ts: str, value: str,
+                  level: float, max_panels: int = MAX_PANELS) -> Path:
+    """One panel per series: what happened in black, and each origin's forecast with its `level`
+    band in a colour of its own, starting where that origin's history ended."""
+    plt, out = _pyplot(out)
+    keys = _keys(forecasts, max_panels)
+    origins = sorted(pc.unique(forecasts.column("origin")).to_pylist())
+    colours = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(len(keys), 1, figsize=(10, 2.6 * len(keys)), squeeze=False)
+    for ax, key in zip(axes[:, 0], keys):
+        past, mine = _of(history, key), forecasts.filter(
+            pc.is_null(forecasts.column("key")) if key is None else pc.equal(forecasts.column("key"), key))
+        ax.plot(past["ts"], past["value"], color="black", lw=1, label="actual")
+        for i, origin in enumerate(origins):
+            f = mine.filter(pc.equal(mine.column("origin"), origin)).sort_by("ts").to_pydict()
+            ax.plot(f["ts"], f["mean"], color=colours(i % 10), lw=1.5, label=f"origin {origin}")
+            ax.fill_between(f["ts"], _nan(f["lo"]), _nan(f["hi"]), color=colours(i % 10), alpha=0.2)
         _label(ax, key, ts, value)
     return _save(plt, fig, axes, out, title)
 

@@ -61,3 +61,17 @@ def test_names_are_quoted_and_bad_output_is_a_clear_error(service, tmp_path):
     with pytest.raises(ValueError, match="no series"):
         plot.draw_anomalies(pa.table({"key": pa.array([], pa.string())}), tmp_path / "x.png", title="", ts="ts",
                             value="v", level=0.9)
+
+
+def test_a_backtest_picture_draws_each_origin_against_what_happened(service, tmp_path):
+    forecasts = pa.concat_tables([run(service, plot.backtest_sql("sales", "store", "ts", "amount", 12, origin, 0.9))
+                                  for origin in (1, 2, 3)])
+    last = run(service, "SELECT store, max(ts) AS ts FROM sales GROUP BY store ORDER BY store").to_pylist()
+    for origin in (1, 2, 3):  # origin k forecasts the k-th last horizon: its last step is (k - 1) * 12 hours back
+        mine = forecasts.filter(pa.compute.equal(forecasts.column("origin"), origin))
+        latest = max(r["ts"] for r in mine.to_pylist() if r["key"] == "a")
+        assert (last[0]["ts"] - latest).total_seconds() == (origin - 1) * 12 * 3600
+    history = run(service, plot.history_sql("sales", "store", "ts", "amount", 60))
+    svg = plot.draw_backtest(history, forecasts, tmp_path / "b.svg", title="backtest", ts="ts", value="amount",
+                             level=0.9).read_text()
+    assert panels(svg) == 3 and all(f"origin {k}" in svg for k in (1, 2, 3)) and ">actual<" in svg
