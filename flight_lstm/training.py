@@ -375,6 +375,7 @@ def fit_sentiment(texts: pa.Array, labels: np.ndarray, *, seed: int = 0, epochs:
                   embed_dim: int = 128, hidden: int = 128, dropout: float = 0.5,
                   batch_size: int = 128, lr: float = 3e-3, patience: int = 3,
                   average_last: int = 0, teacher: np.ndarray | None = None,
+                  start: SentimentModel | None = None,
                   progress: bool = True) -> tuple[SentimentModel, dict[str, Any]]:
     """Train a SentimentModel; select the epoch by accuracy on `dev` (or a 10% held-out split),
     or with `average_last` keep the mean weights of the last epochs (BaseModel.fit).
@@ -393,7 +394,12 @@ def fit_sentiment(texts: pa.Array, labels: np.ndarray, *, seed: int = 0, epochs:
         texts, labels = texts.take(pa.array(train)), labels[train]
         teacher = None if teacher is None else np.asarray(teacher)[train]
     vocab = build_vocab(tokenize(texts.filter(pa.array(labels >= 0))), vocab_size)
-    model = SentimentModel(vocab, embed_dim=embed_dim, hidden=hidden, dropout=dropout)
+    if start is not None:  # fine-tuning: the parent's weights, its vocabulary grown with these words
+        model = start.grown(vocab)
+        embed_dim, hidden, dropout = (start.config[k] for k in ("embed_dim", "hidden", "dropout"))
+        vocab = model.vocab.to_pylist()
+    else:
+        model = SentimentModel(vocab, embed_dim=embed_dim, hidden=hidden, dropout=dropout)
     enc, dev_enc = model.encode(texts), model.encode(dev[0])
     dev_pos = np.asarray(dev[1]) == 1
 
@@ -403,6 +409,9 @@ def fit_sentiment(texts: pa.Array, labels: np.ndarray, *, seed: int = 0, epochs:
     info = model.fit(_sentiment_batches(enc, labels, batch_size, teacher), dev_error, rng=rng,
                      epochs=epochs, lr=lr, patience=patience, average_last=average_last,
                      desc="sentiment", progress=progress)
+    if start is not None:
+        info.update(parent_vocab_size=len(start.vocab),
+                    parent_selection_accuracy=round(float(np.mean((start.logits(start.encode(dev[0])) > 0) == dev_pos)), 4))
     info.update(vocab_size=len(vocab), train_rows=len(labels), dev_rows=len(dev[1]),
                 distilled=teacher is not None,
                 hparams=dict(embed_dim=embed_dim, hidden=hidden, dropout=dropout,
@@ -414,12 +423,16 @@ def fit_sentiment(texts: pa.Array, labels: np.ndarray, *, seed: int = 0, epochs:
 def train_sentiment(texts: pa.Array, labels: np.ndarray, *, name: str, version: str,
                     out_dir: str | Path, seed: int = 0, epochs: int = 8,
                     dev: tuple[pa.Array, np.ndarray] | None = None, data_files=(),
-                    command: str = "train_sentiment", **hparams: Any) -> ModelCard:
-    """Train and save a sentiment model; the card's metrics hold the selection accuracy."""
-    model, info = fit_sentiment(texts, labels, seed=seed, epochs=epochs, dev=dev, **hparams)
+                    command: str = "train_sentiment", parent: str | None = None, **hparams: Any) -> ModelCard:
+    """Train and save a sentiment model (from scratch, or fine-tuned from the registered model
+    `parent`); the card holds the selection accuracy, and the parent's on the same texts."""
+    start = default_registry().load("sentiment", parent) if parent else None
+    model, info = fit_sentiment(texts, labels, seed=seed, epochs=epochs, dev=dev, start=start, **hparams)
+    metrics = {"selection_accuracy": round(1 - info["best_val"], 4)}
+    if start is not None:
+        metrics.update(selection_accuracy_parent=info["parent_selection_accuracy"], parent=start.card.ref)
     return save_with_card(model, out_dir, name=name, version=version,
-                          training=training_record(info, seed, epochs, data_files, command),
-                          metrics={"selection_accuracy": round(1 - info["best_val"], 4)})
+                          training=training_record(info, seed, epochs, data_files, command), metrics=metrics)
 
 
 def train_shipped_sentiment(data_dir: str | Path, out_dir: str | Path,
@@ -517,8 +530,9 @@ def next_version(name: str, out_dir: Path) -> str:
     return str(max(versions, default=0) + 1)
 
 
-FINE_TUNE = {"epochs": 8, "lr": 3e-4}
+FINE_TUNE = {"epochs": 8, "lr": 3e-4, "sentiment_lr": 1e-3}
 SMALL_DATA = 100  # series: fewer, and training from scratch tells the user fine-tuning is likely better
+SMALL_TEXTS = 20_000  # labelled texts: the same for sentiment
 
 
 def train_from_source(kind: str, source_uri: str, sql: str, name: str, *, out_dir: Path | None = None,
@@ -540,8 +554,13 @@ def train_from_source(kind: str, source_uri: str, sql: str, name: str, *, out_di
             options = {"epochs": FINE_TUNE["epochs"], "lr": FINE_TUNE["lr"], **options,
                        "parent": parent, "command": command + " --from " + parent}
         return train_forecast(list(series.values()), **options)
-    if parent:
-        raise InvalidQuery("--from fine-tunes forecast models only, so far; sentiment trains from scratch")
     texts, labels = texts_and_labels(table)
+    if parent:  # few labelled texts need small batches to take enough steps
+        options = {"epochs": FINE_TUNE["epochs"], "lr": FINE_TUNE["sentiment_lr"],
+                   "batch_size": int(np.clip(len(labels) // 50, 16, 128)), **options,
+                   "parent": parent, "command": command + " --from " + parent}
+    elif len(labels) < SMALL_TEXTS:
+        log.warning("%d labelled texts is little to learn a sentiment model from scratch; fine-tuning the shipped "
+                    "one (--from sst2-bilstm) keeps what it knows and is likely better", len(labels))
     return train_sentiment(texts, labels, **options)
 

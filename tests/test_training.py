@@ -145,3 +145,29 @@ def test_fine_tuning_from_a_shipped_model_beats_its_parent_on_the_data_it_was_tu
     refused = subprocess.run([sys.executable, "-m", "flight_lstm.cli", "train", "forecast", "--data", str(tmp_path),
                               "--from", "m4-hourly-lstm"], capture_output=True, text=True, timeout=120)
     assert refused.returncode == 1 and "use it with --source and --sql" in refused.stderr
+
+
+def test_fine_tuning_sentiment_grows_the_vocabulary_and_beats_its_parent_on_the_users_texts(tmp_path, caplog):
+    """Support tickets, whose telling words (pending, escalated, lost) the movie-review model never saw."""
+    import itertools
+    import logging
+
+    good = ["refund arrived", "ticket resolved", "replacement shipped", "issue fixed", "package delivered", "account restored"]
+    bad = ["refund pending", "ticket escalated", "replacement backordered", "issue reopened", "package lost", "account locked"]
+    tails = ["today", "this week", "again", "for order 42", "per the agent", "as promised"]
+    rows = [(f"{p} {t}", 1) for p, t in itertools.product(good, tails)] + [(f"{p} {t}", 0) for p, t in itertools.product(bad, tails)]
+    lake = tmp_path / "tickets.db"
+    with duckdb.connect(str(lake)) as con:
+        con.execute("CREATE TABLE t (text VARCHAR, label INTEGER)")
+        con.executemany("INSERT INTO t VALUES (?, ?)", rows * 4)
+    caplog.set_level(logging.WARNING, logger="flight_lstm.training")
+    card = train_from_source("sentiment", f"duckdb://{lake}", "SELECT text, label FROM t", "tickets",
+                             out_dir=tmp_path / "models", parent="sst2-bilstm")
+    parent = registry().load("sentiment", "sst2-bilstm")
+    assert card.metrics["parent"] == parent.card.ref
+    assert card.metrics["selection_accuracy"] > card.metrics["selection_accuracy_parent"] + 0.1
+    assert card.training["vocab_size"] > card.training["parent_vocab_size"] == len(parent.vocab)  # its words added
+    assert not caplog.records  # fine-tuning gets no advice; the same texts from scratch do
+    train_from_source("sentiment", f"duckdb://{lake}", "SELECT text, label FROM t", "tickets",
+                      out_dir=tmp_path / "models", epochs=1)
+    assert "288 labelled texts is little" in caplog.text and "--from sst2-bilstm" in caplog.text

@@ -14,7 +14,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .base import BaseModel
 from .checks import between_batches
-from .text import PAD, Encoded, encode
+from .text import PAD, UNK, Encoded, encode
 
 BATCH_ROWS = 512  # inference rows per bucket
 BATCH_TOKENS = 65_536  # inference cap on rows x longest row per bucket (bounds memory)
@@ -31,6 +31,18 @@ class SentimentModel(BaseModel):
         self.lstm = nn.LSTM(embed_dim, hidden, batch_first=True, bidirectional=True)
         self.drop = nn.Dropout(dropout)
         self.out = nn.Linear(4 * hidden, 1)
+
+    def grown(self, words: list[str]) -> SentimentModel:
+        """A copy that also knows `words` (those it lacks, appended): every weight is kept, and a
+        new word starts from the unknown-word embedding, which is what this model read for it."""
+        known = set(self.vocab.to_pylist())
+        vocab = self.vocab.to_pylist() + [w for w in dict.fromkeys(words) if w not in known]
+        copy = SentimentModel(vocab, **{k: v for k, v in self.config.items() if k != "vocab"})
+        state = self.state_dict()
+        embed = state["embed.weight"]
+        state["embed.weight"] = torch.cat([embed, embed[UNK].expand(len(vocab) + 2 - len(embed), -1)])
+        copy.load_state_dict(state)
+        return copy
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Logits (batch,) for padded ids (batch, time) with true lengths (all >= 1)."""
