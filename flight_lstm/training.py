@@ -23,7 +23,7 @@ import torch
 
 from flight_lstm.errors import InvalidQuery
 from flight_lstm.evaluate import (VALIDATION_SETS, Labelled, ValidationSet, anomaly_data_files, anomaly_scores,
-                                  anomaly_splits, evaluate_sentiment, score_set, validation_scores)
+                                  anomaly_splits, evaluate_sentiment, score_set, validation_scores, vader_scores)
 from flight_lstm.models import ModelCard, Registry, default_registry
 from flight_lstm.models.anomaly import AnomalyModel, plan_runs, prepare
 from flight_lstm.models.base import BaseModel, seed_everything
@@ -412,6 +412,11 @@ def fit_sentiment(texts: pa.Array, labels: np.ndarray, *, seed: int = 0, epochs:
     if start is not None:
         info.update(parent_vocab_size=len(start.vocab),
                     parent_selection_accuracy=round(float(np.mean((start.logits(start.encode(dev[0])) > 0) == dev_pos)), 4))
+    info["baselines"] = {"majority_class": round(float(max(dev_pos.mean(), 1 - dev_pos.mean())), 4)}
+    try:  # the lexicon, where it is installed (a dev dependency)
+        info["baselines"]["vader"] = round(float(np.mean((vader_scores(dev[0]) > 0) == dev_pos)), 4)
+    except SystemExit:
+        pass
     info.update(vocab_size=len(vocab), train_rows=len(labels), dev_rows=len(dev[1]),
                 distilled=teacher is not None,
                 hparams=dict(embed_dim=embed_dim, hidden=hidden, dropout=dropout,
@@ -431,6 +436,7 @@ def train_sentiment(texts: pa.Array, labels: np.ndarray, *, name: str, version: 
     metrics = {"selection_accuracy": round(1 - info["best_val"], 4)}
     if start is not None:
         metrics.update(selection_accuracy_parent=info["parent_selection_accuracy"], parent=start.card.ref)
+    metrics.update({f"selection_accuracy_{name}": value for name, value in info["baselines"].items()})
     return save_with_card(model, out_dir, name=name, version=version,
                           training=training_record(info, seed, epochs, data_files, command), metrics=metrics)
 

@@ -166,6 +166,8 @@ def test_fine_tuning_sentiment_grows_the_vocabulary_and_beats_its_parent_on_the_
     parent = registry().load("sentiment", "sst2-bilstm")
     assert card.metrics["parent"] == parent.card.ref
     assert card.metrics["selection_accuracy"] > card.metrics["selection_accuracy_parent"] + 0.1
+    assert 0 <= card.metrics["selection_accuracy_vader"] <= 1  # the baselines beside it, on the same texts
+    assert 0.5 <= card.metrics["selection_accuracy_majority_class"] < card.metrics["selection_accuracy"]
     assert card.training["vocab_size"] > card.training["parent_vocab_size"] == len(parent.vocab)  # its words added
     assert not caplog.records  # fine-tuning gets no advice; the same texts from scratch do
     train_from_source("sentiment", f"duckdb://{lake}", "SELECT text, label FROM t", "tickets",
