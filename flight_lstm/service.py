@@ -13,7 +13,7 @@ from typing import Callable, Iterable, Iterator
 import pyarrow as pa
 
 from flight_lstm.engine import Engine, Limits
-from flight_lstm.errors import InvalidQuery, SourceUnavailable
+from flight_lstm.errors import InvalidQuery, ResourceExhausted, SourceUnavailable
 from flight_lstm.identifiers import quote
 from flight_lstm.models import ModelNotFound
 from flight_lstm.plan import Catalog, Plan
@@ -120,9 +120,9 @@ class Service:
         """(name, "TABLE" or "VIEW"): the source's tables, then the published views."""
         return [*((t, "TABLE") for t in self._tables()), *((v, "VIEW") for v in self.view_sql)]
 
-    def _tables(self) -> list[str]:
+    def _tables(self, wait: bool = True) -> list[str]:
         """Listing the source is work a client asks for: it takes a query slot like a query."""
-        with self.engine.admitted():
+        with self.engine.admitted(wait):
             return self.source.tables()
 
     def dataset_schema(self, name: str, kind: str | None = None) -> pa.Schema:
@@ -163,9 +163,12 @@ class Service:
     def health(self) -> dict:
         """Readiness: "ok", or "unavailable" with the reason while the source cannot be opened (a
         DuckDB file not written yet, Dremio down): it lists the source's tables, as `serve` does at
-        start (one attach, a few ms, or one Dremio call)."""
+        start (one attach, a few ms, or one Dremio call), in a query slot taken without waiting: a
+        server whose every slot runs a query is serving, and says so at once ("busy")."""
         try:
-            self._tables()
+            self._tables(wait=False)
+        except ResourceExhausted:
+            return {"status": "ok", "busy": True, "source": self.source.describe(), "views": sorted(self.view_sql)}
         except SourceUnavailable as e:
             return {"status": "unavailable", "source": self.source.describe(), "reason": str(e),
                     "views": sorted(self.view_sql)}

@@ -136,3 +136,12 @@ def test_metrics_count_queries_rows_and_outcomes(lake, tmp_path):
     assert value("flight_lstm_rows_total") == 38  # the refused result sent none of its rows
     assert value("flight_lstm_query_seconds_count") == 4
     assert value("flight_lstm_queries_running") == 0
+
+
+def test_health_answers_at_once_when_every_slot_is_busy(lake):
+    service = Service(DuckDBSource(lake), limits=Limits(max_queries=1, queue_seconds=5))
+    with service.engine.admitted():  # the one slot runs a query
+        started = time.monotonic()
+        health = service.health()
+        assert time.monotonic() - started < 1 and health["status"] == "ok" and health["busy"]
+    assert service.health() == {"status": "ok", "source": service.source.describe(), "views": []}

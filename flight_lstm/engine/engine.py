@@ -137,9 +137,9 @@ class Engine:
         return running
 
     @contextmanager
-    def admitted(self):
+    def admitted(self, wait: bool = True):
         """A query slot for work done outside a query's cursor (listing the source's tables)."""
-        leave = self.admission.enter()
+        leave = self.admission.enter(wait)
         try:
             yield
         finally:

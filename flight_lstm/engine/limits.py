@@ -40,9 +40,10 @@ class Admission:
         self.limits = limits
         self._slots = threading.BoundedSemaphore(limits.max_queries)
 
-    def enter(self) -> Callable[[], None]:
-        """Take a slot (or raise ResourceExhausted); returns the call that gives it back."""
-        if not self._slots.acquire(timeout=self.limits.queue_seconds):
+    def enter(self, wait: bool = True) -> Callable[[], None]:
+        """Take a slot, waiting up to `queue_seconds` unless told not to wait (or raise
+        ResourceExhausted); returns the call that gives it back."""
+        if not (self._slots.acquire(timeout=self.limits.queue_seconds) if wait else self._slots.acquire(False)):
             raise ResourceExhausted(
                 f"resource exhausted: {self.limits.max_queries} queries are running (the server's "
                 f"--max-queries) and none ended within {self.limits.queue_seconds:g} s; retry shortly")
