@@ -49,11 +49,11 @@ def _score(points: np.ndarray, series: pa.ListArray, level, start, model):
     if level is None or not len(points):
         k = points.shape[1] if points.ndim == 2 else 1
         nan = np.full((len(points), k), np.nan)
-        return nan, nan, nan, np.full(len(points), np.nan), lengths
+        return nan, nan, nan, np.full(len(points), np.nan)
     if not 0.0 < float(level) < 1.0:
         raise ValueError(f"level must be in (0, 1), got {float(level):g}")
     r = fitted.score(points, lengths, float(level), np.maximum(starts, 0))
-    return r.expected, r.lo, r.hi, r.score, lengths
+    return r.expected, r.lo, r.hi, r.score
 
 
 def _listed(series: pa.ListArray, fields: list[pa.Array], struct_type: pa.DataType, level) -> pa.Array:
@@ -68,7 +68,7 @@ def anomaly_scores(values, level, start=0, model: str | None = None) -> pa.Array
     """Per point of each series: what the model expected, its `level` interval, and the score."""
     series = _lists(values, "anomaly_scores input")
     points = _doubles(pc.list_flatten(series))[:, None]
-    expected, lo, hi, score, _ = _score(points, series, level, start, model)
+    expected, lo, hi, score = _score(points, series, level, start, model)
     fields = [pa.array(a, from_pandas=True) for a in (expected[:, 0], lo[:, 0], hi[:, 0], score)]
     return _listed(series, fields, SCORE_TYPE, constant(level, "level"))
 
@@ -83,7 +83,7 @@ def anomaly_scores_multi(values, level, start=0, model: str | None = None) -> pa
     if len(widths) and (widths != k).any():
         raise ValueError(f"every point must have the same number of columns ({k})")
     points = _doubles(pc.list_flatten(point_lists)).reshape(-1, max(k, 1))
-    expected, lo, hi, score, _ = _score(points, series, level, start, model)
+    expected, lo, hi, score = _score(points, series, level, start, model)
     n, k = expected.shape
     offsets = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32))
     fields = [pa.ListArray.from_arrays(offsets, pa.array(a.ravel(), from_pandas=True)) for a in (expected, lo, hi)]
