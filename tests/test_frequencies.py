@@ -219,7 +219,7 @@ def test_freq_and_model_choose_what_the_model_is_asked(service, model_refs, extr
 
 
 def test_the_plan_names_the_model_a_frequency_resolves_to(service):
-    assert "tourism-monthly-lstm@1" in service.plan(f"SELECT * FROM {call('month_ends')}").models
+    assert "tourism-monthly-lstm@2" in service.plan(f"SELECT * FROM {call('month_ends')}").models
 
 
 def test_the_list_forms_take_a_frequency_too(service):

@@ -335,7 +335,7 @@ def test_what_is_not_a_frequency_reference(tmp_path, kind, ref, fragment):
 
 
 def test_a_frequency_resolves_to_its_shipped_model():
-    assert default_registry().resolve("forecast", "monthly").ref == "tourism-monthly-lstm@1"
+    assert default_registry().resolve("forecast", "monthly").ref == "tourism-monthly-lstm@2"
 
 
 # -- forecast training ----------------------------------------------------------------------------
@@ -386,7 +386,7 @@ def test_naive2_deseasonalizes_seasonal_series_only():
 @pytest.fixture(scope="module")
 def forecaster():
     model = default_registry().load("forecast")
-    assert (model.card.name, model.card.version) == ("m4-hourly-lstm", "2")
+    assert (model.card.name, model.card.version) == ("m4-hourly-lstm", "3")
     return model
 
 

@@ -116,7 +116,8 @@ def test_train_a_shipped_forecaster_then_find_it_by_frequency(tmp_path):
     assert {"model", "seasonal_naive", "naive2"} <= set(sets["tourism yearly"])
     found = cli("evaluate", "forecast", "--data", str(tmp_path), "--sets", "tourism yearly", "--no-theta",
                 env={"FLIGHT_LSTM_MODELS": str(models)})
-    assert "tourism-yearly-lstm@1" in found and "out of sample" in found
+    assert "tourism-yearly-lstm@2" in found and "out of sample" in found
+    assert out["training"]["interval_choice"]["sets"] == ["tourism yearly"]
 
 
 def test_fine_tuning_from_a_shipped_model_beats_its_parent_on_the_data_it_was_tuned_for(tmp_path, caplog):
@@ -173,3 +174,31 @@ def test_fine_tuning_sentiment_grows_the_vocabulary_and_beats_its_parent_on_the_
     train_from_source("sentiment", f"duckdb://{lake}", "SELECT text, label FROM t", "tickets",
                       out_dir=tmp_path / "models", epochs=1)
     assert "288 labelled texts is little" in caplog.text and "--from sst2-bilstm" in caplog.text
+
+
+def test_the_interval_scale_is_chosen_on_even_series_and_reported_on_odd_ones(tmp_path):
+    """A shipped model's alpha_scale is chosen where its coverage is then not reported."""
+    from dataclasses import replace
+
+    from flight_lstm.evaluate import ValidationSet, score_set
+    from flight_lstm.models import default_registry
+    from flight_lstm.training import ALPHA_GRID, choose_alpha_scale
+
+    model = default_registry().load("forecast", "m4-hourly-lstm")
+    rng = np.random.default_rng(0)
+    t = np.arange(400)
+    series = [100 + 30 * np.sin(2 * np.pi * t / 24) + rng.normal(0, 2 + k % 5, len(t)) for k in range(30)]
+    history, actual = [s[:-48] for s in series], [s[-48:] for s in series]
+    wild = [a if i % 2 == 0 else a * 100 for i, a in enumerate(actual)]  # odd series: way off
+    made = ValidationSet("made", "hourly", 48, 24, 24, lambda data: (history, actual), interval_choice=True)
+
+    choice = choose_alpha_scale(model, tmp_path, [made])
+    coverage = choice["coverage"]
+    assert choice["alpha_scale"] in ALPHA_GRID and model.config["alpha_scale"] == model.alpha_scale == choice["alpha_scale"]
+    assert abs(coverage[str(choice["alpha_scale"])] - 0.95) == min(abs(c - 0.95) for c in coverage.values())
+    assert list(coverage.values()) == sorted(coverage.values(), reverse=True)  # a larger scale, narrower bounds
+    assert coverage[str(ALPHA_GRID[0])] > coverage[str(ALPHA_GRID[-1])]
+    # The odd-numbered series neither choose nor escape the report.
+    assert choose_alpha_scale(model, tmp_path, [replace(made, load=lambda data: (history, wild))]) == choice
+    assert score_set(model, history, wild, made)["model"]["coverage_95"] < 0.05
+    assert score_set(model, history, wild, replace(made, interval_choice=False))["model"]["coverage_95"] > 0.4

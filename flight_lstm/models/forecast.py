@@ -41,7 +41,7 @@ _TAILS = (0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1,
           0.3, 0.35, 0.4, 0.45)
 PROBS = (*_TAILS, 0.5, *(1 - p for p in reversed(_TAILS)))  # conformal quantile grid
 INTERVALS = ("window_std", "conformal")
-ALPHA_SCALE = 0.8  # conformal: miscoverage asked of the calibration windows, relative to the level's
+ALPHA_SCALE = 1.0  # conformal: miscoverage asked of the calibration windows, relative to the level's
 
 
 @dataclass(frozen=True)
@@ -213,7 +213,8 @@ class ForecastModel(BaseModel):
 
         Conformal bounds for `level` use the calibration quantiles of miscoverage
         alpha_scale * (1 - level): the calibration windows end before the forecast origin, and
-        errors further from the training data run a little larger."""
+        errors further from the training data may run larger (a shipped model's alpha_scale is
+        chosen on held-back data: training.choose_alpha_scale)."""
         if self.intervals == "window_std":
             width = self.interval_quantile(level, horizon)
             return -width, width
