@@ -98,6 +98,31 @@ def monthly_series(n: int, length: int, seed: int = 0) -> list[np.ndarray]:
 FREQUENCY_ROWS = (("daily", 56, 730, daily_series), ("monthly", 24, 240, monthly_series))
 
 
+def forecast_frequencies(server, by_freq: dict[str, list[np.ndarray]], repeats: int) -> dict:
+    """Per FREQUENCY_ROWS frequency: series/s of its model alone, the operator and end to end
+    over Flight (table sales_<freq> on `server`), taking turns."""
+    out = {}
+    for freq, horizon, length, _ in FREQUENCY_ROWS:
+        print(f"forecast, {freq}: model alone, operator, end to end over Flight (taking turns)", flush=True)
+        series = by_freq[freq]
+        rows = to_arrow(series)
+        sql = f"SELECT store, forecast(list(amount ORDER BY ts), {horizon}, '{freq}') FROM sales_{freq} GROUP BY store"
+        seconds = interleaved({
+            "limit": forecast_limit(series, freq),
+            "operator": lambda rows=rows, freq=freq, horizon=horizon: forecast(rows, horizon, freq),
+            "e2e": lambda sql=sql: server.query(sql),
+        }, repeats)
+        out[freq] = {"model": load_model("forecast", freq).card.ref, "horizon": horizon, "points": length,
+                     **{k: len(series) / seconds[k] for k in ("limit", "operator", "e2e")}}
+    return out
+
+
+def frequency_ratios(by_freq: dict) -> dict:
+    return {f"{name} ({freq})": value for freq, f in by_freq.items()
+            for name, value in (("operator / model limit (forecast)", f["operator"] / f["limit"]),
+                                ("end to end / operator (forecast)", f["e2e"] / f["operator"]))}
+
+
 def lakehouse(path: Path, texts: pa.Array, series: list[np.ndarray] | None = None,
               more: dict[str, list[np.ndarray]] | None = None) -> Path:
     """reviews, sales (the hourly series) and a table for each of `more` (name -> series)."""
@@ -352,13 +377,27 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="10x smaller data, one repeat")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    parser.add_argument("--only", choices=["anomaly"], help="run one section alone and print it")
+    parser.add_argument("--only", choices=["anomaly", "frequencies"], help="run one section alone and print it")
     args = parser.parse_args()
     scale, repeats = (10, 1) if args.quick else (1, args.repeats)
     if args.only == "anomaly":
         a = anomaly(1000 // scale, 5000, repeats)
         print("\n".join([f"| {k} | {v:,.0f} |" for k, v in anomaly_rates(a).items()]
                         + [f"| {k} | {v:.2f} |" for k, v in anomaly_ratios(a).items()]))
+        return 0
+    if args.only == "frequencies":
+        n = 10_000 // scale
+        by_freq = {freq: make(n, length) for freq, _, length, make in FREQUENCY_ROWS}
+        with tempfile.TemporaryDirectory() as tmp:
+            server = Server(lakehouse(Path(tmp) / "lake.db", pa.array([], pa.string()), more={
+                f"sales_{freq}": rows for freq, rows in by_freq.items()}))
+            try:
+                f = forecast_frequencies(server, by_freq, repeats)
+            finally:
+                server.close()
+        print("\n".join([f"| {name}, {freq} ({v['model']}) | {v[key]:,.0f} |" for freq, v in f.items()
+                         for name, key in (("model alone", "limit"), ("operator", "operator"), ("end to end", "e2e"))]
+                        + [f"| {k} | {v:.2f} |" for k, v in frequency_ratios(f).items()]))
         return 0
     n_texts, n_short, n_series = 100_000 // scale, 1_000_000 // scale, 10_000 // scale
     texts, short, data = sst_texts(max(n_texts, n_short))
@@ -395,20 +434,7 @@ def main() -> int:
         }, repeats)
         r["forecast_limit"], r["forecast_operator"], r["e2e_forecast"] = (
             n_series / seconds["limit"], n_series / seconds["operator"], n_series / seconds["e2e"])
-        r["forecast_by_frequency"] = {}
-        for freq, horizon, length, _ in FREQUENCY_ROWS:
-            print(f"forecast, {freq}: model alone, operator, end to end over Flight (taking turns)", flush=True)
-            rows = to_arrow(by_freq[freq])
-            sql = (f"SELECT store, forecast(list(amount ORDER BY ts), {horizon}, '{freq}') "
-                   f"FROM sales_{freq} GROUP BY store")
-            seconds = interleaved({
-                "limit": forecast_limit(by_freq[freq], freq),
-                "operator": lambda rows=rows, freq=freq, horizon=horizon: forecast(rows, horizon, freq),
-                "e2e": lambda sql=sql: server.query(sql),
-            }, repeats)
-            r["forecast_by_frequency"][freq] = {
-                "model": load_model("forecast", freq).card.ref, "horizon": horizon, "points": length,
-                **{k: n_series / seconds[k] for k in ("limit", "operator", "e2e")}}
+        r["forecast_by_frequency"] = forecast_frequencies(server, by_freq, repeats)
         plain = PlainFlight(pa.table({"id": pa.array(np.arange(n_texts)), "review": texts}))
         threading.Thread(target=plain.serve, daemon=True).start()
         plain_client = flight.connect(f"grpc://127.0.0.1:{plain.port}")
@@ -452,9 +478,7 @@ def main() -> int:
         "end to end / operator (sentiment)": r["e2e_sentiment"] / r["sentiment_operator"],
         "operator / model limit (forecast)": r["forecast_operator"] / r["forecast_limit"],
         "end to end / operator (forecast)": r["e2e_forecast"] / r["forecast_operator"],
-        **{f"{name} ({freq})": value for freq, f in r["forecast_by_frequency"].items()
-           for name, value in (("operator / model limit (forecast)", f["operator"] / f["limit"]),
-                               ("end to end / operator (forecast)", f["e2e"] / f["operator"]))},
+        **frequency_ratios(r["forecast_by_frequency"]),
         "end to end / row-at-a-time UDF": r["e2e_sentiment"] / r["row_at_a_time_udf"],
         "passthrough / plain pyarrow Flight over the same DuckDB file": r["passthrough"]["ours_rows_per_s"]
         / r["passthrough"]["plain_duckdb_rows_per_s"],
