@@ -361,6 +361,22 @@ def test_forecast_training_learns_and_round_trips(tmp_path):
     assert np.array_equal(a.mean, b.mean) and np.array_equal(a.hi, b.hi)
 
 
+def test_a_seed_ensemble_averages_its_members_shrunk_toward_naive(tmp_path):
+    series = synthetic_series(24, 300, seed=5)
+    small = dict(epochs=1, steps_per_epoch=3, batch_size=16, window=48, tail=24, hidden=8, layers=1,
+                 progress=False)
+    one = [fit_forecast(series, seed=s, **small)[0] for s in (3, 4)]
+    model, info = fit_forecast(series, seed=3, members=2, shrink=0.5, **small)
+    assert info["hparams"]["members"] == 2 and len(info["members"]) == 2
+    arr, naive = to_arrow([s[:200] for s in series]), np.array([s[176:200] for s in series])
+    mean = np.mean([m.predict(arr, 24).mean for m in one], axis=0)
+    assert np.allclose(model.predict(arr, 24).mean, naive + 0.5 * (mean - naive), rtol=1e-4, atol=1e-3)
+    card = train_forecast(series, name="fc", version="1", out_dir=tmp_path, seed=3, members=2, shrink=0.5,
+                          **small)
+    again = ForecastModel.load(card.path)
+    assert again.config["members"] == 2 and np.array_equal(again.predict(arr, 24).mean, model.predict(arr, 24).mean)
+
+
 def test_fill_gaps_interpolates_within_rows_only():
     values = np.array([np.nan, 1.0, np.nan, 3.0, np.nan, np.nan, 7.0, np.nan, np.nan])
     filled, observed, valid = fill_gaps(values, np.array([5, 0, 2, 2]))

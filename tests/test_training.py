@@ -116,7 +116,7 @@ def test_train_a_shipped_forecaster_then_find_it_by_frequency(tmp_path):
     assert {"model", "seasonal_naive", "naive2"} <= set(sets["tourism yearly"])
     found = cli("evaluate", "forecast", "--data", str(tmp_path), "--sets", "tourism yearly", "--no-theta",
                 env={"FLIGHT_LSTM_MODELS": str(models)})
-    assert "tourism-yearly-lstm@2" in found and "out of sample" in found
+    assert "tourism-yearly-lstm@3" in found and "out of sample" in found
     assert out["training"]["interval_choice"]["sets"] == ["tourism yearly"]
 
 

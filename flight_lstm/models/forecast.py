@@ -8,6 +8,11 @@ direct head, which also sees the last TAIL points, predicts the HORIZON-step res
 seasonal-naive baseline at lag SEASON (1: the naive forecast) in scaled space.  Longer horizons
 roll forward by feeding forecasts back in.
 
+A model may hold MEMBERS such networks, trained apart from different seeds, whose residuals it
+averages (a seed ensemble), and may SHRINK the residual toward the seasonal-naive baseline: the
+forecast is naive + SHRINK * (network - naive).  Both default to 1 (one network, no shrinking), so
+models saved before they existed load and forecast as they did.
+
 Intervals ("conformal", what new models calibrate): split-conformal quantiles, per horizon step,
 of the signed error divided by the series' own seasonal-naive MAE over the window
 (`series.error_scale`), measured on calibration windows that training never saw.  A series'
@@ -59,25 +64,30 @@ class ForecastModel(BaseModel):
                  layers: int = 2, dropout: float = 0.1, levels: tuple[float, ...] = LEVELS,
                  chunk: int | None = None, tail: int | None = None,
                  intervals: str = "window_std", probs: tuple[float, ...] = PROBS,
-                 scale_window: int | None = None, alpha_scale: float = ALPHA_SCALE):
+                 scale_window: int | None = None, alpha_scale: float = ALPHA_SCALE,
+                 members: int = 1, shrink: float = 1.0):
         chunk, tail = chunk or season, 7 * season if tail is None else tail
         scale_window = scale_window or window
         super().__init__(window=window, horizon=horizon, season=season, hidden=hidden,
                          layers=layers, dropout=dropout, levels=list(levels), chunk=chunk,
                          tail=tail, intervals=intervals, probs=list(probs),
-                         scale_window=scale_window, alpha_scale=alpha_scale)
+                         scale_window=scale_window, alpha_scale=alpha_scale, members=members,
+                         shrink=shrink)
         if window % chunk or window < max(tail, season, 2 * chunk):
             raise ValueError("window must be a multiple of chunk, at least two chunks, a season "
                              "and the tail")
         if intervals not in INTERVALS:
             raise ValueError(f"intervals must be one of {INTERVALS}, got {intervals!r}")
+        if members < 1:
+            raise ValueError(f"members must be at least 1, got {members}")
         self.window, self.horizon, self.season = window, horizon, season
         self.chunk, self.tail, self.intervals = chunk, tail, intervals
         self.scale_window, self.alpha_scale = min(scale_window, window), alpha_scale
-        self.lstm = nn.LSTM(2 * chunk, hidden, layers, batch_first=True,
-                            dropout=dropout if layers > 1 else 0.0)
-        self.head = nn.Sequential(nn.Linear(hidden + 2 * tail, 256), nn.GELU(),
-                                  nn.Linear(256, horizon))
+        self.shrink = float(shrink)
+        self.lstm, self.head = self._network(chunk, hidden, layers, dropout, tail, horizon)
+        # Members 2.. of a seed ensemble; empty for one member, so the weights' names are unchanged.
+        self.more = nn.ModuleList(nn.ModuleList(self._network(chunk, hidden, layers, dropout, tail, horizon))
+                                  for _ in range(members - 1))
         self.register_buffer("levels", torch.tensor(levels, dtype=torch.float64))
         self.register_buffer("abs_resid_q", torch.ones(len(levels), horizon, dtype=torch.float64))
         if intervals == "conformal":
@@ -85,12 +95,33 @@ class ForecastModel(BaseModel):
             self.register_buffer("resid_q", torch.zeros(len(probs), horizon, dtype=torch.float64))
         self.register_buffer("seasonal_lag", window - season + torch.arange(horizon) % season)
 
+    @staticmethod
+    def _network(chunk, hidden, layers, dropout, tail, horizon) -> tuple[nn.LSTM, nn.Sequential]:
+        lstm = nn.LSTM(2 * chunk, hidden, layers, batch_first=True,
+                       dropout=dropout if layers > 1 else 0.0)
+        head = nn.Sequential(nn.Linear(hidden + 2 * tail, 256), nn.GELU(), nn.Linear(256, horizon))
+        return lstm, head
+
+    @classmethod
+    def ensemble(cls, models: list[ForecastModel], shrink: float = 1.0) -> ForecastModel:
+        """One model averaging the networks of one-member models of the same shape (trained from
+        different seeds), with its residual shrunk by `shrink`; intervals still to calibrate."""
+        out = cls(**{**models[0].config, "members": len(models), "shrink": shrink})
+        nets = [(out.lstm, out.head), *out.more]
+        for (lstm, head), m in zip(nets, models):
+            lstm.load_state_dict(m.lstm.state_dict())
+            head.load_state_dict(m.head.state_dict())
+        return out.eval()
+
     def forward(self, z: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
-        """Scaled forecast (batch, horizon) from scaled window z and observed mask obs."""
+        """Scaled forecast (batch, horizon) from scaled window z and observed mask obs: the
+        seasonal-naive baseline plus the members' mean residual, times `shrink`."""
         steps = torch.stack([z, obs], dim=-1).reshape(z.shape[0], -1, 2 * self.chunk)
-        h = self.lstm(steps)[0][:, -1]
         tail = torch.cat([z[:, -self.tail:], obs[:, -self.tail:]], dim=1)
-        return z[:, self.seasonal_lag] + self.head(torch.cat([h, tail], dim=1))
+        resid = [head(torch.cat([lstm(steps)[0][:, -1], tail], dim=1))
+                 for lstm, head in ((self.lstm, self.head), *self.more)]
+        resid = resid[0] if len(resid) == 1 else torch.stack(resid).mean(dim=0)
+        return z[:, self.seasonal_lag] + (resid if self.shrink == 1.0 else self.shrink * resid)
 
     def scaled_forecast(self, z: np.ndarray, obs: np.ndarray) -> np.ndarray:
         """`forward` on numpy windows, without gradients."""
