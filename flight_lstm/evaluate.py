@@ -18,8 +18,8 @@ import numpy as np
 import pyarrow as pa
 
 from flight_lstm import frequencies
-from flight_lstm.models.data import (dataset_dir, load_m4, load_nn5, load_skab, load_sst2,
-                                     load_tourism, synthetic_series)
+from flight_lstm.models.data import (dataset_dir, load_m4, load_nn5, load_skab, load_tourism, read_labelled,
+                                     synthetic_series)
 from flight_lstm.models.forecast import ForecastModel
 from flight_lstm.models.injection import inject
 from flight_lstm.models.sentiment import SentimentModel
@@ -39,23 +39,80 @@ def evaluate_sentiment(model: SentimentModel, texts: pa.Array, labels: np.ndarra
     return {"accuracy": round(acc, 4), "raw_text_accuracy": round(raw, 4), "n": int(len(labels))}
 
 
+SST5_TO_3 = np.array([0, 0, 1, 2, 2])  # (very) negative -> 0, neutral -> 1, (very) positive -> 2
+VADER_NEUTRAL = 0.05  # VADER's own rule: compound within +-0.05 is neutral
+
+
+@dataclass(frozen=True)
+class SentimentSet:
+    """Held-out texts with labels 0/1 (negative/positive) or, when `three`, 0/1/2
+    (negative/neutral/positive)."""
+
+    name: str
+    texts: pa.Array
+    labels: np.ndarray
+    three: bool = False
+
+
+def _found(data: str | Path, name: str) -> Path | None:
+    """A dataset's folder: `data` itself when so named, else data/name when it exists."""
+    data = Path(data)
+    return data if data.name == name else data / name if (data / name).is_dir() else None
+
+
+def sentiment_sets(data: str | Path) -> list[SentimentSet]:
+    """Every sentiment set found under `data` (the shared root or one set's folder): SST-2 dev,
+    the same raw-looking, SST-5 dev as three classes, customer-review sentences, MPQA phrases.
+    None of them is trained on by the shipped model (SST-5 dev holds SST-2 dev's sentences)."""
+    found = []
+    if (d := _found(data, "sst2")) and (d / "dev.tsv").exists():
+        texts, labels = read_labelled(d / "dev.tsv")
+        found += [SentimentSet("SST-2 dev", texts, labels), SentimentSet("SST-2 dev, raw text", detokenize(texts), labels)]
+    if (d := _found(data, "sst5")) and (d / "dev.tsv").exists():
+        texts, labels = read_labelled(d / "dev.tsv")
+        found.append(SentimentSet("SST-5 dev, 3 classes", texts, SST5_TO_3[labels], three=True))
+    if d := _found(data, "reviews"):
+        for name, file in (("customer reviews", "custrev.tsv"), ("MPQA phrases", "mpqa.tsv")):
+            if (d / file).exists():
+                found.append(SentimentSet(name, *read_labelled(d / file)))
+    return found
+
+
+def macro_f1(predicted: np.ndarray, labels: np.ndarray, classes: int) -> float:
+    """The mean over classes of each class's F1 (0 for a class never predicted nor present)."""
+    f1 = []
+    for c in range(classes):
+        tp = np.sum((predicted == c) & (labels == c))
+        denom = np.sum(predicted == c) + np.sum(labels == c)
+        f1.append(2 * tp / denom if denom else 0.0)
+    return float(np.mean(f1))
+
+
+def _set_scores(vs: SentimentSet, score: np.ndarray, three_class: np.ndarray) -> dict:
+    """Accuracy (the sign of the score on two-class sets; the class on SST-5) and macro-F1."""
+    if vs.three:
+        return {"accuracy": round(float(np.mean(three_class == vs.labels)), 4),
+                "macro_f1": round(macro_f1(three_class, vs.labels, 3), 4)}
+    return {"accuracy": round(float(np.mean((score > 0) == (vs.labels == 1))), 4), "macro_f1": None}
+
+
 def sentiment_report(data: str | Path, model: str | None = None) -> pa.Table:
-    texts, labels = load_sst2(data)["dev"]
+    """The model beside VADER and the majority class on every set `sentiment_sets` finds. A model
+    without a neutral class labels by the sign of its score, as `sentiment_label` does."""
     fitted = load_model("sentiment", model)
-    ours = evaluate_sentiment(fitted, texts, labels)
-    positive = labels == 1
-    rows = [
-        {"method": fitted.card.ref, "dev_accuracy": ours["accuracy"], "raw_text_dev_accuracy": ours["raw_text_accuracy"]},
-        {"method": "VADER (lexicon)", "dev_accuracy": _vader_accuracy(texts, positive),
-         "raw_text_dev_accuracy": _vader_accuracy(detokenize(texts), positive)},
-        {"method": "majority class", "dev_accuracy": round(float(max(positive.mean(), 1 - positive.mean())), 4),
-         "raw_text_dev_accuracy": None},
-    ]
+    rows = []
+    for vs in sentiment_sets(data):
+        ours, vader = fitted.score(vs.texts), vader_scores(vs.texts)
+        methods = {
+            fitted.card.ref: (ours, np.where(ours > 0, 2, 0)),
+            "VADER (lexicon)": (vader, np.where(vader >= VADER_NEUTRAL, 2, np.where(vader <= -VADER_NEUTRAL, 0, 1))),
+        }
+        majority = np.bincount(vs.labels).argmax()
+        for method, (score, three) in methods.items():
+            rows.append({"set": vs.name, "n": len(vs.labels), "method": method, **_set_scores(vs, score, three)})
+        rows.append({"set": vs.name, "n": len(vs.labels), "method": "majority class",
+                     **_set_scores(vs, np.full(len(vs.labels), 1.0 if majority else -1.0), np.full(len(vs.labels), majority))})
     return pa.Table.from_pylist(rows)
-
-
-def _vader_accuracy(texts: pa.Array, positive: np.ndarray) -> float:
-    return round(float(np.mean((vader_scores(texts) > 0) == positive)), 4)
 
 
 def vader_scores(texts: pa.Array) -> np.ndarray:

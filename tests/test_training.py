@@ -80,6 +80,29 @@ def _m4_folder(path, n=6, length=400):
 def test_evaluate_prints_metrics_beside_baselines(tmp_path):
     out = cli("evaluate", "sentiment", "--data", str(_sst_folder(tmp_path / "sst2")))
     assert "sst2-bilstm@" in out and "VADER" in out and "majority class" in out
+    assert "SST-5" not in out  # only the folder given is read
+
+
+def test_sentiment_is_reported_beyond_movie_reviews_and_in_three_classes(tmp_path):
+    from flight_lstm.evaluate import macro_f1, sentiment_report
+
+    _sst_folder(tmp_path / "sst2")
+    (tmp_path / "sst5").mkdir()
+    (tmp_path / "sst5" / "dev.tsv").write_text("sentence\tlabel\na wonderful , moving film\t4\nthe film opens on a tuesday\t2\n"
+                                               "a dull , lifeless mess\t0\nquite good\t3\n")
+    (tmp_path / "reviews").mkdir()
+    (tmp_path / "reviews" / "custrev.tsv").write_text("sentence\tlabel\nthe battery life is great\t1\nthe screen broke in a week\t0\n")
+    rows = sentiment_report(tmp_path).to_pylist()
+    assert {r["set"] for r in rows} == {"SST-2 dev", "SST-2 dev, raw text", "SST-5 dev, 3 classes", "customer reviews"}
+    three = {r["method"]: r for r in rows if r["set"] == "SST-5 dev, 3 classes"}
+    assert set(three) == {"sst2-bilstm@4", "VADER (lexicon)", "majority class"}
+    assert three["sst2-bilstm@4"]["n"] == 4 and three["sst2-bilstm@4"]["macro_f1"] is not None
+    # A model without a neutral class never says neutral: the factual sentence is always wrong for it.
+    assert three["sst2-bilstm@4"]["accuracy"] <= 0.75
+    assert all(r["macro_f1"] is None for r in rows if r["set"] != "SST-5 dev, 3 classes")
+    # Macro-F1: each class's F1, averaged; a class never predicted scores 0.
+    labels, predicted = np.array([0, 0, 1, 2]), np.array([0, 2, 2, 2])
+    assert np.isclose(macro_f1(predicted, labels, 3), (2 / 3 + 0 + 2 * 1 / 4) / 3)
 
 
 def test_evaluate_forecast_on_a_small_m4_file(tmp_path):

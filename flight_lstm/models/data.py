@@ -72,7 +72,8 @@ def load_tourism(data_dir: str | Path, freq: str) -> tuple[dict[str, np.ndarray]
     return read(f"{freq}_in.csv"), read(f"{freq}_oos.csv")
 
 
-def _read_tsv(path: Path) -> tuple[pa.Array, np.ndarray]:
+def read_labelled(path: Path) -> tuple[pa.Array, np.ndarray]:
+    """A `sentence<TAB>label` file (SST, reviews) as (texts, integer labels)."""
     table = pacsv.read_csv(
         path,
         parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False),
@@ -86,7 +87,7 @@ def load_sst2(data_dir: str | Path) -> dict[str, tuple[pa.Array, np.ndarray]]:
     """SST-2 splits as (texts, labels): 'train', 'dev' and 'phrases' (train_phrases.tsv)."""
     data_dir = dataset_dir(data_dir, "sst2")
     names = {"train": "train.tsv", "dev": "dev.tsv", "phrases": "train_phrases.tsv"}
-    return {split: _read_tsv(data_dir / file) for split, file in names.items()}
+    return {split: read_labelled(data_dir / file) for split, file in names.items()}
 
 
 def holdout_split(data: dict, fraction: float = HOLDOUT, seed: int = 0) -> dict:
