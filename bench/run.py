@@ -29,6 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = ROOT.parent / "shared" / "data" / "sst2"
 
+from flight_lstm import threads  # noqa: E402
 from flight_lstm.models.data import load_sst2  # noqa: E402
 from flight_lstm.models.series import last_window, fill_gaps, flatten, robust_scale, to_arrow  # noqa: E402
 from udfs import anomaly_scores, forecast, sentiment  # noqa: E402
@@ -379,6 +380,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--only", choices=["anomaly", "frequencies"], help="run one section alone and print it")
     args = parser.parse_args()
+    # The server's split (torch on every CPU): measured in this process, model alone and operator
+    # must run as the server's do, or end to end / operator compares two thread counts.
+    threads.size(spare=False)
     scale, repeats = (10, 1) if args.quick else (1, args.repeats)
     if args.only == "anomaly":
         a = anomaly(1000 // scale, 5000, repeats)
