@@ -202,7 +202,8 @@ class ForecastModel(BaseModel):
         for start in range(0, len(rows_all), CHUNK_ROWS):
             rows = rows_all[start:start + CHUNK_ROWS]
             xc, pc_, oc = x[rows], present[rows], obs[rows]
-            width_scale[rows] = self._width_scale(xc, pc_, oc)
+            if level is not None:  # the interval's scale, only when an interval is asked
+                width_scale[rows] = self._width_scale(xc, pc_, oc)
             for b in range(blocks):
                 between_batches()  # a caller's cancel or time limit may stop a long horizon here
                 z, mu, scale = robust_scale(xc, pc_)
