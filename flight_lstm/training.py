@@ -239,6 +239,8 @@ def choose_alpha_scale(model: ForecastModel, data: Path, sets: list[ValidationSe
     out-of-sample values. Returns what it saw."""
     loaded = [(vs, vs.load(data)) for vs in sets if vs.interval_choice]
     loaded = [(replace(vs, interval_choice=False), got) for vs, got in loaded if got is not None]
+    if not loaded:  # none of its sets' files is here: the model keeps its scale
+        return {"alpha_scale": model.alpha_scale, "sets": []}
     coverage = {}
     for alpha in ALPHA_GRID:
         model.alpha_scale = alpha

@@ -225,3 +225,6 @@ def test_the_interval_scale_is_chosen_on_even_series_and_reported_on_odd_ones(tm
     assert choose_alpha_scale(model, tmp_path, [replace(made, load=lambda data: (history, wild))]) == choice
     assert score_set(model, history, wild, made)["model"]["coverage_95"] < 0.05
     assert score_set(model, history, wild, replace(made, interval_choice=False))["model"]["coverage_95"] > 0.4
+    # No files for its sets: the scale stays.
+    assert choose_alpha_scale(model, tmp_path, [replace(made, load=lambda data: None)]) == {
+        "alpha_scale": choice["alpha_scale"], "sets": []}
