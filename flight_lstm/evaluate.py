@@ -63,7 +63,8 @@ def _found(data: str | Path, name: str) -> Path | None:
 def sentiment_sets(data: str | Path) -> list[SentimentSet]:
     """Every sentiment set found under `data` (the shared root or one set's folder): SST-2 dev,
     the same raw-looking, SST-5 dev as three classes, customer-review sentences, MPQA phrases.
-    None of them is trained on by the shipped model (SST-5 dev holds SST-2 dev's sentences)."""
+    The shipped model trained on none of them; SST-5 dev holds SST-2 dev's sentences, which
+    took part in choosing its recipe (README)."""
     found = []
     if (d := _found(data, "sst2")) and (d / "dev.tsv").exists():
         texts, labels = read_labelled(d / "dev.tsv")
