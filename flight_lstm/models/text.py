@@ -111,14 +111,64 @@ class Encoded:
         return out
 
 
-def encode(texts: pa.Array | pa.ChunkedArray, vocab: pa.Array | Sequence[str]) -> Encoded:
-    """Tokenize and map tokens to ids (unknown words -> UNK); rows are capped at MAX_TOKENS."""
+class WordPieces:
+    """Splits words a vocabulary lacks into BERT word pieces ("unwatchable" -> un ##watch ##able),
+    longest match first, in Rust (the `tokenizers` package), once per distinct word of a call:
+    an unknown word reads as its parts instead of one shared UNK."""
+
+    def __init__(self, pieces: Sequence[str], offset: int):
+        from tokenizers import Tokenizer, normalizers, pre_tokenizers
+        from tokenizers.models import WordPiece
+
+        self.unk = "[UNK]" if "[UNK]" in pieces else None
+        self.tokenizer = Tokenizer(WordPiece({p: i for i, p in enumerate(pieces)}, unk_token=self.unk or "[UNK]",
+                                             max_input_chars_per_word=100))
+        self.tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+        self.tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        ids = np.arange(len(pieces), dtype=np.int64) + offset
+        if self.unk:
+            ids[list(pieces).index(self.unk)] = UNK
+        self.ids = ids  # piece index -> model id
+
+    def split(self, words: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(model ids of every word's pieces, flat; pieces per word, at least 1: UNK if none)."""
+        encodings = self.tokenizer.encode_batch_fast(words, add_special_tokens=False)
+        counts = np.fromiter((len(e.ids) for e in encodings), np.int64, len(encodings))
+        ids = self.ids[np.fromiter((i for e in encodings for i in e.ids), np.int64, int(counts.sum()))]
+        if (empty := counts == 0).any():  # nothing WordPiece can read (a lone symbol): one UNK
+            ids = np.insert(ids, (np.cumsum(counts) - counts)[empty], UNK)
+            counts = np.maximum(counts, 1)
+        return ids, counts
+
+
+def encode(texts: pa.Array | pa.ChunkedArray, vocab: pa.Array | Sequence[str],
+           pieces: WordPieces | None = None) -> Encoded:
+    """Tokenize and map tokens to ids; rows are capped at MAX_TOKENS.  A word missing from the
+    vocabulary is UNK, or with `pieces` its word pieces' ids, spliced in with numpy."""
     if not isinstance(vocab, pa.Array):
         vocab = pa.array(vocab, pa.string())
     tokens = tokenize(texts)
     lengths = pc.fill_null(pc.list_value_length(tokens), 0).to_numpy().astype(np.int64)
     flat = pc.list_flatten(tokens)
-    ids = pc.fill_null(pc.index_in(flat, value_set=vocab.cast(flat.type)), UNK - 2)
-    ids = ids.to_numpy().astype(np.int64) + 2
-    starts = np.cumsum(lengths) - lengths
-    return Encoded(ids, starts, np.minimum(lengths, MAX_TOKENS))
+    ids = pc.index_in(flat, value_set=vocab.cast(flat.type))
+    if pieces is None or ids.null_count == 0:
+        ids = pc.fill_null(ids, UNK - 2).to_numpy().astype(np.int64) + 2
+        return Encoded(ids, np.cumsum(lengths) - lengths, np.minimum(lengths, MAX_TOKENS))
+    unknown = ids.is_null().to_numpy(zero_copy_only=False)
+    ids = pc.fill_null(ids, 0).to_numpy().astype(np.int64) + 2
+    distinct = pc.dictionary_encode(flat.filter(pa.array(unknown)))
+    piece_ids, piece_counts = pieces.split(distinct.dictionary.to_pylist())
+    which = distinct.indices.to_numpy().astype(np.int64)  # each unknown word's distinct index
+    width = np.ones(len(ids), np.int64)  # ids per word
+    width[unknown] = piece_counts[which]
+    out_start = np.cumsum(width) - width
+    out = np.empty(int(width.sum()), np.int64)
+    out[out_start[~unknown]] = ids[~unknown]
+    n = width[unknown]
+    offset = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+    piece_start = (np.cumsum(piece_counts) - piece_counts)[which]
+    out[np.repeat(out_start[unknown], n) + offset] = piece_ids[np.repeat(piece_start, n) + offset]
+    bounds = np.concatenate([[0], np.cumsum(width)])
+    row_start = np.cumsum(lengths) - lengths
+    new_lengths = bounds[row_start + lengths] - bounds[row_start]
+    return Encoded(out, bounds[row_start], np.minimum(new_lengths, MAX_TOKENS))
