@@ -57,6 +57,19 @@ evaluate-anomaly: venv
 	$(BIN)/flight-lstm evaluate anomaly --data $(DATA)
 .PHONY: train-anomaly evaluate-anomaly
 
+# The shipped sentiment model (sentiment-bilstm), in three steps: the MiniLM teacher (an offline
+# training aid, kept in ~/.cache/flight-lstm), its soft labels, then the BiLSTM distilled from
+# them with its 5-fold customer-review cross-validation; then every sentiment set in one table.
+train-sentiment: venv
+	$(BIN)/pip install --quiet -e '.[teacher]'
+	HF_HUB_OFFLINE=1 $(BIN)/python -c "from flight_lstm.models import teacher as t; \
+		t.train_teacher('$(DATA)'); t.soft_labels(t.TEACHER_DIR, '$(DATA)')"
+	HF_HUB_OFFLINE=1 $(BIN)/flight-lstm train sentiment --data $(DATA) --out flight_lstm/models/weights
+
+evaluate-sentiment: venv
+	$(BIN)/flight-lstm evaluate sentiment --data $(DATA)
+.PHONY: train-sentiment evaluate-sentiment
+
 
 # Apache Superset pointed at flight-lstm (integration/test_superset.py), opt-in and never in `make test`:
 # Superset in its own venv with this project installed without dependencies (only its `flight_lstm://`

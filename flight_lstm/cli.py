@@ -111,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--sql", help="forecast: SELECT series_id, ts, value ...; sentiment: SELECT text, label ...")
     train.add_argument("--name", help="model name to register a new version under (with --source)")
     train.add_argument("--from", dest="parent", metavar="NAME[@VERSION]",
-                       help="with --source: fine-tune this registered model (e.g. m4-hourly-lstm, sst2-bilstm) instead "
+                       help="with --source: fine-tune this registered model (e.g. m4-hourly-lstm, sentiment-bilstm) instead "
                             "of training from scratch; the card compares the new version with it")
     train.add_argument("--out", type=Path, help="models directory to write into (default: your models directory)")
     train.add_argument("--epochs", type=int)

@@ -54,6 +54,9 @@ class SentimentSet:
     three: bool = False
 
 
+SENTIMENT_SET_FILES = {"customer reviews": "reviews/custrev.tsv", "MPQA phrases": "reviews/mpqa.tsv"}
+
+
 def _found(data: str | Path, name: str) -> Path | None:
     """A dataset's folder: `data` itself when so named, else data/name when it exists."""
     data = Path(data)
@@ -97,15 +100,25 @@ def _set_scores(vs: SentimentSet, score: np.ndarray, three_class: np.ndarray) ->
     return {"accuracy": round(float(np.mean((score > 0) == (vs.labels == 1))), 4), "macro_f1": None}
 
 
-def sentiment_report(data: str | Path, model: str | None = None) -> pa.Table:
-    """The model beside VADER and the majority class on every set `sentiment_sets` finds. A model
-    without a neutral class labels by the sign of its score, as `sentiment_label` does."""
-    fitted = load_model("sentiment", model)
+def sentiment_report(data: str | Path, model: str | SentimentModel | None = None,
+                     trained_on: tuple[str, ...] | None = None) -> pa.Table:
+    """The model beside VADER and the majority class on every set `sentiment_sets` finds; the
+    three classes are each method's most probable (VADER: its own neutral band).  Sets the
+    model trained on (`trained_on`, else read from its card) say so, and the customer reviews
+    add the card's cross-validated accuracy where it has one."""
+    fitted = load_model("sentiment", model) if model is None or isinstance(model, str) else model
+    card = fitted.card
+    name = card.ref if card else "this model"
+    if trained_on is None:
+        files = [f["path"] for f in (card.training.get("data_files") or [])] if card else []
+        trained_on = tuple(s for s, file in SENTIMENT_SET_FILES.items() if any(p.endswith(file) for p in files))
     rows = []
     for vs in sentiment_sets(data):
-        ours, vader = fitted.score(vs.texts), vader_scores(vs.texts)
+        probabilities, vader = fitted.probabilities(vs.texts), vader_scores(vs.texts)
+        ours = probabilities[:, 2] - probabilities[:, 0]
         methods = {
-            fitted.card.ref: (ours, np.where(ours > 0, 2, 0)),
+            name + (" (trained on this set)" if vs.name in trained_on else ""):
+                (ours, np.nan_to_num(probabilities).argmax(axis=1)),
             "VADER (lexicon)": (vader, np.where(vader >= VADER_NEUTRAL, 2, np.where(vader <= -VADER_NEUTRAL, 0, 1))),
         }
         majority = np.bincount(vs.labels).argmax()
@@ -113,6 +126,10 @@ def sentiment_report(data: str | Path, model: str | None = None) -> pa.Table:
             rows.append({"set": vs.name, "n": len(vs.labels), "method": method, **_set_scores(vs, score, three)})
         rows.append({"set": vs.name, "n": len(vs.labels), "method": "majority class",
                      **_set_scores(vs, np.full(len(vs.labels), 1.0 if majority else -1.0), np.full(len(vs.labels), majority))})
+        cv = card.metrics.get("custrev_cv") if card and vs.name == "customer reviews" else None
+        if cv:
+            rows.append({"set": vs.name, "n": cv["n"], "method": f"{name}, {len(cv['folds'])}-fold cross-validation",
+                         "accuracy": cv["accuracy"], "macro_f1": None})
     return pa.Table.from_pylist(rows)
 
 

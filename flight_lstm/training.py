@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import logging
 import shlex
 import time
@@ -19,18 +20,21 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 
 from flight_lstm.errors import InvalidQuery
 from flight_lstm.evaluate import (LEVEL, VALIDATION_SETS, Labelled, ValidationSet, anomaly_data_files, anomaly_scores,
-                                  anomaly_splits, evaluate_sentiment, score_set, validation_scores, vader_scores)
+                                  anomaly_splits, macro_f1, score_set, sentiment_report, validation_scores,
+                                  vader_scores)
 from flight_lstm.models import ModelCard, Registry, default_registry
 from flight_lstm.models.anomaly import AnomalyModel, plan_runs, prepare
 from flight_lstm.models.base import BaseModel, seed_everything
-from flight_lstm.models.data import (HOLDOUT, SOFT_LABELS, dataset_dir, generic_series, holdout_split,
-                                     load_m4, load_nn5, load_sst2, load_tourism, read_soft_labels)
+from flight_lstm.models.data import (HOLDOUT, SENTIMENT_FILES, SOFT_LABELS, custrev_folds, dataset_dir,
+                                     generic_series, load_m4, load_nn5, load_tourism, sentiment_split)
 from flight_lstm.models.forecast import ForecastModel
 from flight_lstm.models.registry import user_models_dir
+from flight_lstm.models.data import CLASSES
 from flight_lstm.models.sentiment import SentimentModel
 from flight_lstm.models.series import TrainingWindows
 from flight_lstm.models.text import Encoded, build_vocab, tokenize
@@ -403,12 +407,10 @@ def train_shipped_anomaly(data_dir: str | Path, out_dir: str | Path, *, seed: in
 # -- sentiment ------------------------------------------------------------------------------------
 
 
-def _sentiment_batches(enc: Encoded, labels: np.ndarray, batch_size: int,
-             teacher: np.ndarray | None = None):
-    """Epoch iterator: shuffled buckets of rows with similar length; labels < 0 become NaN."""
+def _sentiment_batches(enc: Encoded, columns: tuple[np.ndarray, ...], batch_size: int):
+    """Epoch iterator: shuffled buckets of rows with similar length, each batch (ids, lengths,
+    *columns at its rows)."""
     keep = np.flatnonzero(enc.lengths > 0)
-    labels = np.where(labels < 0, np.nan, labels).astype(np.float32)
-    extra = () if teacher is None else (np.asarray(teacher, np.float32),)
 
     def epoch(rng: np.random.Generator):
         noisy = enc.lengths[keep] + rng.uniform(0, 2, len(keep))
@@ -417,24 +419,35 @@ def _sentiment_batches(enc: Encoded, labels: np.ndarray, batch_size: int,
         for k in rng.permutation(len(chunks)):
             rows = chunks[k]
             yield (torch.from_numpy(enc.pad(rows)), torch.from_numpy(enc.lengths[rows]),
-                   *(torch.from_numpy(a[rows]) for a in (labels, *extra)))
+                   *(torch.from_numpy(c[rows]) for c in columns))
 
     return epoch
+
+
+def _label_columns(model: SentimentModel, labels: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Binary labels as the batches of `model` carry them: floats for one logit; (three-class,
+    binary) for three, with no three-class label."""
+    if model.classes == 1:
+        return (labels.astype(np.float32),)
+    return (np.full(len(labels), -1, np.int64), labels)
+
+
+def _positive(model: SentimentModel, enc: Encoded) -> np.ndarray:
+    """Whether the model leans positive: P(positive) > P(negative)."""
+    logits = model.logits(enc)
+    return logits > 0 if model.classes == 1 else logits[:, 2] > logits[:, 0]
 
 
 def fit_sentiment(texts: pa.Array, labels: np.ndarray, *, seed: int = 0, epochs: int = 8,
                   dev: tuple[pa.Array, np.ndarray] | None = None, vocab_size: int = 14_000,
                   embed_dim: int = 128, hidden: int = 128, dropout: float = 0.5,
                   batch_size: int = 128, lr: float = 3e-3, patience: int = 3,
-                  average_last: int = 0, teacher: np.ndarray | None = None,
-                  start: SentimentModel | None = None,
+                  average_last: int = 0, start: SentimentModel | None = None,
                   progress: bool = True) -> tuple[SentimentModel, dict[str, Any]]:
-    """Train a SentimentModel; select the epoch by accuracy on `dev` (or a 10% held-out split),
-    or with `average_last` keep the mean weights of the last epochs (BaseModel.fit).
-
-    With `teacher` (one logit per text) the model is distilled; labels of -1 then mark texts
-    that only the teacher labelled, and the vocabulary comes from the labelled texts alone.
-    """
+    """Train a SentimentModel on texts labelled 0/1 (the user's own): from scratch, one logit,
+    or fine-tuned from `start`, keeping its classes.  Selects the epoch by accuracy on `dev` (or
+    a 10% held-out split), or with `average_last` keeps the mean weights of the last epochs
+    (BaseModel.fit)."""
     rng = seed_everything(seed)
     labels = np.asarray(labels, dtype=np.int64)
     if dev is None:
@@ -444,8 +457,7 @@ def fit_sentiment(texts: pa.Array, labels: np.ndarray, *, seed: int = 0, epochs:
         dev = (texts.take(pa.array(perm[:cut])), labels[perm[:cut]])
         train = np.setdiff1d(np.arange(len(labels)), perm[:cut])
         texts, labels = texts.take(pa.array(train)), labels[train]
-        teacher = None if teacher is None else np.asarray(teacher)[train]
-    vocab = build_vocab(tokenize(texts.filter(pa.array(labels >= 0))), vocab_size)
+    vocab = build_vocab(tokenize(texts), vocab_size)
     if start is not None:  # fine-tuning: the parent's weights, its vocabulary grown with these words
         model = start.grown(vocab)
         embed_dim, hidden, dropout = (start.config[k] for k in ("embed_dim", "hidden", "dropout"))
@@ -456,21 +468,20 @@ def fit_sentiment(texts: pa.Array, labels: np.ndarray, *, seed: int = 0, epochs:
     dev_pos = np.asarray(dev[1]) == 1
 
     def dev_error() -> float:
-        return float(np.mean((model.logits(dev_enc) > 0) != dev_pos))
+        return float(np.mean(_positive(model, dev_enc) != dev_pos))
 
-    info = model.fit(_sentiment_batches(enc, labels, batch_size, teacher), dev_error, rng=rng,
+    info = model.fit(_sentiment_batches(enc, _label_columns(model, labels), batch_size), dev_error, rng=rng,
                      epochs=epochs, lr=lr, patience=patience, average_last=average_last,
                      desc="sentiment", progress=progress)
     if start is not None:
         info.update(parent_vocab_size=len(start.vocab),
-                    parent_selection_accuracy=round(float(np.mean((start.logits(start.encode(dev[0])) > 0) == dev_pos)), 4))
+                    parent_selection_accuracy=round(float(np.mean(_positive(start, start.encode(dev[0])) == dev_pos)), 4))
     info["baselines"] = {"majority_class": round(float(max(dev_pos.mean(), 1 - dev_pos.mean())), 4)}
     try:  # the lexicon, where it is installed (a dev dependency)
         info["baselines"]["vader"] = round(float(np.mean((vader_scores(dev[0]) > 0) == dev_pos)), 4)
     except SystemExit:
         pass
     info.update(vocab_size=len(vocab), train_rows=len(labels), dev_rows=len(dev[1]),
-                distilled=teacher is not None,
                 hparams=dict(embed_dim=embed_dim, hidden=hidden, dropout=dropout,
                              batch_size=batch_size, lr=lr, patience=patience,
                              average_last=average_last))
@@ -493,43 +504,127 @@ def train_sentiment(texts: pa.Array, labels: np.ndarray, *, name: str, version: 
                           training=training_record(info, seed, epochs, data_files, command), metrics=metrics)
 
 
-def train_shipped_sentiment(data_dir: str | Path, out_dir: str | Path,
-                            soft_labels: str | Path | None = None, *, seed: int = 0,
-                            epochs: int = 8, average_last: int = 4, version: str = "4",
-                            command: str | None = None) -> ModelCard:
-    """The shipped sst2-bilstm: distilled from the MiniLM teacher's logits on the training
-    phrases, sentences and their augmented copies (soft_labels, default SOFT_LABELS; made by
-    flight_lstm.models.teacher).  The served weights are the mean of the last `average_last`
-    epochs'.  Held-out training sentences (their phrases never trained on) are scored per epoch;
-    this recipe was chosen among the candidates on held-out and dev together (README).
+def _soft_label_columns(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Three-class labels, binary labels (-1: none) and the teacher's (rows, 3) logits."""
+    three, binary = (pc.fill_null(table[c], -1).to_numpy().astype(np.int64) for c in ("three", "binary"))
+    teacher = pc.list_flatten(table["teacher_logits"]).to_numpy().astype(np.float32).reshape(-1, len(CLASSES))
+    return three, binary, teacher
 
-    data_dir is the shared data root (holding sst2/) or the sst2 folder itself.
+
+NEUTRAL_BIASES = np.round(np.arange(-2.0, 4.01, 0.1), 1)  # the neutral logit's shifts tried
+
+
+def choose_neutral_bias(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The shift of the neutral logit that maximises the mean of three-class accuracy and
+    macro-F1 on held-out labels: a network trained mostly on two-class text rarely says neutral."""
+    def merit(bias: float) -> float:
+        predicted = (logits + [0.0, bias, 0.0]).argmax(axis=1)
+        return float(np.mean(predicted == labels)) + macro_f1(predicted, labels, len(CLASSES))
+
+    return float(max(NEUTRAL_BIASES, key=merit))
+
+
+def fit_three_class(table: pa.Table, held_out: tuple[pa.Array, np.ndarray], *, seed: int = 0, epochs: int = 4,
+                    average_last: int = 2, vocab_size: int = 14_000, min_count: int = 3, embed_dim: int = 128,
+                    hidden: int = 128, dropout: float = 0.5, batch_size: int = 128, lr: float = 3e-3,
+                    progress: bool = True, start: Callable | None = None) -> tuple[SentimentModel, dict[str, Any]]:
+    """Distil the teacher's soft labels (`teacher.soft_labels` rows) into a three-class BiLSTM
+    that reads unknown words as MiniLM word pieces, its embeddings started from MiniLM's
+    (`teacher.student_start`); keep the mean of the last `average_last` epochs, then shift the
+    neutral logit by `choose_neutral_bias` on `held_out`.  `start` (vocab, dim) -> (pieces, first
+    embeddings) stands in for student_start where MiniLM is not installed."""
+    if start is None:
+        from flight_lstm.models.teacher import student_start as start
+
+    rng = seed_everything(seed)
+    labelled = pc.invert(table["augmented"])
+    vocab = build_vocab(tokenize(table["text"].filter(labelled)), vocab_size, min_count)
+    pieces, first = start(vocab, embed_dim)
+    model = SentimentModel(vocab, embed_dim=embed_dim, hidden=hidden, dropout=dropout, classes=len(CLASSES),
+                           pieces=pieces)
+    with torch.no_grad():
+        model.embed.weight.copy_(first)
+    enc, held_enc = model.encode(table["text"]), model.encode(held_out[0])
+
+    def held_out_error() -> float:
+        return float(np.mean(model.logits(held_enc).argmax(axis=1) != held_out[1]))
+
+    info = model.fit(_sentiment_batches(enc, _soft_label_columns(table), batch_size), held_out_error, rng=rng,
+                     epochs=epochs, lr=lr, average_last=average_last, desc="sentiment", progress=progress)
+    bias = choose_neutral_bias(model.logits(held_enc), held_out[1])
+    with torch.no_grad():
+        model.out.bias[1] += bias
+    model.round_to_float16()
+    info.update(neutral_bias=bias, vocab_size=len(vocab), pieces=len(pieces), train_rows=table.num_rows,
+                labelled_rows=int(pc.sum(labelled).as_py()),
+                hparams=dict(vocab_size=vocab_size, min_count=min_count, embed_dim=embed_dim, hidden=hidden,
+                             dropout=dropout, batch_size=batch_size, lr=lr, average_last=average_last))
+    return model, info
+
+
+def three_class_scores(model: SentimentModel, texts: pa.Array, labels: np.ndarray) -> dict:
+    """Three-class accuracy and macro-F1 of the most probable class."""
+    predicted = np.nan_to_num(model.probabilities(texts)).argmax(axis=1)
+    return {"accuracy": round(float(np.mean(predicted == labels)), 4),
+            "macro_f1": round(macro_f1(predicted, labels, len(CLASSES)), 4), "n": int(len(labels))}
+
+
+def custrev_cross_validation(table: pa.Table, held_out: tuple[pa.Array, np.ndarray], *, folds: int = 5,
+                             seed: int = 0, **recipe: Any) -> dict:
+    """Accuracy on the customer reviews by `folds`-fold cross-validation: each fold's student
+    trains without that fold's sentences and their augmented copies (the teacher never saw a
+    review label) and is scored on them."""
+    source, row = table["source"].to_numpy(zero_copy_only=False), table["row"].to_numpy()
+    reviews = table.filter(pc.and_(pc.equal(table["source"], "custrev"), pc.invert(table["augmented"])))
+    review_rows = np.sort(reviews["row"].to_numpy())
+    fold_of = np.full(review_rows[-1] + 1, -1)  # by row in custrev.tsv
+    fold_of[review_rows] = custrev_folds(len(review_rows), folds, seed)
+    fold = np.where(source == "custrev", fold_of[np.where(source == "custrev", row, 0)], -1)
+    accuracy = []
+    for k in range(folds):
+        model, _ = fit_three_class(table.filter(pa.array(fold != k)), held_out, seed=seed, **recipe)
+        test = reviews.filter(pa.array(fold_of[reviews["row"].to_numpy()] == k))
+        positive = model.score(test["text"]) > 0
+        accuracy.append(round(float(np.mean(positive == (test["binary"].to_numpy() == 1))), 4))
+        log.info("custrev fold %d: accuracy %.4f", k, accuracy[-1])
+    return {"accuracy": round(float(np.mean(accuracy)), 4), "folds": accuracy, "n": reviews.num_rows}
+
+
+def train_shipped_sentiment(data_dir: str | Path, out_dir: str | Path, soft_labels: str | Path | None = None, *,
+                            seed: int = 0, epochs: int = 4, version: str = "1", cross_validate: bool = True,
+                            command: str | None = None, **recipe: Any) -> ModelCard:
+    """The shipped sentiment-bilstm: `fit_three_class` on the teacher's soft labels (made by
+    flight_lstm.models.teacher: train_teacher, then soft_labels).  The recipe was fixed on the
+    held-out SST-5 training sentences; the card reports SST-2 dev and SST-5 dev, which chose
+    nothing, and the customer reviews by 5-fold cross-validation, beside VADER and sst2-bilstm@4.
+
+    data_dir is the shared data root (holding sst2/, sst5/ and reviews/).
     """
-    data_dir = dataset_dir(data_dir, "sst2")
+    data_dir = Path(data_dir)
     soft_labels = Path(soft_labels or SOFT_LABELS)
     if not soft_labels.exists():
         raise FileNotFoundError(f"no soft labels at {soft_labels}; make them with "
                                 "flight_lstm.models.teacher.train_teacher and soft_labels")
-    texts, labels, logits, notes = read_soft_labels(soft_labels)
+    table = pq.read_table(soft_labels)
+    notes = json.loads(table.schema.metadata[b"flight_lstm"])
     if (notes["seed"], notes["holdout"]) != (seed, HOLDOUT):
         raise ValueError(f"{soft_labels} was made for another held-out split: {notes}")
-    data = load_sst2(data_dir)
-    held_out = holdout_split(data, HOLDOUT, seed)["held_out"]
-    model, info = fit_sentiment(texts, labels, seed=seed, epochs=epochs, dev=held_out,
-                                average_last=average_last, teacher=logits)
-    files = [*(data_dir / f for f in ("train_phrases.tsv", "train.tsv", "dev.tsv")), soft_labels]
-    command = command or (f"train_shipped_sentiment({str(data_dir)!r}, {str(out_dir)!r}, "
-                          f"{str(soft_labels)!r})")
+    held_out = sentiment_split(data_dir, HOLDOUT, seed)["held_out"]
+    model, info = fit_three_class(table, held_out, seed=seed, epochs=epochs, **recipe)
+    metrics = {"held_out": {**three_class_scores(model, *held_out), "note": "chose the recipe and the neutral bias"}}
+    if cross_validate:
+        metrics["custrev_cv"] = custrev_cross_validation(table, held_out, seed=seed, epochs=epochs, progress=False,
+                                                         **recipe)
+    files = [*(data_dir / f for f in SENTIMENT_FILES), data_dir / "sst2" / "dev.tsv", data_dir / "sst5" / "dev.tsv",
+             soft_labels]
+    command = command or f"flight-lstm train sentiment --data {data_dir} --out {out_dir}"
     training = training_record(info, seed, epochs, files, command)
     training["teacher"] = notes
-    return save_with_card(
-        model, out_dir, name="sst2-bilstm", version=version, training=training,
-        metrics={"dev": evaluate_sentiment(model, *data["dev"]),
-                 "held_out": evaluate_sentiment(model, *held_out),
-                 "teacher_dev_accuracy": notes["teacher_dev_accuracy"],
-                 "note": "held_out: 10% of the training sentences, kept out with their phrases; "
-                         "the recipe (augmentation, weight averaging) was chosen on held_out and "
-                         "dev together"})
+    card = save_with_card(model, out_dir, name="sentiment-bilstm", version=version, training=training,
+                          metrics=metrics)
+    card.metrics["report"] = sentiment_report(data_dir, model).to_pylist()  # as `flight-lstm evaluate` will
+    card.write(Path(card.path))
+    return card
 
 
 # -- on the user's own data -----------------------------------------------------------------------
@@ -619,6 +714,6 @@ def train_from_source(kind: str, source_uri: str, sql: str, name: str, *, out_di
                    "parent": parent, "command": command + " --from " + parent}
     elif len(labels) < SMALL_TEXTS:
         log.warning("%d labelled texts is little to learn a sentiment model from scratch; fine-tuning the shipped "
-                    "one (--from sst2-bilstm) keeps what it knows and is likely better", len(labels))
+                    "one (--from sentiment-bilstm) keeps what it knows and is likely better", len(labels))
     return train_sentiment(texts, labels, **options)
 

@@ -120,9 +120,9 @@ def calls(monkeypatch) -> list[int]:
         def __init__(self, model):
             self.model = model
 
-        def score(self, texts):
+        def probabilities(self, texts):
             seen.append(len(texts))
-            return self.model.score(texts)
+            return self.model.probabilities(texts)
 
     monkeypatch.setattr(sentiment_module, "load_model", lambda kind, model: Counting(real(kind, model)))
     return seen

@@ -308,7 +308,7 @@ def test_models_prints_a_table_not_dicts():
     assert result.returncode == 0
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["model", "kind", "frequencies", "created", "scores"]
-    assert any(line.startswith("sst2-bilstm@") and " * " in line and "accuracy" in line for line in lines)
+    assert any(line.startswith("sentiment-bilstm@") and " * " in line and "accuracy" in line for line in lines)
     assert "{" not in result.stdout
 
 
@@ -317,7 +317,7 @@ def test_query_output_follows_the_extension(server, tmp_path):
     result = cli("query", "--server", server, sql, "--output", str(tmp_path / "scores.json"))
     assert result.returncode == 0
     rows = json.loads((tmp_path / "scores.json").read_text())
-    assert [r["id"] for r in rows] == [0, 1, 2] and {r["label"] for r in rows} <= {"positive", "negative"}
+    assert [r["id"] for r in rows] == [0, 1, 2] and {r["label"] for r in rows} <= {"positive", "neutral", "negative"}
     refused = cli("query", "--server", server, sql, "--output", str(tmp_path / "scores.txt"))
     assert refused.returncode == 1 and ".parquet, .csv, .json" in refused.stderr
     assert not (tmp_path / "scores.txt").exists()

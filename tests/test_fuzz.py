@@ -61,7 +61,9 @@ def test_sentiment_of_any_texts_is_a_score_or_null(texts):
         elif any(c.isalnum() for c in text):
             assert score is not None  # a word is always scored
         assert score is None or (math.isfinite(score) and -1 <= score <= 1)
-        assert label == (None if score is None else "positive" if score > 0 else "negative")
+        assert (label is None) == (score is None) and label in (None, "negative", "neutral", "positive")
+        assert label != "positive" or score > 0
+        assert label != "negative" or score < 0
 
 
 def test_a_10_mb_text_is_scored_on_its_first_20000_characters():

@@ -24,10 +24,10 @@ def paused(monkeypatch):
         def __init__(self, model):
             self.model = model
 
-        def score(self, texts):
+        def probabilities(self, texts):
             scoring.set()
             release.wait(60)
-            return self.model.score(texts)
+            return self.model.probabilities(texts)
 
     monkeypatch.setattr(sentiment_module, "load_model", lambda kind, model: Paused(real(kind, model)))
     yield scoring, release

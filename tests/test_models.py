@@ -7,18 +7,21 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 import torch
 
-from flight_lstm.evaluate import evaluate_sentiment, naive2, seasonality_test
+from flight_lstm.evaluate import naive2, seasonality_test, sentiment_report
 from flight_lstm.models import ModelNotFound, Registry, default_registry
 from flight_lstm.models.card import ModelCard
-from flight_lstm.models.data import holdout_split, load_sst2
+from flight_lstm.models.data import custrev_folds, sentiment_split
 from flight_lstm.models.forecast import MAX_HORIZON, ForecastModel
+from flight_lstm.models.data import CLASSES
 from flight_lstm.models.sentiment import SentimentModel
 from flight_lstm.models.series import fill_gaps, to_arrow
 from flight_lstm.models.text import detokenize, tokenize
-from flight_lstm.training import fit_forecast, fit_sentiment, train_forecast, train_sentiment
+from flight_lstm.training import (NEUTRAL_BIASES, choose_neutral_bias, fit_forecast, fit_sentiment, fit_three_class,
+                                  train_forecast, train_sentiment)
 from udfs.base import load_model
 
 SST2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst2"
@@ -131,20 +134,6 @@ def test_sentiment_scores_both_spellings_alike(tiny_sentiment):
     assert np.isfinite(s).all() and s[0] == pytest.approx(s[1], rel=1e-6)  # same tokens
 
 
-def test_distillation_moves_logits_to_the_teachers(tmp_path):
-    texts, labels = synthetic_reviews(600, seed=6)
-    teacher = np.where(labels == 1, 3.0, -3.0) + np.random.default_rng(6).normal(0, 0.5, 600)
-    labels[::2] = -1  # half the rows carry only the teacher's logit, like augmented text
-    model, info = fit_sentiment(texts, labels, teacher=teacher, epochs=4, embed_dim=16,
-                                hidden=16, dropout=0.1, batch_size=32, lr=1e-2, progress=False)
-    history = info["history"]
-    assert info["distilled"] and history[-1]["train_loss"] < 0.3 * history[0]["train_loss"]
-    enc = model.encode(texts)
-    gap = np.mean((model.logits(enc) - teacher) ** 2)
-    assert gap < 0.2 * np.mean(teacher ** 2)  # far closer than the untrained logit 0
-    assert info["best_val"] <= 0.05  # the held-out tenth is drawn from the labelled rows
-
-
 def test_the_sentiment_model_checks_between_its_inference_batches():
     from flight_lstm.errors import QueryCancelled
     from flight_lstm.models.checks import checked_between_batches
@@ -185,49 +174,167 @@ def test_weight_averaging_keeps_the_mean_of_the_last_epochs(monkeypatch):
     assert np.isfinite(model.logits(enc)).all() and info["best_val"] <= 0.2
 
 
-def test_holdout_split_keeps_held_out_sentences_and_their_phrases_out():
-    sentences = pa.array([f"film {i} is -lrb- very -rrb- good" for i in range(20)])
-    phrases = pa.array(["film 3 is (very) good", "film 3", "(very) good", "is", "film 30"])
-    data = {"train": (sentences, np.ones(20, np.int64)),
-            "phrases": (phrases, np.arange(5) % 2)}
-    split = holdout_split(data, fraction=0.1, seed=0)
-    held = split["held_out"][0].to_pylist()
-    assert len(held) == 2 and not set(held) & set(split["sentences"][0].to_pylist())
-    train = set(split["train"][0].to_pylist())
-    assert "film 30" in train and not train & {"(very) good", "is"}  # spans of every sentence
-    assert len(train) == 18 + 1 + ("film 3 is -lrb- very -rrb- good" not in held) * 2
+def write_tsv(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in rows))
 
 
-def test_augment_masks_words_and_samples_ngrams():
+@pytest.fixture
+def sentiment_data(tmp_path):
+    """A tiny shared-data root: SST-5 sentences, SST-2 phrases of them, reviews, MPQA."""
+    sentences = [(f"film {i} is -lrb- very -rrb- good", i % 5) for i in range(20)]
+    write_tsv(tmp_path / "sst5" / "train.tsv", sentences)
+    write_tsv(tmp_path / "sst2" / "train_phrases.tsv",
+              [("film 3 is (very) good", 1), ("film 3", 0), ("(very) good", 1), ("is", 0), ("film 30", 1)])
+    write_tsv(tmp_path / "reviews" / "custrev.tsv", [(f"battery {i} works", i % 2) for i in range(10)])
+    write_tsv(tmp_path / "reviews" / "mpqa.tsv", [("not happy", 0), ("glad", 1)])
+    return tmp_path
+
+
+def test_sentiment_split_keeps_held_out_sentences_and_their_phrases_out(sentiment_data):
+    split = sentiment_split(sentiment_data, fraction=0.1, seed=0)
+    held, held_labels = split["held_out"]
+    train = split["train"]
+    assert len(held) == 2 and not set(held.to_pylist()) & set(train["text"].to_pylist())
+    phrases = train.filter(pc.equal(train["source"], "sst2-phrases"))["text"].to_pylist()
+    assert "film 30" in phrases and not {"(very) good", "is"} & set(phrases)  # spans of every sentence
+    assert ("film 3 is (very) good" in phrases) == ("film 3 is -lrb- very -rrb- good" not in held.to_pylist())
+    five = np.array([int(t.split()[1]) % 5 for t in held.to_pylist()])
+    assert held_labels.tolist() == [0 if f <= 1 else 1 if f == 2 else 2 for f in five]
+    sst5 = train.filter(pc.equal(train["source"], "sst5"))
+    assert sst5["binary"].null_count == sst5.num_rows == 18 and sst5["three"].null_count == 0
+    reviews = train.filter(pc.equal(train["source"], "custrev"))
+    assert reviews["row"].to_pylist() == list(range(10)) and reviews["three"].null_count == 10
+
+
+def test_augment_masks_words_samples_ngrams_and_names_the_original():
     from flight_lstm.models.teacher import MASK, augment
 
-    texts = ["a quietly moving and often very funny film", "dull"]
-    out = augment(texts, 50, np.random.default_rng(0))
-    assert out == augment(texts, 50, np.random.default_rng(0)) and not set(out) & set(texts)
-    assert len(out) == len(set(out)) > 20
-    words = set(texts[0].split()) | {MASK}
-    assert all(set(t.split()) <= words for t in out)
+    texts = ["a quietly moving and often very funny film", "dull but not tedious"]
+    out, origin = augment(texts, 50, np.random.default_rng(0))
+    assert out == augment(texts, 50, np.random.default_rng(0))[0] and not set(out) & set(texts)
+    assert len(out) == len(set(out)) == len(origin) > 20 and set(origin) == {0, 1}
+    for text, i in zip(out, origin):
+        assert set(text.split()) <= set(texts[i].split()) | {MASK}
     assert any(MASK in t for t in out) and any(len(t.split()) <= 5 for t in out)
 
 
-def test_shipped_sentiment_model():
+PIECES = ["[PAD]", "[UNK]", "un", "##watch", "##able", "watch", "able", "ok", "!", "-"]
+CLEAR = {"positive": "a great , moving and fun film", "negative": "a dull , awful and boring film",
+         "neutral": "the package arrived on tuesday"}
+
+
+def tiny_start(vocab, dim):
+    """What teacher.student_start returns, without MiniLM: a few pieces, random vectors."""
+    return PIECES, torch.randn(len(vocab) + 2 + len(PIECES), dim, generator=torch.Generator().manual_seed(0))
+
+
+def soft_label_table(n, seed):
+    """Positive, negative and factual texts with a teacher that knows them; a third carry only
+    the teacher's logits (like augmented copies), and some binary labels stand for reviews."""
+    rng = np.random.default_rng(seed)
+    facts = ["the", "package", "arrived", "on", "tuesday", "box", "was", "shipped", "monday", "it", "has", "a", "cable"]
+    kind = rng.integers(0, 3, n)
+    texts = [" ".join(rng.permutation(list(rng.choice(FILL if k != 1 else facts, rng.integers(3, 7)))
+                                      + ([] if k == 1 else list(rng.choice(POS if k == 2 else NEG, 2)))))
+             for k in kind]
+    teacher = np.full((n, 3), -2.0, np.float32)
+    teacher[np.arange(n), kind] = 2.0
+    three = np.where(np.arange(n) % 3 == 0, kind, -1)
+    binary = np.where((np.arange(n) % 3 == 1) & (kind != 1), kind // 2, -1)
+    return pa.table({"text": pa.array(texts), "three": pa.array(three, mask=three < 0),
+                     "binary": pa.array(binary, mask=binary < 0),
+                     "source": pa.array(np.where(np.arange(n) % 3 == 1, "custrev", "sst5")),
+                     "row": pa.array(np.arange(n)), "augmented": pa.array(np.arange(n) % 3 == 2),
+                     "teacher_logits": pa.FixedSizeListArray.from_arrays(pa.array(teacher.ravel()), 3)}), kind
+
+
+def test_three_class_distillation_learns_the_teacher_and_reads_unknown_words_as_pieces():
+    table, kind = soft_label_table(900, seed=1)
+    held = (pa.array(list(CLEAR.values())), np.array([2, 0, 1]))
+    model, info = fit_three_class(table, held, epochs=6, average_last=2, embed_dim=16, hidden=16, dropout=0.1,
+                                  batch_size=32, lr=1e-2, progress=False, start=tiny_start)
+    assert info["history"][-1]["train_loss"] < 0.3 * info["history"][0]["train_loss"]
+    probabilities = model.probabilities(table["text"])
+    assert np.allclose(probabilities.sum(axis=1), 1) and np.mean(probabilities.argmax(axis=1) == kind) > 0.95
+    assert model.probabilities(held[0]).argmax(axis=1).tolist() == [2, 0, 1]
+    assert info["neutral_bias"] in NEUTRAL_BIASES and model.config["pieces"] == PIECES
+    unknown = model.encode(pa.array(["unwatchable !", "zzz"]))
+    words = len(model.vocab) + 2
+    assert unknown.lengths.tolist() == [4, 1] and unknown.ids[:4].tolist() == [words + 2, words + 3, words + 4, words + 8]
+    assert unknown.ids[4] == 1  # no piece fits: UNK
+
+
+def test_choose_neutral_bias_lifts_a_neutral_class_the_network_rarely_says():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 600)
+    logits = rng.normal(0, 1, (600, 3))
+    logits[np.arange(600), labels] += 2.0
+    logits[:, 1] -= 2.5  # neutral is under-said
+    bias = choose_neutral_bias(logits, labels)
+    assert 1.5 <= bias <= 3.5
+    assert np.mean((logits + [0, bias, 0]).argmax(axis=1) == labels) > np.mean(logits.argmax(axis=1) == labels) + 0.1
+
+
+def test_custrev_cross_validation_leaves_each_fold_and_its_copies_out(monkeypatch):
+    import flight_lstm.training as training
+
+    table, _ = soft_label_table(300, seed=2)
+    seen = []
+
+    class Fitted:
+        def score(self, texts):
+            return np.ones(len(texts))
+
+    def fake_fit(train, held_out, **recipe):
+        seen.append(train)
+        return Fitted(), {}
+
+    monkeypatch.setattr(training, "fit_three_class", fake_fit)
+    result = training.custrev_cross_validation(table, (pa.array(["x"]), np.array([1])), folds=5)
+    reviews = table.filter(pc.and_(pc.equal(table["source"], "custrev"), pc.invert(table["augmented"])))
+    folds = custrev_folds(reviews.num_rows, 5, 0)
+    assert len(seen) == 5 and result["n"] == reviews.num_rows
+    for k, train in enumerate(seen):
+        review_rows = set(train.filter(pc.equal(train["source"], "custrev"))["row"].to_pylist())
+        left_out = set(np.sort(reviews["row"].to_numpy())[folds == k].tolist())
+        assert not review_rows & left_out and len(review_rows) == reviews.num_rows - len(left_out)
+        assert train.filter(pc.equal(train["source"], "sst5")).num_rows == 200  # the rest stays
+    positive = reviews["binary"].to_numpy() == 1  # the fake says positive for all
+    assert result["accuracy"] == pytest.approx(np.mean(positive), abs=0.02)
+
+
+def test_a_one_logit_model_gives_probabilities_without_neutral(tiny_sentiment):
+    model = SentimentModel.load(tiny_sentiment[0].path)
+    texts = pa.array(["good fun", "awful", None])
+    probabilities, score = model.probabilities(texts), model.score(texts)
+    assert np.allclose(probabilities[:2].sum(axis=1), 1) and (probabilities[:2, 1] == 0).all()
+    assert np.isnan(probabilities[2]).all() and np.isnan(score[2])
+    assert np.allclose(score[:2], probabilities[:2, 2] - probabilities[:2, 0])
+
+
+def test_shipped_sentiment_model_says_three_classes():
     model = default_registry().load("sentiment")
-    assert model.card.name == "sst2-bilstm"
-    assert model.card.ref == default_registry().resolve("sentiment", "sst2-bilstm").ref  # latest
-    assert model.card.metrics["dev"]["accuracy"] >= 0.86
-    assert "MiniLM" in model.card.training["teacher"]["teacher"]
-    assert 0.5 < model.card.metrics["teacher_dev_accuracy"] <= 1
-    assert "held_out" in model.card.metrics["note"] and model.card.metrics["held_out"]["n"] > 500
+    assert model.card.name == "sentiment-bilstm" and model.classes == 3
+    assert "MiniLM" in model.card.training["teacher"]["teacher"]["teacher"]
+    probabilities = model.probabilities(pa.array(list(CLEAR.values()) + [None, "   "]))
+    assert [CLASSES[i] for i in probabilities[:3].argmax(axis=1)] == list(CLEAR)
+    assert np.allclose(probabilities[:3].sum(axis=1), 1) and np.isnan(probabilities[3:]).all()
+    assert model.card.metrics["held_out"]["n"] > 800 and len(model.card.metrics["custrev_cv"]["folds"]) == 5
+
+
+def test_the_previous_sentiment_model_still_loads_by_name():
+    model = default_registry().load("sentiment", "sst2-bilstm@4")
+    assert model.classes == 1 and model.pieces is None
     s = model.score(pa.array(["A moving, beautifully acted and funny film.",
                               "Dull, tedious and badly written; a waste of time."]))
     assert s[0] > 0.3 and s[1] < -0.3
 
 
 @pytest.mark.skipif(not SST2.is_dir(), reason="shared SST-2 data not present")
-def test_shipped_sentiment_card_matches_dev():
+def test_shipped_sentiment_card_is_reproduced_by_evaluate():
     model = default_registry().load("sentiment")
-    dev = load_sst2(SST2)["dev"]
-    assert evaluate_sentiment(model, *dev) == model.card.metrics["dev"]
+    assert sentiment_report(SST2.parent, model).to_pylist() == model.card.metrics["report"]
 
 
 # -- registry -------------------------------------------------------------------------------------
@@ -238,7 +345,7 @@ def registry_dirs(tmp_path_factory):
     first, second = tmp_path_factory.mktemp("first"), tmp_path_factory.mktemp("second")
     texts, labels = synthetic_reviews(64, seed=3)
     for root, name, version in [(second, "sent", "2"), (second, "sent", "10"),
-                                (first, "sent", "2"), (second, "sst2-bilstm", "99")]:
+                                (first, "sent", "2"), (second, "sentiment-bilstm", "99")]:
         train_sentiment(texts, labels, name=name, version=version, out_dir=root, epochs=1,
                         embed_dim=8, hidden=8, progress=False, command=f"{root.name}")
     series = synthetic_series(3, 300, seed=4)
@@ -250,15 +357,15 @@ def registry_dirs(tmp_path_factory):
 def test_registry_resolve(registry_dirs):
     first, second = registry_dirs
     reg = Registry([first, second])
-    assert sorted(c.ref for c in reg.cards()) == ["fc@1", "sent@10", "sent@2", "sst2-bilstm@99"]
+    assert sorted(c.ref for c in reg.cards()) == ["fc@1", "sent@10", "sent@2", "sentiment-bilstm@99"]
     assert reg.resolve("sentiment", "sent").version == "10"  # numeric, not string, order
     assert reg.resolve("sentiment", "sent@2").training["command"] == first.name  # first dir wins
-    assert reg.resolve("sentiment").ref == "sst2-bilstm@99"  # the default is the latest version
+    assert reg.resolve("sentiment").ref == "sentiment-bilstm@99"  # the default is the latest version
     assert reg.resolve("forecast", "fc@1").kind == "forecast"
 
 
 @pytest.mark.parametrize("kind, ref, fragment", [
-    ("sentiment", "nope", "available sentiment models: sent@10, sent@2, sst2-bilstm@99"),
+    ("sentiment", "nope", "available sentiment models: sent@10, sent@2, sentiment-bilstm@99"),
     ("sentiment", "sent@3", "no sentiment model 'sent@3'"),
     ("sentiment", "fc", "'fc' is a forecast model"),
     ("forecast", None, "default m4-hourly-lstm@"),
@@ -294,7 +401,7 @@ def test_default_registry_searches_env_dirs_first(registry_dirs, monkeypatch):
 def test_the_operators_load_through_the_one_registry(registry_dirs, monkeypatch):
     monkeypatch.setenv("FLIGHT_LSTM_MODELS", str(registry_dirs[1]))
     model = load_model("sentiment", None)
-    assert model is default_registry().load("sentiment") and model.card.ref == "sst2-bilstm@99"
+    assert model is default_registry().load("sentiment") and model.card.ref == "sentiment-bilstm@99"
 
 
 def frequency_registry(root: Path, listing: dict[str, list]) -> Registry:

@@ -13,18 +13,21 @@ from flight_lstm.errors import InvalidQuery, QueryRefused
 from flight_lstm.engine import Engine
 from flight_lstm.plan import Catalog, Plan
 from flight_lstm.sources.duckdb import DuckDBSource
-from udfs import OPERATORS, sentiment
+from udfs import OPERATORS, sentiment, sentiment_probs
 
 
 def test_sentiment_query_matches_the_operator(client):
-    table = run(client, "SELECT id, review, sentiment(review) AS s, sentiment_label(review) AS l FROM reviews ORDER BY id")
+    table = run(client, "SELECT id, review, sentiment(review) AS s, sentiment_label(review) AS l, "
+                        "sentiment_probs(review) AS p FROM reviews ORDER BY id")
     assert table.column("id").to_pylist() == list(range(len(REVIEWS)))
     expected = sentiment(pa.array(REVIEWS)).to_pylist()
     got = table.column("s").to_pylist()
     assert [g is None for g in got] == [e is None for e in expected]
     np.testing.assert_allclose([g for g in got if g is not None], [e for e in expected if e is not None], atol=1e-9)
-    for s, label in zip(got, table.column("l").to_pylist()):
-        assert label == (None if s is None else "positive" if s > 0 else "negative")
+    for got_p, want_p in zip(table.column("p").to_pylist(), sentiment_probs(pa.array(REVIEWS)).to_pylist()):
+        assert got_p == want_p or got_p == pytest.approx(want_p, abs=1e-9)
+    for s, label, p in zip(got, table.column("l").to_pylist(), table.column("p").to_pylist()):
+        assert label == (None if s is None else max(p, key=p.get))
 
 
 def test_forecast_per_series_in_one_query(client):

@@ -79,7 +79,7 @@ def _m4_folder(path, n=6, length=400):
 
 def test_evaluate_prints_metrics_beside_baselines(tmp_path):
     out = cli("evaluate", "sentiment", "--data", str(_sst_folder(tmp_path / "sst2")))
-    assert "sst2-bilstm@" in out and "VADER" in out and "majority class" in out
+    assert "sentiment-bilstm@" in out and "VADER" in out and "majority class" in out
     assert "SST-5" not in out  # only the folder given is read
 
 
@@ -92,7 +92,7 @@ def test_sentiment_is_reported_beyond_movie_reviews_and_in_three_classes(tmp_pat
                                                "a dull , lifeless mess\t0\nquite good\t3\n")
     (tmp_path / "reviews").mkdir()
     (tmp_path / "reviews" / "custrev.tsv").write_text("sentence\tlabel\nthe battery life is great\t1\nthe screen broke in a week\t0\n")
-    rows = sentiment_report(tmp_path).to_pylist()
+    rows = sentiment_report(tmp_path, "sst2-bilstm@4").to_pylist()
     assert {r["set"] for r in rows} == {"SST-2 dev", "SST-2 dev, raw text", "SST-5 dev, 3 classes", "customer reviews"}
     three = {r["method"]: r for r in rows if r["set"] == "SST-5 dev, 3 classes"}
     assert set(three) == {"sst2-bilstm@4", "VADER (lexicon)", "majority class"}
@@ -103,6 +103,14 @@ def test_sentiment_is_reported_beyond_movie_reviews_and_in_three_classes(tmp_pat
     # Macro-F1: each class's F1, averaged; a class never predicted scores 0.
     labels, predicted = np.array([0, 0, 1, 2]), np.array([0, 2, 2, 2])
     assert np.isclose(macro_f1(predicted, labels, 3), (2 / 3 + 0 + 2 * 1 / 4) / 3)
+    # The default model trained on the reviews: its row says so, and the card's cross-validation joins it.
+    reviews = {r["method"]: r for r in sentiment_report(tmp_path).to_pylist() if r["set"] == "customer reviews"}
+    ref = registry().resolve("sentiment").ref
+    assert set(reviews) == {f"{ref} (trained on this set)", f"{ref}, 5-fold cross-validation", "VADER (lexicon)",
+                            "majority class"}
+    assert reviews[f"{ref}, 5-fold cross-validation"]["n"] == 3775  # the card's figure, not these 2 sentences
+    three = {r["method"]: r for r in sentiment_report(tmp_path).to_pylist() if r["set"] == "SST-5 dev, 3 classes"}
+    assert three[ref]["accuracy"] == 1.0  # it says neutral for the factual sentence
 
 
 def test_evaluate_forecast_on_a_small_m4_file(tmp_path):
@@ -186,8 +194,8 @@ def test_fine_tuning_sentiment_grows_the_vocabulary_and_beats_its_parent_on_the_
         con.executemany("INSERT INTO t VALUES (?, ?)", rows * 4)
     caplog.set_level(logging.WARNING, logger="flight_lstm.training")
     card = train_from_source("sentiment", f"duckdb://{lake}", "SELECT text, label FROM t", "tickets",
-                             out_dir=tmp_path / "models", parent="sst2-bilstm")
-    parent = registry().load("sentiment", "sst2-bilstm")
+                             out_dir=tmp_path / "models", parent="sentiment-bilstm")
+    parent = registry().load("sentiment", "sentiment-bilstm")
     assert card.metrics["parent"] == parent.card.ref
     assert card.metrics["selection_accuracy"] > card.metrics["selection_accuracy_parent"] + 0.1
     assert 0 <= card.metrics["selection_accuracy_vader"] <= 1  # the baselines beside it, on the same texts
@@ -196,7 +204,7 @@ def test_fine_tuning_sentiment_grows_the_vocabulary_and_beats_its_parent_on_the_
     assert not caplog.records  # fine-tuning gets no advice; the same texts from scratch do
     train_from_source("sentiment", f"duckdb://{lake}", "SELECT text, label FROM t", "tickets",
                       out_dir=tmp_path / "models", epochs=1)
-    assert "288 labelled texts is little" in caplog.text and "--from sst2-bilstm" in caplog.text
+    assert "288 labelled texts is little" in caplog.text and "--from sentiment-bilstm" in caplog.text
 
 
 def test_the_interval_scale_is_chosen_on_even_series_and_reported_on_odd_ones(tmp_path):

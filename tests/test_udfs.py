@@ -5,7 +5,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from udfs import forecast, forecast_interval, sentiment, sentiment_label
+from udfs import forecast, forecast_interval, sentiment, sentiment_label, sentiment_probs
 
 
 def test_sentiment_scores_in_range_with_nulls_kept():
@@ -17,14 +17,21 @@ def test_sentiment_scores_in_range_with_nulls_kept():
     assert scores.null_count == 3
 
 
-def test_label_follows_the_sign_of_the_score():
-    texts = pa.array(["great fun", "terrible and boring", "it isn't bad", "a film", None])
+def test_label_is_the_most_probable_class_and_the_score_their_difference():
+    texts = pa.array(["great fun", "terrible and boring", "it isn't bad", "a film", "the parcel came on monday",
+                      None, ""])
     scores, labels = sentiment(texts).to_pylist(), sentiment_label(texts).to_pylist()
-    for s, label in zip(scores, labels):
+    probs = sentiment_probs(texts)
+    assert probs.type == pa.struct([("negative", pa.float64()), ("neutral", pa.float64()), ("positive", pa.float64())])
+    for s, label, p in zip(scores, labels, probs.to_pylist()):
         if s is None:
-            assert label is None
-        else:
-            assert label == ("positive" if s > 0 else "negative")
+            assert label is None and p is None
+            continue
+        assert sum(p.values()) == pytest.approx(1) and min(p.values()) >= 0
+        assert label == max(p, key=p.get) and s == pytest.approx(p["positive"] - p["negative"])
+        assert label != "positive" or s > 0
+        assert label != "negative" or s < 0
+    assert labels[:2] == ["positive", "negative"] and labels[4] == "neutral"
 
 
 def test_raw_and_treebank_spellings_score_alike():

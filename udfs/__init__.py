@@ -11,9 +11,9 @@ from udfs import sentiment as _sentiment_family
 from udfs.anomaly import anomaly_scores, anomaly_scores_multi
 from udfs.base import Operator
 from udfs.forecast import forecast, forecast_interval
-from udfs.sentiment import sentiment, sentiment_label
+from udfs.sentiment import sentiment, sentiment_label, sentiment_probs
 
 OPERATORS: tuple[Operator, ...] = (_sentiment_family.OPERATORS + _forecast_family.OPERATORS
                                    + _anomaly_family.OPERATORS)
 
-__all__ = ["OPERATORS", "Operator", "anomaly_scores", "anomaly_scores_multi", "forecast", "forecast_interval", "sentiment", "sentiment_label"]
+__all__ = ["OPERATORS", "Operator", "anomaly_scores", "anomaly_scores_multi", "forecast", "forecast_interval", "sentiment", "sentiment_label", "sentiment_probs"]

@@ -33,7 +33,7 @@ class Kind:
 
 
 KINDS = {
-    "sentiment": Kind("flight_lstm.models.sentiment", "SentimentModel", ("sst2-bilstm", "")),
+    "sentiment": Kind("flight_lstm.models.sentiment", "SentimentModel", ("sentiment-bilstm", "")),
     "forecast": Kind("flight_lstm.models.forecast", "ForecastModel", ("m4-hourly-lstm", "")),
     "anomaly": Kind("flight_lstm.models.anomaly", "AnomalyModel", ("anomaly-lstm", "")),
 }

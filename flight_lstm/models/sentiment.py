@@ -1,7 +1,8 @@
-"""BiLSTM sentence sentiment: embedding -> BiLSTM -> masked max+mean pooling -> one logit.
+"""BiLSTM sentence sentiment: embedding -> BiLSTM -> masked max+mean pooling -> class logits.
 
-Scores are 2*sigmoid(logit)-1 in [-1, 1].  Inference sorts rows by token count and runs buckets of
-similar length as packed sequences, so padding costs little and long texts do not slow short ones.
+Scores are P(positive) - P(negative) in [-1, 1] (with one logit, 2*sigmoid(logit)-1: the same).
+Inference sorts rows by token count and runs buckets of similar length as packed sequences, so
+padding costs little and long texts do not slow short ones.
 """
 
 from __future__ import annotations
@@ -14,38 +15,70 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .base import BaseModel
 from .checks import between_batches
-from .text import PAD, UNK, Encoded, encode
+from .data import CLASSES
+from .text import PAD, UNK, Encoded, WordPieces, encode
 
 BATCH_ROWS = 512  # inference rows per bucket
 BATCH_TOKENS = 65_536  # inference cap on rows x longest row per bucket (bounds memory)
 
 
+def sentiment_loss(logits: torch.Tensor, three: torch.Tensor, binary: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of cross-entropy on the three classes where a text has a three-class
+    label, and on negative against positive where it has a two-class one (-1: no such label),
+    since a two-class label tells the polarity, not that the text is not neutral."""
+    loss = logits.new_zeros(())
+    if (has := three >= 0).any():
+        loss = loss + nn.functional.cross_entropy(logits[has], three[has], reduction="sum")
+    if (has := binary >= 0).any():
+        loss = loss + nn.functional.cross_entropy(logits[has][:, [0, 2]], binary[has], reduction="sum")
+    return loss / len(logits)
+
+
 class SentimentModel(BaseModel):
+    """With `classes` = 3, logits for negative, neutral, positive, and words the vocabulary
+    lacks read as word `pieces` (ids after the words'); with 1 (sst2-bilstm@4 and older), one
+    positive-vs-negative logit and UNK for unknown words."""
+
     kind = "sentiment"
 
     def __init__(self, vocab: list[str], embed_dim: int = 128, hidden: int = 128,
-                 dropout: float = 0.5):
-        super().__init__(vocab=list(vocab), embed_dim=embed_dim, hidden=hidden, dropout=dropout)
+                 dropout: float = 0.5, classes: int = 1, pieces: list[str] | None = None):
+        if classes not in (1, len(CLASSES)):
+            raise ValueError(f"a sentiment model has 1 or {len(CLASSES)} outputs, not {classes}")
+        extra = {"classes": classes, "pieces": list(pieces)} if classes > 1 or pieces else {}
+        super().__init__(vocab=list(vocab), embed_dim=embed_dim, hidden=hidden, dropout=dropout, **extra)
+        self.classes = classes
         self.vocab = pa.array(vocab, pa.string())
-        self.embed = nn.Embedding(len(vocab) + 2, embed_dim, padding_idx=PAD)
+        self.pieces = WordPieces(pieces, offset=len(vocab) + 2) if pieces else None
+        self.embed = nn.Embedding(len(vocab) + 2 + len(pieces or ()), embed_dim, padding_idx=PAD)
         self.lstm = nn.LSTM(embed_dim, hidden, batch_first=True, bidirectional=True)
         self.drop = nn.Dropout(dropout)
-        self.out = nn.Linear(4 * hidden, 1)
+        self.out = nn.Linear(4 * hidden, classes)
 
     def grown(self, words: list[str]) -> SentimentModel:
-        """A copy that also knows `words` (those it lacks, appended): every weight is kept, and a
-        new word starts from the unknown-word embedding, which is what this model read for it."""
+        """A copy that also knows `words` (those it lacks, appended after its words): every weight
+        is kept, and a new word starts from what this model read for it: the mean of its word
+        pieces' embeddings, or the unknown-word embedding."""
         known = set(self.vocab.to_pylist())
-        vocab = self.vocab.to_pylist() + [w for w in dict.fromkeys(words) if w not in known]
-        copy = SentimentModel(vocab, **{k: v for k, v in self.config.items() if k != "vocab"})
+        new = [w for w in dict.fromkeys(words) if w not in known]
+        copy = SentimentModel(self.vocab.to_pylist() + new, **{k: v for k, v in self.config.items() if k != "vocab"})
         state = self.state_dict()
         embed = state["embed.weight"]
-        state["embed.weight"] = torch.cat([embed, embed[UNK].expand(len(vocab) + 2 - len(embed), -1)])
+        words_end = len(self.vocab) + 2
+        if self.pieces and new:
+            ids, counts = self.pieces.split(new)
+            start = embed[torch.from_numpy(ids)]
+            start = torch.zeros(len(new), embed.shape[1]).index_add_(
+                0, torch.from_numpy(np.repeat(np.arange(len(new)), counts)), start) / torch.from_numpy(counts)[:, None]
+        else:
+            start = embed[UNK].expand(len(new), -1)
+        state["embed.weight"] = torch.cat([embed[:words_end], start, embed[words_end:]])
         copy.load_state_dict(state)
         return copy
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Logits (batch,) for padded ids (batch, time) with true lengths (all >= 1)."""
+        """Logits (batch, classes), or (batch,) with one class, for padded ids (batch, time)
+        with true lengths (all >= 1)."""
         x = self.drop(self.embed(ids))
         packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
         h, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True,
@@ -53,29 +86,31 @@ class SentimentModel(BaseModel):
         mask = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).unsqueeze(-1)
         h_max = h.masked_fill(~mask, float("-inf")).amax(dim=1)
         h_mean = h.sum(dim=1) / lengths[:, None].to(h.dtype)
-        return self.out(self.drop(torch.cat([h_max, h_mean], dim=1))).squeeze(-1)
+        logits = self.out(self.drop(torch.cat([h_max, h_mean], dim=1)))
+        return logits.squeeze(-1) if self.classes == 1 else logits
 
     def training_loss(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """BCE on the labels; with teacher logits (distillation, Tang et al. 2019), MSE to those
-        plus BCE on the rows that have a label (NaN marks none), so the teacher's errors on
-        labelled text are outvoted."""
-        ids, lengths, labels, *teacher = batch
+        """One logit: BCE on (ids, lengths, labels).  Three classes: (ids, lengths, three,
+        binary[, teacher logits]), the labels scored by `sentiment_loss`; with the teacher's
+        logits (distillation, Tang et al. 2019), plus the squared gap to them up to a shift
+        (softmax ignores one), so the teacher's errors on labelled text are outvoted."""
+        if self.classes == 1:
+            ids, lengths, labels = batch
+            return nn.functional.binary_cross_entropy_with_logits(self(ids, lengths), labels)
+        ids, lengths, three, binary, *teacher = batch
         logits = self(ids, lengths)
-        if not teacher:
-            return nn.functional.binary_cross_entropy_with_logits(logits, labels)
-        labelled = ~labels.isnan()
-        loss = nn.functional.mse_loss(logits, teacher[0])
-        if labelled.any():
-            loss = loss + nn.functional.binary_cross_entropy_with_logits(logits[labelled],
-                                                                         labels[labelled])
+        loss = sentiment_loss(logits, three, binary)
+        if teacher:
+            gap = (logits - logits.mean(dim=1, keepdim=True)) - (teacher[0] - teacher[0].mean(dim=1, keepdim=True))
+            loss = loss + gap.pow(2).mean()
         return loss
 
     def encode(self, texts: pa.Array | pa.ChunkedArray) -> Encoded:
-        return encode(texts, self.vocab)
+        return encode(texts, self.vocab, self.pieces)
 
     def logits(self, enc: Encoded) -> np.ndarray:
-        """Logits for encoded rows; NaN for rows without tokens."""
-        out = np.full(len(enc), np.nan)
+        """Logits (rows,) or (rows, classes) for encoded rows; NaN for rows without tokens."""
+        out = np.full((len(enc),) if self.classes == 1 else (len(enc), self.classes), np.nan)
         rows = np.flatnonzero(enc.lengths > 0)
         rows = rows[np.argsort(enc.lengths[rows], kind="stable")]
         was_training = self.training
@@ -97,7 +132,18 @@ class SentimentModel(BaseModel):
             self.train(was_training)
         return out
 
+    def probabilities(self, texts: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """(rows, 3) probabilities of negative, neutral, positive (a one-logit model never says
+        neutral); NaN rows for null, empty or token-less texts."""
+        logits = self.logits(self.encode(texts))
+        if self.classes == 1:
+            positive = 1.0 / (1.0 + np.exp(-logits))
+            return np.column_stack([1.0 - positive, np.where(np.isnan(positive), np.nan, 0.0), positive])
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return shifted / shifted.sum(axis=1, keepdims=True)
+
     def score(self, texts: pa.Array | pa.ChunkedArray) -> np.ndarray:
-        """Sentiment in [-1, 1] per text (float64); NaN for null, empty or token-less texts."""
-        logit = self.logits(self.encode(texts))
-        return 2.0 / (1.0 + np.exp(-logit)) - 1.0
+        """Sentiment in [-1, 1] per text (float64), P(positive) - P(negative); NaN for null,
+        empty or token-less texts."""
+        probabilities = self.probabilities(texts)
+        return probabilities[:, 2] - probabilities[:, 0]
