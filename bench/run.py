@@ -173,10 +173,13 @@ class Server:
 # -- sentiment ---------------------------------------------------------------------------------------
 
 
-def sentiment_limit(texts: pa.Array, repeats: int) -> tuple[dict, Callable[[], None]]:
+PREVIOUS_SENTIMENT = "sst2-bilstm@4"  # the served model must keep >= 0.9x its rows/s (issue #23)
+
+
+def sentiment_limit(texts: pa.Array, repeats: int, ref: str | None = None) -> tuple[dict, Callable[[], None]]:
     """The model's forward pass alone: pre-tokenized, length-sorted, at its best batch size.
     Returns the rate by batch size and a call that runs the best one (for `interleaved`)."""
-    model = load_model("sentiment", None)
+    model = load_model("sentiment", ref)
     model.eval()
     enc = model.encode(texts)
     rows = np.flatnonzero(enc.lengths > 0)
@@ -196,6 +199,29 @@ def sentiment_limit(texts: pa.Array, repeats: int) -> tuple[dict, Callable[[], N
     by_batch = {batch: len(texts) / median_seconds(forward(batch), repeats) for batch in (128, 256, 512, 1024)}
     best = max(by_batch, key=by_batch.get)
     return {"batch": best, "by_batch": by_batch}, forward(best)
+
+
+def sentiment_rates(server, texts: pa.Array, repeats: int) -> dict:
+    """Rows/s of the served sentiment model and of PREVIOUS_SENTIMENT, each alone, as the operator
+    and end to end over Flight, all six taking turns on the same texts."""
+    calls, out = {}, {}
+    for label, ref in (("served", None), ("previous", PREVIOUS_SENTIMENT)):
+        out[label], calls[f"{label} limit"] = sentiment_limit(texts, repeats, ref)
+        calls[f"{label} operator"] = lambda ref=ref: sentiment(texts, ref)
+        model_arg = f", '{ref}'" if ref else ""
+        calls[f"{label} e2e"] = lambda m=model_arg: server.query(f"SELECT id, sentiment(review{m}) FROM reviews")
+    seconds = interleaved(calls, repeats)
+    for label in out:
+        out[label].update({k: len(texts) / seconds[f"{label} {k}"] for k in ("limit", "operator", "e2e")})
+    return out
+
+
+def sentiment_ratios(s: dict) -> dict:
+    return {"operator / model limit (sentiment)": s["served"]["operator"] / s["served"]["limit"],
+            "end to end / operator (sentiment)": s["served"]["e2e"] / s["served"]["operator"],
+            f"served / {PREVIOUS_SENTIMENT}, model alone (>= 0.9)": s["served"]["limit"] / s["previous"]["limit"],
+            f"served / {PREVIOUS_SENTIMENT}, operator (>= 0.9)": s["served"]["operator"] / s["previous"]["operator"],
+            f"served / {PREVIOUS_SENTIMENT}, end to end (>= 0.9)": s["served"]["e2e"] / s["previous"]["e2e"]}
 
 
 def row_at_a_time(texts: pa.Array, sample: int = 1000) -> float:
@@ -378,7 +404,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="10x smaller data, one repeat")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    parser.add_argument("--only", choices=["anomaly", "frequencies"], help="run one section alone and print it")
+    parser.add_argument("--only", choices=["anomaly", "frequencies", "sentiment"], help="run one section alone and print it")
     args = parser.parse_args()
     # The server's split (torch on every CPU): measured in this process, model alone and operator
     # must run as the server's do, or end to end / operator compares two thread counts.
@@ -388,6 +414,19 @@ def main() -> int:
         a = anomaly(1000 // scale, 5000, repeats)
         print("\n".join([f"| {k} | {v:,.0f} |" for k, v in anomaly_rates(a).items()]
                         + [f"| {k} | {v:.2f} |" for k, v in anomaly_ratios(a).items()]))
+        return 0
+    if args.only == "sentiment":
+        texts = sst_texts(100_000 // scale)[0]
+        with tempfile.TemporaryDirectory() as tmp:
+            server = Server(lakehouse(Path(tmp) / "lake.db", texts))
+            try:
+                server.query("SELECT sentiment('warm up') AS s")
+                rates = sentiment_rates(server, texts, repeats)
+            finally:
+                server.close()
+        print("\n".join([f"| {label} ({name}) | {v[name]:,.0f} |" for label, v in rates.items()
+                         for name in ("limit", "operator", "e2e")]
+                        + [f"| {k} | {v:.2f} |" for k, v in sentiment_ratios(rates).items()]))
         return 0
     if args.only == "frequencies":
         n = 10_000 // scale
@@ -424,12 +463,11 @@ def main() -> int:
                          {f"sales_{freq}": rows for freq, rows in by_freq.items()})
         server = Server(lake)
         server.query("SELECT sentiment('warm up') AS s")
-        print("sentiment: model alone, operator, end to end over Flight (taking turns)", flush=True)
-        r["sentiment_limit"], limit = sentiment_limit(texts, repeats)
-        seconds = interleaved({"limit": limit, "operator": lambda: sentiment(texts),
-                               "e2e": lambda: server.query("SELECT id, sentiment(review) FROM reviews")}, repeats)
-        r["sentiment_limit"]["rows_per_s"] = n_texts / seconds["limit"]
-        r["sentiment_operator"], r["e2e_sentiment"] = n_texts / seconds["operator"], n_texts / seconds["e2e"]
+        print(f"sentiment: model alone, operator, end to end over Flight, served and {PREVIOUS_SENTIMENT} "
+              "(taking turns)", flush=True)
+        r["sentiment"] = sentiment_rates(server, texts, repeats)
+        r["sentiment_limit"] = {**r["sentiment"]["served"], "rows_per_s": r["sentiment"]["served"]["limit"]}
+        r["sentiment_operator"], r["e2e_sentiment"] = r["sentiment"]["served"]["operator"], r["sentiment"]["served"]["e2e"]
         print("forecast: model alone, operator, end to end over Flight (taking turns)", flush=True)
         arrays = to_arrow(series)
         seconds = interleaved({
@@ -478,8 +516,7 @@ def main() -> int:
     print("contention: the same enrichment idle and beside a process holding one core (taking turns)", flush=True)
     r["contention"] = contention.run(repeats, texts=texts.slice(0, 7_350).to_pylist())
     ratios = {
-        "operator / model limit (sentiment)": r["sentiment_operator"] / r["sentiment_limit"]["rows_per_s"],
-        "end to end / operator (sentiment)": r["e2e_sentiment"] / r["sentiment_operator"],
+        **sentiment_ratios(r["sentiment"]),
         "operator / model limit (forecast)": r["forecast_operator"] / r["forecast_limit"],
         "end to end / operator (forecast)": r["e2e_forecast"] / r["forecast_operator"],
         **frequency_ratios(r["forecast_by_frequency"]),
@@ -512,6 +549,8 @@ def markdown(r: dict) -> str:
         "sentiment model alone (best batch %d)" % r["sentiment_limit"]["batch"]: r["sentiment_limit"]["rows_per_s"],
         "sentiment operator in-process": r["sentiment_operator"],
         "sentiment end to end over Flight": r["e2e_sentiment"],
+        **{f"{PREVIOUS_SENTIMENT} {name}": r["sentiment"]["previous"][key]
+           for name, key in (("model alone", "limit"), ("operator in-process", "operator"), ("end to end over Flight", "e2e"))},
         "sentiment end to end, %s short texts" % f"{r['memory']['10x']['rows']:,}": r["memory"]["10x"]["rows_per_s"],
         "row-at-a-time DuckDB Python UDF": r["row_at_a_time_udf"],
         "VADER (dev acc %.3f)" % r["vader"]["dev_accuracy"]: r["vader"]["rows_per_s"],
