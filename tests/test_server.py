@@ -30,6 +30,17 @@ def test_sentiment_query_matches_the_operator(client):
         assert label == (None if s is None else max(p, key=p.get))
 
 
+def test_sentiment_probs_take_a_model_and_compose_as_a_struct(client):
+    table = run(client, "SELECT id, sentiment_probs(review, 'sst2-bilstm@4').neutral AS n, "
+                        "sentiment_label(review, 'sst2-bilstm@4') AS l FROM reviews ORDER BY id")
+    pairs = [(n, label) for n, label in zip(table.column("n").to_pylist(), table.column("l").to_pylist())]
+    assert all((n is None) == (label is None) for n, label in pairs)
+    assert {n for n, _ in pairs if n is not None} == {0.0} and "neutral" not in {label for _, label in pairs}
+    counted = run(client, "SELECT count(*) AS c FROM reviews WHERE sentiment_probs(review).positive > 0.5")
+    positive = [p for p in sentiment_probs(pa.array(REVIEWS)).to_pylist() if p is not None and p["positive"] > 0.5]
+    assert counted.column("c").to_pylist() == [len(positive)]
+
+
 def test_forecast_per_series_in_one_query(client):
     table = run(client, "SELECT store, forecast(list(amount ORDER BY ts), 24) AS f FROM sales GROUP BY store ORDER BY store")
     assert table.column("store").to_pylist() == ["a", "b", "c"]
