@@ -1,8 +1,8 @@
 """Evaluation: a model's benchmark scores, alone (for its card) or beside simple baselines in one
 table (`flight-lstm evaluate`).
 
-Sentiment: SST-2 dev accuracy, on the treebank text and on a raw-looking copy, against VADER
-(a lexicon; compound score > 0 read as positive) and the majority class. Forecast: every
+Sentiment: SST-2 dev (as given and raw-looking), SST-5 dev as three classes, customer reviews and
+MPQA phrases, against VADER (a lexicon, with its own neutral band) and the majority class. Forecast: every
 validation set (VALIDATION_SETS: M4 Hourly and Weekly, NN5, tourism, synthetic series), each on
 the held-back last horizon of its series, scored M4-style (sMAPE, MASE, OWA where defined, MAPE,
 coverage and MSIS of the 95% interval) against seasonal naive (with empirical intervals), Naive2
@@ -18,8 +18,8 @@ import numpy as np
 import pyarrow as pa
 
 from flight_lstm import frequencies
-from flight_lstm.models.data import (dataset_dir, load_m4, load_nn5, load_skab, load_tourism, read_labelled,
-                                     synthetic_series)
+from flight_lstm.models.data import (SST5_TO_3, dataset_dir, load_m4, load_nn5, load_skab, load_tourism,
+                                     read_labelled, synthetic_series)
 from flight_lstm.models.forecast import ForecastModel
 from flight_lstm.models.injection import inject
 from flight_lstm.models.sentiment import SentimentModel
@@ -31,15 +31,6 @@ from udfs.base import load_model
 # -- sentiment ------------------------------------------------------------------------------------
 
 
-def evaluate_sentiment(model: SentimentModel, texts: pa.Array, labels: np.ndarray) -> dict:
-    """Accuracy on the texts as given and on a detokenized, raw-looking copy of them."""
-    labels = np.asarray(labels)
-    acc = float(np.mean((model.score(texts) > 0) == (labels == 1)))
-    raw = float(np.mean((model.score(detokenize(texts)) > 0) == (labels == 1)))
-    return {"accuracy": round(acc, 4), "raw_text_accuracy": round(raw, 4), "n": int(len(labels))}
-
-
-SST5_TO_3 = np.array([0, 0, 1, 2, 2])  # (very) negative -> 0, neutral -> 1, (very) positive -> 2
 VADER_NEUTRAL = 0.05  # VADER's own rule: compound within +-0.05 is neutral
 
 
