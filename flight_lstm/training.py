@@ -30,11 +30,10 @@ from flight_lstm.evaluate import (LEVEL, VALIDATION_SETS, Labelled, ValidationSe
 from flight_lstm.models import ModelCard, Registry, default_registry
 from flight_lstm.models.anomaly import AnomalyModel, plan_runs, prepare
 from flight_lstm.models.base import BaseModel, seed_everything
-from flight_lstm.models.data import (HOLDOUT, SENTIMENT_FILES, SOFT_LABELS, custrev_folds, dataset_dir,
+from flight_lstm.models.data import (CLASSES, HOLDOUT, SENTIMENT_FILES, SOFT_LABELS, custrev_folds, dataset_dir,
                                      generic_series, load_m4, load_nn5, load_tourism, sentiment_split)
 from flight_lstm.models.forecast import ForecastModel
 from flight_lstm.models.registry import user_models_dir
-from flight_lstm.models.data import CLASSES
 from flight_lstm.models.sentiment import SentimentModel
 from flight_lstm.models.series import TrainingWindows
 from flight_lstm.models.text import Encoded, build_vocab, tokenize

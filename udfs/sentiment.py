@@ -11,6 +11,7 @@ PROBS_TYPE = pa.struct([(name, pa.float64()) for name in CLASSES])
 
 
 def _probabilities(texts, model: str | None) -> np.ndarray:
+    """The one model call behind every sentiment operator."""
     return load_model("sentiment", model).probabilities(as_array(texts))
 
 
@@ -43,6 +44,6 @@ def sentiment_probs(texts, model: str | None = None) -> pa.Array:
 OPERATORS = (
     Operator("sentiment", ("VARCHAR",), "DOUBLE", sentiment, "sentiment"),
     Operator("sentiment_label", ("VARCHAR",), "VARCHAR", sentiment_label, "sentiment"),
-    Operator("sentiment_probs", ("VARCHAR",), "STRUCT(negative DOUBLE, neutral DOUBLE, positive DOUBLE)",
+    Operator("sentiment_probs", ("VARCHAR",), f"STRUCT({', '.join(f'{c} DOUBLE' for c in CLASSES)})",
              sentiment_probs, "sentiment"),
 )

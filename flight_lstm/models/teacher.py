@@ -119,10 +119,10 @@ def train_teacher(data_dir: str | Path, out_dir: str | Path = TEACHER_DIR, *, se
     source = table["source"].to_numpy()
     texts = _teacher_text(table["text"].combine_chunks())
     three, binary = _labels(table, "three"), _labels(table, "binary")
-    always = np.flatnonzero(np.isin(source, ("sst5", "mpqa")))
-    phrases = np.flatnonzero(source == "sst2-phrases")
-    reviews = source == "custrev"
-    reviews = (table["text"].filter(pa.array(reviews)).combine_chunks(), binary[reviews])
+    phrases = np.flatnonzero(source == "sst2-phrases")  # sampled anew each epoch
+    always = np.flatnonzero(np.isin(source, TEACHER_SOURCES) & (source != "sst2-phrases"))
+    is_review = source == "custrev"
+    reviews = (table["text"].filter(pa.array(is_review)).combine_chunks(), binary[is_review])
     lengths = np.array([len(t) for t in texts])
     per_epoch = len(always) + min(phrases_per_epoch, len(phrases))
     steps = epochs * math.ceil(per_epoch / batch_size)
