@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from flight_lstm import threads
+from flight_lstm import heap, threads
 from flight_lstm.models import default_registry as registry  # the process's one registry
 
 
@@ -34,6 +34,7 @@ class Operator:
 
 def load_model(kind: str, model: str | None):
     threads.size_torch()  # the operators used alone: no entry point sized torch's threads
+    heap.keep_freed_blocks()
     return registry().load(kind, model)
 
 
