@@ -30,8 +30,9 @@ from flight_lstm.evaluate import (LEVEL, VALIDATION_SETS, Labelled, ValidationSe
 from flight_lstm.models import ModelCard, Registry, default_registry
 from flight_lstm.models.anomaly import AnomalyModel, plan_runs, prepare
 from flight_lstm.models.base import BaseModel, seed_everything
-from flight_lstm.models.data import (CLASSES, HOLDOUT, SENTIMENT_FILES, SOFT_LABELS, custrev_folds, dataset_dir,
-                                     generic_series, load_m4, load_nn5, load_tourism, sentiment_split)
+from flight_lstm.models.data import (CLASSES, HOLDOUT, REVIEW_TEACHERS, SENTIMENT_FILES, SOFT_LABELS, dataset_dir,
+                                     generic_series, load_m4, load_nn5, load_tourism, review_folds,
+                                     sentiment_split)
 from flight_lstm.models.forecast import ForecastModel
 from flight_lstm.models.registry import user_models_dir
 from flight_lstm.models.sentiment import SentimentModel
@@ -506,8 +507,11 @@ def train_sentiment(texts: pa.Array, labels: np.ndarray, *, name: str, version: 
 def _soft_label_columns(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Three-class labels, binary labels (-1: none) and the teacher's (rows, 3) logits."""
     three, binary = (pc.fill_null(table[c], -1).to_numpy().astype(np.int64) for c in ("three", "binary"))
-    teacher = pc.list_flatten(table["teacher_logits"]).to_numpy().astype(np.float32).reshape(-1, len(CLASSES))
-    return three, binary, teacher
+    return three, binary, _teacher_logits(table)
+
+
+def _teacher_logits(table: pa.Table) -> np.ndarray:
+    return pc.list_flatten(table["teacher_logits"]).to_numpy().astype(np.float32).reshape(-1, len(CLASSES))
 
 
 NEUTRAL_BIASES = np.round(np.arange(-2.0, 4.01, 0.1), 1)  # the neutral logit's shifts tried
@@ -568,33 +572,43 @@ def three_class_scores(model: SentimentModel, texts: pa.Array, labels: np.ndarra
             "macro_f1": round(macro_f1(predicted, labels, len(CLASSES)), 4), "n": int(len(labels))}
 
 
+def with_review_teacher(table: pa.Table, review_teachers: Path, name: str) -> pa.Table:
+    """The soft labels with the review rows' and their copies' logits taken from review teacher
+    `name` (`teacher.review_teacher`: 'all', or 'fold<k>' for cross-validation fold k)."""
+    part = pq.read_table(Path(review_teachers) / f"{name}.parquet")
+    logits = _teacher_logits(table).copy()
+    logits[part["index"].to_numpy()] = _teacher_logits(part)
+    return table.set_column(table.column_names.index("teacher_logits"), "teacher_logits",
+                            pa.FixedSizeListArray.from_arrays(pa.array(logits.ravel()), len(CLASSES)))
+
+
 def custrev_cross_validation(table: pa.Table, held_out: tuple[pa.Array, np.ndarray], *, folds: int = 5,
-                             seed: int = 0, **recipe: Any) -> dict:
+                             seed: int = 0, review_teachers: Path | None = None, **recipe: Any) -> dict:
     """Accuracy on the customer reviews by `folds`-fold cross-validation: each fold's student
-    trains without that fold's sentences and their augmented copies (the teacher never saw a
-    review label) and is scored on them."""
-    source, row = table["source"].to_numpy(zero_copy_only=False), table["row"].to_numpy()
-    reviews = table.filter(pc.and_(pc.equal(table["source"], "custrev"), pc.invert(table["augmented"])))
-    review_rows = np.sort(reviews["row"].to_numpy())
-    fold_of = np.full(review_rows[-1] + 1, -1)  # by row in custrev.tsv
-    fold_of[review_rows] = custrev_folds(len(review_rows), folds, seed)
-    fold = np.where(source == "custrev", fold_of[np.where(source == "custrev", row, 0)], -1)
+    trains without that fold's sentences and their augmented copies and is scored on them.  With
+    `review_teachers`, fold k's review rows carry the logits of the review teacher that never saw
+    fold k's labels; else the base teacher's, which never saw a review label."""
+    fold = review_folds(table, folds, seed)
+    originals = (fold >= 0) & ~table["augmented"].to_numpy(zero_copy_only=False)
     accuracy = []
     for k in range(folds):
-        model, _ = fit_three_class(table.filter(pa.array(fold != k)), held_out, seed=seed, **recipe)
-        test = reviews.filter(pa.array(fold_of[reviews["row"].to_numpy()] == k))
+        rows = table if review_teachers is None else with_review_teacher(table, review_teachers, f"fold{k}")
+        model, _ = fit_three_class(rows.filter(pa.array(fold != k)), held_out, seed=seed, **recipe)
+        test = table.filter(pa.array(originals & (fold == k)))
         positive = model.score(test["text"]) > 0
         accuracy.append(round(float(np.mean(positive == (test["binary"].to_numpy() == 1))), 4))
         log.info("custrev fold %d: accuracy %.4f", k, accuracy[-1])
-    return {"accuracy": round(float(np.mean(accuracy)), 4), "folds": accuracy, "n": reviews.num_rows}
+    return {"accuracy": round(float(np.mean(accuracy)), 4), "folds": accuracy, "n": int(originals.sum())}
 
 
 def train_shipped_sentiment(data_dir: str | Path, out_dir: str | Path, soft_labels: str | Path | None = None, *,
-                            seed: int = 0, epochs: int = 4, version: str = "1", cross_validate: bool = True,
-                            command: str | None = None, **recipe: Any) -> ModelCard:
-    """The shipped sentiment-bilstm: `fit_three_class` on the teacher's soft labels (made by
-    flight_lstm.models.teacher: train_teacher, then soft_labels).  The recipe was fixed on the
-    held-out SST-5 training sentences; the card reports SST-2 dev and SST-5 dev, which chose
+                            seed: int = 0, epochs: int = 4, version: str = "2", cross_validate: bool = True,
+                            review_teachers: str | Path | None = None, command: str | None = None,
+                            **recipe: Any) -> ModelCard:
+    """The shipped sentiment-bilstm: `fit_three_class` on the teacher's soft labels, the review
+    rows relabelled by the review teachers (all made by flight_lstm.models.teacher: train_teacher,
+    soft_labels, then review_teacher for all reviews and for each fold).  The recipe was fixed on
+    the held-out SST-5 training sentences; the card reports SST-2 dev and SST-5 dev, which chose
     nothing, and the customer reviews by 5-fold cross-validation, beside VADER and sst2-bilstm@4.
 
     data_dir is the shared data root (holding sst2/, sst5/ and reviews/).
@@ -604,21 +618,30 @@ def train_shipped_sentiment(data_dir: str | Path, out_dir: str | Path, soft_labe
     if not soft_labels.exists():
         raise FileNotFoundError(f"no soft labels at {soft_labels}; make them with "
                                 "flight_lstm.models.teacher.train_teacher and soft_labels")
+    review_teachers = Path(review_teachers or REVIEW_TEACHERS)
+    needed = ["all", *(f"fold{k}" for k in range(5) if cross_validate)]
+    if missing := [name for name in needed if not (review_teachers / f"{name}.parquet").exists()]:
+        raise FileNotFoundError(f"no review teacher {', '.join(missing)} in {review_teachers}; make each with "
+                                "flight_lstm.models.teacher.review_teacher")
     table = pq.read_table(soft_labels)
     notes = json.loads(table.schema.metadata[b"flight_lstm"])
     if (notes["seed"], notes["holdout"]) != (seed, HOLDOUT):
         raise ValueError(f"{soft_labels} was made for another held-out split: {notes}")
     held_out = sentiment_split(data_dir, HOLDOUT, seed)["held_out"]
-    model, info = fit_three_class(table, held_out, seed=seed, epochs=epochs, **recipe)
+    shipped = with_review_teacher(table, review_teachers, "all")
+    model, info = fit_three_class(shipped, held_out, seed=seed, epochs=epochs, **recipe)
     metrics = {"held_out": {**three_class_scores(model, *held_out), "note": "chose the recipe and the neutral bias"}}
     if cross_validate:
         metrics["custrev_cv"] = custrev_cross_validation(table, held_out, seed=seed, epochs=epochs, progress=False,
-                                                         **recipe)
+                                                         review_teachers=review_teachers, **recipe)
     files = [*(data_dir / f for f in SENTIMENT_FILES), data_dir / "sst2" / "dev.tsv", data_dir / "sst5" / "dev.tsv",
-             soft_labels]
+             soft_labels, *(review_teachers / f"{name}.parquet" for name in needed)]
     command = command or f"flight-lstm train sentiment --data {data_dir} --out {out_dir}"
     training = training_record(info, seed, epochs, files, command)
     training["teacher"] = notes
+    training["review_teachers"] = {
+        name: json.loads(pq.read_schema(review_teachers / f"{name}.parquet").metadata[b"flight_lstm"])
+        for name in needed}
     card = save_with_card(model, out_dir, name="sentiment-bilstm", version=version, training=training,
                           metrics=metrics)
     card.metrics["report"] = sentiment_report(data_dir, model).to_pylist()  # as `flight-lstm evaluate` will

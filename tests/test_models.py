@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 import torch
 
 from flight_lstm.evaluate import naive2, seasonality_test, sentiment_report
 from flight_lstm.models import ModelNotFound, Registry, default_registry
 from flight_lstm.models.card import ModelCard
-from flight_lstm.models.data import custrev_folds, sentiment_split
+from flight_lstm.models.data import custrev_folds, review_folds, sentiment_split
 from flight_lstm.models.forecast import MAX_HORIZON, ForecastModel
 from flight_lstm.models.data import CLASSES
 from flight_lstm.models.sentiment import SentimentModel
@@ -276,10 +277,11 @@ def test_choose_neutral_bias_lifts_a_neutral_class_the_network_rarely_says():
     assert np.mean((logits + [0, bias, 0]).argmax(axis=1) == labels) > np.mean(logits.argmax(axis=1) == labels) + 0.1
 
 
-def test_custrev_cross_validation_leaves_each_fold_and_its_copies_out(monkeypatch):
+def record_fits(monkeypatch) -> list[pa.Table]:
+    """Make training.fit_three_class record each training table and return a model that calls
+    every text positive."""
     import flight_lstm.training as training
 
-    table, _ = soft_label_table(300, seed=2)
     seen = []
 
     class Fitted:
@@ -291,6 +293,14 @@ def test_custrev_cross_validation_leaves_each_fold_and_its_copies_out(monkeypatc
         return Fitted(), {}
 
     monkeypatch.setattr(training, "fit_three_class", fake_fit)
+    return seen
+
+
+def test_custrev_cross_validation_leaves_each_fold_and_its_copies_out(monkeypatch):
+    import flight_lstm.training as training
+
+    table, _ = soft_label_table(300, seed=2)
+    seen = record_fits(monkeypatch)
     result = training.custrev_cross_validation(table, (pa.array(["x"]), np.array([1])), folds=5)
     reviews = table.filter(pc.and_(pc.equal(table["source"], "custrev"), pc.invert(table["augmented"])))
     folds = custrev_folds(reviews.num_rows, 5, 0)
@@ -302,6 +312,77 @@ def test_custrev_cross_validation_leaves_each_fold_and_its_copies_out(monkeypatc
         assert train.filter(pc.equal(train["source"], "sst5")).num_rows == 200  # the rest stays
     positive = reviews["binary"].to_numpy() == 1  # the fake says positive for all
     assert result["accuracy"] == pytest.approx(np.mean(positive), abs=0.02)
+
+
+def review_soft_labels(n_reviews, seed):
+    """Soft-label rows as teacher.soft_labels writes them: labelled customer reviews (POS/NEG
+    words), two augmented copies of each, and SST-5 rows; every teacher logit 0."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n_reviews)
+    reviews = [" ".join(rng.permutation(list(rng.choice(FILL, 4)) + list(rng.choice(POS if y else NEG, 2))))
+               for y in labels]
+    copies = [" ".join(t.split()[1:]) for t in reviews] + [" ".join(t.split()[:-1]) for t in reviews]
+    n = 3 * n_reviews + 20
+    rows = np.concatenate([np.tile(np.arange(n_reviews), 3), np.arange(20)])
+    binary = np.concatenate([labels, np.full(n - n_reviews, -1)])
+    return pa.table({"text": pa.array(reviews + copies + ["the film"] * 20),
+                     "three": pa.array(np.full(n, -1), mask=np.ones(n, bool)),
+                     "binary": pa.array(binary, mask=binary < 0),
+                     "source": pa.array(["custrev"] * (3 * n_reviews) + ["sst5"] * 20), "row": pa.array(rows),
+                     "augmented": pa.array(np.arange(n) >= n_reviews),
+                     "teacher_logits": pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(3 * n, np.float32)), 3)})
+
+
+def test_cross_validation_takes_each_folds_review_teacher(monkeypatch, tmp_path):
+    import flight_lstm.training as training
+
+    table = review_soft_labels(50, seed=3)
+    fold = review_folds(table)
+    for k in range(5):  # review teacher k: logits k + 1 on the review rows outside fold k
+        rows = np.flatnonzero((fold >= 0) & (fold != k))
+        pq.write_table(pa.table({"index": pa.array(rows), "teacher_logits": pa.FixedSizeListArray.from_arrays(
+            pa.array(np.full(3 * len(rows), k + 1.0, np.float32)), 3)}), tmp_path / f"fold{k}.parquet")
+    seen = record_fits(monkeypatch)
+    training.custrev_cross_validation(table, (pa.array(["x"]), np.array([1])), review_teachers=tmp_path)
+    assert len(seen) == 5
+    for k, train in enumerate(seen):
+        logits = np.array(train["teacher_logits"].to_pylist())
+        review = pc.equal(train["source"], "custrev").to_numpy(zero_copy_only=False)
+        assert review.sum() == np.sum((fold >= 0) & (fold != k)) == 120  # originals and copies, fold k out
+        assert (logits[review] == k + 1).all() and (logits[~review] == 0).all()
+
+
+def test_a_review_teacher_learns_the_folds_it_may_see_and_relabels_only_them(monkeypatch, tmp_path):
+    from flight_lstm.models import teacher as teacher_module
+
+    class BagOfWords(torch.nn.Module):
+        """Stands in for MiniLM: hashed words -> three logits, starting at 0."""
+
+        def __init__(self):
+            super().__init__()
+            self.bag = torch.nn.EmbeddingBag(97, 3, mode="sum")
+            torch.nn.init.zeros_(self.bag.weight)
+
+        def forward(self, texts):
+            ids = [torch.tensor([hash(w) % 97 for w in t.split()]) for t in texts]
+            return self.bag(torch.cat(ids), torch.tensor([0, *np.cumsum([len(i) for i in ids])[:-1]]))
+
+        logits = teacher_module.Teacher.logits
+
+    monkeypatch.setattr(teacher_module.Teacher, "load", classmethod(lambda cls, d: BagOfWords()))
+    table = review_soft_labels(100, seed=4)
+    pq.write_table(table, tmp_path / "soft.parquet")
+    out = teacher_module.review_teacher(tmp_path, tmp_path / "soft.parquet", leave_out=2, out_dir=tmp_path,
+                                        epochs=5, lr=0.1, batch_size=8)
+    written, fold = pq.read_table(out), review_folds(table)
+    assert out.name == "fold2.parquet"
+    assert sorted(written["index"].to_pylist()) == np.flatnonzero((fold >= 0) & (fold != 2)).tolist()
+    info = json.loads(pq.read_schema(out).metadata[b"flight_lstm"])
+    assert info["reviews"] == np.sum((fold >= 0) & (fold != 2)) // 3 and info["left_out_accuracy"] > 0.9
+    logits = np.array(written["teacher_logits"].to_pylist())
+    labels = table["binary"].to_numpy(zero_copy_only=False)[written["index"].to_numpy()]
+    original = ~np.isnan(labels)
+    assert np.mean((logits[original, 2] > logits[original, 0]) == (labels[original] == 1)) > 0.9
 
 
 def test_a_one_logit_model_gives_probabilities_without_neutral(tiny_sentiment):

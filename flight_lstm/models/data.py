@@ -17,6 +17,7 @@ from .text import tokenize
 
 HOLDOUT = 0.1  # share of SST-5 training sentences held out, scored each epoch
 SOFT_LABELS = Path.home() / ".cache" / "flight-lstm" / "sentiment-soft-labels.parquet"
+REVIEW_TEACHERS = SOFT_LABELS.parent / "sentiment-review-teachers"  # teacher.review_teacher writes here
 
 
 def dataset_dir(data: str | Path, name: str) -> Path:
@@ -140,6 +141,19 @@ def sentiment_split(data: str | Path, fraction: float = HOLDOUT, seed: int = 0) 
 def custrev_folds(n: int, k: int = 5, seed: int = 0) -> np.ndarray:
     """The fold (0..k-1) of each customer-review sentence for k-fold cross-validation."""
     return np.random.default_rng(seed).permutation(n) % k
+
+
+def review_folds(table: pa.Table, k: int = 5, seed: int = 0) -> np.ndarray:
+    """Per row of a `sentiment_split` or soft-label table, the cross-validation fold of its
+    customer review (augmented copies share their original's, by `row`); -1 for other sources."""
+    is_review = pc.equal(table["source"], "custrev").to_numpy(zero_copy_only=False)
+    row = table["row"].to_numpy()
+    original = is_review & (~table["augmented"].to_numpy(zero_copy_only=False)
+                            if "augmented" in table.column_names else True)
+    review_rows = np.sort(row[original])
+    fold_of = np.full(int(row.max(initial=0)) + 1, -1)  # by row in custrev.tsv
+    fold_of[review_rows] = custrev_folds(len(review_rows), k, seed)
+    return np.where(is_review, fold_of[np.where(is_review, row, 0)], -1)
 
 
 # -- synthetic series, unlike the training data --------------------------------------------------
