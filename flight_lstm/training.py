@@ -573,11 +573,21 @@ def three_class_scores(model: SentimentModel, texts: pa.Array, labels: np.ndarra
 
 
 def with_review_teacher(table: pa.Table, review_teachers: Path, name: str) -> pa.Table:
-    """The soft labels with the review rows' and their copies' logits taken from review teacher
-    `name` (`teacher.review_teacher`: 'all', or 'fold<k>' for cross-validation fold k)."""
+    """The soft labels with the review rows' and their copies' polarity taken from review teacher
+    `name` (`teacher.review_teacher`: 'all', or 'fold<k>' for cross-validation fold k).
+
+    The review teacher learned from two-class labels, which say how negative against positive a
+    text is, not how neutral (`sentiment_loss`), and taken as they are its logits lowered the
+    neutral share of review rows (mean P(neutral) 0.195 -> 0.119; of copies 0.321 -> 0.246) and
+    the student's held-out macro-F1 with it (0.641 -> 0.627).  So a row keeps the base teacher's
+    P(neutral), and the review teacher splits the rest between negative and positive; the new
+    logits are those log-probabilities."""
     part = pq.read_table(Path(review_teachers) / f"{name}.parquet")
+    rows = part["index"].to_numpy()
     logits = _teacher_logits(table).copy()
-    logits[part["index"].to_numpy()] = _teacher_logits(part)
+    base, review = (torch.from_numpy(a).log_softmax(dim=1) for a in (logits[rows], _teacher_logits(part)))
+    polar = review[:, [0, 2]].log_softmax(dim=1) + torch.log1p(-base[:, 1].exp().clamp(max=1 - 1e-6))[:, None]
+    logits[rows] = torch.stack([polar[:, 0], base[:, 1], polar[:, 1]], dim=1).numpy()
     return table.set_column(table.column_names.index("teacher_logits"), "teacher_logits",
                             pa.FixedSizeListArray.from_arrays(pa.array(logits.ravel()), len(CLASSES)))
 

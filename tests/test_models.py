@@ -338,10 +338,11 @@ def test_cross_validation_takes_each_folds_review_teacher(monkeypatch, tmp_path)
 
     table = review_soft_labels(50, seed=3)
     fold = review_folds(table)
-    for k in range(5):  # review teacher k: logits k + 1 on the review rows outside fold k
+    for k in range(5):  # review teacher k: positive by k + 1 over negative, on the rows outside fold k
         rows = np.flatnonzero((fold >= 0) & (fold != k))
+        review_logits = np.tile(np.float32([0.0, 5.0, k + 1.0]), len(rows))
         pq.write_table(pa.table({"index": pa.array(rows), "teacher_logits": pa.FixedSizeListArray.from_arrays(
-            pa.array(np.full(3 * len(rows), k + 1.0, np.float32)), 3)}), tmp_path / f"fold{k}.parquet")
+            pa.array(review_logits), 3)}), tmp_path / f"fold{k}.parquet")
     seen = record_fits(monkeypatch)
     training.custrev_cross_validation(table, (pa.array(["x"]), np.array([1])), review_teachers=tmp_path)
     assert len(seen) == 5
@@ -349,7 +350,10 @@ def test_cross_validation_takes_each_folds_review_teacher(monkeypatch, tmp_path)
         logits = np.array(train["teacher_logits"].to_pylist())
         review = pc.equal(train["source"], "custrev").to_numpy(zero_copy_only=False)
         assert review.sum() == np.sum((fold >= 0) & (fold != k)) == 120  # originals and copies, fold k out
-        assert (logits[review] == k + 1).all() and (logits[~review] == 0).all()
+        p = torch.from_numpy(logits[review]).softmax(dim=1).numpy()
+        assert np.allclose(p[:, 1], 1 / 3, atol=1e-5)  # neutral stays the base teacher's
+        assert np.allclose(np.log(p[:, 2] / p[:, 0]), k + 1, atol=1e-4)  # polarity is fold k's teacher's
+        assert (logits[~review] == 0).all()
 
 
 def test_a_review_teacher_learns_the_folds_it_may_see_and_relabels_only_them(monkeypatch, tmp_path):
