@@ -360,15 +360,16 @@ def test_a_review_teacher_learns_the_folds_it_may_see_and_relabels_only_them(mon
     from flight_lstm.models import teacher as teacher_module
 
     class BagOfWords(torch.nn.Module):
-        """Stands in for MiniLM: hashed words -> three logits, starting at 0."""
+        """Stands in for MiniLM: words -> three logits, starting at 0."""
 
         def __init__(self):
             super().__init__()
-            self.bag = torch.nn.EmbeddingBag(97, 3, mode="sum")
+            self.ids = {w: i for i, w in enumerate(FILL + POS + NEG)}
+            self.bag = torch.nn.EmbeddingBag(len(self.ids), 3, mode="sum")
             torch.nn.init.zeros_(self.bag.weight)
 
         def forward(self, texts):
-            ids = [torch.tensor([hash(w) % 97 for w in t.split()]) for t in texts]
+            ids = [torch.tensor([self.ids[w.lower()] for w in t.split()]) for t in texts]
             return self.bag(torch.cat(ids), torch.tensor([0, *np.cumsum([len(i) for i in ids])[:-1]]))
 
         logits = teacher_module.Teacher.logits
