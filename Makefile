@@ -65,7 +65,7 @@ train-sentiment: venv
 	$(BIN)/pip install --quiet -e '.[teacher]'
 	HF_HUB_OFFLINE=1 $(BIN)/python -c "from flight_lstm.models import teacher as t; \
 		t.train_teacher('$(DATA)'); t.soft_labels(t.TEACHER_DIR, '$(DATA)'); \
-		[t.review_teacher(leave_out=k) for k in (None, 0, 1, 2, 3, 4)]"
+		[t.review_teacher(leave_out=k) for k in (None, *range(t.REVIEW_FOLDS))]"
 	HF_HUB_OFFLINE=1 $(BIN)/flight-lstm train sentiment --data $(DATA) --out flight_lstm/models/weights
 
 evaluate-sentiment: venv

@@ -30,8 +30,8 @@ from flight_lstm.evaluate import (LEVEL, VALIDATION_SETS, Labelled, ValidationSe
 from flight_lstm.models import ModelCard, Registry, default_registry
 from flight_lstm.models.anomaly import AnomalyModel, plan_runs, prepare
 from flight_lstm.models.base import BaseModel, seed_everything
-from flight_lstm.models.data import (CLASSES, HOLDOUT, REVIEW_TEACHERS, SENTIMENT_FILES, SOFT_LABELS, dataset_dir,
-                                     generic_series, load_m4, load_nn5, load_tourism, review_folds,
+from flight_lstm.models.data import (CLASSES, HOLDOUT, REVIEW_FOLDS, REVIEW_TEACHERS, SENTIMENT_FILES, SOFT_LABELS,
+                                     dataset_dir, generic_series, load_m4, load_nn5, load_tourism, review_folds,
                                      sentiment_split)
 from flight_lstm.models.forecast import ForecastModel
 from flight_lstm.models.registry import user_models_dir
@@ -592,7 +592,7 @@ def with_review_teacher(table: pa.Table, review_teachers: Path, name: str) -> pa
                             pa.FixedSizeListArray.from_arrays(pa.array(logits.ravel()), len(CLASSES)))
 
 
-def custrev_cross_validation(table: pa.Table, held_out: tuple[pa.Array, np.ndarray], *, folds: int = 5,
+def custrev_cross_validation(table: pa.Table, held_out: tuple[pa.Array, np.ndarray], *, folds: int = REVIEW_FOLDS,
                              seed: int = 0, review_teachers: Path | None = None, **recipe: Any) -> dict:
     """Accuracy on the customer reviews by `folds`-fold cross-validation: each fold's student
     trains without that fold's sentences and their augmented copies and is scored on them.  With
@@ -629,7 +629,7 @@ def train_shipped_sentiment(data_dir: str | Path, out_dir: str | Path, soft_labe
         raise FileNotFoundError(f"no soft labels at {soft_labels}; make them with "
                                 "flight_lstm.models.teacher.train_teacher and soft_labels")
     review_teachers = Path(review_teachers or REVIEW_TEACHERS)
-    needed = ["all", *(f"fold{k}" for k in range(5) if cross_validate)]
+    needed = ["all", *(f"fold{k}" for k in range(REVIEW_FOLDS) if cross_validate)]
     if missing := [name for name in needed if not (review_teachers / f"{name}.parquet").exists()]:
         raise FileNotFoundError(f"no review teacher {', '.join(missing)} in {review_teachers}; make each with "
                                 "flight_lstm.models.teacher.review_teacher")

@@ -138,12 +138,15 @@ def sentiment_split(data: str | Path, fraction: float = HOLDOUT, seed: int = 0) 
     return {"train": train, "held_out": (sentences.take(pa.array(held)), SST5_TO_3[five[held]])}
 
 
-def custrev_folds(n: int, k: int = 5, seed: int = 0) -> np.ndarray:
+REVIEW_FOLDS = 5  # the customer reviews' cross-validation folds (and the review teachers, one per fold)
+
+
+def custrev_folds(n: int, k: int = REVIEW_FOLDS, seed: int = 0) -> np.ndarray:
     """The fold (0..k-1) of each customer-review sentence for k-fold cross-validation."""
     return np.random.default_rng(seed).permutation(n) % k
 
 
-def review_folds(table: pa.Table, k: int = 5, seed: int = 0) -> np.ndarray:
+def review_folds(table: pa.Table, k: int = REVIEW_FOLDS, seed: int = 0) -> np.ndarray:
     """Per row of a `sentiment_split` or soft-label table, the cross-validation fold of its
     customer review (augmented copies share their original's, by `row`); -1 for other sources."""
     is_review = pc.equal(table["source"], "custrev").to_numpy(zero_copy_only=False)

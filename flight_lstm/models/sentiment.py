@@ -34,6 +34,15 @@ def sentiment_loss(logits: torch.Tensor, three: torch.Tensor, binary: torch.Tens
     return loss / len(logits)
 
 
+def mean_of_pieces(table: torch.Tensor, ids: np.ndarray, counts: np.ndarray) -> torch.Tensor:
+    """Per word, the mean of its pieces' rows of `table` (`WordPieces.split`'s ids and counts):
+    where a word new to a student starts, so it starts near its kin."""
+    rows = torch.from_numpy(np.repeat(np.arange(len(counts)), counts))
+    total = torch.zeros(len(counts), table.shape[1], dtype=table.dtype)
+    total.index_add_(0, rows, table[torch.from_numpy(ids)])
+    return total / torch.from_numpy(counts).to(table.dtype)[:, None]
+
+
 class SentimentModel(BaseModel):
     """With `classes` = 3, logits for negative, neutral, positive, and words the vocabulary
     lacks read as word `pieces` (ids after the words'); with 1 (sst2-bilstm@4 and older), one
@@ -66,10 +75,7 @@ class SentimentModel(BaseModel):
         embed = state["embed.weight"]
         words_end = len(self.vocab) + 2
         if self.pieces and new:
-            ids, counts = self.pieces.split(new)
-            start = embed[torch.from_numpy(ids)]
-            start = torch.zeros(len(new), embed.shape[1]).index_add_(
-                0, torch.from_numpy(np.repeat(np.arange(len(new)), counts)), start) / torch.from_numpy(counts)[:, None]
+            start = mean_of_pieces(embed, *self.pieces.split(new))
         else:
             start = embed[UNK].expand(len(new), -1)
         state["embed.weight"] = torch.cat([embed[:words_end], start, embed[words_end:]])

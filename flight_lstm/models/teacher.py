@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 
 from flight_lstm.evaluate import macro_f1
 
-from .data import CLASSES, HOLDOUT, REVIEW_TEACHERS, SOFT_LABELS, review_folds, sentiment_split
-from .sentiment import sentiment_loss
+from .data import CLASSES, HOLDOUT, REVIEW_FOLDS, REVIEW_TEACHERS, SOFT_LABELS, review_folds, sentiment_split
+from .sentiment import mean_of_pieces, sentiment_loss
 from .text import detokenize
 
 TEACHER_DIR = SOFT_LABELS.parent / "sentiment-minilm-teacher"
@@ -231,7 +231,7 @@ def soft_labels(teacher_dir: str | Path, data_dir: str | Path, out_file: str | P
 
 
 def review_teacher(teacher_dir: str | Path = TEACHER_DIR, soft_labels_file: str | Path = SOFT_LABELS,
-                   leave_out: int | None = None, out_dir: str | Path = REVIEW_TEACHERS, *, folds: int = 5,
+                   leave_out: int | None = None, out_dir: str | Path = REVIEW_TEACHERS, *, folds: int = REVIEW_FOLDS,
                    seed: int = 0, epochs: int = 2, lr: float = 3e-5, batch_size: int = 32) -> Path:
     """The teacher fine-tuned further on the labelled customer reviews outside cross-validation
     fold `leave_out` (on all of them when None), relabelling those reviews and their augmented
@@ -303,8 +303,6 @@ def student_start(vocab: list[str], dim: int) -> tuple[list[str], torch.Tensor]:
     projected = projected / projected.std()
     ids, counts = WordPieces(pieces, offset=0).split(vocab)
     ids = np.where(ids == UNK, pieces.index("[UNK]"), ids)  # split() says UNK (1) for '[UNK]'
-    words = torch.zeros(len(vocab), dim).index_add_(
-        0, torch.from_numpy(np.repeat(np.arange(len(vocab)), counts)), projected[torch.from_numpy(ids)])
-    words = words / torch.from_numpy(counts).float()[:, None]
+    words = mean_of_pieces(projected, ids, counts)
     unk = projected[pieces.index("[UNK]")]
     return pieces, torch.cat([torch.zeros(1, dim), unk[None], words, projected])
