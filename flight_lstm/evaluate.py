@@ -137,6 +137,7 @@ def vader_scores(texts: pa.Array) -> np.ndarray:
 # -- forecast -------------------------------------------------------------------------------------
 
 LEVEL = 0.95
+SYNTHETIC_SERIES = 1000  # per synthetic set: its even half chooses an interval scale, so 500 series, not luck
 
 
 @dataclass(frozen=True)
@@ -197,9 +198,9 @@ VALIDATION_SETS = (
                   interval_choice=True),
     ValidationSet("tourism yearly", "yearly", 4, 1, 1, _tourism("yearly", 4),
                   interval_choice=True),
-    ValidationSet("synthetic hourly", "hourly", 48, 24, 24, lambda data: _holdout(synthetic_series("hourly")[0], 48),
+    ValidationSet("synthetic hourly", "hourly", 48, 24, 24, lambda data: _holdout(synthetic_series("hourly", SYNTHETIC_SERIES)[0], 48),
                   interval_choice=True),
-    ValidationSet("synthetic daily", "daily", 56, 7, 7, lambda data: _holdout(synthetic_series("daily")[0], 56),
+    ValidationSet("synthetic daily", "daily", 56, 7, 7, lambda data: _holdout(synthetic_series("daily", SYNTHETIC_SERIES)[0], 56),
                   interval_choice=True),
     ValidationSet("tourism monthly, out of sample", "monthly", 24, 12, 12, _tourism("monthly", 24, oos=True), report_only=True),
     ValidationSet("tourism quarterly, out of sample", "quarterly", 8, 4, 4, _tourism("quarterly", 8, oos=True), report_only=True),

@@ -554,6 +554,26 @@ def test_forecast_training_learns_and_round_trips(tmp_path):
     assert np.array_equal(a.mean, b.mean) and np.array_equal(a.hi, b.hi)
 
 
+def test_generic_series_widen_the_interval_calibration_but_not_the_epoch_choice():
+    """Calibration windows of the generic series calibrate the intervals with the data's own;
+    the epoch is chosen on the data's own windows alone."""
+    from flight_lstm.models.data import generic_series
+    from flight_lstm.models.series import TrainingWindows
+
+    series = synthetic_series(12, 300, seed=6)
+    small = dict(epochs=2, steps_per_epoch=3, batch_size=16, window=48, tail=24, hidden=8, layers=1, progress=False)
+    model, info = fit_forecast(series, seed=2, synthetic=5, **small)
+    assert info["calibration_windows"] == 2 * (12 + 5)
+    windows = TrainingWindows(series + generic_series(5, 300, 24, 3), 48, 48, 48, 2)
+    own = windows.calibration(12)
+    assert len(own[2]) == 2 * 12 and np.array_equal(own[0], windows.calibration()[0][windows.calib_rows < 12])
+    calibrated = model.resid_q.clone()
+    model.calibrate_intervals(*windows.calibration()[:3])
+    assert torch.equal(model.resid_q, calibrated)
+    model.calibrate_intervals(*own[:3])
+    assert not torch.equal(model.resid_q, calibrated)
+
+
 def test_a_seed_ensemble_averages_its_members_shrunk_toward_naive(tmp_path):
     series = synthetic_series(24, 300, seed=5)
     small = dict(epochs=1, steps_per_epoch=3, batch_size=16, window=48, tail=24, hidden=8, layers=1,
@@ -595,7 +615,7 @@ def test_naive2_deseasonalizes_seasonal_series_only():
 @pytest.fixture(scope="module")
 def forecaster():
     model = default_registry().load("forecast")
-    assert (model.card.name, model.card.version) == ("m4-hourly-lstm", "3")
+    assert (model.card.name, model.card.version) == ("m4-hourly-lstm", "4")
     return model
 
 

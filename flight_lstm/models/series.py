@@ -159,12 +159,11 @@ class TrainingWindows:
     """Training and calibration windows cut from a padded matrix of series.
 
     The last `holdout` points of every series are never cut, so they can serve as a test set;
-    the `calib_windows` horizons before them are kept for validation and interval calibration
-    (of the first `calib_series` series only, when given: the others only train).
+    the `calib_windows` horizons before them are kept for validation and interval calibration.
     """
 
     def __init__(self, series: list[np.ndarray], window: int, horizon: int, holdout: int,
-                 calib_windows: int, relative_loss: bool = False, calib_series: int | None = None):
+                 calib_windows: int, relative_loss: bool = False):
         self.window, self.horizon, self.relative_loss = window, horizon, relative_loss
         self.lengths = np.array([len(s) for s in series])
         filled, _, _ = fill_gaps(np.concatenate(series), self.lengths)
@@ -179,7 +178,7 @@ class TrainingWindows:
             raise ValueError("series are too short for the holdout and calibration windows")
         origins = np.concatenate([self.train_end + k * horizon for k in range(calib_windows)])
         rows = np.tile(np.arange(len(series)), calib_windows)
-        keep = (origins >= 1) & (rows < (len(series) if calib_series is None else calib_series))
+        keep = origins >= 1
         self.calib_rows, self.calib_origins = rows[keep], origins[keep]
 
     def cut(self, rows, origins, hist, rng=None, gap_p=0.0, shift_p=0.0):
@@ -251,6 +250,8 @@ class TrainingWindows:
 
         return epoch
 
-    def calibration(self):
-        """The calibration windows, with all the history they have."""
-        return self.cut(self.calib_rows, self.calib_origins, self.calib_origins)
+    def calibration(self, series: int | None = None):
+        """The calibration windows (of the first `series` series only, when given), with all the
+        history they have."""
+        keep = slice(None) if series is None else self.calib_rows < series
+        return self.cut(self.calib_rows[keep], self.calib_origins[keep], self.calib_origins[keep])
