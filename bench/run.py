@@ -466,8 +466,6 @@ def main() -> int:
         print(f"sentiment: model alone, operator, end to end over Flight, served and {PREVIOUS_SENTIMENT} "
               "(taking turns)", flush=True)
         r["sentiment"] = sentiment_rates(server, texts, repeats)
-        r["sentiment_limit"] = {**r["sentiment"]["served"], "rows_per_s": r["sentiment"]["served"]["limit"]}
-        r["sentiment_operator"], r["e2e_sentiment"] = r["sentiment"]["served"]["operator"], r["sentiment"]["served"]["e2e"]
         print("forecast: model alone, operator, end to end over Flight (taking turns)", flush=True)
         arrays = to_arrow(series)
         seconds = interleaved({
@@ -520,7 +518,7 @@ def main() -> int:
         "operator / model limit (forecast)": r["forecast_operator"] / r["forecast_limit"],
         "end to end / operator (forecast)": r["e2e_forecast"] / r["forecast_operator"],
         **frequency_ratios(r["forecast_by_frequency"]),
-        "end to end / row-at-a-time UDF": r["e2e_sentiment"] / r["row_at_a_time_udf"],
+        "end to end / row-at-a-time UDF": r["sentiment"]["served"]["e2e"] / r["row_at_a_time_udf"],
         "passthrough / plain pyarrow Flight over the same DuckDB file": r["passthrough"]["ours_rows_per_s"]
         / r["passthrough"]["plain_duckdb_rows_per_s"],
         "passthrough / plain pyarrow Flight, table in memory": r["passthrough"]["ours_rows_per_s"]
@@ -529,7 +527,7 @@ def main() -> int:
         "one-row median / bare do_get median": r["one_row"]["ours"]["median_ms"] / r["one_row"]["plain"]["median_ms"],
     }
     if r["transformer"]:
-        ratios["end to end / transformer classifier"] = r["e2e_sentiment"] / r["transformer"]["rows_per_s"]
+        ratios["end to end / transformer classifier"] = r["sentiment"]["served"]["e2e"] / r["transformer"]["rows_per_s"]
     ratios.update(anomaly_ratios(r["anomaly"]))
     ratios["enrich beside a CPU hog / idle (target <= 2.5)"] = r["contention"]["busy_seconds"] / r["contention"]["idle_seconds"]
     ratios.update(enrichment_ratios(r["enrich"]))
@@ -545,10 +543,11 @@ def markdown(r: dict) -> str:
     lines = [f"# flight-lstm bench ({r['machine']['cores']} cores, torch {r['machine']['torch']}, "
              f"pyarrow {r['machine']['pyarrow']}, duckdb {r['machine']['duckdb']}; median of {r['repeats']})", "",
              "| measure | rate (rows/s or series/s) |", "|---|---|"]
+    served = r["sentiment"]["served"]
     rates = {
-        "sentiment model alone (best batch %d)" % r["sentiment_limit"]["batch"]: r["sentiment_limit"]["rows_per_s"],
-        "sentiment operator in-process": r["sentiment_operator"],
-        "sentiment end to end over Flight": r["e2e_sentiment"],
+        "sentiment model alone (best batch %d)" % served["batch"]: served["limit"],
+        "sentiment operator in-process": served["operator"],
+        "sentiment end to end over Flight": served["e2e"],
         **{f"{PREVIOUS_SENTIMENT} {name}": r["sentiment"]["previous"][key]
            for name, key in (("model alone", "limit"), ("operator in-process", "operator"), ("end to end over Flight", "e2e"))},
         "sentiment end to end, %s short texts" % f"{r['memory']['10x']['rows']:,}": r["memory"]["10x"]["rows_per_s"],
