@@ -196,7 +196,7 @@ def _tourism_in(freq: str) -> Callable[[Path], dict[str, np.ndarray]]:
 
 
 FORECAST_RECIPES: dict[str, ForecastRecipe] = {r.frequencies[0]: r for r in (
-    ForecastRecipe("m4-hourly-lstm", "4", ("hourly", "30min", "15min", "10min", "5min"), "m4_hourly",
+    ForecastRecipe("m4-hourly-lstm", "5", ("hourly", "30min", "15min", "10min", "5min"), "m4_hourly",
                    "Hourly-train.csv", load_m4, ("M4 Hourly", "synthetic hourly"), 40,
                    dict(window=336, horizon=48, season=24, holdout=48, average_last=8, shift_p=0.1,
                         synthetic=100)),
