@@ -41,18 +41,25 @@ def test_card_and_contract(model):
     assert "report" in model.card.metrics
 
 
+def onset_flag_rate(model, kind: str, size: float, draws: int = 100, at: int = 1100) -> tuple[float, float]:
+    """Over `draws` noise draws of `seasonal`: the share in which a spike (one point) or level shift
+    (from `at` on) of `size` noise sd is flagged within 3 points of its onset, and the share of the
+    points before it that are flagged."""
+    x = np.stack([seasonal(1500, seed=1000 + d) for d in range(draws)])
+    x[:, at:at + 1 if kind == "spike" else None] += size
+    flagged = np.nan_to_num(model.score(x.reshape(-1, 1), np.full(draws, 1500), LEVEL).score.reshape(draws, -1)) > LEVEL
+    return flagged[:, at:at + 3].any(1).mean(), flagged[:, :at].mean()
+
+
 @pytest.mark.parametrize("kind", ["spike", "level_shift"])
-def test_planted_anomaly_is_found_at_its_onset(model, kind):
-    x = seasonal(1500, seed=1)
-    at = 1100
-    if kind == "spike":
-        x[at] += 12
-    else:
-        x[at:] += 12
-    r = one(model, x)
-    assert r.score[at] > LEVEL
-    assert not (r.lo[at, 0] <= x[at] <= r.hi[at, 0])
-    assert np.mean(r.score[MIN_HISTORY:at] > LEVEL) <= 0.01
+@pytest.mark.parametrize("at, clear, borderline, share", [(1100, 12, 10, 0.8), (400, 16, 12, 0.75)])
+def test_planted_anomaly_is_found_at_its_onset(model, kind, at, clear, borderline, share):
+    """The documented sensitivity on this series (noise sd 1, one-step error about 1.3): a clear
+    anomaly is flagged in every draw and a borderline one in most, while normal points stay near
+    one flag in 1,000. In a series' first block (512 points) the detector needs larger ones."""
+    found, false_alarms = onset_flag_rate(model, kind, clear, at=at)
+    assert found == 1.0 and false_alarms <= 0.002
+    assert onset_flag_rate(model, kind, borderline, at=at)[0] >= share
 
 
 def test_clean_series_raises_few_flags(model):
