@@ -174,6 +174,26 @@ def test_a_step_in_a_constant_series_is_found(model):
     assert one(model, x).score[400] > LEVEL
 
 
+def test_a_stuck_sensor_is_found_and_series_that_often_repeat_stay_quiet(model):
+    """A frozen reading is a run of exact repeats that the series' recent past makes unlikely:
+    flagged a few points in, while counts full of repeated zeros raise no more flags than noise."""
+    x = seasonal(1500, seed=3)
+    x[1100:1160] = x[1099]
+    r = one(model, x)
+    first = np.flatnonzero(r.score > LEVEL)[0]
+    assert 1100 < first <= 1105 and (r.score[first:1161] > LEVEL).all()
+    assert np.isnan(r.lo[first + 10, 0])  # no value would be normal after the run so far
+    assert np.mean(r.score[MIN_HISTORY:1100] > LEVEL) <= 0.002
+    t = np.arange(3000)
+    counts = np.random.default_rng(4).poisson(0.5 + 0.4 * np.sin(2 * np.pi * t / 24)).astype(np.float64)
+    assert np.mean(one(model, counts).score[MIN_HISTORY:] > LEVEL) <= 0.002
+    # zeros every weekend: the first is a run longer than any before, the later ones are no news
+    weekdays = seasonal(24 * 7 * 12, seed=5) * ((t[:24 * 7 * 12] // 24) % 7 < 5)
+    stuck = model.predict_points(weekdays, np.array([len(weekdays)]))[6][:, 0]
+    q = model.residual_at(np.array([1 - LEVEL]))[0]
+    assert (stuck[:24 * 7 + 1] > q).any() and not (stuck[24 * 7 + 1:] > q).any()
+
+
 def test_several_columns(model):
     n = 1200
     cols = np.column_stack([seasonal(n, seed=8), seasonal(n, seed=9, level=1e4) * 3, np.full(n, 2.0)])

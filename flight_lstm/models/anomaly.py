@@ -12,7 +12,8 @@ from `context_start` of its first new point gets the same answers as one that pa
 What is scored: the residual of the point over the network's predicted scale, divided by the run's
 recent RMS residual (local recalibration), u; and, for anomalies that last, the sums of the last w
 u's (clipped, less the recent mean) over sqrt(w), and the excess of the last VAR_WINDOW squared
-u's (a change of variance).  The statistic is the largest of |u| and those.
+u's (a change of variance); and a run of exact repeats that is unlikely for the series (a stuck
+sensor).  The statistic is the largest of |u| and those.
 Its score is 1 - p, with p the share of normal points whose statistic is at least as large: the
 empirical distribution on held-out normal series of many domains in the body, a fitted
 generalized Pareto tail beyond it down to p = P_FAR, then a power law so slow that p reaches
@@ -21,8 +22,8 @@ P_MIN only at the float64 limit.  Scores are strictly increasing in the statisti
 k columns are scored channel by channel and combined by Sidak's rule (row p = 1 - (1 - min p)^k),
 so a row is as calibrated as a single column, and each column's bounds are at level^(1/k).  The
 bounds [lo, hi] hold the values of the point that would not be flagged: outside them in some
-column is exactly score > level.  When the recent sums or squares alone exceed the bound, no value
-would be normal, and lo and hi are NaN (NULL) while the score is above the level.
+column is exactly score > level.  When the recent sums, squares or stuck run alone exceed the bound,
+no value would be normal, and lo and hi are NaN (NULL) while the score is above the level.
 """
 
 from __future__ import annotations
@@ -56,6 +57,13 @@ WINDOWS, SUM_CLIP = (4, 16, 64), 3.0
 # A change of variance: the mean of the last VAR_WINDOW squared residuals (each at most SUM_CLIP^2)
 # as a chi-square z-score, weighted by VAR_WEIGHT (chosen on the validation split).
 VAR_WINDOW, VAR_WEIGHT = 32, 0.5
+# A stuck value: the run of exact repeats that ended at the previous point, L repeats beyond the
+# longest run earlier in its pass, is as likely as p^L where p is the pass's recent share of
+# repeats (of RECAL_WINDOW points, with one repeat and one change as a prior), scored as the normal
+# deviate of that chance, sqrt(2 L ln(1/p)), times STUCK_WEIGHT (chosen on the validation split).
+# Past points only, so it bounds a point like the sums do.  Series that repeat often (counts,
+# constants) have p near 1, and runs no longer than the pass has seen (weekend zeros) are no news.
+STUCK_WEIGHT = 2.5
 P_FAR, P_MIN = 1e-9, 1e-15  # where the Pareto tail hands over, and p at the float64 limit
 CAL_GRID = 80  # points of the calibrated body (p from 1 down to where the Pareto tail starts)
 FLOAT_MAX = np.finfo(np.float64).max
@@ -134,6 +142,20 @@ def _trailing(x: np.ndarray, w: int) -> np.ndarray:
     c = np.concatenate([np.zeros((len(x), 1)), np.cumsum(x, axis=1)], axis=1)
     steps = np.arange(x.shape[1])
     return c[:, steps] - c[:, np.maximum(steps - w, 0)]
+
+
+def _stuck(z: np.ndarray) -> np.ndarray:
+    """Per row and step, the stuck term (STUCK_WEIGHT) of the run of repeats ending one step before."""
+    steps = np.arange(z.shape[1])
+    repeat = np.zeros(z.shape, bool)
+    repeat[:, 1:] = z[:, 1:] == z[:, :-1]  # NaN never repeats: a gap ends a run
+    started = np.maximum.accumulate(np.where(repeat, 0, steps), axis=1)
+    length = (steps - started).astype(np.float64)
+    longest = np.take_along_axis(np.maximum.accumulate(length, axis=1), started, axis=1)  # before the run
+    excess = np.zeros(z.shape)
+    excess[:, 1:] = np.maximum(length - longest, 0)[:, :-1]
+    share = (_trailing(repeat.astype(np.float64), RECAL_WINDOW) + 1) / (np.minimum(steps, RECAL_WINDOW) + 2)
+    return STUCK_WEIGHT * np.sqrt(2 * excess * np.log(1 / share))
 
 
 @dataclass(frozen=True)
@@ -248,7 +270,7 @@ class AnomalyModel(BaseModel):
         level = float(level)
         if not 0.0 < level < 1.0:
             raise ValueError(f"level must be in (0, 1), got {level:g}")
-        expected, unit, stat, sums, var_before, var_norm = self.predict_points(values, lengths, starts)
+        expected, unit, stat, sums, var_before, var_norm, stuck = self.predict_points(values, lengths, starts)
         p = self.tail_probability(stat)  # NaN where the value is missing or not scored
         present = np.isfinite(p)
         k_present = present.sum(axis=1)
@@ -271,7 +293,7 @@ class AnomalyModel(BaseModel):
             inner = np.sqrt(np.maximum(room, 0.0))
             u_hi = np.where(room < SUM_CLIP ** 2, np.minimum(u_hi, inner), u_hi)
             u_lo = np.where(room < SUM_CLIP ** 2, np.maximum(u_lo, -inner), u_lo)
-            u_hi = np.where(room < 0, -np.inf, u_hi)
+            u_hi = np.where((room < 0) | (stuck > q), -np.inf, u_hi)
             bounded = present & (u_lo <= u_hi)
             lo = np.where(bounded, np.clip(expected + u_lo * unit, -FLOAT_MAX, FLOAT_MAX), np.nan)
             hi = np.where(bounded, np.clip(expected + u_hi * unit, -FLOAT_MAX, FLOAT_MAX), np.nan)
@@ -281,9 +303,9 @@ class AnomalyModel(BaseModel):
         """Per point and column (points, k): the expected value, the unit of the recalibrated
         residual u (value = expected + u * unit), the statistic that is scored (max of |u| and
         the windows' |sums| / sqrt(w)), and per window the sum of the previous w - 1 clipped
-        u's less w times the recent bias (points, k, windows), and the variance term's parts
-        (the previous squares less their count n, and VAR_WEIGHT / sqrt(2n)).  NaN where the
-        value is missing or the point not scored."""
+        u's less w times the recent bias (points, k, windows), the variance term's parts
+        (the previous squares less their count n, and VAR_WEIGHT / sqrt(2n)) and the stuck
+        term (of past points only).  NaN where the value is missing or the point not scored."""
         values = np.asarray(values, np.float64)
         if values.ndim == 1:
             values = values[:, None]
@@ -300,7 +322,7 @@ class AnomalyModel(BaseModel):
                     np.tile(base.length, k), np.tile(base.span, k))
         expected, unit, stat = (np.full(points * k, np.nan) for _ in range(3))
         sums = np.full((points * k, len(WINDOWS)), np.nan)
-        var_before, var_norm = np.full(points * k, np.nan), np.full(points * k, np.nan)
+        var_before, var_norm, stuck = (np.full(points * k, np.nan) for _ in range(3))
         for batch, prep, mean, scale in self.residuals(flat, runs):
             steps = np.arange(prep.z.shape[1])
             scored = (steps >= batch.span[:, None]) & (steps < batch.length[:, None]) & prep.ok[:, None]
@@ -324,6 +346,9 @@ class AnomalyModel(BaseModel):
                 norm = VAR_WEIGHT / np.sqrt(2 * n)
                 t = np.maximum(t, norm * (before + square))
                 var_before[pos], var_norm[pos] = before[scored], norm[scored]
+                held = _stuck(prep.z)
+                t = np.maximum(t, held)
+                stuck[pos] = held[scored]
                 centre = (np.ldexp(prep.loc, prep.shift)[:, None]
                           + np.ldexp(prep.scale[:, None] * mean, prep.shift[:, None]))
                 expected[pos] = np.clip(centre, -FLOAT_MAX, FLOAT_MAX)[scored]
@@ -332,7 +357,7 @@ class AnomalyModel(BaseModel):
             stat[pos] = t[scored]
         return (*(a.reshape(k, points).T for a in (expected, unit, stat)),
                 sums.reshape(k, points, len(WINDOWS)).transpose(1, 0, 2),
-                *(a.reshape(k, points).T for a in (var_before, var_norm)))
+                *(a.reshape(k, points).T for a in (var_before, var_norm, stuck)))
 
     # -- calibration ------------------------------------------------------------------------
 
