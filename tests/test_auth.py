@@ -14,7 +14,7 @@ import pytest
 from conftest import REVIEWS, run
 from flight_lstm.client import connect
 from flight_lstm.server import FlightLSTMServer
-from flight_lstm.server.auth import BasicBearerAuth, Tokens, Users
+from flight_lstm.server.auth import BasicBearerAuth, HandshakeAnswer, Tokens, Users
 from flight_lstm.service import Service
 from flight_lstm.sources.duckdb import DuckDBSource
 
@@ -195,3 +195,31 @@ def test_the_query_log_names_the_user_and_the_kind_of_error_never_the_query(secu
         client.get_flight_info(flight.FlightDescriptor.for_command(b"SELECT secret_col FROM reviews"), options)
     line = [r.getMessage() for r in caplog.records if r.getMessage().startswith("query kind=get_flight_info")][-1]
     assert "user='ana'" in line and "outcome=InvalidQuery error=Binder_Error" in line and "secret_col" not in line
+
+
+def test_handshakes_waiting_for_silent_clients_are_bounded():
+    """A handshake waits for its client's request; clients that never send hold at most `at_once`
+    of them, and the next is refused at once instead of holding a server thread too."""
+    answer, entered, release = HandshakeAnswer(at_once=2), threading.Semaphore(0), threading.Event()
+
+    class Silent:
+        def read(self):
+            entered.release()
+            release.wait(10)
+            raise OSError("Stream is closed.")  # the client went away without a request
+
+    class Replies(list):
+        write = list.append
+
+    waiting = [threading.Thread(target=answer.authenticate, args=(Replies(), Silent()), daemon=True) for _ in range(2)]
+    for t in waiting:
+        t.start()
+    assert entered.acquire(timeout=5) and entered.acquire(timeout=5)
+    with pytest.raises(flight.FlightUnavailableError, match="too many handshakes"):
+        answer.authenticate(Replies(), Silent())
+    release.set()
+    for t in waiting:
+        t.join(5)
+    replies = Replies()
+    answer.authenticate(replies, Silent())  # the waits were given back
+    assert replies == [b""]

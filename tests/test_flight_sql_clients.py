@@ -208,6 +208,22 @@ def test_handshake_is_answered_without_auth(uri):
     assert reply.reply == b""
 
 
+class _SlowReply(_Reply):
+    """Writes its request late, as a loaded client may: a server that answered and ended the call
+    first would leave the client's failed write waiting forever for its unread reply."""
+
+    def authenticate(self, outgoing, incoming):
+        time.sleep(0.3)
+        super().authenticate(outgoing, incoming)
+
+
+def test_handshake_waits_for_the_request_of_a_slow_client(uri):
+    reply, done = _SlowReply(), threading.Event()
+    worker = threading.Thread(target=lambda: (flight.connect(uri).authenticate(reply), done.set()), daemon=True)
+    worker.start()
+    assert done.wait(10) and reply.reply == b""
+
+
 def test_handshake_reply_carries_the_bearer_token_with_auth(login_server):
     client = flight.connect(login_server)
     reply = _Reply()

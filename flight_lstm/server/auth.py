@@ -38,6 +38,7 @@ TRACKED_NAMES = 10_000  # user names with recent failures kept in memory at most
 # scrypt takes a core for ~40 ms; leave the other cores to queries, whatever a flood of logins does.
 CHECKS_AT_ONCE = max(1, (os.cpu_count() or 2) // 2)
 CHECK_WAIT = 1.0  # seconds a login waits for a free check before it is refused as busy
+HANDSHAKES_AT_ONCE = 64  # handshakes waiting for their client's request; past it, refused at once
 
 log = logging.getLogger("flight_lstm.server")
 
@@ -268,9 +269,25 @@ class HandshakeAnswer(flight.ServerAuthHandler):
     """Answers every Handshake with one message, with auth or without: clients that always
     handshake, and clients that wait for its reply, connect. With auth the middleware checked the
     Basic login, and the reply carries the bearer token (as the reply header does); without, it
-    is empty. The request's own payload holds no credentials here, so it is not read."""
+    is empty. The request's payload holds no credentials here, but it is waited for (or the
+    client's end of writing): a call answered and ended first leaves a client whose write then
+    fails waiting forever for its unread reply (pyarrow's does). A client that never sends holds
+    its wait until it goes, so at most `at_once` wait; the next are refused."""
+
+    def __init__(self, at_once: int = HANDSHAKES_AT_ONCE):
+        super().__init__()
+        self.at_once, self._waits = at_once, threading.BoundedSemaphore(at_once)
 
     def authenticate(self, outgoing, incoming):
+        if not self._waits.acquire(blocking=False):
+            log.warning("handshake refused: %d others wait for their clients' requests", self.at_once)
+            raise flight.FlightUnavailableError("too many handshakes at once; retry in 1 s")
+        try:
+            incoming.read()
+        except OSError:  # the client closed its side without a request: the Basic header was it
+            pass
+        finally:
+            self._waits.release()
         outgoing.write((_handshake_tokens.pop(threading.get_ident(), None) or "").encode())
 
     def is_valid(self, token):
