@@ -155,7 +155,7 @@ def _stuck(z: np.ndarray) -> np.ndarray:
     excess = np.zeros(z.shape)
     excess[:, 1:] = np.maximum(length - longest, 0)[:, :-1]
     share = (_trailing(repeat.astype(np.float64), RECAL_WINDOW) + 1) / (np.minimum(steps, RECAL_WINDOW) + 2)
-    return STUCK_WEIGHT * np.sqrt(2 * excess * np.log(1 / share))
+    return STUCK_WEIGHT * np.sqrt(-2 * excess * np.log(share))
 
 
 @dataclass(frozen=True)
@@ -301,8 +301,8 @@ class AnomalyModel(BaseModel):
 
     def predict_points(self, values: np.ndarray, lengths: np.ndarray, starts: np.ndarray | None = None):
         """Per point and column (points, k): the expected value, the unit of the recalibrated
-        residual u (value = expected + u * unit), the statistic that is scored (max of |u| and
-        the windows' |sums| / sqrt(w)), and per window the sum of the previous w - 1 clipped
+        residual u (value = expected + u * unit), the statistic that is scored (the largest of
+        its terms: module docstring), and per window the sum of the previous w - 1 clipped
         u's less w times the recent bias (points, k, windows), the variance term's parts
         (the previous squares less their count n, and VAR_WEIGHT / sqrt(2n)) and the stuck
         term (of past points only).  NaN where the value is missing or the point not scored."""

@@ -177,7 +177,9 @@ def synthetic_series(freq: str, n: int = 200, seed: int = 2026) -> tuple[list[np
     length, per_day = (24 * 42, 24) if hourly else (790, 1)
     t = np.arange(length)
     day = t / per_day
-    week = np.ones(per_day * 7)  # weather wanders about its weekly mean: of the days there are, at the ends
+    # Weather wanders about its weekly moving mean, taken over the days there are (at the ends too).
+    week = np.ones(per_day * 7)
+    days_in_week = np.convolve(np.ones(length), week, "same")
     out, kinds = [], []
     for i in range(n):
         kind = SYNTHETIC_KINDS[i % len(SYNTHETIC_KINDS)]
@@ -186,7 +188,7 @@ def synthetic_series(freq: str, n: int = 200, seed: int = 2026) -> tuple[list[np
         weekly = np.isin(np.floor(day + rng.integers(7)) % 7, (5, 6))  # the weekend
         annual = np.sin(2 * np.pi * day / 365.25 + phase)
         weather = np.cumsum(rng.normal(0, 1, length))
-        weather = weather - np.convolve(weather, week, "same") / np.convolve(np.ones(length), week, "same")
+        weather = weather - np.convolve(weather, week, "same") / days_in_week
         if kind == "temperature":
             x = (rng.uniform(-5, 20) + rng.uniform(3, 8) * daily + rng.uniform(5, 12) * annual
                  + rng.uniform(0.3, 1.0) * weather / np.sqrt(per_day))
