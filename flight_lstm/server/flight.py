@@ -22,6 +22,7 @@ from flight_lstm.server.errors import flight_errors, mapped, without_flight_erro
 from flight_lstm.server.flight_sql import ACTIONS as FLIGHT_SQL_ACTIONS
 from flight_lstm.server.flight_sql import FlightSQL
 from flight_lstm.server.telemetry import Query
+from flight_lstm.server.uploads import received, received_schema
 from flight_lstm.service import Service
 
 ACTIONS = {
@@ -117,8 +118,9 @@ class FlightLSTMServer(flight.FlightServerBase):
         query = Query("do_exchange", caller(context))
         try:
             sql = text_of(descriptor.command, "the command")
-            batches = (chunk.data for chunk in reader if chunk.data is not None)
-            schema, results = self.service.exchange(sql, _sent_schema(reader), batches, liveness.cancelled(context))
+            batches = (received(chunk.data) for chunk in reader if chunk.data is not None)
+            schema, results = self.service.exchange(sql, received_schema(_sent_schema(reader)), batches,
+                                                    liveness.cancelled(context))
         except BaseException as e:
             query.end(e)
             raise

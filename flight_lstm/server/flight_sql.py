@@ -24,6 +24,7 @@ from flight_lstm.server import columns
 from flight_lstm.server import flight_sql_messages as messages
 from flight_lstm.server import flight_sql_metadata as metadata
 from flight_lstm.server.prepared import PARAMETER_BYTES, PARAMETER_ROWS, STATEMENT_TTL, PreparedStatements
+from flight_lstm.server.uploads import received
 from flight_lstm.service import Service
 
 ACTIONS = {
@@ -190,9 +191,9 @@ def _rows(reader: flight.MetadataRecordBatchReader) -> list[list]:
     """The rows of parameters, read a batch at a time so an upload too large is refused as it comes."""
     rows, size = [], 0
     for chunk in reader:
-        batch = chunk.data
-        if batch is None:
+        if chunk.data is None:
             continue
+        batch = received(chunk.data)
         size += batch.nbytes
         if size > PARAMETER_BYTES:
             raise InvalidQuery(f"bound parameters may hold at most {PARAMETER_BYTES:,} bytes")

@@ -1,0 +1,63 @@
+"""Arrow data a client sends (DoExchange batches, DoPut parameters) is untrusted bytes.
+
+Arrow's IPC reader checks only that a batch's buffers are large enough for its lengths; what the
+offsets, dictionary indices and string views inside them point at is not checked, and DuckDB and
+pyarrow read where they point. A view claiming 4,000 bytes of a 16-byte buffer handed back the
+server's heap (another user's bearer token among it), and a bad buffer index crashed the process.
+So every uploaded batch is validated in full before anything reads a value, and its string and
+binary views become plain large strings and binaries, each value then held in its own bytes: a
+view column may not refer to more bytes than it carries, since views that share bytes would
+multiply what a reader copies. Views nested in lists or structs, and list views, are refused.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from flight_lstm.errors import InvalidQuery, first_line
+
+_PLAIN = {pa.string_view(): pa.large_string(), pa.binary_view(): pa.large_binary()}
+
+
+def received_schema(schema: pa.Schema) -> pa.Schema:
+    """The schema the server reads uploads in: views as plain large types (nested ones refused)."""
+    fields = []
+    for field in schema:
+        if field.type not in _PLAIN and _holds_views(field.type):
+            raise InvalidQuery(f"column {field.name!r} nests string, binary or list views ({field.type}); "
+                               "send plain strings, binaries and lists")
+        fields.append(field.with_type(_PLAIN.get(field.type, field.type)))
+    return pa.schema(fields, metadata=schema.metadata)
+
+
+def received(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """`batch` checked in full and in `received_schema`, or InvalidQuery naming what is wrong."""
+    schema = received_schema(batch.schema)
+    try:
+        batch.validate(full=True)
+    except pa.ArrowInvalid as e:
+        raise InvalidQuery(f"the batch you sent is not valid Arrow: {first_line(e)}") from None
+    columns = []
+    for field, column in zip(batch.schema, batch.columns):
+        if field.type in _PLAIN:
+            if _view_bytes(column) > sum(b.size for b in column.buffers() if b is not None):
+                raise InvalidQuery(f"column {field.name!r}: its views refer to more bytes than it sends")
+            column = column.cast(_PLAIN[field.type])
+        columns.append(column)
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def _view_bytes(column: pa.Array) -> int:
+    """The bytes a string or binary view column's values hold: each 16-byte view starts with its
+    value's length (int32), NULL slots excepted."""
+    views = np.frombuffer(column.buffers()[1], np.int32)[4 * column.offset:4 * (column.offset + len(column)):4]
+    valid = column.is_valid().to_numpy(zero_copy_only=False)
+    return int(views[valid].astype(np.int64).sum())
+
+
+def _holds_views(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):
+        return _holds_views(t.value_type)
+    if t in _PLAIN or pa.types.is_list_view(t) or pa.types.is_large_list_view(t):
+        return True
+    return any(_holds_views(t.field(i).type) for i in range(t.num_fields))

@@ -1,0 +1,104 @@
+"""Arrow batches a client uploads are untrusted bytes (server/uploads.py): a batch whose views,
+offsets or dictionary indices point outside its buffers is refused before DuckDB or pyarrow read
+through them, on every path that takes uploads (DoExchange, DoPut parameters), and the server goes
+on serving. Before the check, a string view claiming 4,000 bytes of a 16-byte buffer echoed the
+server's heap back, another user's bearer token among it."""
+import struct
+
+import pyarrow as pa
+import pyarrow.flight as flight
+import pytest
+
+from flight_lstm.server import flight_sql_messages as messages
+from flight_lstm.server.uploads import received
+from tests.conftest import run
+
+
+def view(claimed: int, data: bytes = b"x" * 16, kind=pa.binary_view()) -> pa.Array:
+    """One view value of `claimed` bytes at offset 0 of `data` (values over 12 bytes live there)."""
+    return pa.Array.from_buffers(kind, 1, [None, pa.py_buffer(struct.pack("<i4sii", claimed, data[:4], 0, 0)),
+                                           pa.py_buffer(data)])
+
+
+def shared(rows: int, data: bytes) -> pa.Array:
+    """`rows` valid views, all of the same bytes: small to send, `rows` times larger to copy."""
+    one = struct.pack("<i4sii", len(data), data[:4], 0, 0)
+    return pa.Array.from_buffers(pa.string_view(), rows, [None, pa.py_buffer(one * rows), pa.py_buffer(data)])
+
+
+def exchange(client, sql: str, batch: pa.RecordBatch) -> pa.Table:
+    writer, reader = client.do_exchange(flight.FlightDescriptor.for_command(sql))
+    writer.begin(batch.schema)
+    writer.write_batch(batch)
+    writer.done_writing()
+    return reader.read_all()
+
+
+def bind(client, batch: pa.RecordBatch) -> pa.Table:
+    """Prepare `SELECT ? AS x`, bind `batch` by DoPut, run it."""
+    request = messages.ActionCreatePreparedStatementRequest(query="SELECT ? AS x")
+    body = list(client.do_action(flight.Action("CreatePreparedStatement", messages.pack(request))))[0].body
+    handle = messages.unpack("ActionCreatePreparedStatementResult",
+                             messages.flight_sql_type(body.to_pybytes())[1]).prepared_statement_handle
+    command = messages.pack(messages.CommandPreparedStatementQuery(prepared_statement_handle=handle))
+    writer, reader = client.do_put(flight.FlightDescriptor.for_command(command), batch.schema)
+    writer.write_batch(batch)
+    writer.done_writing()
+    reader.read()
+    writer.close()
+    info = client.get_flight_info(flight.FlightDescriptor.for_command(command))
+    return client.do_get(info.endpoints[0].ticket).read_all()
+
+
+BAD = {
+    "a view past its buffer": pa.record_batch([view(4000)], names=["p"]),
+    "a view into a buffer that is not there": pa.record_batch([pa.Array.from_buffers(
+        pa.string_view(), 1, [None, pa.py_buffer(struct.pack("<i4sii", 100, b"xxxx", 7, 0)),
+                              pa.py_buffer(b"x" * 16)])], names=["p"]),
+    "dictionary indices past the dictionary": pa.record_batch([pa.DictionaryArray.from_arrays(
+        pa.array([0, 100_000], pa.int32()), pa.array(["a"]), safe=False)], names=["p"]),
+    "string offsets that run backwards": pa.record_batch([pa.Array.from_buffers(
+        pa.string(), 2, [None, pa.py_buffer(struct.pack("<iii", 2, 0, 3)), pa.py_buffer(b"abc")])], names=["p"]),
+}
+
+
+@pytest.mark.parametrize("what", BAD)
+def test_a_batch_pointing_outside_its_buffers_is_refused_on_every_upload_path(client, what):
+    batch = BAD[what]
+    with pytest.raises(pa.ArrowInvalid, match="not valid Arrow"):
+        exchange(client, "SELECT p AS b FROM input", batch)
+    with pytest.raises(pa.ArrowInvalid, match="not valid Arrow"):
+        bind(client, batch)
+    assert run(client, "SELECT 41 + 1 AS x").column("x").to_pylist() == [42]
+
+
+def test_views_that_share_their_bytes_are_refused_before_anything_copies_them(client):
+    batch = pa.record_batch([shared(10_000, b"y" * 100_000)], names=["p"])  # 1.1 MB sent, 1 GB to copy
+    with pytest.raises(pa.ArrowInvalid, match="refer to more bytes than it sends"):
+        exchange(client, "SELECT length(p) AS n FROM input", batch)
+    with pytest.raises(pa.ArrowInvalid, match="refer to more bytes than it sends"):
+        bind(client, batch)
+
+
+def test_views_nested_in_lists_are_refused_by_name(client):
+    nested = pa.array([["a", "b"], None], pa.list_(pa.string_view()))
+    with pytest.raises(pa.ArrowInvalid, match="'p' nests string, binary or list views"):
+        exchange(client, "SELECT p AS b FROM input", pa.record_batch([nested], names=["p"]))
+
+
+def test_honest_views_are_read_as_plain_strings(client):
+    texts = ["a wonderful , moving film", None, "short", "🎬" * 20]
+    batch = pa.record_batch([pa.array(texts, pa.string_view())], names=["review"])
+    out = exchange(client, "SELECT review, sentiment(review) AS s FROM input", batch)
+    assert out.column("review").to_pylist() == texts
+    assert out.column("s")[0].as_py() > 0 and out.column("s")[1].as_py() is None
+    assert bind(client, pa.record_batch([pa.array(["a long bound value, past twelve bytes"], pa.string_view())],
+                                        names=["p"])).column("x").to_pylist() == ["a long bound value, past twelve bytes"]
+
+
+def test_received_keeps_an_honest_batch_and_makes_its_views_plain():
+    batch = pa.record_batch([pa.array([1, 2]), pa.array([b"ab", b"a value past twelve bytes"], pa.binary_view())],
+                            names=["i", "b"])
+    got = received(batch)
+    assert got.schema.types == [pa.int64(), pa.large_binary()]
+    assert got.to_pylist() == batch.to_pylist()
