@@ -193,6 +193,21 @@ def test_a_slow_blocking_query_is_not_mistaken_for_a_silent_client(lake):
         srv.shutdown()
 
 
+FORECAST = "SELECT count(*) AS n FROM forecast_table('sales', key => 'store', ts => 'ts', value => 'amount', horizon => 2)"
+EVENTS = ("SELECT count(*) AS n FROM anomaly_events('sales', key => 'store', ts => 'ts', value => '"
+          + ", ".join(f"c{i}" for i in range(64)) + "')")
+
+
+def test_planning_work_is_bounded_before_it_is_done(client):
+    """A few bytes of table function calls expand a thousandfold, and planning is out of reach of
+    the time limit and of cancels (plan/size.py): 40 calls in 5 kB planned for 12 s."""
+    with pytest.raises(pa.ArrowInvalid, match="at most 8 table functions .* this one calls 9"):
+        run(client, " UNION ALL ".join([FORECAST] * 9))
+    with pytest.raises(pa.ArrowInvalid, match="plans to more than 20,000 SQL nodes"):
+        run(client, " UNION ALL ".join([EVENTS] * 5))
+    assert run(client, " UNION ALL ".join([FORECAST] * 8)).column("n").to_pylist() == [6] * 8
+
+
 def test_oversized_and_overdeep_queries_are_clean_errors(client):
     with pytest.raises(pa.ArrowInvalid, match="over 262144 bytes"):
         run(client, "SELECT 1 IN (" + ", ".join(map(str, range(60000))) + ")")

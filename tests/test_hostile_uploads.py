@@ -11,7 +11,7 @@ import pytest
 
 from flight_lstm.server import flight_sql_messages as messages
 from flight_lstm.server.uploads import received
-from tests.conftest import run
+from conftest import run
 
 
 def view(claimed: int, data: bytes = b"x" * 16, kind=pa.binary_view()) -> pa.Array:

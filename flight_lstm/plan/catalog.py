@@ -1,7 +1,8 @@
 """What a plan is, and the catalog that makes one: the query steps composed as data.
 
-    QUERY:    parse, expand the table functions (forecast_table, forecast_backtest, anomaly_table),
-              check read-only, inline views, check series are ordered, bind operators
+    QUERY:    parse, expand the table functions (forecast_table, forecast_backtest, anomaly_table; at
+              most 8), check read-only, inline views, check the size of the tree, check series are
+              ordered, bind operators
     EXCHANGE: parse, check read-only, check row-wise, check series are ordered, bind operators
     then:     push work down to a source that runs SQL, tag operator calls with their
               connection, lift operator calls out, and write SQL (emit.py, checked by DuckDB)
@@ -31,10 +32,11 @@ from flight_lstm.plan.parse import parse_one_query
 from flight_lstm.plan.pushdown import push_down
 from flight_lstm.plan.read_only import check_read_only
 from flight_lstm.plan.row_wise import check_row_wise
+from flight_lstm.plan.size import check_plan_size, check_table_functions
 from flight_lstm.plan.views import inline_views, source_tables
 
-QUERY = (expand_forecast_tables, expand_forecast_backtests, expand_anomaly_tables, check_read_only, inline_views, check_ordered_series,
-         bind_operators)
+QUERY = (check_table_functions, expand_forecast_tables, expand_forecast_backtests, expand_anomaly_tables, check_read_only,
+         inline_views, check_plan_size, check_ordered_series, bind_operators)
 EXCHANGE = (check_read_only, check_row_wise, check_ordered_series, bind_operators)
 
 

@@ -1,0 +1,39 @@
+"""Bound the work of planning one query, which no time limit or cancel reaches.
+
+Planning holds a query slot and Python's lock while sqlglot parses, writes and parses again, and
+DuckDB parses once more; its cost grows with the planned tree, about 0.1 ms a node here. A few
+bytes of text can grow that tree a thousandfold: each table function call (`forecast_table(...)`
+is 135 bytes) expands into about 2,000 nodes of SQL, and a published view is inlined wherever
+it is named. Forty calls in 5 kB planned for 12 s, and a handful of such requests held every
+slot for a minute. So a query may expand at most MAX_TABLE_FUNCTIONS table functions (counted
+before any is expanded), and its planned tree may hold at most MAX_PLAN_NODES nodes (counted
+before it is written as SQL): planning stays within a few seconds (2.6 s for the largest
+allowed here, four `anomaly_events` over 64 columns each).
+"""
+from __future__ import annotations
+
+from sqlglot import exp
+
+from flight_lstm.errors import InvalidQuery
+from flight_lstm.plan import anomaly_table, forecast_backtest, forecast_table
+
+MAX_TABLE_FUNCTIONS = 8
+MAX_PLAN_NODES = 20_000
+EXPANDED = {forecast_table.NAME, forecast_backtest.NAME, anomaly_table.TABLE, anomaly_table.EVENTS}
+
+
+def check_table_functions(tree: exp.Expression) -> exp.Expression:
+    calls = sum(1 for t in tree.find_all(exp.Table)
+                if isinstance(t.this, exp.Anonymous) and t.this.name.lower() in EXPANDED)
+    if calls > MAX_TABLE_FUNCTIONS:
+        raise InvalidQuery(f"a query may call at most {MAX_TABLE_FUNCTIONS} table functions "
+                           f"({', '.join(sorted(EXPANDED))}); this one calls {calls}")
+    return tree
+
+
+def check_plan_size(tree: exp.Expression) -> exp.Expression:
+    for count, _ in enumerate(tree.walk(), start=1):
+        if count > MAX_PLAN_NODES:
+            raise InvalidQuery(f"the query plans to more than {MAX_PLAN_NODES:,} SQL nodes (its views and "
+                               "table functions expanded); split it into smaller queries")
+    return tree
