@@ -172,6 +172,7 @@ def test_huge_constant_and_non_numeric_values(service):
     ("anomaly_table('metrics', ts => 'ts', value => 'cpux')", 'Candidate bindings: "cpu"'),
     ("anomaly_table('metrics', ts => 'ts', value => 'cpu', model => 'nope')", "no anomaly model 'nope'"),
     ("anomaly_events('metrics', ts => 'ts', value => 'cpu', gap => -1)", "gap => -1 must be a whole number"),
+    ("anomaly_events('metrics', ts => 'ts', value => 'cpu', gap => 99999999999999999999999)", "from 0 to 1,000,000"),
     ("anomaly_table('metrics', ts => 'ts', value => 'cpu', freq => 'fortnightly')", "'fortnightly' is not a frequency"),
     ("anomaly_table('metrics', ts => 'ts', value => '" + ", ".join(f"c{i}" for i in range(65)) + "')",
      "names 65 columns; at most 64"),

@@ -79,6 +79,10 @@ def test_irregular_or_duplicate_timestamps_are_refused(service, table, words):
     ("forecast_table('sales', key => 'store', ts => 'ts', value => 'amount', horizon => 2, color => 'red')", "unknown: color"),
     ("forecast_table(sales, ts => 'ts', value => 'amount', horizon => 2)", "string literal"),
     ("forecast_table('sales', ts => 'ts', value => 'amount', horizon => 'x')", "number"),
+    ("forecast_table('sales', ts => 'ts', value => 'amount', horizon => 1e308)", "horizon => 1e308 must be a whole number"),
+    ("forecast_table('sales', ts => 'ts', value => 'amount', horizon => 2.5)", "horizon => 2.5 must be a whole number"),
+    ("forecast_table('sales', ts => 'ts', value => 'amount', horizon => 0)", "from 1 to 1,051,920"),
+    ("forecast_table('sales', ts => 'ts', value => 'amount', horizon => 2, level => 1.5)", "level => 1.5 must be between"),
     *((CALL.format(table="sales", h=2, extra=extra), words) for extra, words in [  # freq and tz: see test_frequencies.py
         (", freq => 'fortnightly'", "freq => 'fortnightly': unknown frequency 'fortnightly'; use one of 5min, 10min"),
         (", freq => 0", "a seasonal period must be a whole number from 1"),

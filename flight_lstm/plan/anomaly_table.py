@@ -49,6 +49,7 @@ CALENDAR_STEPS = {"daily": ("day", 1), "weekly": ("day", 7), "business_daily": (
                   "monthly": ("month", 1), "quarterly": ("month", 3), "yearly": ("month", 12)}
 LEVEL = "0.999"
 GAP = 3
+MAX_GAP = 1_000_000  # observations between flags that still join one event
 MAX_COLUMNS = 64  # value => 'a, b, ...': each column adds its own SQL, so a request cannot grow it unbounded
 KEYS_ONLY = "keys_only"  # meta: the rows' keys only
 PENDING = "pending"  # meta: (local table `c` of pending keys, SQL matching its row to a point `p`)
@@ -178,8 +179,8 @@ def _missing(call: TableCall) -> str:
 def _events(node: exp.Anonymous) -> str:
     call = TableCall.of(node, PARAMETERS + ("gap",), USAGE + "[, gap => 3]")
     gap = call.number("gap") if "gap" in call else str(GAP)
-    if not gap.isdigit():
-        raise call.error(f"gap => {gap} must be a whole number of observations (0 or more)")
+    if not gap.isdigit() or int(gap) > MAX_GAP:
+        raise call.error(f"gap => {gap} must be a whole number of observations from 0 to {MAX_GAP:,}")
     inner = node.copy()
     inner.set("expressions", [a for a in inner.expressions
                               if not (isinstance(a, exp.Kwarg) and a.this.name.lower() == "gap")])

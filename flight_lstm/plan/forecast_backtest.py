@@ -90,9 +90,5 @@ def _expansion(node: exp.Anonymous) -> str:
     if not origins.isdigit() or not 1 <= int(origins) <= MAX_ORIGINS:
         raise call.error(f"origins => {origins} must be a whole number from 1 to {MAX_ORIGINS}")
     fields = series_inputs(call)
-    if not fields["horizon"].isdigit() or int(fields["horizon"]) < 1:
-        raise call.error(f"horizon => {fields['horizon']} must be a whole number of steps, 1 or more")
-    if not 0 < float(fields["level"]) < 1:
-        raise call.error(f"level => {fields['level']} must be between 0 and 1")
     call_sql = forecast_call(fields["model"], fields["horizon"], fields["level"], series="_history")
     return (INPUTS + BACKTEST).format(**fields, origins=int(origins), call=call_sql)

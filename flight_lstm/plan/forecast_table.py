@@ -205,6 +205,12 @@ def series_inputs(call: TableCall) -> dict[str, str]:
     ts = call.column("ts")
     horizon = call.number("horizon")
     level = call.number("level") if "level" in call else "0.95"
+    longest = max(f.max_horizon for f in FREQUENCIES.values())
+    if not horizon.isdigit() or not 1 <= int(horizon) <= longest:
+        raise call.error(f"horizon => {horizon} must be a whole number of steps from 1 to {longest:,} "
+                         f"({frequencies.MAX_YEARS} years of the finest frequency)")
+    if not 0 < float(level) < 1:
+        raise call.error(f"level => {level} must be between 0 and 1")
     freq = _freq(call) if "freq" in call else None
     given = freq if isinstance(freq, str) else None  # a name fixes the grid; a period only the model
     if given and float(horizon) > FREQUENCIES[given].max_horizon:
