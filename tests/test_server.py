@@ -380,6 +380,12 @@ def test_a_hint_naming_an_engine_internal_is_dropped(client):
     assert "__with_model" not in str(raised.value)
 
 
+def test_an_operator_called_with_wrong_types_is_named_as_the_user_wrote_it(client):
+    with pytest.raises(pa.ArrowInvalid) as raised:
+        run(client, "SELECT forecast(list(amount ORDER BY ts), [1], 'daily') FROM sales")
+    assert "'forecast(DOUBLE[], INTEGER[]" in str(raised.value) and "__" not in str(raised.value)
+
+
 def test_a_syntax_error_says_where_in_duckdbs_words(client):
     with pytest.raises(pa.ArrowInvalid) as raised:
         run(client, "SELEC id FROM reviews")

@@ -16,6 +16,8 @@ _UDF_ERROR = re.compile(r"Python exception occurred while executing the UDF: (?:
 # DuckDB's help for a typo, on the lines after its message: kept, unless it offers one of the
 # engine's own names (an operator's internal form, a lifted column: they hold `__`).
 _HINT = re.compile(r'^(?:Did you mean "[^"\n]*"\?|Candidate bindings: [^\n]*)$', re.M)
+# An operator called with a model name is registered as `<name>__with_model`: say `<name>`.
+_WITH_MODEL = re.compile(r"(?<=\w)__with_model\b")
 
 
 def _message(error: duckdb.Error) -> str:
@@ -27,7 +29,7 @@ def _message(error: duckdb.Error) -> str:
     if not text:
         return type(error).__name__
     hints = [h for h in _HINT.findall(text) if "__" not in h]
-    return " ".join([text.splitlines()[0], *hints])
+    return " ".join([_WITH_MODEL.sub("", text.splitlines()[0]), *hints])
 
 
 # Mid-stream, DuckDB's errors arrive through the Arrow reader as OSError("<Kind> Error: ...").
