@@ -15,6 +15,7 @@ import pytest
 from conftest import run, start_server
 
 from flight_lstm.engine import Limits
+from flight_lstm.errors import InvalidQuery
 from flight_lstm.service import Service
 from flight_lstm.sources.duckdb import DuckDBSource
 
@@ -106,6 +107,25 @@ def test_every_query_logs_one_line_without_its_sql(lake, caplog):
         ("do_get", "ok"), ("get_flight_info", "InvalidQuery")]
     assert "operators=sentiment" in lines[0] and "rows=0" in lines[0]
     assert not any("secret" in r.getMessage() for r in caplog.records)
+
+
+def test_a_query_refused_while_planning_logs_the_time_its_planning_took(lake, caplog):
+    service = Service(DuckDBSource(lake))
+
+    def slow_refusal(sql, local_tables=()):
+        time.sleep(0.3)
+        raise InvalidQuery("refused after planning")
+
+    service.plan = slow_refusal
+    srv, uri = start_server(service)
+    try:
+        with flight.connect(uri) as c, caplog.at_level(logging.INFO, "flight_lstm.server"):
+            with pytest.raises(pa.ArrowInvalid, match="refused after planning"):
+                run(c, "SELECT 1")
+    finally:
+        srv.shutdown()
+    line, = [r.getMessage() for r in caplog.records if "query kind=get_flight_info" in r.getMessage()]
+    assert float(re.search(r"seconds=([0-9.]+)", line).group(1)) >= 0.3
 
 
 def test_metrics_count_queries_rows_and_outcomes(lake, tmp_path):

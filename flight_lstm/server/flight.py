@@ -9,6 +9,7 @@ decoded, columns described; CancelFlightInfo stops a running DoGet by its ticket
 from __future__ import annotations
 
 import json
+import time
 
 import pyarrow as pa
 import pyarrow.flight as flight
@@ -52,6 +53,7 @@ class FlightLSTMServer(flight.FlightServerBase):
         return self.service.dataset_sql(".".join(p.decode() if isinstance(p, bytes) else p for p in descriptor.path))
 
     def _info(self, context, descriptor: flight.FlightDescriptor) -> flight.FlightInfo:
+        started = time.perf_counter()
         try:
             message = _flight_sql(descriptor)
             if message:
@@ -59,7 +61,8 @@ class FlightLSTMServer(flight.FlightServerBase):
             sql = self._ticket_sql(descriptor)
             schema = columns.described(self.service.schema(self.service.plan(sql)))
         except BaseException as e:
-            Query("get_flight_info", caller(context)).end(e)  # a query that fails planning ends here, not in DoGet
+            # A query that fails planning ends here, not in DoGet; its time includes the planning.
+            Query("get_flight_info", caller(context), started).end(e)
             raise
         endpoint = flight.FlightEndpoint(sql.encode(), [])
         return flight.FlightInfo(schema, descriptor, [endpoint], -1, -1)

@@ -50,9 +50,10 @@ def error_kind(error: BaseException | None) -> str:
 class Query:
     """One query from its call to its end: counts its rows and reports once, however it ends."""
 
-    def __init__(self, kind: str, user: str | None = None):
+    def __init__(self, kind: str, user: str | None = None, started: float | None = None):
+        """`started`: when its call began (time.perf_counter), if before now."""
         self.kind, self.user, self.operators, self.rows = kind, user, (), 0
-        self.started = time.perf_counter()
+        self.started = time.perf_counter() if started is None else started
         self._ended = threading.Event()
         RUNNING.inc()
 
