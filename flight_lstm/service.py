@@ -144,6 +144,28 @@ class Service:
         _check_params(plan, params)
         return self.engine.stream(plan, cancelled, params=params)
 
+    def stream_each(self, plan: Plan, rows: list[list], cancelled: Callable[[], bool] = lambda: False,
+                    ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+        """The query run once per row of bound parameters, one after another, as one result under
+        one time and row allowance: binding 10,000 rows buys one time limit, not 10,000."""
+        _check_params(plan, rows[0])
+        budget = self.engine.budget(cancelled)
+        schema, first = self.engine.stream(plan, cancelled, params=rows[0], budget=budget)
+        return schema, self._concatenated(plan, schema, first, rows[1:], cancelled, budget)
+
+    def _concatenated(self, plan: Plan, schema: pa.Schema, current: Iterator, rest: list,
+                      cancelled: Callable[[], bool], budget) -> Iterator[pa.RecordBatch]:
+        try:
+            for row in [None, *rest]:
+                if row is not None:
+                    _, current = self.engine.stream(plan, cancelled, params=row, budget=budget)
+                for batch in current:
+                    yield batch if batch.schema == schema else _as(batch, schema)
+        finally:
+            close = getattr(current, "close", None)
+            if close is not None:
+                close()  # a client gone mid-way ends the running row's query now
+
     def exchange(self, sql: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch],
                  cancelled: Callable[[], bool] = lambda: False) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
         """Run row-wise SQL over a table named `input` holding the caller's batches, one at a time:
@@ -221,6 +243,15 @@ def plan_bytes(plan: Plan) -> int:
 
 def schema_bytes(schema: pa.Schema) -> int:
     return schema.serialize().size
+
+
+def _as(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """A later row's batch in the first row's types (a NULL parameter may type a column NULL)."""
+    try:
+        return batch.cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raise InvalidQuery("the rows of parameters give results of different types; bind them in separate "
+                           "executions") from None
 
 
 def _check_params(plan: Plan, params: list | None) -> None:

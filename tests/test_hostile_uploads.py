@@ -9,9 +9,12 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
+from flight_lstm.engine import Limits
 from flight_lstm.server import flight_sql_messages as messages
 from flight_lstm.server.uploads import received
-from conftest import run
+from flight_lstm.service import Service
+from flight_lstm.sources.duckdb import DuckDBSource
+from conftest import run, start_server
 
 
 def view(claimed: int, data: bytes = b"x" * 16, kind=pa.binary_view()) -> pa.Array:
@@ -34,9 +37,9 @@ def exchange(client, sql: str, batch: pa.RecordBatch) -> pa.Table:
     return reader.read_all()
 
 
-def bind(client, batch: pa.RecordBatch) -> pa.Table:
-    """Prepare `SELECT ? AS x`, bind `batch` by DoPut, run it."""
-    request = messages.ActionCreatePreparedStatementRequest(query="SELECT ? AS x")
+def bind(client, batch: pa.RecordBatch, sql: str = "SELECT ? AS x") -> pa.Table:
+    """Prepare `sql`, bind `batch` by DoPut, run it."""
+    request = messages.ActionCreatePreparedStatementRequest(query=sql)
     body = list(client.do_action(flight.Action("CreatePreparedStatement", messages.pack(request))))[0].body
     handle = messages.unpack("ActionCreatePreparedStatementResult",
                              messages.flight_sql_type(body.to_pybytes())[1]).prepared_statement_handle
@@ -102,3 +105,17 @@ def test_received_keeps_an_honest_batch_and_makes_its_views_plain():
     got = received(batch)
     assert got.schema.types == [pa.int64(), pa.large_binary()]
     assert got.to_pylist() == batch.to_pylist()
+
+
+def test_rows_of_parameters_share_one_time_and_row_allowance(lake):
+    """Each row of bound values runs the query once; 20 rows of 999 must not buy 20 row limits."""
+    srv, uri = start_server(Service(DuckDBSource(lake), limits=Limits(max_rows=1000)))
+    try:
+        with flight.connect(uri) as client:
+            rows = pa.record_batch([pa.array([999] * 20, pa.int64())], names=["p"])
+            with pytest.raises(flight.FlightUnavailableError, match="limit of 1,000 rows"):
+                bind(client, rows, "SELECT * FROM range(?)")
+            one = pa.record_batch([pa.array([999], pa.int64())], names=["p"])
+            assert bind(client, one, "SELECT * FROM range(?)").num_rows == 999
+    finally:
+        srv.shutdown()

@@ -75,16 +75,17 @@ class Engine:
 
     def stream(
         self, plan: Plan, cancelled: Callable[[], bool] = lambda: False,
-        extra_tables: dict[str, pa.Table] | None = None, params: list | None = None,
+        extra_tables: dict[str, pa.Table] | None = None, params: list | None = None, budget: Budget | None = None,
     ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
         """Start the query; batches of at most `batch_rows` rows follow as the consumer pulls them.
 
         The query holds one of the server's slots (`Limits.max_queries`) until its cursor closes:
         when the iterator is exhausted or closed, or the watchdog ends it (cancelled, out of
         time, or a client that stopped reading). `extra_tables` are readable by name, as the
-        plan's `local_tables`.
+        plan's `local_tables`. `budget`: a time and row allowance shared with other runs of one
+        request (default: its own, from the server's limits).
         """
-        running = self.start(plan, Budget(self.limits, cancelled), extra_tables=extra_tables)
+        running = self.start(plan, budget or self.budget(cancelled), extra_tables=extra_tables)
         try:
             # DuckDB runs a blocking query (GROUP BY, ORDER BY) to its end right here, so the
             # watchdog is already on guard.
@@ -102,6 +103,10 @@ class Engine:
         if plan.lift:
             return schema, apply_lift(plan.lift, schema, batches, self.operators, running.budget)
         return running.result.schema, batches
+
+    def budget(self, cancelled: Callable[[], bool] = lambda: False) -> Budget:
+        """A new allowance of time and rows under the server's limits, from now."""
+        return Budget(self.limits, cancelled)
 
     def collect(self, plan: Plan, tables: dict[str, pa.Table]) -> pa.Table:
         """Run to the end with `tables` readable by name, so the query's source connection is

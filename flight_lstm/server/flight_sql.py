@@ -19,7 +19,6 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from flight_lstm.errors import InvalidQuery, QueryRefused, Unsupported, text_of
-from flight_lstm.plan import Plan
 from flight_lstm.server import columns
 from flight_lstm.server import flight_sql_messages as messages
 from flight_lstm.server import flight_sql_metadata as metadata
@@ -98,27 +97,9 @@ class FlightSQL:
         if name == "CommandPreparedStatementQuery":
             sql, rows = self.statements.get(messages.unpack(name, value).prepared_statement_handle, user)
             plan = self.service.plan(sql)
-            return (*columns.result(*self._each_row(plan, rows or [None], cancelled)), plan.operators)
+            return (*columns.result(*self.service.stream_each(plan, rows or [None], cancelled)), plan.operators)
         table = self._metadata_table(name, value)
         return table.schema, iter(table.to_batches()), frozenset()
-
-    def _each_row(self, plan: Plan, rows: list, cancelled: Callable[[], bool]) -> tuple[pa.Schema, Iterator]:
-        """The query run once per row of parameters, one after another, as one result."""
-        schema, first = self.service.stream(plan, cancelled, params=rows[0])
-        return schema, self._concatenated(plan, schema, first, rows[1:], cancelled)
-
-    def _concatenated(self, plan: Plan, schema: pa.Schema, current: Iterator, rest: list,
-                      cancelled: Callable[[], bool]) -> Iterator[pa.RecordBatch]:
-        try:
-            for row in [None, *rest]:
-                if row is not None:
-                    _, current = self.service.stream(plan, cancelled, params=row)
-                for batch in current:
-                    yield batch if batch.schema == schema else _as(batch, schema)
-        finally:
-            close = getattr(current, "close", None)
-            if close is not None:
-                close()  # a client gone mid-way ends the running row's query now
 
     def _metadata_table(self, name: str, value: bytes) -> pa.Table:
         if name == "CommandGetSqlInfo":
@@ -204,15 +185,6 @@ def _rows(reader: flight.MetadataRecordBatchReader) -> list[list]:
     if not rows:
         raise InvalidQuery("bind at least one row of parameters to a query, got 0")
     return rows
-
-
-def _as(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
-    """A later row's batch in the first row's types (a NULL parameter may type a column NULL)."""
-    try:
-        return batch.cast(schema)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        raise InvalidQuery("the rows of parameters give results of different types; bind them in separate "
-                           "executions") from None
 
 
 def _session(action: str, body: bytes):
