@@ -78,6 +78,11 @@ def test_irregular_or_duplicate_timestamps_are_refused(service, table, words):
     ("forecast_table('sales', ts => 'ts', horizon => 2)", "value"),
     ("forecast_table('sales', key => 'store', ts => 'ts', value => 'amount', horizon => 2, color => 'red')", "unknown: color"),
     ("forecast_table(sales, ts => 'ts', value => 'amount', horizon => 2)", "string literal"),
+    # A table function smuggled in as the table's name would expand too, past the limit on calls.
+    ("forecast_table('forecast_backtest(''sales'', ts => ''ts'', value => ''amount'', horizon => 2)', ts => 'ts', "
+     "value => 'amount', horizon => 2)", "the table name must name a table or view"),
+    ("forecast_table('unnest([(SELECT 1)])', ts => 'ts', value => 'amount', horizon => 2)", "must name a table"),
+    ("forecast_table('sales; DROP TABLE sales', ts => 'ts', value => 'amount', horizon => 2)", "must name a table"),
     ("forecast_table('sales', ts => 'ts', value => 'amount', horizon => 'x')", "number"),
     ("forecast_table('sales', ts => 'ts', value => 'amount', horizon => 1e308)", "horizon => 1e308 must be a whole number"),
     ("forecast_table('sales', ts => 'ts', value => 'amount', horizon => 2.5)", "horizon => 2.5 must be a whole number"),

@@ -12,12 +12,15 @@ pushdown (plan/pushdown.py) sends such a source only the columns and plain filte
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import sqlglot
 from sqlglot import exp
 
 LOCAL_ONLY = "local_only"  # meta of a function call that runs in the local DuckDB, never in a source
+_PART = r'(?:[A-Za-z_][A-Za-z0-9_$]*|"(?:[^"]|"")+")'
+TABLE_NAME = re.compile(rf"\s*{_PART}(?:\s*\.\s*{_PART}){{0,2}}\s*")  # table, schema.table, catalog.schema.table
 
 
 def expansion(sql: str) -> exp.Query:
@@ -47,8 +50,14 @@ class TableCall:
             raise InvalidQuery(f"{function}({usage}) takes one table name and named parameters"
                                + (f"; unknown: {', '.join(sorted(unknown))}" if unknown else ""))
         self = cls(function, "", named)
-        table = exp.to_table(self._string(positional[0], "the table name")).sql("duckdb")
-        return cls(function, table, named)
+        text = self._string(positional[0], "the table name")
+        # Only a name: any other table expression (a function, `unnest([...])`) would be SQL from
+        # a string, pasted into the expansion, with table functions of its own to expand.
+        if not TABLE_NAME.fullmatch(text):
+            raise InvalidQuery(f"{function}(): the table name must name a table or view, like 'sales' or "
+                               f"'lake.main.sales', got {text[:60]!r}")
+        table = exp.to_table(text, dialect="duckdb")
+        return cls(function, table.sql("duckdb"), named)
 
     def __contains__(self, parameter: str) -> bool:
         return parameter in self.named

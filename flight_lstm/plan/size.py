@@ -6,7 +6,8 @@ bytes of text can grow that tree a thousandfold: each table function call (`fore
 is 135 bytes) expands into about 2,000 nodes of SQL, and a published view is inlined wherever
 it is named. Forty calls in 5 kB planned for 12 s, and a handful of such requests held every
 slot for a minute. So a query may expand at most MAX_TABLE_FUNCTIONS table functions (counted
-before any is expanded), and its planned tree may hold at most MAX_PLAN_NODES nodes (counted
+before any is expanded; none can hide in another's arguments, which are literals and plain table
+names: arguments.py), and its planned tree may hold at most MAX_PLAN_NODES nodes (counted
 before it is written as SQL): planning stays within a few seconds (2.6 s for the largest
 allowed here, four `anomaly_events` over 64 columns each).
 """
