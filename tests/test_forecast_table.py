@@ -96,6 +96,8 @@ def test_irregular_or_duplicate_timestamps_are_refused(service, table, words):
         (", freq => 'monthly'' OR 1=1 --'", "unknown frequency"),
         (", tz => 'Mars/Olympus'", "tz => 'Mars/Olympus' is not a known time zone"),
         (", tz => 'Europe/Berlin'' OR 1=1 --'", "is not a known time zone"),
+        (", tz => '" + "x" * 300 + "'", "is not a known time zone"),  # once an OSError: file name too long
+        (", tz => '../../../etc/passwd'", "is not a known time zone"),
     ]),
 ])
 def test_bad_calls_name_the_problem(service, call, words):
