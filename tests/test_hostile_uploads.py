@@ -119,3 +119,16 @@ def test_rows_of_parameters_share_one_time_and_row_allowance(lake):
             assert bind(client, one, "SELECT * FROM range(?)").num_rows == 999
     finally:
         srv.shutdown()
+
+
+def test_bound_values_are_counted_as_values_not_as_their_arrow_bytes(client):
+    """A dictionary holds a value once for any number of rows, and a column of NULLs is 0 bytes of
+    Arrow: 110 kB sent grew the server by 1 GB when bound, until the statement expired."""
+    one_value_many_rows = pa.DictionaryArray.from_arrays(pa.array([0] * 10_000, pa.int8()), pa.array(["x" * 100_000]))
+    with pytest.raises(pa.ArrowInvalid, match="bind plain values"):
+        bind(client, pa.record_batch([one_value_many_rows], names=["p"]))
+    nulls = pa.record_batch([pa.nulls(10_000)] * 1_000, names=[f"p{i}" for i in range(1_000)])
+    assert nulls.nbytes == 0
+    with pytest.raises(pa.ArrowInvalid, match="at most 1,048,576 bytes, counting 16 for each value"):
+        bind(client, nulls)
+    assert bind(client, pa.record_batch([pa.array(["fine"] * 1_000)], names=["p"])).num_rows == 1_000

@@ -22,8 +22,8 @@ from flight_lstm.errors import InvalidQuery, QueryRefused, Unsupported, text_of
 from flight_lstm.server import columns
 from flight_lstm.server import flight_sql_messages as messages
 from flight_lstm.server import flight_sql_metadata as metadata
-from flight_lstm.server.prepared import PARAMETER_BYTES, PARAMETER_ROWS, STATEMENT_TTL, PreparedStatements
-from flight_lstm.server.uploads import received
+from flight_lstm.server.prepared import CELL_BYTES, PARAMETER_BYTES, PARAMETER_ROWS, STATEMENT_TTL, PreparedStatements
+from flight_lstm.server.uploads import encoded, received
 from flight_lstm.service import Service
 
 ACTIONS = {
@@ -175,9 +175,14 @@ def _rows(reader: flight.MetadataRecordBatchReader) -> list[list]:
         if chunk.data is None:
             continue
         batch = received(chunk.data)
-        size += batch.nbytes
+        if any(encoded(t) for t in batch.schema.types):
+            raise InvalidQuery("bind plain values: dictionary and run-end encoded columns (whose values "
+                               "are held once and counted once) are not accepted as parameters")
+        # Each value becomes a Python object: a column of NULLs is 0 bytes of Arrow, not of memory.
+        size += batch.nbytes + CELL_BYTES * batch.num_rows * batch.num_columns
         if size > PARAMETER_BYTES:
-            raise InvalidQuery(f"bound parameters may hold at most {PARAMETER_BYTES:,} bytes")
+            raise InvalidQuery(f"bound parameters may hold at most {PARAMETER_BYTES:,} bytes, counting "
+                               f"{CELL_BYTES} for each value beside its own bytes")
         if len(rows) + batch.num_rows > PARAMETER_ROWS:
             raise InvalidQuery(f"bind at most {PARAMETER_ROWS:,} rows of parameters to one query")
         values = [column.to_pylist() for column in batch.columns]

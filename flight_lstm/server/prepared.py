@@ -20,7 +20,8 @@ from flight_lstm.errors import InvalidQuery, ResourceExhausted
 
 STATEMENT_TTL = 600.0  # seconds a prepared statement lives unused
 STATEMENTS_PER_USER = 256  # open at once; a client that never closes cannot fill the server
-PARAMETER_BYTES = 1 << 20  # the bound values of one statement
+PARAMETER_BYTES = 1 << 20  # the bound values of one statement, counting CELL_BYTES a value
+CELL_BYTES = 16  # what a bound value costs beyond its Arrow bytes: a Python object and a list slot
 PARAMETER_ROWS = 10_000  # rows of values bound at once: each row runs the query once
 
 

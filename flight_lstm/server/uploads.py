@@ -47,6 +47,14 @@ def received(batch: pa.RecordBatch) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
+def encoded(t: pa.DataType) -> bool:
+    """Dictionary or run-end encoded, at any depth: values held once and used many times, so their
+    Arrow size says nothing of what reading them as values costs."""
+    if pa.types.is_dictionary(t) or pa.types.is_run_end_encoded(t):
+        return True
+    return any(encoded(t.field(i).type) for i in range(t.num_fields))
+
+
 def _view_bytes(column: pa.Array) -> int:
     """The bytes a string or binary view column's values hold: each 16-byte view starts with its
     value's length (int32), NULL slots excepted."""
