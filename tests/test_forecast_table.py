@@ -83,6 +83,7 @@ def test_irregular_or_duplicate_timestamps_are_refused(service, table, words):
      "value => 'amount', horizon => 2)", "the table name must name a table or view"),
     ("forecast_table('unnest([(SELECT 1)])', ts => 'ts', value => 'amount', horizon => 2)", "must name a table"),
     ("forecast_table('sales; DROP TABLE sales', ts => 'ts', value => 'amount', horizon => 2)", "must name a table"),
+    ("forecast_table('values', ts => 'ts', value => 'amount', horizon => 2)", "quote a table named by a keyword"),
     ("forecast_table('sales', ts => 'ts', value => 'amount', horizon => 'x')", "number"),
     ("forecast_table('sales', ts => 'ts', value => 'amount', horizon => 1e308)", "horizon => 1e308 must be a whole number"),
     ("forecast_table('sales', ts => 'ts', value => 'amount', horizon => 2.5)", "horizon => 2.5 must be a whole number"),

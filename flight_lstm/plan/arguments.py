@@ -17,6 +17,9 @@ from dataclasses import dataclass
 
 import sqlglot
 from sqlglot import exp
+from sqlglot.errors import ParseError, TokenError
+
+from flight_lstm.errors import InvalidQuery, first_line
 
 LOCAL_ONLY = "local_only"  # meta of a function call that runs in the local DuckDB, never in a source
 _PART = r'(?:[A-Za-z_][A-Za-z0-9_$]*|"(?:[^"]|"")+")'
@@ -24,13 +27,16 @@ TABLE_NAME = re.compile(rf"\s*{_PART}(?:\s*\.\s*{_PART}){{0,2}}\s*")  # table, s
 
 
 def expansion(sql: str) -> exp.Query:
-    """An expansion's SQL as a tree, its function calls marked LOCAL_ONLY."""
-    tree = sqlglot.parse_one(sql, read="duckdb")
+    """An expansion's SQL as a tree, its function calls marked LOCAL_ONLY. A table named by a
+    keyword ('values') unquoted breaks it: the caller's error, to quote ('"values"')."""
+    try:
+        tree = sqlglot.parse_one(sql, read="duckdb")
+    except (ParseError, TokenError) as e:
+        raise InvalidQuery(f"a table function's arguments do not make valid SQL (quote a table named by a "
+                           f"keyword, like '\"values\"'): {first_line(e)}") from None
     for call in tree.find_all(exp.Func):
         call.meta[LOCAL_ONLY] = True
     return tree
-
-from flight_lstm.errors import InvalidQuery
 
 
 @dataclass(frozen=True)

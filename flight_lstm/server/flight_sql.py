@@ -23,7 +23,7 @@ from flight_lstm.server import columns
 from flight_lstm.server import flight_sql_messages as messages
 from flight_lstm.server import flight_sql_metadata as metadata
 from flight_lstm.server.prepared import CELL_BYTES, PARAMETER_BYTES, PARAMETER_ROWS, STATEMENT_TTL, PreparedStatements
-from flight_lstm.server.uploads import encoded, received
+from flight_lstm.server.uploads import received
 from flight_lstm.service import Service
 
 ACTIONS = {
@@ -175,9 +175,10 @@ def _rows(reader: flight.MetadataRecordBatchReader) -> list[list]:
         if chunk.data is None:
             continue
         batch = received(chunk.data)
-        if any(encoded(t) for t in batch.schema.types):
-            raise InvalidQuery("bind plain values: dictionary and run-end encoded columns (whose values "
-                               "are held once and counted once) are not accepted as parameters")
+        for field in batch.schema:
+            if not _flat(field.type):
+                raise InvalidQuery(f"bind flat values (numbers, strings, binaries, dates and times, NULL); "
+                                   f"parameter {field.name!r} is {field.type}")
         # Each value becomes a Python object: a column of NULLs is 0 bytes of Arrow, not of memory.
         size += batch.nbytes + CELL_BYTES * batch.num_rows * batch.num_columns
         if size > PARAMETER_BYTES:
@@ -190,6 +191,15 @@ def _rows(reader: flight.MetadataRecordBatchReader) -> list[list]:
     if not rows:
         raise InvalidQuery("bind at least one row of parameters to a query, got 0")
     return rows
+
+
+def _flat(t: pa.DataType) -> bool:
+    """A type a placeholder takes, held value by value: nested or encoded columns (lists, structs,
+    dictionaries, run-end encoded) hold values that their Arrow size does not count."""
+    return (pa.types.is_null(t) or pa.types.is_boolean(t) or pa.types.is_integer(t) or pa.types.is_floating(t)
+            or pa.types.is_decimal(t) or pa.types.is_temporal(t) or pa.types.is_string(t)
+            or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t)
+            or pa.types.is_fixed_size_binary(t))
 
 
 def _session(action: str, body: bytes):

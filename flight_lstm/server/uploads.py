@@ -4,10 +4,11 @@ Arrow's IPC reader checks only that a batch's buffers are large enough for its l
 offsets, dictionary indices and string views inside them point at is not checked, and DuckDB and
 pyarrow read where they point. A view claiming 4,000 bytes of a 16-byte buffer handed back the
 server's heap (another user's bearer token among it), and a bad buffer index crashed the process.
-So every uploaded batch is validated in full before anything reads a value, and its string and
-binary views become plain large strings and binaries, each value then held in its own bytes: a
-view column may not refer to more bytes than it carries, since views that share bytes would
-multiply what a reader copies. Views nested in lists or structs, and list views, are refused.
+So every uploaded batch is validated in full before anything reads a value, extension types are
+read as their storage (which is what is read), and string and binary views become plain large
+strings and binaries, each value then held in its own bytes: a view column may not refer to more
+bytes than it carries, since views that share bytes would multiply what a reader copies. Views
+nested in lists or structs, and list views, are refused.
 """
 from __future__ import annotations
 
@@ -20,13 +21,15 @@ _PLAIN = {pa.string_view(): pa.large_string(), pa.binary_view(): pa.large_binary
 
 
 def received_schema(schema: pa.Schema) -> pa.Schema:
-    """The schema the server reads uploads in: views as plain large types (nested ones refused)."""
+    """The schema the server reads uploads in: extension types as their storage (what is read),
+    views as plain large types (nested ones refused)."""
     fields = []
     for field in schema:
-        if field.type not in _PLAIN and _holds_views(field.type):
+        kind = _storage(field.type)
+        if kind not in _PLAIN and _holds_views(kind):
             raise InvalidQuery(f"column {field.name!r} nests string, binary or list views ({field.type}); "
                                "send plain strings, binaries and lists")
-        fields.append(field.with_type(_PLAIN.get(field.type, field.type)))
+        fields.append(pa.field(field.name, _PLAIN.get(kind, kind), field.nullable))
     return pa.schema(fields, metadata=schema.metadata)
 
 
@@ -39,20 +42,14 @@ def received(batch: pa.RecordBatch) -> pa.RecordBatch:
         raise InvalidQuery(f"the batch you sent is not valid Arrow: {first_line(e)}") from None
     columns = []
     for field, column in zip(batch.schema, batch.columns):
-        if field.type in _PLAIN:
+        while isinstance(column, pa.ExtensionArray):
+            column = column.storage
+        if column.type in _PLAIN:
             if _view_bytes(column) > sum(b.size for b in column.buffers() if b is not None):
                 raise InvalidQuery(f"column {field.name!r}: its views refer to more bytes than it sends")
-            column = column.cast(_PLAIN[field.type])
+            column = column.cast(_PLAIN[column.type])
         columns.append(column)
     return pa.RecordBatch.from_arrays(columns, schema=schema)
-
-
-def encoded(t: pa.DataType) -> bool:
-    """Dictionary or run-end encoded, at any depth: values held once and used many times, so their
-    Arrow size says nothing of what reading them as values costs."""
-    if pa.types.is_dictionary(t) or pa.types.is_run_end_encoded(t):
-        return True
-    return any(encoded(t.field(i).type) for i in range(t.num_fields))
 
 
 def _view_bytes(column: pa.Array) -> int:
@@ -63,7 +60,15 @@ def _view_bytes(column: pa.Array) -> int:
     return int(views[valid].astype(np.int64).sum())
 
 
+def _storage(t: pa.DataType) -> pa.DataType:
+    """An extension type (arrow.json, arrow.opaque, ...) is read as its storage type."""
+    while isinstance(t, pa.BaseExtensionType):
+        t = t.storage_type
+    return t
+
+
 def _holds_views(t: pa.DataType) -> bool:
+    t = _storage(t)
     if pa.types.is_dictionary(t):
         return _holds_views(t.value_type)
     if t in _PLAIN or pa.types.is_list_view(t) or pa.types.is_large_list_view(t):
