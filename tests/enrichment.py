@@ -50,9 +50,11 @@ def source_sql(lake, sql: str) -> None:
 
 
 def kill_after_commits(process: subprocess.Popen, commits: int, delay: float) -> bool:
-    """SIGKILL once `commits` chunks were reported, `delay` s later; False if it finished first."""
-    seen = 0
+    """SIGKILL once `commits` chunks were reported, `delay` s later; False if it finished first
+    (its last lines of log are then kept as `process.last_lines`, for the test's message)."""
+    seen, process.last_lines = 0, []
     for line in process.stderr:
+        process.last_lines = [*process.last_lines[-4:], line.strip()]
         seen += "written=" in line
         if seen >= commits:
             try:

@@ -37,14 +37,16 @@ def kill_and_resume(tmp_path, target: str) -> None:
     into = {"duckdb": "reviews_scored", "parquet": f"parquet://{tmp_path}/scored",
             "iceberg": f"iceberg://{tmp_path}/wh/lake.scored"}[target]
     rng = random.Random(f"kill-{target}")
-    written, kills = 0, 0
+    written, kills, unkilled = 0, 0, []
     for _ in range(KILLS):
         process = enrich(lake, into)
-        kills += kill_after_commits(process, rng.randint(1, 2), rng.uniform(0.0, 0.05))
+        killed = kill_after_commits(process, rng.randint(1, 2), rng.uniform(0.0, 0.05))
+        kills += killed
+        unkilled += [] if killed else [(process.returncode, process.last_lines)]
         now = check_whole_chunks(lake, into)
         assert now >= written  # committed progress is kept
         written = now
-    assert kills >= 2 and written < ROWS, (target, kills, written)
+    assert kills >= 2 and written < ROWS, (target, kills, written, unkilled)
     final = enrich(lake, into)
     final.communicate(timeout=120)
     assert final.returncode == 0
