@@ -7,6 +7,7 @@ import logging
 import re
 import subprocess
 import sys
+import threading
 import time
 
 import pyarrow as pa
@@ -18,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flight_lstm.engine.limits import Limits, parse_size
+from flight_lstm.errors import QueryTimedOut
 from flight_lstm.server import errors as server_errors
 from flight_lstm.server import flight_sql_messages as messages
 from flight_lstm.server.flight_sql_metadata import like
@@ -59,6 +61,29 @@ def test_streams_never_read_give_their_slots_back(lake, limits):
                     stream.read_all()
     finally:
         srv.shutdown()
+
+
+def test_a_watchdog_that_cannot_start_fails_one_query_and_keeps_nothing(lake, monkeypatch):
+    """With no thread left to start (a flood of idle connections took them), the query that would
+    start the watchdog fails; it gave its slot and cursor back, and the next one starts it."""
+    service = Service(DuckDBSource(lake), limits=Limits(max_queries=1, queue_seconds=0.2, query_seconds=1.0))
+    start = threading.Thread.start
+
+    def no_thread_for_the_watchdog(thread):
+        if thread.name == "flight-lstm-watchdog":
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", no_thread_for_the_watchdog)
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        service.stream(service.plan("SELECT 41 + 1 AS x"))
+    monkeypatch.setattr(threading.Thread, "start", start)
+    _, batches = service.stream(service.plan(BIG.decode()))  # the one slot: it was given back
+    next(batches)
+    assert any(t.name == "flight-lstm-watchdog" for t in threading.enumerate())
+    time.sleep(1.5)
+    with pytest.raises(QueryTimedOut):
+        list(batches)
 
 
 def test_an_exchange_that_never_sends_gives_its_slot_back(lake):

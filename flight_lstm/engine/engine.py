@@ -130,15 +130,20 @@ class Engine:
         except BaseException:
             leave()
             raise
-        (connection_id,), = con.sql("SELECT current_connection_id()").fetchall()
-        self._checks[connection_id] = budget.check
+        connection_id = None
 
         def release() -> None:
             self._checks.pop(connection_id, None)
             self.release(con, plan, leave)
 
-        running = Running(con, budget, release)
-        running.unwatch = self.watchdog.watch(running)
+        try:  # whatever fails from here (no thread left for the watchdog) gives slot and cursor back
+            (connection_id,), = con.sql("SELECT current_connection_id()").fetchall()
+            self._checks[connection_id] = budget.check
+            running = Running(con, budget, release)
+            running.unwatch = self.watchdog.watch(running)
+        except BaseException:
+            release()
+            raise
         return running
 
     @contextmanager

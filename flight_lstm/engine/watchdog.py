@@ -25,10 +25,10 @@ class Watchdog:
     def watch(self, running: Running) -> Callable[[], None]:
         """Guard `running` until the returned call, which also interrupts whatever still runs on it."""
         with self._lock:
-            self._watched[id(running)] = running
-            if not self._running:
-                self._running = True
+            if not self._running:  # started before the query counts as watched: if it cannot start
                 threading.Thread(target=self._run, name="flight-lstm-watchdog", daemon=True).start()
+                self._running = True  # (no thread left), the query fails and the next one tries again
+            self._watched[id(running)] = running
 
         def unwatch() -> None:
             with self._lock:

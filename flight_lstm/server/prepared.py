@@ -93,5 +93,5 @@ def _parse(handle: bytes) -> tuple[str, str]:
     try:
         fields = json.loads(handle)
         return str(fields["id"]), str(fields["sql"])
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, RecursionError):  # RecursionError: JSON nested 100,000 deep
         raise InvalidQuery("not a prepared statement handle of this server") from None
