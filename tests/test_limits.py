@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -16,6 +18,7 @@ from conftest import run, start_server
 
 from flight_lstm.engine import Limits
 from flight_lstm.errors import InvalidQuery
+from flight_lstm.server import telemetry
 from flight_lstm.service import Service
 from flight_lstm.sources.duckdb import DuckDBSource
 
@@ -126,6 +129,24 @@ def test_a_query_refused_while_planning_logs_the_time_its_planning_took(lake, ca
         srv.shutdown()
     line, = [r.getMessage() for r in caplog.records if "query kind=get_flight_info" in r.getMessage()]
     assert float(re.search(r"seconds=([0-9.]+)", line).group(1)) >= 0.3
+
+
+def test_silent_metrics_connections_take_a_few_threads_for_a_few_seconds(monkeypatch):
+    """The metrics port needs no login: 300 connections that never finished a request once took
+    every thread the process could start, the queries' watchdog among them."""
+    monkeypatch.setattr(telemetry._MetricsHandler, "timeout", 0.5)
+    port = telemetry.serve_metrics("127.0.0.1", 0)
+    before = threading.active_count()
+    silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(50)]
+    for s in silent:
+        s.sendall(b"GET /m")  # and never the rest
+    time.sleep(0.2)
+    assert threading.active_count() - before <= telemetry.METRICS_CONNECTIONS
+    time.sleep(1.0)  # past the read timeout: the silent ones were dropped
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert "flight_lstm_queries_running" in text
+    for s in silent:
+        s.close()
 
 
 def test_metrics_count_queries_rows_and_outcomes(lake, tmp_path):

@@ -8,9 +8,11 @@ import re
 import threading
 import time
 import weakref
+from http.server import ThreadingHTTPServer
 from typing import Iterable, Iterator
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.exposition import MetricsHandler
 
 from flight_lstm.errors import FlightLSTMError, QueryCancelled
 
@@ -23,9 +25,48 @@ SECONDS = Histogram("flight_lstm_query_seconds", "Query wall time, from the call
 RUNNING = Gauge("flight_lstm_queries_running", "Queries started and not yet ended")
 
 
+# The metrics port needs no login, so it is bounded like the Flight port: prometheus_client's own
+# server gave every connection a thread with no read timeout, and 300 connections that never
+# finished a request took every thread the process could start (the queries' watchdog among them).
+METRICS_CONNECTIONS = 8  # served at once; more are closed at once
+METRICS_READ_SECONDS = 5.0  # to send a request
+
+
+class _MetricsHandler(MetricsHandler):
+    timeout = METRICS_READ_SECONDS  # the socket's timeout: a silent client is dropped
+
+    def log_message(self, format, *args):  # noqa: A002 (the base class's name) - no line per scrape
+        pass
+
+
+class _MetricsServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address):
+        super().__init__(address, _MetricsHandler)
+        self._slots = threading.BoundedSemaphore(METRICS_CONNECTIONS)
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 def serve_metrics(host: str, port: int) -> int:
     """Expose /metrics over HTTP; returns the port (useful when asked for port 0)."""
-    server, _ = start_http_server(port, addr=host)
+    server = _MetricsServer((host, port))
+    threading.Thread(target=server.serve_forever, name="flight-lstm-metrics", daemon=True).start()
     return server.server_port
 
 
