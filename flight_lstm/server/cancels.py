@@ -7,6 +7,7 @@ Another user's query with the same ticket is not theirs to stop.
 from __future__ import annotations
 
 import threading
+import weakref
 from typing import Callable, Iterable, Iterator
 
 
@@ -45,7 +46,15 @@ class Cancels:
 
 
 def ending(batches: Iterator, end: Callable[[], None]) -> Iterator:
-    """The batches, then `end` however the stream ends; closing it closes `batches`."""
+    """The batches, then `end` however the stream ends; closing it closes `batches`. A stream
+    dropped before its first batch (its client gone before the schema was sent) never runs a
+    `finally`: `end` is also tied to its lifetime, or every such DoGet stayed here with its ticket."""
+    stream = _ending(batches, end)
+    weakref.finalize(stream, end)
+    return stream
+
+
+def _ending(batches: Iterator, end: Callable[[], None]) -> Iterator:
     try:
         yield from batches
     finally:
