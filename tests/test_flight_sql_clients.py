@@ -297,29 +297,6 @@ def test_cancel_flight_info_stops_a_running_query(uri):
     assert client.do_get(flight.Ticket(b"SELECT 1 AS one")).read_all().num_rows == 1
 
 
-def test_a_doget_whose_client_left_before_its_schema_is_forgotten(uri):
-    """The client's deadline passes while its ticket (a query with 200 kB of comment) plans and
-    runs: the stream is never started, and each such DoGet was kept for CancelFlightInfo for ever
-    (its ticket's bytes with it, and a cancel answered CANCELLED)."""
-    client = flight.connect(uri)
-    tickets = [flight.Ticket((f"SELECT count(*) AS n FROM range(3000000) t(x) WHERE x % 7 = {i} -- "
-                              + "x" * 200_000).encode()) for i in range(5)]
-    for ticket in tickets:
-        with pytest.raises(flight.FlightTimedOutError):
-            client.do_get(ticket, flight.FlightCallOptions(timeout=0.03)).read_all()
-    deadline = time.monotonic() + 30
-    for ticket in tickets:
-        info = flight.FlightInfo(pa.schema([("n", pa.int64())]), flight.FlightDescriptor.for_command(b"x"),
-                                 [flight.FlightEndpoint(ticket.ticket, [])], -1, -1)
-        while True:  # the server works on after the client left; then the stream is dropped unstarted
-            try:
-                list(client.do_action(flight.Action("CancelFlightInfo", _cancel_request(info))))
-            except KeyError:
-                break  # NOT_FOUND: nothing of it is kept
-            assert time.monotonic() < deadline, "an abandoned DoGet is still kept"
-            time.sleep(0.2)
-
-
 def test_cancel_flight_info_stops_only_the_callers_query(lake, tmp_path):
     users = Users(tmp_path / "users.json")
     users.add("ana", "correct horse battery")

@@ -1,4 +1,5 @@
 """The Flight server end to end on a loopback port: real DuckDB file, real client."""
+import gc
 import json
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from conftest import REVIEWS, run
 from flight_lstm.errors import InvalidQuery, QueryRefused
 from flight_lstm.engine import Engine
 from flight_lstm.plan import Catalog, Plan
+from flight_lstm.server.cancels import Cancels, ending
 from flight_lstm.sources.duckdb import DuckDBSource
 from udfs import OPERATORS, sentiment, sentiment_probs
 
@@ -291,8 +293,6 @@ def test_server_holds_no_lock_between_queries_by_default(lake, client):
 
 
 def test_a_stream_dropped_unread_still_lets_go_of_the_file(lake):
-    import gc
-
     import duckdb
 
     engine = Engine(DuckDBSource(lake), OPERATORS)
@@ -391,3 +391,15 @@ def test_a_syntax_error_says_where_in_duckdbs_words(client):
         run(client, "SELEC id FROM reviews")
     message = str(raised.value).split(". Detail:")[0]
     assert 'syntax error at or near "SELEC" (line 1, column' in message and "sqlglot" not in message
+
+
+def test_a_doget_dropped_before_its_first_batch_is_forgotten_by_cancels():
+    """gRPC drops a stream unstarted when its client left before the schema was sent: no
+    `finally` runs, and each such DoGet stayed registered for cancels, its ticket with it."""
+    cancels = Cancels()
+    cancelled, end = cancels.start("ana", b"SELECT 1")
+    stream = ending(iter([pa.record_batch([pa.array([1])], names=["x"])]), end)
+    assert cancels.cancel("ana", [b"SELECT 1"]) == 1 and cancelled()
+    del stream
+    gc.collect()
+    assert cancels.cancel("ana", [b"SELECT 1"]) == 0
