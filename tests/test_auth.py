@@ -13,7 +13,7 @@ import pytest
 
 from conftest import REVIEWS, run
 from flight_lstm.client import connect
-from flight_lstm.server import FlightLSTMServer
+from flight_lstm.server import FlightLSTMServer, auth
 from flight_lstm.server.auth import BasicBearerAuth, HandshakeAnswer, Tokens, Users
 from flight_lstm.service import Service
 from flight_lstm.sources.duckdb import DuckDBSource
@@ -223,3 +223,37 @@ def test_handshakes_waiting_for_silent_clients_are_bounded():
     replies = Replies()
     answer.authenticate(replies, Silent())  # the waits were given back
     assert replies == [b""]
+
+
+def test_one_user_cannot_hold_off_everyone_elses_logins():
+    """Silent handshakes of a logged-in user hold at most `per_user` waits: another user still
+    logs in (the anonymous pool is for servers without auth, where there is no user to tell)."""
+    answer, entered, release = HandshakeAnswer(at_once=64, per_user=1), threading.Semaphore(0), threading.Event()
+
+    class Silent:
+        def read(self):
+            entered.release()
+            release.wait(10)
+            raise OSError("Stream is closed.")
+
+    def handshake(user: str, replies: list):
+        auth._handshake_users[threading.get_ident()] = user  # as the middleware leaves it
+        try:
+            answer.authenticate(replies, Silent())
+        except flight.FlightUnavailableError as e:
+            replies.append(e)
+
+    class Replies(list):
+        write = list.append
+
+    held = threading.Thread(target=handshake, args=("mallory", Replies()), daemon=True)
+    held.start()
+    assert entered.acquire(timeout=5)
+    refused = Replies()
+    handshake("mallory", refused)
+    assert isinstance(refused[0], flight.FlightUnavailableError)
+    other = threading.Thread(target=handshake, args=("alice", Replies()), daemon=True)
+    other.start()
+    assert entered.acquire(timeout=5)  # alice's login waits for her request: not refused
+    release.set()
+    held.join(5), other.join(5)

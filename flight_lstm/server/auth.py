@@ -39,6 +39,7 @@ TRACKED_NAMES = 10_000  # user names with recent failures kept in memory at most
 CHECKS_AT_ONCE = max(1, (os.cpu_count() or 2) // 2)
 CHECK_WAIT = 1.0  # seconds a login waits for a free check before it is refused as busy
 HANDSHAKES_AT_ONCE = 64  # handshakes waiting for their client's request; past it, refused at once
+HANDSHAKES_PER_USER = 4  # of a logged-in user: one user cannot hold off everyone else's logins
 
 log = logging.getLogger("flight_lstm.server")
 
@@ -204,6 +205,7 @@ class _Caller(flight.ServerMiddleware):
 # Handshake sets its thread's entry first, so a handler reads its own call's token and never
 # another's. (Not threading.local: each pyarrow callback may get a fresh Python thread state.)
 _handshake_tokens: dict[int, str | None] = {}
+_handshake_users: dict[int, str] = {}  # and, the same way, the user it logged in
 
 
 class BasicBearerAuth(flight.ServerMiddlewareFactory):
@@ -218,6 +220,7 @@ class BasicBearerAuth(flight.ServerMiddlewareFactory):
     def start_call(self, info, headers):
         if info.method == flight.FlightMethod.HANDSHAKE:
             _handshake_tokens.pop(threading.get_ident(), None)
+            _handshake_users.pop(threading.get_ident(), None)
         value = _header(headers, "authorization")
         scheme, _, credentials = value.partition(" ")
         if scheme.lower() == "basic":
@@ -228,11 +231,14 @@ class BasicBearerAuth(flight.ServerMiddlewareFactory):
             token = self.tokens.issue(user, self._login(user, password))
             if info.method == flight.FlightMethod.HANDSHAKE:
                 _handshake_tokens[threading.get_ident()] = token
+                _handshake_users[threading.get_ident()] = user
             return _Caller(user, token)
         if scheme.lower() == "bearer":
             user = self.tokens.user_of(credentials.strip(), self.users.load().get)
             if user is None:
                 raise flight.FlightUnauthenticatedError("the token is invalid or expired; log in again")
+            if info.method == flight.FlightMethod.HANDSHAKE:
+                _handshake_users[threading.get_ident()] = user
             return _Caller(user)
         if info.method in OPEN_METHODS:
             return _Caller(None)
@@ -272,23 +278,47 @@ class HandshakeAnswer(flight.ServerAuthHandler):
     is empty. The request's payload holds no credentials here, but it is waited for (or the
     client's end of writing): a call answered and ended first leaves a client whose write then
     fails waiting forever for its unread reply (pyarrow's does). A client that never sends holds
-    its wait until it goes, so at most `at_once` wait; the next are refused."""
+    its wait until it goes, so at most `per_user` of a logged-in user's wait, and at most
+    `at_once` of anonymous ones (auth off; with auth on, an anonymous Handshake is refused before
+    it waits); the next are refused."""
 
-    def __init__(self, at_once: int = HANDSHAKES_AT_ONCE):
+    def __init__(self, at_once: int = HANDSHAKES_AT_ONCE, per_user: int = HANDSHAKES_PER_USER):
         super().__init__()
-        self.at_once, self._waits = at_once, threading.BoundedSemaphore(at_once)
+        self.at_once, self.per_user, self._anonymous = at_once, per_user, 0
+        self._waiting: dict[str, int] = {}
+        self._lock = threading.Lock()
 
     def authenticate(self, outgoing, incoming):
-        if not self._waits.acquire(blocking=False):
-            log.warning("handshake refused: %d others wait for their clients' requests", self.at_once)
-            raise flight.FlightUnavailableError("too many handshakes at once; retry in 1 s")
+        user = _handshake_users.pop(threading.get_ident(), None)
+        self._enter(user)
         try:
             incoming.read()
         except OSError:  # the client closed its side without a request: the Basic header was it
             pass
         finally:
-            self._waits.release()
+            self._leave(user)
         outgoing.write((_handshake_tokens.pop(threading.get_ident(), None) or "").encode())
+
+    def _enter(self, user: str | None) -> None:
+        with self._lock:
+            held = self._anonymous if user is None else self._waiting.get(user, 0)
+            if held >= (self.at_once if user is None else self.per_user):
+                log.warning("handshake refused: %d of %s wait for their clients' requests", held,
+                            "anonymous ones" if user is None else f"user {user[:80]!r}'s")
+                raise flight.FlightUnavailableError("too many handshakes at once; retry in 1 s")
+            if user is None:
+                self._anonymous += 1
+            else:
+                self._waiting[user] = held + 1
+
+    def _leave(self, user: str | None) -> None:
+        with self._lock:
+            if user is None:
+                self._anonymous -= 1
+            elif self._waiting[user] == 1:
+                del self._waiting[user]
+            else:
+                self._waiting[user] -= 1
 
     def is_valid(self, token):
         return ""
