@@ -135,6 +135,7 @@ def test_silent_metrics_connections_take_a_few_threads_for_a_few_seconds(monkeyp
     """The metrics port needs no login: 300 connections that never finished a request once took
     every thread the process could start, the queries' watchdog among them."""
     monkeypatch.setattr(telemetry._MetricsHandler, "timeout", 0.5)
+    monkeypatch.setattr(telemetry, "METRICS_SECONDS", 0.5)
     port = telemetry.serve_metrics("127.0.0.1", 0)
     before = threading.active_count()
     silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(50)]
@@ -147,6 +148,24 @@ def test_silent_metrics_connections_take_a_few_threads_for_a_few_seconds(monkeyp
     assert "flight_lstm_queries_running" in text
     for s in silent:
         s.close()
+    dripping = [socket.create_connection(("127.0.0.1", port)) for _ in range(telemetry.METRICS_CONNECTIONS)]
+    stop = threading.Event()
+
+    def drip(connection):  # a byte every 0.2 s: never silent for the read timeout
+        while not stop.wait(0.2):
+            try:
+                connection.sendall(b"G")
+            except OSError:
+                return
+
+    for c in dripping:
+        threading.Thread(target=drip, args=(c,), daemon=True).start()
+    time.sleep(1.0)  # past each connection's whole life
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert "flight_lstm_queries_running" in text
+    stop.set()
+    for c in dripping:
+        c.close()
 
 
 def test_metrics_count_queries_rows_and_outcomes(lake, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 import threading
 import time
 import weakref
@@ -28,12 +29,13 @@ RUNNING = Gauge("flight_lstm_queries_running", "Queries started and not yet ende
 # The metrics port needs no login, so it is bounded like the Flight port: prometheus_client's own
 # server gave every connection a thread with no read timeout, and 300 connections that never
 # finished a request took every thread the process could start (the queries' watchdog among them).
+# A connection lives at most METRICS_SECONDS, however slowly its client sends.
 METRICS_CONNECTIONS = 8  # served at once; more are closed at once
-METRICS_READ_SECONDS = 5.0  # to send a request
+METRICS_SECONDS = 5.0  # a connection's whole life: one byte every 4 s must not keep it
 
 
 class _MetricsHandler(MetricsHandler):
-    timeout = METRICS_READ_SECONDS  # the socket's timeout: a silent client is dropped
+    timeout = METRICS_SECONDS  # the socket's timeout: a silent client is dropped
 
     def log_message(self, format, *args):  # noqa: A002 (the base class's name) - no line per scrape
         pass
@@ -57,10 +59,21 @@ class _MetricsServer(ThreadingHTTPServer):
             raise
 
     def process_request_thread(self, request, client_address):
+        deadline = threading.Timer(METRICS_SECONDS, _cut, (request,))
+        deadline.start()
         try:
             super().process_request_thread(request, client_address)
         finally:
+            deadline.cancel()
             self._slots.release()
+
+
+def _cut(connection: socket.socket) -> None:
+    """End a connection past its time: its handler's next read or write fails, and it returns."""
+    try:
+        connection.shutdown(socket.SHUT_RDWR)
+    except OSError:  # already closed
+        pass
 
 
 def serve_metrics(host: str, port: int) -> int:
