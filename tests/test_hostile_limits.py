@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 
+import duckdb
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
@@ -19,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flight_lstm.engine.limits import Limits, parse_size
+from flight_lstm.engine.watchdog import Watchdog
 from flight_lstm.errors import QueryTimedOut
 from flight_lstm.server import errors as server_errors
 from flight_lstm.server import flight_sql_messages as messages
@@ -84,6 +86,37 @@ def test_a_watchdog_that_cannot_start_fails_one_query_and_keeps_nothing(lake, mo
     time.sleep(1.5)
     with pytest.raises(QueryTimedOut):
         list(batches)
+
+
+def test_the_watchdog_outlives_a_query_that_ended_while_it_was_stopped():
+    """The watchdog lists the due queries, then stops each: one that ended on its own thread in
+    between has a closed cursor, and its `interrupt` raised in the watchdog's thread, which died
+    looking alive (no limit enforced again). It now goes on to the next query, and the next tick."""
+    class Ended:
+        def due(self):
+            return True
+
+        def stop(self):
+            raise duckdb.ConnectionException("Connection already closed!")
+
+    class Due:
+        stopped = threading.Event()
+
+        def due(self):
+            return True
+
+        def stop(self):
+            self.stopped.set()
+
+    watchdog = Watchdog()
+    watchdog.watch(Ended())
+    later = Due()
+    watchdog.watch(later)
+    assert later.stopped.wait(5)
+    again = Due()
+    again.stopped = threading.Event()
+    watchdog.watch(again)
+    assert again.stopped.wait(5)
 
 
 def test_an_exchange_that_never_sends_gives_its_slot_back(lake):

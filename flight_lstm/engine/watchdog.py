@@ -1,11 +1,14 @@
 """One thread that stops the queries whose budget says so."""
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Callable
 
 from flight_lstm.engine.running import Running
+
+log = logging.getLogger(__name__)
 
 
 class Watchdog:
@@ -38,6 +41,14 @@ class Watchdog:
         return unwatch
 
     def _run(self) -> None:
+        try:
+            self._watch_until_idle()
+        except BaseException:  # never: but a dead watchdog must not look alive to the next query
+            with self._lock:
+                self._running = False
+            raise
+
+    def _watch_until_idle(self) -> None:
         idle = False
         while True:
             time.sleep(self.TICK)
@@ -51,4 +62,7 @@ class Watchdog:
                 idle = False
                 due = [r for r in self._watched.values() if r.due()]
             for r in due:  # outside the lock (ending a query unwatches it); again each tick until it ends
-                r.stop()
+                try:
+                    r.stop()
+                except Exception:  # it ended on its own thread since it was listed: its cursor is closed
+                    log.debug("a query ended while the watchdog stopped it", exc_info=True)
