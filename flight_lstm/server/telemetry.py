@@ -30,7 +30,7 @@ RUNNING = Gauge("flight_lstm_queries_running", "Queries started and not yet ende
 # server gave every connection a thread with no read timeout, and 300 connections that never
 # finished a request took every thread the process could start (the queries' watchdog among them).
 # A connection lives at most METRICS_SECONDS, however slowly its client sends.
-METRICS_CONNECTIONS = 8  # served at once; more are closed at once
+METRICS_CONNECTIONS = 8  # served at once (a thread each, and one for its deadline); more are closed at once
 METRICS_SECONDS = 5.0  # a connection's whole life: one byte every 4 s must not keep it
 
 
