@@ -35,8 +35,8 @@ from flight_lstm.plan.row_wise import check_row_wise
 from flight_lstm.plan.size import check_plan_size, check_table_functions
 from flight_lstm.plan.views import inline_views, source_tables
 
-QUERY = (check_table_functions, expand_forecast_tables, expand_forecast_backtests, expand_anomaly_tables, check_read_only,
-         inline_views, check_plan_size, check_ordered_series, bind_operators)
+QUERY = (check_table_functions, expand_forecast_tables, expand_forecast_backtests, expand_anomaly_tables,
+         check_read_only, inline_views, check_plan_size, check_ordered_series, bind_operators)
 EXCHANGE = (check_read_only, check_row_wise, check_ordered_series, bind_operators)
 
 
