@@ -44,6 +44,7 @@ NAME = "forecast_table"
 PARAMETERS = ("key", "ts", "value", "horizon", "level", "model", "freq", "tz")
 MAX_FILL = 10  # a filled series may be at most this many times longer than its points (+1000)
 MIN_RUN = 3  # a key mixes frequencies when its first this many steps are of one, its last of another
+MAX_HORIZON = max(f.max_horizon for f in FREQUENCIES.values())  # a per-frequency cap is checked in SQL
 US_PER_MINUTE = 60_000_000
 US_PER_YEAR = round(frequencies.DAYS_PER_YEAR * 86_400_000_000)
 # Inference tries these in order, coarsest first; then any other fixed step.
@@ -206,9 +207,8 @@ def series_inputs(call: TableCall) -> dict[str, str]:
     ts = call.column("ts")
     horizon = call.number("horizon")
     level = call.number("level") if "level" in call else "0.95"
-    longest = max(f.max_horizon for f in FREQUENCIES.values())
-    if not horizon.isdigit() or not 1 <= int(horizon) <= longest:
-        raise call.error(f"horizon => {horizon} must be a whole number of steps from 1 to {longest:,} "
+    if not horizon.isdigit() or not 1 <= int(horizon) <= MAX_HORIZON:
+        raise call.error(f"horizon => {horizon} must be a whole number of steps from 1 to {MAX_HORIZON:,} "
                          f"({frequencies.MAX_YEARS} years of the finest frequency)")
     if not 0 < float(level) < 1:
         raise call.error(f"level => {level} must be between 0 and 1")

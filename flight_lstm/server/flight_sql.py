@@ -193,13 +193,15 @@ def _rows(reader: flight.MetadataRecordBatchReader) -> list[list]:
     return rows
 
 
+FLAT = (pa.types.is_null, pa.types.is_boolean, pa.types.is_integer, pa.types.is_floating, pa.types.is_decimal,
+        pa.types.is_temporal, pa.types.is_string, pa.types.is_large_string, pa.types.is_binary,
+        pa.types.is_large_binary, pa.types.is_fixed_size_binary)
+
+
 def _flat(t: pa.DataType) -> bool:
     """A type a placeholder takes, held value by value: nested or encoded columns (lists, structs,
     dictionaries, run-end encoded) hold values that their Arrow size does not count."""
-    return (pa.types.is_null(t) or pa.types.is_boolean(t) or pa.types.is_integer(t) or pa.types.is_floating(t)
-            or pa.types.is_decimal(t) or pa.types.is_temporal(t) or pa.types.is_string(t)
-            or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t)
-            or pa.types.is_fixed_size_binary(t))
+    return any(kind(t) for kind in FLAT)
 
 
 def _session(action: str, body: bytes):

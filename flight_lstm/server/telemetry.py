@@ -35,8 +35,6 @@ METRICS_SECONDS = 5.0  # a connection's whole life: one byte every 4 s must not 
 
 
 class _MetricsHandler(MetricsHandler):
-    timeout = METRICS_SECONDS  # the socket's timeout: a silent client is dropped
-
     def log_message(self, format, *args):  # noqa: A002 (the base class's name) - no line per scrape
         pass
 
