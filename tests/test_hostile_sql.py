@@ -32,6 +32,11 @@ CATALOG = [
     "SELECT * FROM information_schema.tables", "SELECT * FROM pg_catalog.pg_settings",
     "SELECT pg_get_viewdef(1)", "SELECT current_setting('allowed_paths')", "SELECT * FROM temp.main.x",
     "SELECT * FROM (SELECT * FROM duckdb_views)", "SELECT sleep_ms(100000)",
+    # a two-part name whose first part is a catalog, and a CTE lending a view's name to the real view
+    "SELECT * FROM system.pg_settings", "SELECT path FROM system.duckdb_databases", "SELECT * FROM temp.duckdb_settings",
+    "SELECT * FROM memory.pg_settings",
+    "SELECT d.path FROM (WITH duckdb_databases AS (SELECT 1) SELECT * FROM duckdb_databases) x, duckdb_databases d",
+    "WITH duckdb_databases AS (SELECT * FROM duckdb_databases) SELECT * FROM duckdb_databases",
 ]
 
 

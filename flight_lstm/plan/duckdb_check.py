@@ -7,15 +7,17 @@ tree (`json_serialize_sql`) of the final text: exactly one SELECT statement; tab
 from the allow-list; no function, built-in macro or catalog view that reads settings, variables,
 files or DuckDB's own catalog (which names the source's path and every setting).
 
-Limits: a name resolved at bind time (a source table shadowing a built-in view's name) is judged by
-its name here, so such a table is refused unless qualified (`lake.main.name`)."""
+Names are judged as DuckDB binds them: `system.x` is the system catalog (a two-part name's first
+part is a catalog when one has that name), and a built-in view's name is that view except where a
+CTE of that name is in scope. Limits: a name resolved at bind time (a source table shadowing a
+built-in view's name) is judged by its name here, so such a table is refused unless qualified
+(`lake.main.name`)."""
 from __future__ import annotations
 
 import json
 import re
 import threading
 from functools import cache
-from typing import Iterator
 
 import duckdb
 
@@ -74,7 +76,6 @@ def check_with_duckdb(sql: str) -> None:
     (text,), = _cursor().execute("SELECT json_serialize_sql(?)", [sql]).fetchall()
     try:
         parsed = json.loads(text)
-        nodes = list(_walk(parsed.get("statements", [])))
     except RecursionError:
         raise InvalidQuery("the query nests expressions too deeply") from None
     if parsed.get("error"):
@@ -83,12 +84,30 @@ def check_with_duckdb(sql: str) -> None:
         raise QueryRefused("queries are read-only: only one SELECT statement is allowed")
     if len(parsed["statements"]) != 1:
         raise QueryRefused("queries are read-only: only one SELECT statement is allowed")
-    ctes = {key.lower() for node in nodes for key in _cte_names(node)}
-    for node in nodes:
-        _check_node(node, ctes)
+    try:
+        _check_tree(parsed["statements"], frozenset())
+    except RecursionError:
+        raise InvalidQuery("the query nests expressions too deeply") from None
 
 
-def _check_node(node: dict, ctes: set[str]) -> None:
+def _check_tree(value, ctes: frozenset[str]) -> None:
+    """Check every node, each against the CTEs in its scope: a query's CTEs are seen by its body,
+    not by their own definitions (which are checked in the scope around the query)."""
+    if isinstance(value, list):
+        for child in value:
+            _check_tree(child, ctes)
+    elif isinstance(value, dict):
+        names = _cte_names(value)
+        if names:
+            _check_tree(value["cte_map"], ctes)
+            ctes = ctes | {name.lower() for name in names}
+        _check_node(value, ctes)
+        for key, child in value.items():
+            if not (names and key == "cte_map"):
+                _check_tree(child, ctes)
+
+
+def _check_node(node: dict, ctes: frozenset[str]) -> None:
     name = node.get("function_name")
     if isinstance(name, str) and "class" in node:  # a scalar, aggregate or window function call
         lowered = name.lower()
@@ -103,7 +122,8 @@ def _check_node(node: dict, ctes: set[str]) -> None:
         catalog, schema = node.get("catalog_name", "").lower(), node.get("schema_name", "").lower()
         table = node.get("table_name", "").lower()
         builtin = not catalog and schema in ("", "main") and table in _builtin_views() and table not in ctes
-        if catalog in SYSTEM_CATALOGS or schema in SYSTEM_SCHEMAS or builtin:
+        # `a.b` parses as schema a, table b, but DuckDB binds it as catalog a when a catalog has that name.
+        if (catalog or schema) in SYSTEM_CATALOGS or schema in SYSTEM_SCHEMAS or builtin:
             raise QueryRefused(f"{table} is DuckDB's own catalog, not a table of the source")
     elif kind == "SHOW_REF":
         raise QueryRefused("DESCRIBE, SHOW and SUMMARIZE are not allowed in a query")
@@ -114,13 +134,3 @@ def _cte_names(node: dict) -> list[str]:
     if not isinstance(cte_map, dict):
         return []
     return [entry.get("key", "") for entry in cte_map.get("map", []) if isinstance(entry, dict)]
-
-
-def _walk(value) -> Iterator[dict]:
-    if isinstance(value, dict):
-        yield value
-        for child in value.values():
-            yield from _walk(child)
-    elif isinstance(value, list):
-        for child in value:
-            yield from _walk(child)
