@@ -92,6 +92,11 @@ def test_sql_info_says_read_only_and_describes_the_dialect(client):
     assert "select" in [k.lower() for k in values[508]] and 99999 not in values
 
 
+def test_sql_info_answers_each_id_once(client):
+    _, table = fetch(client, command(messages.CommandGetSqlInfo(info=[508, 3] * 5000)))  # 40 kB asking for 10,000
+    assert table.column("info_name").to_pylist() == [508, 3]
+
+
 def test_metadata_tickets_are_the_any_packed_command(client):
     descriptor = command(messages.CommandGetTables(table_name_filter_pattern="sc%", include_schema=True))
     info, table = fetch(client, descriptor)
