@@ -352,10 +352,32 @@ def test_a_value_built_outside_duckdbs_accounting_hits_the_process_cap(lake):
                 with pytest.raises(flight.FlightUnavailableError, match="Out of Memory"):
                     run(c, sql)
             assert run(c, "SELECT 41 + 1 AS x").column("x")[0].as_py() == 42
+            # The room comes back: DuckDB's allocator had kept the freed address space mapped, so
+            # one such query left the cap all but reached, and then every model call failed.
+            assert _status(proc.pid, "VmData") < cap - parse_size("1GB")
+            with pytest.raises(flight.FlightUnavailableError, match="Out of Memory"):
+                run(c, "SELECT len(list_sort(list_reverse(range(300000000)))) AS n")
+            assert _status(proc.pid, "VmData") < cap - parse_size("1GB")
+            assert run(c, "SELECT sum(sentiment(review)) AS s FROM reviews").num_rows == 1
+            forecast = run(c, "SELECT len(forecast(list(i::DOUBLE ORDER BY i), 24)) AS n FROM range(500) t(i)")
+            assert forecast.column("n")[0].as_py() == 24
         assert _status(proc.pid, "VmHWM") < cap
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+def test_out_of_memory_outside_any_query_ends_the_process_for_a_restart():
+    """Past the cap, a thread that cannot allocate (here: one that needs 1 GB more) is not a query's
+    error: the process says so and exits 75, where it had served on wedged."""
+    code = ("import threading, time\n"
+            "from flight_lstm.engine.limits import cap_memory, data_segment\n"
+            "cap_memory(None, str(data_segment() + 200_000_000))\n"
+            "threading.Thread(target=lambda: bytearray(1_000_000_000)).start()\n"
+            "time.sleep(30)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 75 and "out of memory outside any query" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize("text, size", [("4GB", 4_000_000_000), ("4GiB", 4 << 30), ("512 MB", 512_000_000),

@@ -8,6 +8,7 @@ import math
 import os
 import re
 import resource
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -145,10 +146,20 @@ def data_segment() -> int | None:
     return int(kib) * 1024
 
 
+EXIT_OUT_OF_MEMORY = 75  # EX_TEMPFAIL: the server ran out of memory outside a query; restart it
+_OUT_OF_MEMORY = b"flight-lstm: out of memory outside any query; exiting for a restart (exit 75)\n"
+
+
 def cap_memory(duckdb_limit: str | None, max_memory: str | None = None) -> int | None:
     """Cap the data segment (RLIMIT_DATA) at `max_memory`, or by default at what the process has
     now plus DuckDB's limit (else the usable memory) plus HEADROOM. Returns the cap, or None
-    where the platform cannot say what the process holds."""
+    where the platform cannot say what the process holds.
+
+    At the cap any allocation fails, not only the query's: a thread that cannot start, gRPC, the
+    interpreter. A query's own failure is its error; one outside any query (an exception nobody
+    can catch: in a thread, or "ignored") leaves the server in a state no code was written for,
+    such as a thread start that waits for good holding a lock every query needs. The process
+    then exits with EXIT_OUT_OF_MEMORY for its supervisor to restart, rather than serve on wedged."""
     now = data_segment()
     if max_memory is not None:
         cap = parse_size(max_memory)
@@ -162,4 +173,24 @@ def cap_memory(duckdb_limit: str | None, max_memory: str | None = None) -> int |
     if hard != resource.RLIM_INFINITY:
         cap = min(cap, hard)
     resource.setrlimit(resource.RLIMIT_DATA, (cap, hard))
+    _exit_on_uncaught_memory_errors()
     return cap
+
+
+def _exit_on_uncaught_memory_errors() -> None:
+    unraisable, in_thread = sys.unraisablehook, threading.excepthook
+
+    def exit_if_out_of_memory(exc_type) -> None:
+        if exc_type is not None and issubclass(exc_type, MemoryError):
+            os.write(2, _OUT_OF_MEMORY)  # no logging: it allocates
+            os._exit(EXIT_OUT_OF_MEMORY)
+
+    def on_unraisable(failure) -> None:
+        exit_if_out_of_memory(failure.exc_type)
+        unraisable(failure)
+
+    def on_thread(failure) -> None:
+        exit_if_out_of_memory(failure.exc_type)
+        in_thread(failure)
+
+    sys.unraisablehook, threading.excepthook = on_unraisable, on_thread
