@@ -226,6 +226,37 @@ def test_back_to_back_queries_share_one_attachment_and_writers_wait(tmp_path, mo
         engine.close()
 
 
+def test_ending_queries_starts_no_thread_per_query(tmp_path):
+    """A thread started per query end is a thread that may fail to start (out of memory) while the
+    source's lock is held, and every later query would wait on that lock for good."""
+    import threading
+
+    from conftest import make_lake
+
+    source = DuckDBSource(make_lake(tmp_path / "threads.db"), keep_attached=600)
+    engine = Engine(source, OPERATORS)
+    try:
+        _drain(engine)
+        before = {t.ident for t in threading.enumerate()}
+        started = []
+        real_start = threading.Thread.start
+
+        def counting_start(thread):
+            started.append(thread.name)
+            real_start(thread)
+
+        threading.Thread.start = counting_start
+        try:
+            for _ in range(5):
+                _drain(engine)
+        finally:
+            threading.Thread.start = real_start
+        assert not [name for name in started if "detach" in name or "Thread-" in name]
+        assert len({t.ident for t in threading.enumerate()} - before) <= 1
+    finally:
+        engine.close()
+
+
 def test_closing_the_engine_lets_go_of_a_kept_file_at_once(tmp_path):
     from conftest import make_lake
 

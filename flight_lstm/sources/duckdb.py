@@ -6,8 +6,10 @@ of a plain scan; a writer then waits for a pause of that length between queries.
 writes the file itself (enrichment) lets go at once (0, the default)."""
 from __future__ import annotations
 
+import logging
 import os
 import threading
+import time
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -18,6 +20,7 @@ from flight_lstm.plan import Plan
 from flight_lstm.sources.base import Source
 
 ALIAS = "lake"
+log = logging.getLogger(__name__)
 
 
 class DuckDBSource(Source):
@@ -28,10 +31,13 @@ class DuckDBSource(Source):
             raise ValueError("keep_attached is seconds: 0 or more")
         self.path = Path(path).resolve()
         self.keep_attached = keep_attached
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._queries = 0  # queries that have the file attached in the engine's database
         self._attached_version: tuple | None = None  # the file as it was attached; None: not attached
-        self._idle_timer: threading.Timer | None = None  # detaches once no query came for keep_attached
+        # The last query's database and when it ended, while a detach is pending; one thread per
+        # source waits for it (`_detach_when_idle`), so ending a query starts no thread.
+        self._idle: tuple[duckdb.DuckDBPyConnection, float] | None = None
+        self._detacher: threading.Thread | None = None
         self._closed = False
 
     @classmethod
@@ -59,7 +65,7 @@ class DuckDBSource(Source):
 
     def attach(self, con: duckdb.DuckDBPyConnection, plan: Plan | None, *, schema_only: bool = False) -> None:
         with self._lock:
-            self._stop_idle_timer()
+            self._idle = None
             if self._queries == 0:  # no query is using the attachment: it may be (re)made
                 version = self.version()
                 if self._attached_version not in (None, version):
@@ -78,29 +84,40 @@ class DuckDBSource(Source):
             if self.keep_attached == 0 or self._closed:
                 self._detach_now(db)
                 return
-            self._idle_timer = threading.Timer(self.keep_attached, self._on_idle, (db,))
-            self._idle_timer.daemon = True
-            self._idle_timer.start()
+            self._idle = (db, time.monotonic())
+            self._lock.notify()
+            start, self._detacher = self._detacher is None, self._detacher or threading.Thread(
+                target=self._detach_when_idle, name="flight-lstm-detach", daemon=True)
+        if start:  # once per source, and not holding the lock: a thread that cannot start blocks no query
+            self._detacher.start()
 
     def close(self, db: duckdb.DuckDBPyConnection) -> None:
-        """Detach now, not from the timer, and from now on as soon as the last query ends: a
-        timer that fires while the interpreter exits would run DuckDB in a thread being torn down."""
+        """Detach now, not from the waiting thread, and from now on as soon as the last query ends:
+        a detach while the interpreter exits would run DuckDB in a thread being torn down."""
         with self._lock:
             self._closed = True
-            self._stop_idle_timer()
+            self._idle = None
+            self._lock.notify()
             if self._attached_version is not None and self._queries == 0:
                 self._detach_now(db)
 
-    def _on_idle(self, db: duckdb.DuckDBPyConnection) -> None:
+    def _detach_when_idle(self) -> None:
+        """Detach once `keep_attached` seconds pass with no query; a query meanwhile cancels it."""
         with self._lock:
-            if self._queries == 0 and self._idle_timer is threading.current_thread():
-                self._idle_timer = None
-                self._detach_now(db)
-
-    def _stop_idle_timer(self) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
+            while not self._closed:
+                if self._idle is None:
+                    self._lock.wait()
+                    continue
+                db, since = self._idle
+                left = since + self.keep_attached - time.monotonic()
+                if left > 0:
+                    self._lock.wait(left)
+                    continue
+                self._idle = None
+                try:
+                    self._detach_now(db)
+                except duckdb.Error as e:  # kept attached; the next pause tries again
+                    log.warning("could not detach %s: %s", self.path.name, e)
 
     def _detach_now(self, db: duckdb.DuckDBPyConnection) -> None:
         with db.cursor() as con:
