@@ -109,6 +109,23 @@ def test_a_ctes_name_may_shadow_a_catalog_view(served_copy):
     assert got.column("n").to_pylist() == [7]
 
 
+def test_columns_and_errors_name_operators_as_the_user_wrote_them(served_copy):
+    """Each call gains its connection id (and a model-choosing call an internal name): neither
+    may show in a column's name or an error, and a column keeps the name DuckDB gives it."""
+    client, _ = served_copy
+    got = run(client, "SELECT sentiment(review), sentiment(review, 'sst2-bilstm@4') + 1, upper(review) FROM reviews")
+    assert got.schema.names == ["sentiment(review)", "(sentiment(review, 'sst2-bilstm@4') + 1)", "upper(review)"]
+    nested = run(client, 'SELECT "sentiment_label(review)" AS label FROM (SELECT sentiment_label(review) FROM reviews)')
+    assert set(nested.column("label").to_pylist()) - {None} <= {"negative", "neutral", "positive"}
+    for sql, signature in (("SELECT sentiment(review::BLOB) FROM reviews", "'sentiment(BLOB)'"),
+                           ("SELECT sentiment(review::BLOB, 'sst2-bilstm@4') FROM reviews",
+                            "'sentiment(BLOB, STRING_LITERAL)'")):
+        with pytest.raises(pa.ArrowInvalid) as e:
+            run(client, sql)
+        message = str(e.value).split("Detail")[0]
+        assert signature in message and "UBIGINT" not in message and "connection" not in message
+
+
 def test_errors_and_the_models_action_name_no_server_path(served_copy):
     client, _ = served_copy
     with pytest.raises(pa.ArrowInvalid) as e:

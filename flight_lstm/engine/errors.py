@@ -7,7 +7,9 @@ from contextlib import contextmanager
 import duckdb
 
 from flight_lstm.errors import FlightLSTMError, InvalidQuery, QueryCancelled, QueryRefused, ResourceExhausted
+from flight_lstm.plan.operators import CONNECTION_ID, operator_names
 from flight_lstm.sources import Source
+from udfs import OPERATORS
 
 # DuckDB prefixes messages with their class ("Binder Error: ..."); UDF failures wrap the Python one.
 _UDF_ERROR = re.compile(r"Python exception occurred while executing the UDF: (?:\w+Error: )?(.*)", re.S)
@@ -18,6 +20,10 @@ _UDF_ERROR = re.compile(r"Python exception occurred while executing the UDF: (?:
 _HINT = re.compile(r'^(?:Did you mean "[^"\n]*"\?|Candidate bindings: [^\n]*)$', re.M)
 # An operator called with a model name is registered as `<name>__with_model`: say `<name>`.
 _WITH_MODEL = re.compile(r"(?<=\w)__with_model\b")
+# Every operator call takes its caller's connection id last (plan/operators.py: tag_connection),
+# which the user never wrote: `'sentiment(BLOB, UBIGINT)'` says `'sentiment(BLOB)'`.
+_CONNECTION_ARGUMENT = re.compile(r"(\b(?:%s)\([^()']*?)(?:, )?UBIGINT\)|, %s\(\)"
+                                  % ("|".join(sorted(operator_names(OPERATORS))), CONNECTION_ID))
 
 
 def _message(error: duckdb.Error) -> str:
@@ -29,7 +35,8 @@ def _message(error: duckdb.Error) -> str:
     if not text:
         return type(error).__name__
     hints = [h for h in _HINT.findall(text) if "__" not in h]
-    return " ".join([_WITH_MODEL.sub("", text.splitlines()[0]), *hints])
+    first = _CONNECTION_ARGUMENT.sub(lambda m: f"{m.group(1)})" if m.group(1) else "", text.splitlines()[0])
+    return " ".join([_WITH_MODEL.sub("", first), *hints])
 
 
 # Mid-stream, DuckDB's errors arrive through the Arrow reader as OSError("<Kind> Error: ...").

@@ -71,6 +71,14 @@ def syntax_error(sql: str) -> str | None:
     return None
 
 
+def column_name(expression: str) -> str:
+    """The name DuckDB gives a column computed by `expression` (SQL text) that has no alias: the
+    expression as DuckDB writes it back from its parse (`(sentiment(review) + 1)`)."""
+    (text,), = _cursor().execute("SELECT json_deserialize_sql(json_serialize_sql(?))",
+                                 ["SELECT " + expression]).fetchall()
+    return text.removeprefix("SELECT ")
+
+
 def check_with_duckdb(sql: str) -> None:
     """Refuse `sql` unless DuckDB reads it as one SELECT within the read-only rule."""
     (text,), = _cursor().execute("SELECT json_serialize_sql(?)", [sql]).fetchall()

@@ -11,6 +11,7 @@ from typing import Callable, Iterable, Iterator
 from sqlglot import exp
 
 from flight_lstm.errors import InvalidQuery
+from flight_lstm.plan.duckdb_check import column_name
 
 CONNECTION_ID = "current_connection_id"
 
@@ -66,10 +67,25 @@ def tag_connection(tree: exp.Expression, operators: Iterable) -> exp.Expression:
 
     DuckDB calls a UDF on its own worker threads, which carry nothing of the query that asked;
     with the id the engine finds that query's budget there, so a cancel or time limit stops a
-    model mid-call (engine/database.py). The last step before SQL is written, once per plan."""
+    model mid-call (engine/database.py). The last step before SQL is written, once per plan.
+    A column that had no name of its own keeps the one DuckDB gives what the user wrote, with
+    neither the id nor an operator's internal name in it."""
+    operators = list(operators)
+    _name_columns(tree, operators)
     for call, _ in operator_calls(tree, operators):
         call.append("expressions", exp.Anonymous(this=CONNECTION_ID))
     return tree
+
+
+def _name_columns(tree: exp.Expression, operators: list) -> None:
+    for select in list(tree.find_all(exp.Select)):
+        for column in select.expressions:
+            if isinstance(column, (exp.Alias, exp.Star)) or not any(operator_calls(column, operators)):
+                continue
+            public = column.copy()
+            for call, op in operator_calls(public, operators):
+                call.set("this", op.name)
+            column.replace(exp.alias_(column.copy(), column_name(public.sql("duckdb")), quoted=True))
 
 
 def operators_called(tree: exp.Expression, operators: Iterable) -> frozenset[str]:
