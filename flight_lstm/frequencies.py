@@ -11,7 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DAYS_PER_YEAR = 365.25
-MAX_YEARS = 10  # a horizon may reach at most this far ahead
+# The horizon rule, for the planner and the operators alike (`horizon_cap`, `horizon_limit`): at
+# most MAX_YEARS years of a frequency's steps, and never more than MAX_STEPS steps. An operator
+# call computes each of its series' horizon steps at once, before any row limit counts them (up to
+# 2,048 series, DuckDB's vector, times the horizon times a few arrays of doubles: 143 MB each at
+# MAX_STEPS), and rolls forward one model horizon (48 hourly steps) per network call.
+MAX_YEARS = 10
+MAX_STEPS = 8760  # a year of hourly steps
 MAX_PERIOD = 100_000  # a seasonal period given as a number: 1..MAX_PERIOD
 
 
@@ -24,7 +30,7 @@ class Frequency:
 
     @property
     def max_horizon(self) -> int:
-        """The most steps a horizon may take: MAX_YEARS years."""
+        """MAX_YEARS years of steps (a horizon is also held to MAX_STEPS: `horizon_cap`)."""
         return int(MAX_YEARS * self.steps_per_year + 1e-9)
 
 
@@ -52,6 +58,20 @@ NAMES = tuple(FREQUENCIES)
 def by_period(period: int) -> Frequency | None:
     """The named frequency with this seasonal period, if one has it (each period is one name's)."""
     return next((f for f in FREQUENCIES.values() if f.period == period), None)
+
+
+def horizon_cap(freq: str | None = None) -> int:
+    """The most steps a horizon may take for a series of the frequency named (None: of any)."""
+    return min(MAX_STEPS, FREQUENCIES[freq].max_horizon) if freq else MAX_STEPS
+
+
+def horizon_limit(freq: str | None = None) -> str:
+    """What `horizon_cap(freq)` is, as the one message refusing a longer horizon ends:
+    'horizon => 121 is more than 10 years of monthly steps (120)'."""
+    cap = horizon_cap(freq)
+    if cap < MAX_STEPS:
+        return f"{MAX_YEARS} years of {freq} steps ({cap})"
+    return f"{MAX_STEPS} steps, the most a forecast takes"
 
 
 def parse(value: str | int) -> str | int:

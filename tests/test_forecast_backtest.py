@@ -21,6 +21,9 @@ def service(tmp_path_factory):
     with duckdb.connect(path) as con:
         con.execute(f"CREATE TABLE yearly AS SELECT make_date(2016 + i::INTEGER, 1, 1) AS ts, {YEARLY}[i + 1] AS v "
                     "FROM range(8) t(i)")
+        con.execute("CREATE TABLE holes AS SELECT k, TIMESTAMP '2026-01-01' + to_hours(i::INTEGER) AS ts, CASE "
+                    "WHEN k = 'nan' THEN 'nan'::DOUBLE WHEN i = 30 THEN v ELSE 10 + i % 24 + i * 7 % 5 END AS v "
+                    "FROM range(120) t(i), (VALUES ('inf', 'inf'::DOUBLE), ('null', NULL), ('nan', NULL)) s(k, v)")
     return Service(DuckDBSource(path))
 
 
@@ -59,6 +62,15 @@ def test_one_row_per_series_with_every_measure(service):
     assert t.column("origins").to_pylist() == [3, 3, 3] and t.column("points").to_pylist() == [72, 72, 72]
     for column in ("mase", "seasonal_naive_mase", "naive_mase", "smape", "coverage", "msis", "seasonal_naive_msis"):
         assert all(v is not None and v >= 0 for v in t.column(column).to_pylist()), column
+
+
+def test_non_finite_values_are_missing_values(service):
+    """One +inf in a history once made the seasonal-naive scale inf: every scaled score 0, coverage 1."""
+    rows = run(service, "SELECT * FROM forecast_backtest('holes', key => 'k', ts => 'ts', value => 'v', horizon => 24) "
+                        "ORDER BY k").to_pylist()
+    assert [r["k"] for r in rows] == ["inf", "null"]  # an all-NaN series has nothing to measure: no row
+    inf, null = ({c: v for c, v in r.items() if c != "k"} for r in rows)
+    assert inf == pytest.approx(null) and 0 < inf["mase"] < 10 and 0 < inf["msis"] < 100
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -21,6 +21,18 @@ def service(tmp_path_factory):
         con.execute("CREATE TABLE dup AS SELECT * FROM sales UNION ALL SELECT 'b', TIMESTAMP '2026-01-03 05:00', 1.0")
         con.execute("CREATE TABLE daily AS SELECT 'x' AS store, DATE '2026-01-01' + i::INTEGER AS ts, 10.0 + i % 7 AS amount FROM range(60) t(i)")
         con.execute("CREATE TABLE single AS SELECT 'x' AS store, TIMESTAMP '2026-01-01' AS ts, 5.0 AS amount")
+        hourly = "TIMESTAMP '2026-01-01' + to_hours(i::INTEGER)"
+        con.execute(f"CREATE TABLE odd AS SELECT k AS store, {hourly} AS ts, CASE WHEN k = 'some_inf' AND i = 5 THEN "
+                    "'inf'::DOUBLE WHEN k = 'some_null' AND i = 5 THEN NULL WHEN k IN ('some_inf', 'some_null') "
+                    "THEN 10.0 + i % 24 ELSE v END AS amount FROM range(30) t(i), (VALUES ('null', NULL), "
+                    "('nan', 'nan'::DOUBLE), ('inf', 'inf'::DOUBLE), ('-inf', '-inf'::DOUBLE), ('some_inf', 0), "
+                    "('some_null', 0)) s(k, v)")
+        con.execute("CREATE TABLE bc AS SELECT 'x' AS store, TIMESTAMP '-290308-12-22' + to_hours(i::INTEGER) AS ts, "
+                    "1.0 * i AS amount FROM range(30) t(i)")
+        con.execute("CREATE TABLE bc_dates AS SELECT 'x' AS store, DATE '5877642-06-25 (BC)' + i::INTEGER AS ts, "
+                    "1.0 * i AS amount FROM range(30) t(i)")
+        con.execute(f"CREATE TABLE endless AS SELECT 'x' AS store, {hourly} AS ts, 1.0 * i AS amount "
+                    "FROM range(30) t(i) UNION ALL SELECT 'y', 'infinity'::TIMESTAMP, 1.0")
     return Service(DuckDBSource(path))
 
 
@@ -87,7 +99,7 @@ def test_irregular_or_duplicate_timestamps_are_refused(service, table, words):
     ("forecast_table('sales', ts => 'ts', value => 'amount', horizon => 'x')", "number"),
     ("forecast_table('sales', ts => 'ts', value => 'amount', horizon => 1e308)", "horizon => 1e308 must be a whole number"),
     ("forecast_table('sales', ts => 'ts', value => 'amount', horizon => 2.5)", "horizon => 2.5 must be a whole number"),
-    ("forecast_table('sales', ts => 'ts', value => 'amount', horizon => 0)", "from 1 to 1,051,920"),
+    ("forecast_table('sales', ts => 'ts', value => 'amount', horizon => 0)", "horizon => 0 must be a whole number"),
     ("forecast_table('sales', ts => 'ts', value => 'amount', horizon => 2, level => 1.5)", "level => 1.5 must be between"),
     *((CALL.format(table="sales", h=2, extra=extra), words) for extra, words in [  # freq and tz: see test_frequencies.py
         (", freq => 'fortnightly'", "freq => 'fortnightly': unknown frequency 'fortnightly'; use one of 5min, 10min"),
@@ -114,3 +126,36 @@ def test_composes_with_sql_around_it(service):
 def test_several_series_without_key_are_told_to_name_it(service):
     with pytest.raises(InvalidQuery, match="has duplicate timestamps: several series in one table.*key => 'col'"):
         run(service, "SELECT * FROM forecast_table('sales', ts => 'ts', value => 'amount', horizon => 2)")
+
+
+def test_the_horizon_rule_is_the_operators(service):
+    """The planner allows what the operators compute, and refuses the rest with their words."""
+    message = "horizon => 8761 is more than 8760 steps, the most a forecast takes"
+    for extra in ("", ", freq => '5min'"):
+        with pytest.raises(InvalidQuery, match=message):
+            service.plan("SELECT * FROM " + CALL.format(table="sales", h=8761, extra=extra))
+    t = run(service, f"SELECT count(*) AS n, count(mean) AS means FROM {CALL.format(table='single', h=8760, extra='')}")
+    assert t.to_pylist() == [{"n": 8760, "means": 8760}]
+
+
+@pytest.mark.parametrize("table, value", [
+    ("bc", r"290309-12-22 \(BC\) 00:00:00"), ("bc_dates", r"5877642-06-25 \(BC\)"), ("endless", "infinity")])
+def test_timestamps_out_of_range_are_refused_naming_the_series(service, table, value):
+    series = "y" if table == "endless" else "x"
+    with pytest.raises(InvalidQuery, match=f"forecast_table: series {series} has a timestamp outside "
+                                           f"0001-01-01 .. 2262-04-11: {value}"):
+        run(service, f"SELECT * FROM {CALL.format(table=table, h=2, extra='')}")
+
+
+def test_series_without_a_finite_value_keep_their_rows_with_null_forecasts(service):
+    t = run(service, f"SELECT * FROM {CALL.format(table='odd', h=3, extra='')} ORDER BY store, step").to_pylist()
+    by_store = {r["store"]: [x for x in t if x["store"] == r["store"]] for r in t}
+    assert sorted(by_store) == ["-inf", "inf", "nan", "null", "some_inf", "some_null"]
+    for store in ("-inf", "inf", "nan", "null"):
+        rows = by_store[store]
+        assert [r["step"] for r in rows] == [1, 2, 3] and all(r["ts"] is not None for r in rows)
+        assert all(r["mean"] is None and r["lo"] is None and r["hi"] is None for r in rows), store
+    # As the list form: NULL for such a series, and an infinite value is a missing one.
+    wide = run(service, "SELECT store, forecast(list(amount ORDER BY ts), 3) AS f FROM odd GROUP BY store").to_pylist()
+    assert {r["store"] for r in wide if r["f"] is None} == {"-inf", "inf", "nan", "null"}
+    assert [r["mean"] for r in by_store["some_inf"]] == [r["mean"] for r in by_store["some_null"]]

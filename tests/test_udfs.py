@@ -89,6 +89,15 @@ def test_forecast_rejects_impossible_horizons(horizon):
         forecast(pa.array(_series(50, rows=1)), horizon)
 
 
+@pytest.mark.parametrize("horizon, model, message", [
+    (8761, None, "horizon 8761 is more than 8760 steps, the most a forecast takes"),
+    (11, "yearly", r"horizon 11 is more than 10 years of yearly steps \(10\)"),  # forecast_table's words and rule
+])
+def test_forecast_horizons_follow_the_one_rule(horizon, model, message):
+    with pytest.raises(ValueError, match=message):
+        forecast(pa.array(_series(50, rows=1)), horizon, model)
+
+
 def test_forecast_interval_structure_and_order():
     out = forecast_interval(pa.array(_series(100, rows=2)), 6, 0.9)
     assert out.type.value_type.names == ["step", "mean", "lo", "hi"]

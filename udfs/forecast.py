@@ -1,10 +1,11 @@
 """Forecast operators: one row per series, all series of a batch in one model call.
 
 `values` is a LIST<DOUBLE> per row (e.g. `list(amount ORDER BY ts)`); the result is a list of
-`horizon` values, or of (step, mean, lo, hi) structs for `forecast_interval`. A NULL, empty or
-all-NaN series, or a NULL parameter, gives NULL; bounds the series cannot support (one or two
-points, all zero) are NULL. The model reference may be a frequency ('monthly', or a seasonal
-period such as '12'): the registry picks that frequency's model, which is told the period.
+`horizon` values, or of (step, mean, lo, hi) structs for `forecast_interval`. A NULL or empty
+series, one with no finite value, or a NULL parameter, gives NULL; bounds the series cannot support
+(one or two points, all zero) are NULL. The model reference may be a frequency ('monthly', or a
+seasonal period such as '12'): the registry picks that frequency's model, which is told the period,
+and the horizon follows forecast_table's rule for that frequency (frequencies.horizon_cap).
 """
 from __future__ import annotations
 
@@ -33,12 +34,15 @@ def _run(values, params, model, level_given: bool):
     fitted = load_model("forecast", model)
     freq = frequencies.reference(model)
     period = frequencies.period_of(freq) if freq is not None else None
+    named = freq if isinstance(freq, str) else None  # a period leaves the step unknown: the rule's step cap
     horizons = np.zeros(n, dtype=np.int64)
     results = []
     for key, rows in parameter_groups(n, *params):
         horizon, level = int(key[0]), (key[1] if level_given else None)
         if horizon != key[0]:
             raise ValueError(f"horizon must be a whole number, got {key[0]}")
+        if horizon > frequencies.horizon_cap(named):
+            raise ValueError(f"horizon {horizon} is more than {frequencies.horizon_limit(named)}")
         group = series if len(rows) == n else series.take(pa.array(rows))
         r = fitted.predict(group, horizon=horizon, level=level, period=period)
         ok = rows[r.valid]

@@ -34,12 +34,14 @@ import pyarrow as pa
 import torch
 from torch import nn
 
+from flight_lstm import frequencies
+
 from .base import BaseModel
 from .checks import between_batches
 from .series import (SHORT, error_scale, fill_gaps, flatten, interleave, last_window,
                      overflow_shift, robust_scale, split_phases, unshift)
 
-MAX_HORIZON = 8760  # one year of hourly steps
+MAX_HORIZON = frequencies.MAX_STEPS  # the horizon rule's step cap (frequencies.py says why)
 CHUNK_ROWS = 8192  # inference rows per network call
 LEVELS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.96, 0.97, 0.98, 0.99, 0.995)
 _TAILS = (0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25,
@@ -159,8 +161,10 @@ class ForecastModel(BaseModel):
         the model's season: each of a long enough series' k phases is then forecast apart."""
         if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)):
             raise ValueError(f"horizon must be an integer, got {horizon!r}")
-        if not 1 <= horizon <= MAX_HORIZON:
-            raise ValueError(f"horizon must be between 1 and {MAX_HORIZON}, got {horizon}")
+        if horizon < 1:
+            raise ValueError(f"horizon must be at least 1, got {horizon}")
+        if horizon > MAX_HORIZON:
+            raise ValueError(f"horizon {horizon} is more than {frequencies.horizon_limit()}")
         if level is not None and not 0.0 < float(level) < 1.0:
             raise ValueError(f"level must be in (0, 1), got {float(level):g}")
         values, lengths = flatten(series)

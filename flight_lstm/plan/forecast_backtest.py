@@ -7,8 +7,10 @@ series, beside seasonal naive and naive, one row per series.
 Each series is read as forecast_table reads it (plan/forecast_table.py: frequency inferred or
 given, gaps filled, the same model chosen). Rolling origins: origin k (1..origins) hides the
 last k * horizon points, forecasts the next `horizon` from what is left and compares them with
-the hidden points (an origin needs 2 points of history; a series too short for one has no row).
-Over all origins and steps whose actual value and seasonal-naive forecast exist:
+the hidden points (an origin needs 2 points of history). NaN and infinite values are missing, as
+forecast_table reads them: one +inf once made the scale inf and every scaled score 0. Over all
+origins and steps whose actual value and seasonal-naive forecast exist (a series with none, too
+short or with no finite value, has no row):
 
 - `mase`: mean absolute error over the in-sample seasonal-naive MAE of the history (the series'
   seasonal period m, or 1 when the history holds no m + 1 points), as in M4;

@@ -16,16 +16,18 @@ names the frequency instead (it must fit the timestamps) or gives a seasonal per
 still inferred). The frequency picks the model (`forecast_interval(..., 'monthly')`, resolved by
 models/registry.py) unless `model =>` names one.
 
-Missing steps are filled (NULL, interpolated by the model). Refused, with an error naming the
-series: duplicate timestamps; stamps no frequency fits; a key that mixes frequencies (its first
-MIN_RUN steps of one, its last of another); a `freq` its stamps contradict; a horizon beyond
-10 years of its steps.
+Missing steps are filled (NULL, interpolated by the model), and so are NaN and infinite values. A
+series with no finite value has its rows with NULL mean, lo and hi, as the operators give it NULL.
+Refused, with an error naming the series: duplicate timestamps; stamps no frequency fits; a key
+that mixes frequencies (its first MIN_RUN steps of one, its last of another); a `freq` its stamps
+contradict; a horizon beyond the rule of flight_lstm/frequencies.py (10 years of its steps, and
+8,760 steps at most); a timestamp that is infinite or outside FIRST_TS .. LAST_TS.
 
 Future timestamps follow the calendar on the wall clock for daily and longer frequencies (month
 ends stay month ends, Feb 29 included) and are fixed durations below a day. A TIMESTAMPTZ is read
 on the wall clock of `tz =>` (default: the engine's session time zone, the server's own), so a
 daily series stays at its local hour across DST changes; it stays a TIMESTAMPTZ, a DATE stays a
-DATE, a TIMESTAMP a TIMESTAMP (other precisions become one); times past 2262-04-11 are refused.
+DATE, a TIMESTAMP a TIMESTAMP (other precisions become one); future times past 2262-04-11 are refused.
 `forecast_origin` is the series' last timestamp in the same type. A series with a single point has
 no step unless `freq` names one: its ts is NULL.
 """
@@ -44,7 +46,6 @@ NAME = "forecast_table"
 PARAMETERS = ("key", "ts", "value", "horizon", "level", "model", "freq", "tz")
 MAX_FILL = 10  # a filled series may be at most this many times longer than its points (+1000)
 MIN_RUN = 3  # a key mixes frequencies when its first this many steps are of one, its last of another
-MAX_HORIZON = max(f.max_horizon for f in FREQUENCIES.values())  # a per-frequency cap is checked in SQL
 US_PER_MINUTE = 60_000_000
 US_PER_YEAR = round(frequencies.DAYS_PER_YEAR * 86_400_000_000)
 # Inference tries these in order, coarsest first; then any other fixed step.
@@ -58,6 +59,7 @@ FIXED = "fixed"  # an unnamed fixed step (say 2 hours): the kind's default model
 # bucket, so with x = LAST_TS (in that type, and at least `us`) and offset = `us` - a bucket start,
 # it is exactly `us`. Day-sized buckets start at 2000-01-03 00:00 (UTC for a TIMESTAMPTZ).
 LAST_TS = "2262-04-11"  # the last day every timestamp type holds (TIMESTAMP_NS ends on it)
+FIRST_TS = "0001-01-01"  # points before it are refused: years BC and DuckDB's extremes overflow the arithmetic
 LAST_US = 9_223_286_400_000_000  # its microseconds
 
 
@@ -151,7 +153,9 @@ WITH _pairs AS (  -- each point, where it falls on the calendar, and how it foll
 """
 
 FORECASTS = """), _forecasts AS (
-    SELECT *, unnest({call}) AS _f FROM _inputs
+    SELECT *, unnest(coalesce({call}, list_transform(range(1, {horizon} + 1), lambda i: {{'step': CAST(i AS INTEGER),
+                     'mean': CAST(NULL AS DOUBLE), 'lo': CAST(NULL AS DOUBLE), 'hi': CAST(NULL AS DOUBLE)}}))) AS _f
+    FROM _inputs
 ), _future AS (
     SELECT *, CASE
             WHEN _us_step IS NOT NULL THEN _tl + _us_step * _f.step
@@ -207,21 +211,25 @@ def series_inputs(call: TableCall) -> dict[str, str]:
     ts = call.column("ts")
     horizon = call.number("horizon")
     level = call.number("level") if "level" in call else "0.95"
-    if not horizon.isdigit() or not 1 <= int(horizon) <= MAX_HORIZON:
-        raise call.error(f"horizon => {horizon} must be a whole number of steps from 1 to {MAX_HORIZON:,} "
-                         f"({frequencies.MAX_YEARS} years of the finest frequency)")
+    if not horizon.isdigit() or int(horizon) < 1:
+        raise call.error(f"horizon => {horizon} must be a whole number of steps, at least 1")
     if not 0 < float(level) < 1:
         raise call.error(f"level => {level} must be between 0 and 1")
     freq = _freq(call) if "freq" in call else None
     given = freq if isinstance(freq, str) else None  # a name fixes the grid; a period only the model
-    if given and float(horizon) > FREQUENCIES[given].max_horizon:
-        raise call.error(f"horizon => {horizon} is more than {frequencies.MAX_YEARS} years "
-                         f"of {given} steps ({FREQUENCIES[given].max_horizon})")
+    if int(horizon) > frequencies.horizon_cap(given):
+        raise call.error(f"horizon => {horizon} is more than {frequencies.horizon_limit(given)}")
     model = call.string("model") if "model" in call else (None if freq is None else str(freq))
     zone = _zone(call) if "tz" in call else None
-    points = (f"SELECT {key or 'NULL'} AS _key, {ts} AS _ts, epoch_us({ts}) AS _t, "
-              f"CAST({call.column('value')} AS DOUBLE) AS _value, {_wall_clock(ts, zone)} AS _w "
-              f"FROM {call.table} WHERE {ts} IS NOT NULL")
+    # Each point checked before any arithmetic on its time (a raw DuckDB overflow names nothing);
+    # NaN and infinite values are missing values, as the operators take them.
+    points = (f"SELECT *, epoch_us(_ts) AS _t, {_wall_clock('_ts', zone)} AS _w FROM ("
+              f"SELECT _key, CASE WHEN NOT isfinite(_ts) OR CAST(_ts AS DATE) NOT BETWEEN DATE '{FIRST_TS}' "
+              f"AND DATE '{LAST_TS}' THEN error('{call.function}: ' || {_label(key, '_key')} "
+              f"|| ' has a timestamp outside {FIRST_TS} .. {LAST_TS}: ' || CAST(_ts AS VARCHAR)) ELSE _ts END AS _ts, "
+              f"CASE WHEN isfinite(_value) THEN _value END AS _value FROM ("
+              f"SELECT {key or 'NULL'} AS _key, {ts} AS _ts, CAST({call.column('value')} AS DOUBLE) AS _value "
+              f"FROM {call.table} WHERE {ts} IS NOT NULL))")
     sub_daily = [f for f in FREQUENCIES.values() if f.minutes]
     return dict(
         function=call.function,
@@ -232,7 +240,7 @@ def series_inputs(call: TableCall) -> dict[str, str]:
         points=points,
         key_out=f"_key AS {key}, " if key else "",
         ts_name=ts,
-        label="'series ' || coalesce(s._key::VARCHAR, 'NULL')" if key else "'the series'",
+        label=_label(key, "s._key"),
         duplicates_hint="" if key else ": several series in one table? name the column that tells them apart with key => ''col''",
         horizon=horizon,
         calendar=", ".join(f"{expr} AS _{name}" for name, expr in calendar("_w").items()),
@@ -247,6 +255,7 @@ def series_inputs(call: TableCall) -> dict[str, str]:
         months_step=_by_frequency(MONTHS_PER_STEP),
         days_step=_by_frequency(DAYS_PER_STEP),
         us_step=_by_frequency({f.name: f.minutes * US_PER_MINUTE for f in sub_daily}, fixed="_gap_mode"),
+        # The horizon rule's years; its step cap (frequencies.MAX_STEPS) is checked above, at planning.
         cap=_by_frequency({f.name: f.max_horizon for f in FREQUENCIES.values()},
                           fixed=f"{frequencies.MAX_YEARS * US_PER_YEAR} // _gap_mode"),
         given="true" if given else "false",
@@ -262,6 +271,11 @@ def series_inputs(call: TableCall) -> dict[str, str]:
         run=MIN_RUN,
         max_fill=MAX_FILL,
     )
+
+
+def _label(key: str | None, column: str) -> str:
+    """SQL naming a series in an error: 'series ' and its key in `column`, or 'the series' without a key."""
+    return f"'series ' || coalesce(CAST({column} AS VARCHAR), 'NULL')" if key else "'the series'"
 
 
 def calendar(w: str) -> dict[str, str]:
