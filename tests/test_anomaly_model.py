@@ -194,6 +194,34 @@ def test_a_stuck_sensor_is_found_and_series_that_often_repeat_stay_quiet(model):
     assert (stuck[:24 * 7 + 1] > q).any() and not (stuck[24 * 7 + 1:] > q).any()
 
 
+@pytest.mark.parametrize("length", [200, 600])
+@pytest.mark.parametrize("value", [0.0, 100.0, -0.0, 1e308])
+def test_a_flat_series_is_not_flagged_even_at_a_low_level(model, value, length):
+    """A series that has not changed since its pass began is no news (nothing shows the sensor was
+    ever live): at level 0.99 no point is flagged, in the first block or later (600 > BLOCK)."""
+    x = np.full(length, value)
+    r = one(model, x, 0.99)
+    s = r.score[MIN_HISTORY:]
+    assert np.isfinite(s).all() and (s < 0.99).all()
+    assert ((r.lo[MIN_HISTORY:, 0] <= value) & (value <= r.hi[MIN_HISTORY:, 0])).all()
+    gappy = x.copy()
+    gappy[[100, 101, length - 20]] = np.nan  # a gap is no change either: no stuck term
+    stuck = model.predict_points(gappy, np.array([length]))[6][:, 0]
+    assert (stuck[np.isfinite(stuck)] == 0).all() and np.isfinite(stuck[MIN_HISTORY:100]).all()
+
+
+def test_a_series_that_varies_then_sticks_early_is_flagged(model):
+    """Stuck after changes seen in the same pass (here the first block's, from the series' start):
+    flagged at the default level a few points in, and for as long as the run is unlikely against
+    the pass's recent share of repeats (which a long run raises)."""
+    x = seasonal(900, seed=13)
+    x[60:700] = x[59]
+    r = one(model, x)
+    first = np.flatnonzero(r.score > LEVEL)[0]
+    assert 60 < first <= 66 and (r.score[first:250] > LEVEL).all()
+    assert not (r.score[MIN_HISTORY:60] > LEVEL).any()
+
+
 def test_several_columns(model):
     n = 1200
     cols = np.column_stack([seasonal(n, seed=8), seasonal(n, seed=9, level=1e4) * 3, np.full(n, 2.0)])

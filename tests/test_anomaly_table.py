@@ -52,6 +52,9 @@ def metrics_lake(tmp_path_factory) -> str:
             ('nulls', TIMESTAMP '2026-01-02', NULL), (NULL, TIMESTAMP '2026-01-01', 7.0)) t(host, ts, cpu)""")
         con.execute("CREATE TABLE odd AS SELECT i AS ts, 'x' || i AS label, 1e300 * (i % 2) AS huge, 3.0 AS flat "
                     "FROM range(100) t(i)")
+        con.execute("CREATE TABLE flat AS SELECT k, i AS ts, v FROM range(600) t(i), (VALUES ('zero', 0.0::DOUBLE), "
+                    "('hundred', 100.0), ('negzero', -0.0::DOUBLE), ('huge', 1e308)) f(k, v)")
+        con.execute("CREATE TABLE flat200 AS SELECT * FROM flat WHERE ts < 200")
     return path
 
 
@@ -215,6 +218,19 @@ def test_events_group_consecutive_flags_into_incidents(service):
     assert any(e["start_ts"] <= start.astype(object) <= e["end_ts"] and e["peak_ts"] == start.astype(object) for e in spike)
     for e in events:
         assert e["start_ts"] <= e["peak_ts"] <= e["end_ts"] and e["points"] >= 1 and 0.999 < e["peak_score"] < 1
+
+
+@pytest.mark.parametrize("table, length", [("flat200", 200), ("flat", 600)])
+def test_flat_series_raise_no_flag_and_no_incident_even_at_a_low_level(service, table, length):
+    """0, 100.0, -0.0 and 1e308 held flat: at level 0.99 nothing is flagged, in the first block or later."""
+    rows = run(service, f"SELECT k, score, is_anomaly FROM anomaly_table('{table}', key => 'k', ts => 'ts', "
+                        "value => 'v', level => 0.99)").to_pylist()
+    assert len(rows) == 4 * length and not any(r["is_anomaly"] for r in rows)
+    assert sum(r["score"] is not None for r in rows) == 4 * (length - 16)
+    assert all(r["score"] < 0.99 for r in rows if r["score"] is not None)
+    events = run(service, f"SELECT * FROM anomaly_events('{table}', key => 'k', ts => 'ts', value => 'v', "
+                          "level => 0.99)")
+    assert events.num_rows == 0
 
 
 def test_hostile_arguments_stay_quoted(service):

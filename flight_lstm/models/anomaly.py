@@ -13,7 +13,9 @@ What is scored: the residual of the point over the network's predicted scale, di
 recent RMS residual (local recalibration), u; and, for anomalies that last, the sums of the last w
 u's (clipped, less the recent mean) over sqrt(w), and the excess of the last VAR_WINDOW squared
 u's (a change of variance); and a run of exact repeats that is unlikely for the series (a stuck
-sensor).  The statistic is the largest of |u| and those.
+sensor), counted only once the run's pass has seen the value change (a series flat since its pass
+began shows no sensor that was ever live, so it is no news).  The statistic is the largest of |u|
+and those.
 Its score is 1 - p, with p the share of normal points whose statistic is at least as large: the
 empirical distribution on held-out normal series of many domains in the body, a fitted
 generalized Pareto tail beyond it down to p = P_FAR, then a power law so slow that p reaches
@@ -62,7 +64,10 @@ VAR_WINDOW, VAR_WEIGHT = 32, 0.5
 # repeats (of RECAL_WINDOW points, with one repeat and one change as a prior), scored as the normal
 # deviate of that chance, sqrt(2 L ln(1/p)), times STUCK_WEIGHT (chosen on the validation split).
 # Past points only, so it bounds a point like the sums do.  Series that repeat often (counts,
-# constants) have p near 1, and runs no longer than the pass has seen (weekend zeros) are no news.
+# constants) have p near 1, and runs no longer than the pass has seen (weekend zeros) are no news;
+# nor is a run that began before the pass saw any change (an observed value unlike the last observed
+# one; a gap is none): a series flat since its pass began, whether constant or stuck for longer than
+# the pass reaches back, could never be told from a constant one, so it adds nothing.
 STUCK_WEIGHT = 2.5
 P_FAR, P_MIN = 1e-9, 1e-15  # where the Pareto tail hands over, and p at the float64 limit
 CAL_GRID = 80  # points of the calibrated body (p from 1 down to where the Pareto tail starts)
@@ -152,8 +157,15 @@ def _stuck(z: np.ndarray) -> np.ndarray:
     started = np.maximum.accumulate(np.where(repeat, 0, steps), axis=1)
     length = (steps - started).astype(np.float64)
     longest = np.take_along_axis(np.maximum.accumulate(length, axis=1), started, axis=1)  # before the run
+    observed = ~np.isnan(z)
+    seen = np.maximum.accumulate(np.where(observed, steps, -1), axis=1)
+    before = np.full(z.shape, -1)
+    before[:, 1:] = seen[:, :-1]  # the last observed step before each step
+    changed = observed & (before >= 0) & (z != np.take_along_axis(z, before.clip(0), axis=1))
+    first_change = np.where(changed.any(axis=1), changed.argmax(axis=1), z.shape[1])
+    live = started >= first_change[:, None]  # the run began at or after a change in the pass
     excess = np.zeros(z.shape)
-    excess[:, 1:] = np.maximum(length - longest, 0)[:, :-1]
+    excess[:, 1:] = np.where(live, np.maximum(length - longest, 0), 0.0)[:, :-1]
     share = (_trailing(repeat.astype(np.float64), RECAL_WINDOW) + 1) / (np.minimum(steps, RECAL_WINDOW) + 2)
     return STUCK_WEIGHT * np.sqrt(-2 * excess * np.log(share))
 
