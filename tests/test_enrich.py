@@ -1,6 +1,7 @@
 """Enrichment runs in-process against real DuckDB files, Parquet directories and Iceberg tables."""
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import threading
@@ -249,6 +250,33 @@ def test_schedules():
                                       "every": "0.05s"})
     run_scheduled([every], run_one, stop)
     assert ran == ["tick"] * 3
+
+
+def test_a_scheduled_job_whose_target_the_file_system_refuses_logs_it_and_tries_again(reviews_lake, tmp_path, caplog):
+    target = tmp_path / "scored"
+    target.write_text("not a directory")
+    into = f"parquet://{target}"
+    ran, stop = [], threading.Event()
+
+    def run_one(j):
+        try:
+            summary = run(j)
+        except Exception as e:
+            ran.append(e)
+            if len(ran) == 2:
+                target.unlink()  # an operator clears the way
+            raise
+        ran.append(summary)
+        stop.set()
+        return summary
+
+    with caplog.at_level(logging.WARNING, logger="flight_lstm.enrich"):
+        run_scheduled([job(reviews_lake, into, every="0.05s")], run_one, stop)
+    assert [type(r).__name__ for r in ran] == ["TargetUnavailable", "TargetUnavailable", "Summary"]
+    assert ran[-1].written == 60
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2 and all(f"parquet:{target}" in w and "File exists" in w for w in warnings), warnings
+    assert target_rows(reviews_lake, into).column("id").to_pylist() == list(range(60))
 
 
 def test_planner_keeps_local_tables_local():

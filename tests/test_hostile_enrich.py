@@ -1,17 +1,23 @@
 """Hostile enrichment jobs, each a real run: one target reached by two names (symlinks) takes one
-lock, and keys whose equality differs between engines (floating point, intervals, collated text,
-a key repeated by a changed row or by DISTINCT) are refused or compared byte for byte, so no row
-is ever written twice."""
+lock, a target the file system refuses is one line of error (no traceback) and loses no row, and
+keys whose equality differs between engines (floating point, intervals, collated text, a key
+repeated by a changed row or by DISTINCT) are refused or compared byte for byte, so no row is ever
+written twice."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
 
-from enrichment import job, make_reviews, sentiment_module, source_sql, target_rows
+from enrichment import SQL, job, make_reviews, sentiment_module, source_sql, target_rows
+from flight_lstm.cli import main
 from flight_lstm.enrich import Job, JobError, TargetBusy, run
 from flight_lstm.errors import InvalidQuery
 from flight_lstm.sinks import TargetError, open_sink
+from flight_lstm.sinks.parquet import ParquetSink
 
 
 @pytest.fixture
@@ -80,6 +86,75 @@ def test_a_lock_file_that_is_a_symlink_is_refused_and_its_file_left_alone(review
     with pytest.raises(TargetError, match="is a symlink"):
         run(job(reviews_lake, f"parquet://{tmp_path}/scored"))
     assert victim.read_text() == "keep me"
+
+
+def enrich(lake: str, into: str) -> subprocess.CompletedProcess:
+    """The real `flight-lstm enrich`, in a process of its own."""
+    return subprocess.run([sys.executable, "-m", "flight_lstm.cli", "enrich", "--source", lake, "--sql", SQL,
+                           "--key", "id", "--into", into], capture_output=True, text=True, timeout=300)
+
+
+def one_error(output: str) -> str:
+    assert "Traceback" not in output, output
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, output
+    return errors[0]
+
+
+@pytest.mark.parametrize("refusal", ["an existing file", "under a file", "a read-only directory"])
+def test_a_target_the_file_system_refuses_is_one_line_of_error_and_no_row_is_lost(reviews_lake, tmp_path, refusal):
+    target = tmp_path / "scored"
+    if refusal == "an existing file":
+        target.write_text("not a directory")
+        reason, undo = "File exists", target.unlink
+    elif refusal == "under a file":
+        parent = tmp_path / "parent"
+        parent.write_text("not a directory")
+        target, reason = parent / "scored", "Not a directory"
+
+        def undo():
+            parent.unlink()
+            parent.mkdir()
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root writes into a 0o555 directory; 'under a file' refuses the path for root too")
+        target.mkdir(mode=0o555)
+        reason, undo = "Permission denied", lambda: target.chmod(0o755)
+    into = f"parquet://{target}"
+    done = enrich(reviews_lake, into)
+    assert done.returncode != 0
+    line = one_error(done.stdout + done.stderr)
+    assert f"parquet:{target}" in line and reason in line, line
+
+    undo()
+    assert run(job(reviews_lake, into)).written == 60
+    assert run(job(reviews_lake, into)).written == 0
+    assert target_rows(reviews_lake, into).column("id").to_pylist() == list(range(60))
+
+
+def test_a_target_made_a_file_mid_run_ends_the_run_with_one_line_and_a_rerun_writes_the_rest(
+        reviews_lake, tmp_path, monkeypatch, capsys):
+    target, aside = tmp_path / "scored", tmp_path / "aside"
+    into = f"parquet://{target}"
+    real = ParquetSink.commit
+
+    def then_a_file(sink, *args, **kwargs):  # after the first chunk, the directory becomes a file
+        real(sink, *args, **kwargs)
+        if not aside.exists():
+            target.rename(aside)
+            target.write_text("not a directory")
+
+    monkeypatch.setattr(ParquetSink, "commit", then_a_file)
+    assert main(["enrich", "--source", reviews_lake, "--sql", SQL, "--key", "id", "--into", into,
+                 "--chunk-rows", "25"]) != 0
+    line = one_error(capsys.readouterr().err)
+    assert f"parquet:{target}" in line and "Not a directory" in line, line
+
+    monkeypatch.setattr(ParquetSink, "commit", real)
+    target.unlink()
+    aside.rename(target)
+    assert run(job(reviews_lake, into)).written == 35  # the first chunk was committed, the second not
+    assert target_rows(reviews_lake, into).column("id").to_pylist() == list(range(60))
 
 
 def keyed(lake, into, key_sql: str = "k", **options) -> Job:

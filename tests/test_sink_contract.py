@@ -4,9 +4,11 @@ pyiceberg's SQL catalog, and a Dremio table through the stand-in of Dremio's Fli
 
 What a target may differ in is declared once, in its `Target`: whether it `replaces` (re-scoring;
 else it refuses and stays append-only), and whether a commit killed part way leaves nothing of it
-(every target but Dremio, where a commit is several statements and a kill leaves whole ones)."""
+(every target but Dremio, where a commit is several statements and a kill leaves whole ones), and
+for a target in local `files`, that a commit the file system refuses is one line of TargetError."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -56,6 +58,7 @@ class Target:
     alias: tuple[str, str]  # (source, into) naming the same target otherwise
     dies_in_commit: Callable[[pytest.MonkeyPatch], int]  # the next commit is killed part way; rows it leaves
     left_behind: Callable[[], list[Path]] = list  # what a killed commit leaves for recover() to clear
+    files: Path | None = None  # the local directory a commit writes its files in, if any
 
     def open(self) -> Sink:
         return open_sink(self.into, source_uri=self.source)
@@ -138,11 +141,13 @@ def target(request, tmp_path) -> Target:
         return Target(lake, "scored", (f"duckdb://{tmp_path}/sub/../lake.db", "main.scored"), _duckdb_dies)
     if request.param == "parquet":
         return Target(lake, f"parquet://{tmp_path}/scored", (lake, f"parquet://{tmp_path}/sub/../scored"),
-                      _parquet_dies, lambda: sorted((tmp_path / "scored").glob(f"{parquet_sink.PENDING}*")))
+                      _parquet_dies, lambda: sorted((tmp_path / "scored").glob(f"{parquet_sink.PENDING}*")),
+                      files=tmp_path / "scored")
     if request.param == "iceberg":
         (tmp_path / "wh").mkdir()
         return Target(lake, f"iceberg://{tmp_path}/wh/lake.scored",
-                      (lake, f"iceberg://{tmp_path}/sub/../wh/lake.scored"), _iceberg_dies)
+                      (lake, f"iceberg://{tmp_path}/sub/../wh/lake.scored"), _iceberg_dies,
+                      files=tmp_path / "wh" / "lake" / "scored" / "data")
     request.getfixturevalue("env")  # the password the stand-in takes, as DREMIO_PASSWORD
     con = duckdb.connect()
     standin = DremioStandin(con, {}, users={"alice": PASSWORD}).start()
@@ -209,6 +214,28 @@ def test_a_commit_killed_part_way_leaves_whole_commits_and_a_rerun_writes_each_k
     assert done == list(range(10 + left))
     rerun.commit(rows(i for i in range(10, 40) if i not in done), KEYS, replace=False)
     assert ids_in(target.open()) == list(range(40))
+
+
+@pytest.mark.parametrize("target", ["parquet", "iceberg"], indirect=True)
+def test_a_commit_the_file_system_refuses_is_a_one_line_target_error_and_a_rerun_writes_each_key_once(target):
+    sink = created(target, rows(range(10)))
+    aside = target.files.with_name("aside")
+    target.files.rename(aside)
+    target.files.write_text("a file where the target's directory was")
+    with pytest.raises(TargetError) as refused:
+        sink.commit(rows(range(10, 20)), KEYS, replace=False)
+    message = str(refused.value)
+    assert re.match(rf"cannot write {re.escape(sink.describe())}: .*{re.escape(str(target.files))}", message)
+    assert "\n" not in message
+
+    target.files.unlink()
+    aside.rename(target.files)
+    rerun = target.open()
+    rerun.recover()
+    assert target.left_behind() == []
+    assert ids_in(rerun) == list(range(10))  # nothing of the refused commit
+    rerun.commit(rows(range(10, 20)), KEYS, replace=False)
+    assert ids_in(target.open()) == list(range(20))
 
 
 def test_describe_names_the_target_without_secrets(target):

@@ -1,7 +1,8 @@
 """Keep jobs running on their schedules, one run at a time, until told to stop.
 
-A run that finds the target busy or the source unavailable is logged and retried at the job's
-next time; any other error (bad query, bad target) stops the loop: it would fail every time."""
+A run that finds the target busy, the source unavailable or the target's file system refusing
+(full, read-only, a file where its directory goes) is logged and retried at the job's next time;
+any other error (bad query, bad target) stops the loop: it would fail every time."""
 from __future__ import annotations
 
 import logging
@@ -13,6 +14,7 @@ from flight_lstm.enrich.job import Job
 from flight_lstm.enrich.lock import TargetBusy
 from flight_lstm.enrich.progress import Summary
 from flight_lstm.errors import SourceUnavailable
+from flight_lstm.sinks.base import TargetUnavailable
 
 log = logging.getLogger("flight_lstm.enrich")
 
@@ -29,7 +31,7 @@ def run_scheduled(jobs: list[Job], run_one: Callable[[Job], Summary], stop: thre
         started = datetime.now().astimezone()
         try:
             log.info(run_one(job).line())
-        except (TargetBusy, SourceUnavailable) as e:
-            log.warning("enrich job=%s skipped this time: %s", name, e)
+        except (TargetBusy, SourceUnavailable, TargetUnavailable) as e:
+            log.warning("enrich job=%s failed this time, will try again: %s", name, e)
         due[name] = job.schedule.next(max(started, due[name]))
         log.info("enrich job=%s next run at %s", name, due[name].isoformat(timespec="seconds"))

@@ -2,12 +2,13 @@
 batches of rows, and a way to read back what is already there (so a rerun skips it)."""
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from pathlib import Path
 
 import pyarrow as pa
 
-from flight_lstm.errors import FlightLSTMError
+from flight_lstm.errors import FlightLSTMError, first_line
 
 
 # The lineage columns every enrichment run adds to the rows it commits (enrich/lineage.py): a
@@ -20,9 +21,38 @@ class TargetError(FlightLSTMError):
     """The target cannot take the rows: missing schema, different columns, unwritable."""
 
 
+class TargetUnavailable(TargetError):
+    """The file system refused the target (a file where a directory goes, permission, read-only,
+    full): fixable outside the job, so a scheduled job tries again at its next time."""
+
+
+def refused(target: str, error: OSError, path: Path | None = None) -> TargetUnavailable:
+    """The OS's reason and the path it refused (`path` when the error names none), on one line
+    naming the target."""
+    where = error.filename or path
+    return TargetUnavailable(f"cannot write {target}: {error.strerror or first_line(error)}"
+                             + (f": {where}" if where else ""))
+
+
+def os_errors(method):
+    """A sink method whose OSError reaches every caller (CLI, scheduler, Ray engine) as
+    TargetUnavailable, one line and no traceback."""
+
+    @functools.wraps(method)
+    def guarded(self: "Sink", *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except OSError as e:
+            raise refused(self.describe(), e) from None
+
+    return guarded
+
+
 class Sink(ABC):
     """Where an enrichment run writes. Each `commit` is all-or-nothing for readers and for a run
-    killed at any moment, so a rerun that skips the keys already written ends with each key once."""
+    killed at any moment, so a rerun that skips the keys already written ends with each key once.
+    A sink on a file system reports its refusals as TargetUnavailable (`os_errors`); a commit that
+    fails so is whole or absent, as a killed one is."""
 
     scheme: str
     # Whether `commit(..., replace=True)` can swap rows of keys already written (re-scoring).

@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
 
-from flight_lstm.sinks.base import Sink, TargetError
+from flight_lstm.sinks.base import Sink, TargetError, os_errors, refused
 
 CATALOG_NAME, CATALOG_FILE = "flight_lstm", "catalog.db"
 
@@ -55,7 +55,7 @@ class IcebergSink(Sink):
         try:
             self.warehouse.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise TargetError(f"cannot create the Iceberg warehouse {self.warehouse}: {e.strerror}") from None
+            raise refused(self.describe(), e) from None
         return self.warehouse / f".{self.identifier}.enrich.lock"
 
     def describe(self) -> str:
@@ -69,13 +69,16 @@ class IcebergSink(Sink):
         except NoSuchTableError:
             return None
 
+    @os_errors
     def schema(self) -> pa.Schema | None:
         table = self._load()
         return None if table is None else table.schema().as_arrow()
 
+    @os_errors
     def read(self, columns: list[str]) -> pa.Table:
         return self._load().scan(selected_fields=tuple(columns)).to_arrow()
 
+    @os_errors
     def commit(self, rows: pa.Table, keys: list[str], *, replace: bool) -> None:
         table = self._load() or self.catalog.create_table_if_not_exists(self.identifier, schema=rows.schema)
         with table.transaction() as tx:

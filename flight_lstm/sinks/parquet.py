@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from flight_lstm.sinks.base import Sink, TargetError
+from flight_lstm.sinks.base import Sink, TargetError, os_errors
 
 PENDING = ".pending-"
 
@@ -45,16 +45,17 @@ class ParquetSink(Sink):
     def _files(self) -> list[Path]:
         return sorted(p for p in self.directory.glob("*.parquet") if not p.name.startswith((".", "_")))
 
+    @os_errors
     def schema(self) -> pa.Schema | None:
-        if not self.directory.parent.is_dir():
-            raise TargetError(f"directory {self.directory.parent} does not exist")
-        self.directory.mkdir(exist_ok=True)
+        self.directory.mkdir(exist_ok=True)  # not its parents: a typo in the path is refused
         files = self._files()
         return pq.read_schema(files[0]) if files else None
 
+    @os_errors
     def read(self, columns: list[str]) -> pa.Table:
         return ds.dataset(self._files(), format="parquet").to_table(columns=columns)
 
+    @os_errors
     def commit(self, rows: pa.Table, keys: list[str], *, replace: bool) -> None:
         if replace:
             raise TargetError("a Parquet target is append-only; it cannot re-score rows")
@@ -67,6 +68,7 @@ class ParquetSink(Sink):
         os.rename(pending, self.directory / name)
         _fsync_dir(self.directory)
 
+    @os_errors
     def recover(self) -> None:
         for leftover in self.directory.glob(f"{PENDING}*"):
             leftover.unlink()
