@@ -63,13 +63,15 @@ class Service:
         """A service for batch jobs (enrichment, here or in a Ray worker): no time or row cap."""
         return cls(open_source(source_uri), limits=JOB_LIMITS)
 
-    def plan(self, sql: str, local_tables: tuple[str, ...] = ()) -> Plan:
-        """Cached per query text while the source stays the same: GetFlightInfo and DoGet each
-        plan the query, and planning costs 1-2 ms. `local_tables` are tables the caller passes
-        to `collect` (not cached: a job plans each of its queries once)."""
+    def plan(self, sql: str, local_tables: tuple[str, ...] = (), user: str | None = None) -> Plan:
+        """Cached per user and query text while the source stays the same: GetFlightInfo and DoGet
+        each plan the query, and planning costs 1-2 ms. Per user, because a cached plan answers
+        sooner: a shared cache would tell one user which exact texts (ids and all) another ran.
+        `local_tables` are tables the caller passes to `collect` (not cached: a job plans each of
+        its queries once)."""
         if local_tables:
             return self._plan_in_slot(sql, local_tables)
-        return self._plans.get(sql, lambda: self._plan_in_slot(sql))
+        return self._plans.get((user, sql), lambda: self._plan_in_slot(sql))
 
     def _plan_in_slot(self, query, local_tables: tuple[str, ...] = ()) -> Plan:
         """Planning a large text costs CPU (sqlglot, then DuckDB's parse): it waits for a slot."""
@@ -128,13 +130,13 @@ class Service:
     def dataset_schema(self, name: str, kind: str | None = None) -> pa.Schema:
         return self.schema(self.plan(self.dataset_sql(name, kind)))
 
-    def schema(self, plan: Plan, params: list | None = None) -> pa.Schema:
-        """The result schema. Cached per query while the source stays the same, so GetFlightInfo
-        before each DoGet (and ListFlights) does not open the source every time."""
+    def schema(self, plan: Plan, params: list | None = None, user: str | None = None) -> pa.Schema:
+        """The result schema. Cached per user and query (as `plan`) while the source stays the
+        same, so GetFlightInfo before each DoGet (and ListFlights) does not open the source every time."""
         _check_params(plan, params)
         if params:
             return self.engine.schema(plan, params)
-        return self._schemas.get(plan.sql, lambda: self.engine.schema(plan))
+        return self._schemas.get((user, plan.sql), lambda: self.engine.schema(plan))
 
     def parameters(self, plan: Plan) -> list[str]:
         """The query's placeholders, in binding order."""

@@ -257,3 +257,26 @@ def test_one_user_cannot_hold_off_everyone_elses_logins():
     assert entered.acquire(timeout=5)  # alice's login waits for her request: not refused
     release.set()
     held.join(5), other.join(5)
+
+
+def test_one_users_cached_plans_do_not_answer_another(lake, tmp_path, monkeypatch):
+    """A cached plan answers sooner: shared by all, its timing told bob which exact texts ana ran."""
+    from flight_lstm.plan.catalog import Catalog
+
+    users = Users(tmp_path / "users.json")
+    users.add("ana", PASSWORD)
+    users.add("bob", PASSWORD)
+    server = serve(lake, users)
+    planned = []
+    real_plan = Catalog.plan
+    monkeypatch.setattr(Catalog, "plan", lambda self, query, *args: planned.append(query) or real_plan(self, query, *args))
+    try:
+        sql = "SELECT id FROM reviews WHERE id = 3"
+        for name in ("ana", "ana", "bob", "bob"):
+            client = flight.connect(f"grpc://127.0.0.1:{server.port}")
+            options = flight.FlightCallOptions(headers=[client.authenticate_basic_token(name, PASSWORD)])
+            info = client.get_flight_info(flight.FlightDescriptor.for_command(sql), options)
+            assert client.do_get(info.endpoints[0].ticket, options).read_all().num_rows == 1
+        assert planned.count(sql) == 2  # once for ana, once for bob: bob's first call was not ana's cache
+    finally:
+        server.shutdown()

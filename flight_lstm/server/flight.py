@@ -59,7 +59,8 @@ class FlightLSTMServer(flight.FlightServerBase):
             if message:
                 return self.flight_sql.flight_info(*message, descriptor, caller(context))
             sql = self._ticket_sql(descriptor)
-            schema = columns.described(self.service.schema(self.service.plan(sql)))
+            user = caller(context)
+            schema = columns.described(self.service.schema(self.service.plan(sql, user=user), user=user))
         except BaseException as e:
             # A query that fails planning ends here, not in DoGet; its time includes the planning.
             Query("get_flight_info", caller(context), started).end(e)
@@ -97,7 +98,7 @@ class FlightLSTMServer(flight.FlightServerBase):
             if message:
                 schema, batches, query.operators = self.flight_sql.do_get(*message, cancelled, caller(context))
             else:
-                plan = self.service.plan(text_of(ticket.ticket, "the command"))
+                plan = self.service.plan(text_of(ticket.ticket, "the command"), user=caller(context))
                 (schema, batches), query.operators = (columns.result(*self.service.stream(plan, cancelled)),
                                                       plan.operators)
         except BaseException as e:

@@ -65,11 +65,12 @@ class FlightSQL:
         if name == "CommandStatementQuery":
             command = messages.unpack(name, value)
             _no_transaction(command)
-            schema = columns.described(self.service.schema(self.service.plan(command.query)))
+            plan = self.service.plan(command.query, user=user)
+            schema = columns.described(self.service.schema(plan, user=user))
             ticket = messages.pack(messages.TicketStatementQuery(statement_handle=command.query.encode()))
         elif name == "CommandPreparedStatementQuery":
             sql, rows = self.statements.get(messages.unpack(name, value).prepared_statement_handle, user)
-            schema = columns.described(self.service.schema(self.service.plan(sql), rows and rows[0]))
+            schema = columns.described(self.service.schema(self.service.plan(sql, user=user), rows and rows[0], user))
             ticket = descriptor.command
         else:
             schema = self._metadata_schema(name, value)
@@ -92,11 +93,12 @@ class FlightSQL:
 
     def do_get(self, name: str, value: bytes, cancelled: Callable[[], bool], user: str | None) -> Stream:
         if name == "TicketStatementQuery":
-            plan = self.service.plan(text_of(messages.unpack(name, value).statement_handle, "the statement handle"))
+            plan = self.service.plan(text_of(messages.unpack(name, value).statement_handle, "the statement handle"),
+                                     user=user)
             return (*columns.result(*self.service.stream(plan, cancelled)), plan.operators)
         if name == "CommandPreparedStatementQuery":
             sql, rows = self.statements.get(messages.unpack(name, value).prepared_statement_handle, user)
-            plan = self.service.plan(sql)
+            plan = self.service.plan(sql, user=user)
             return (*columns.result(*self.service.stream_each(plan, rows or [None], cancelled)), plan.operators)
         table = self._metadata_table(name, value)
         return table.schema, iter(table.to_batches()), frozenset()
@@ -154,9 +156,10 @@ class FlightSQL:
         if action == "CreatePreparedStatement" and name == "ActionCreatePreparedStatementRequest":
             request = messages.unpack(name, value)
             _no_transaction(request)
-            plan = self.service.plan(request.query)  # refuses writes and DDL, as every query
+            plan = self.service.plan(request.query, user=user)  # refuses writes and DDL, as every query
             # With placeholders the result types wait for the values (DoPut), so no schema yet.
-            schema = b"" if plan.parameters else columns.described(self.service.schema(plan)).serialize().to_pybytes()
+            schema = (b"" if plan.parameters
+                      else columns.described(self.service.schema(plan, user=user)).serialize().to_pybytes())
             parameters = pa.schema([pa.field(n, PARAMETER) for n in self.service.parameters(plan)])
             result = messages.ActionCreatePreparedStatementResult(
                 prepared_statement_handle=self.statements.open(request.query, user), dataset_schema=schema,
