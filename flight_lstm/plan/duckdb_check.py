@@ -73,9 +73,13 @@ def syntax_error(sql: str) -> str | None:
 
 def column_name(expression: str) -> str:
     """The name DuckDB gives a column computed by `expression` (SQL text) that has no alias: the
-    expression as DuckDB writes it back from its parse (`(sentiment(review) + 1)`)."""
-    (text,), = _cursor().execute("SELECT json_deserialize_sql(json_serialize_sql(?))",
-                                 ["SELECT " + expression]).fetchall()
+    expression as DuckDB writes it back from its parse (`(sentiment(review) + 1)`), or as given
+    where DuckDB's parser does not take it alone."""
+    try:
+        (text,), = _cursor().execute("SELECT json_deserialize_sql(json_serialize_sql(?))",
+                                     ["SELECT " + expression]).fetchall()
+    except duckdb.Error:
+        return expression
     return text.removeprefix("SELECT ")
 
 
