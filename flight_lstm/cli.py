@@ -12,6 +12,7 @@ from pathlib import Path
 
 from flight_lstm import threads
 from flight_lstm.engine import BATCH_ROWS, Limits, cap_memory
+from flight_lstm.engine.limits import parse_size
 
 THREADS_HELP = ("CPUs to use: DuckDB gets N threads, torch N-1 (at least 1), so one busy core does not stall "
                 "torch (default: the CPUs this process may run on, from its affinity and cgroup CPU quota)")
@@ -57,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="cap on the whole process's memory (its data segment), behind --memory-limit: "
                             "an allocation past it fails that query with UNAVAILABLE (default: what the "
                             "server holds once started, plus --memory-limit, plus 1 GiB)")
+    serve.add_argument("--max-spill", metavar="SIZE", default="4GB",
+                       help="the most DuckDB may write to disk when queries outgrow --memory-limit, server-wide, in a "
+                            "temporary directory of its own; a query past it gets UNAVAILABLE (default: 4GB)")
     serve.add_argument("--threads", type=int, metavar="N",
                        help="CPUs to use: DuckDB and torch get N threads each (default: the CPUs this process may run "
                             "on, from its affinity and cgroup CPU quota)")
@@ -214,8 +218,12 @@ def _serve(args) -> int:
         source = open_source(args.source, keep_attached=args.keep_attached)
     except ValueError as e:
         raise SystemExit(f"error: --source: {e}") from None
+    try:
+        parse_size(args.max_spill)
+    except ValueError as e:
+        raise SystemExit(f"error: --max-spill: {e}") from None
     service = Service(source, views=views, batch_rows=args.batch_rows,
-                      memory_limit=args.memory_limit, threads=plan.duckdb, limits=limits)
+                      memory_limit=args.memory_limit, threads=plan.duckdb, limits=limits, max_spill=args.max_spill)
     _check_start(service, args)
     try:
         service.warm_up()

@@ -367,6 +367,25 @@ def test_a_value_built_outside_duckdbs_accounting_hits_the_process_cap(lake):
         proc.wait(timeout=60)
 
 
+def test_spilling_to_disk_is_bounded_and_kept_out_of_the_working_directory(lake, tmp_path):
+    """DuckDB spills what outgrows its memory to `.tmp` in the working directory, up to 90% of the
+    disk's free space: a few large sorts could fill the disk. `--max-spill` bounds it."""
+    proc = subprocess.Popen([sys.executable, "-m", "flight_lstm.cli", "serve", "--source", f"duckdb://{lake}",
+                             "--port", "0", "--memory-limit", "100MB", "--max-spill", "20MB"],
+                            stdout=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        uri = proc.stdout.readline().strip().rsplit(" on ", 1)[1]
+        with flight.connect(uri) as c:
+            with pytest.raises(flight.FlightUnavailableError, match="Out of Memory"):
+                run(c, "SELECT count(*) AS n FROM (SELECT i, md5(i::VARCHAR) AS m FROM range(5000000) t(i) ORDER BY m)")
+            assert run(c, "SELECT 41 + 1 AS x").column("x")[0].as_py() == 42
+        assert not (tmp_path / ".tmp").exists()  # what it spilled went to a directory of its own
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert not (tmp_path / ".tmp").exists()
+
+
 def test_out_of_memory_outside_any_query_ends_the_process_for_a_restart():
     """Past the cap, a thread that cannot allocate (here: one that needs 1 GB more) is not a query's
     error: the process says so and exits 75, where it had served on wedged."""

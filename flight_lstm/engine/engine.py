@@ -3,6 +3,9 @@ with the source attached read-only, inside a query slot, a time limit and the wa
 Results leave as bounded Arrow batches."""
 from __future__ import annotations
 
+import shutil
+import tempfile
+
 import weakref
 from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator
@@ -34,7 +37,11 @@ class Engine:
         memory_limit: str | None = None,
         threads: int | None = None,
         limits: Limits = Limits(),
+        max_spill: str | None = None,
     ):
+        """`max_spill`: the most DuckDB may write to disk when a query outgrows `memory_limit`, in a
+        directory of the engine's own (None: DuckDB's defaults, `.tmp` in the working directory and
+        90% of that disk's free space, which a few large queries could fill)."""
         self.source = source
         self.operators = operators
         self.batch_rows = batch_rows
@@ -42,8 +49,10 @@ class Engine:
         self.admission = Admission(limits)
         self.watchdog = Watchdog()
         self._checks: dict[int, Callable[[], None]] = {}  # connection id -> its query's budget check
+        self._spill = tempfile.mkdtemp(prefix="flight-lstm-spill-") if max_spill else None
         self.db = open_database(source, operators, self._check_of,
-                            {"memory_limit": memory_limit, "threads": threads})
+                                {"memory_limit": memory_limit, "threads": threads,
+                                 "temp_directory": self._spill, "max_temp_directory_size": max_spill})
 
     def _check_of(self, connection_id: int) -> Callable[[], None]:
         return self._checks.get(connection_id, _nothing)
@@ -51,6 +60,8 @@ class Engine:
     def close(self) -> None:
         """Let go of the source now (the server is stopping); queries still running keep theirs."""
         self.source.close(self.db)
+        if self._spill:
+            shutil.rmtree(self._spill, ignore_errors=True)
 
     def schema(self, plan: Plan, params: list | None = None) -> pa.Schema:
         """The result schema, found without running any operator (LIMIT 0 plans but never calls).
