@@ -71,7 +71,7 @@ class Service:
         its queries once)."""
         if local_tables:
             return self._plan_in_slot(sql, local_tables)
-        return self._plans.get((user, sql), lambda: self._plan_in_slot(sql))
+        return self._plans.get(user, sql, lambda: self._plan_in_slot(sql))
 
     def _plan_in_slot(self, query, local_tables: tuple[str, ...] = ()) -> Plan:
         """Planning a large text costs CPU (sqlglot, then DuckDB's parse): it waits for a slot."""
@@ -103,10 +103,10 @@ class Service:
             raise InvalidQuery(f"unknown dataset {name!r}; ListFlights lists them")
         return f"SELECT * FROM {quote(name) if kind == 'VIEW' else name}"
 
-    def explain(self, sql: str) -> dict:
+    def explain(self, sql: str, user: str | None = None) -> dict:
         """How a query splits: what each source scan runs there, what runs here in DuckDB, and which
         operator calls the engine applies to its batches itself."""
-        plan = self.plan(sql)
+        plan = self.plan(sql, user=user)
         return {"local_sql": plan.sql, "scans": [{"name": n, "sql": q} for n, q in plan.scans],
                 "tables": list(plan.tables), "operators": sorted(plan.operators),
                 "lifted": plan.lift and {"duckdb_sql": plan.lift.sql,
@@ -136,7 +136,7 @@ class Service:
         _check_params(plan, params)
         if params:
             return self.engine.schema(plan, params)
-        return self._schemas.get((user, plan.sql), lambda: self.engine.schema(plan))
+        return self._schemas.get(user, plan.sql, lambda: self.engine.schema(plan))
 
     def parameters(self, plan: Plan) -> list[str]:
         """The query's placeholders, in binding order."""
@@ -203,9 +203,10 @@ class Service:
 
 
 class SourceCache:
-    """Values computed from a query's text, kept while the source's `version` stays the same; a
-    source with no version (Dremio) caches nothing. Bounded by bytes, not entries: a query text
-    may be a megabyte, so the least recently used entries go once `max_bytes` is passed."""
+    """Values computed from a user's query text, kept while the source's `version` stays the same;
+    a source with no version (Dremio) caches nothing. Per user: a cached value answers sooner, and
+    must not tell one user what another asked. Bounded by bytes, not entries, the texts counted:
+    a query text may be a megabyte, so the least recently used entries go once `max_bytes` is passed."""
 
     def __init__(self, source: Source, weigh: Callable[[object], int], max_bytes: int = CACHE_BYTES):
         self.source, self.weigh, self.max_bytes = source, weigh, max_bytes
@@ -213,17 +214,18 @@ class SourceCache:
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, key: str, compute: Callable):
+    def get(self, user: str | None, text: str, compute: Callable):
         version = self.source.version()
         if version is None:
             return compute()
+        key = (user, text)
         with self._lock:
             found = self._values.get((key, version))
             if found is not None:
                 self._values.move_to_end((key, version))
                 return found[0]
         value = compute()
-        size = len(key) + self.weigh(value)
+        size = len(text) + len(user or "") + self.weigh(value)
         with self._lock:
             if (key, version) not in self._values and size <= self.max_bytes:
                 self._values[key, version] = (value, size)

@@ -278,5 +278,11 @@ def test_one_users_cached_plans_do_not_answer_another(lake, tmp_path, monkeypatc
             info = client.get_flight_info(flight.FlightDescriptor.for_command(sql), options)
             assert client.do_get(info.endpoints[0].ticket, options).read_all().num_rows == 1
         assert planned.count(sql) == 2  # once for ana, once for bob: bob's first call was not ana's cache
+        explained = "SELECT id FROM reviews WHERE id = 4"
+        for name in ("ana", "bob"):  # the explain action too
+            client = flight.connect(f"grpc://127.0.0.1:{server.port}")
+            options = flight.FlightCallOptions(headers=[client.authenticate_basic_token(name, PASSWORD)])
+            assert list(client.do_action(flight.Action("explain", explained.encode()), options))
+        assert planned.count(explained) == 2
     finally:
         server.shutdown()

@@ -234,6 +234,9 @@ def test_caches_are_bounded_by_bytes_not_entries(lake):
     cap = 16 * 2**20
     assert 0 < service._plans.bytes <= cap and 0 < service._schemas.bytes <= cap
     assert service.schema(service.plan("SELECT 1 AS one")).names == ["one"]
+    for i in range(120):  # texts whose plans are small (a comment is dropped): the texts are what is kept
+        service.plan(f"SELECT {i} AS i -- {pad}", user=f"user{i % 3}")
+    assert len(service._plans._values) <= cap // len(pad) + 1
 
 
 def test_a_slow_blocking_query_is_not_mistaken_for_a_silent_client(lake):

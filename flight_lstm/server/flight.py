@@ -161,7 +161,7 @@ class FlightLSTMServer(flight.FlightServerBase):
         elif action.type == "models":
             body = self.service.models()
         elif action.type == "explain":
-            body = self.service.explain(text_of(action.body.to_pybytes(), "the command"))
+            body = self.service.explain(text_of(action.body.to_pybytes(), "the command"), caller(context))
         elif action.type == "CancelFlightInfo":
             return [flight.Result(self._cancel(action.body.to_pybytes(), caller(context)))]
         else:
