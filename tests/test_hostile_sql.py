@@ -37,6 +37,10 @@ CATALOG = [
     "SELECT * FROM memory.pg_settings",
     "SELECT d.path FROM (WITH duckdb_databases AS (SELECT 1) SELECT * FROM duckdb_databases) x, duckdb_databases d",
     "WITH duckdb_databases AS (SELECT * FROM duckdb_databases) SELECT * FROM duckdb_databases",
+    # a CTE stands only for the name written alone; DuckDB folds ASCII letters only (not the Kelvin sign)
+    "WITH pragma_database_list AS (SELECT 1) SELECT name, file FROM main.pragma_database_list",
+    "WITH duckdb_databases AS (SELECT 1) SELECT path FROM main.duckdb_databases",
+    'WITH "duc\u212adb_databases" AS (SELECT 1) SELECT path FROM duckdb_databases',
 ]
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import string
 import threading
 from functools import cache
 
@@ -59,7 +60,16 @@ def _denied_functions() -> frozenset[str]:
 def _builtin_views() -> frozenset[str]:
     with _parser_lock:
         rows = _parser.execute("SELECT view_name FROM duckdb_views() WHERE internal").fetchall()
-    return frozenset(name.lower() for (name,) in rows)
+    return frozenset(_fold(name) for (name,) in rows)
+
+
+def _fold(name: str) -> str:
+    """A name as DuckDB compares it: ASCII letters folded, nothing else (Python's lower() folds the
+    Kelvin sign to k, so a CTE named with it once excused the real `duckdb_databases`)."""
+    return name.translate(_ASCII_LOWER)
+
+
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
 
 def syntax_error(sql: str) -> str | None:
@@ -112,7 +122,7 @@ def _check_tree(value, ctes: frozenset[str]) -> None:
         names = _cte_names(value)
         if names:
             _check_tree(value["cte_map"], ctes)
-            ctes = ctes | {name.lower() for name in names}
+            ctes = ctes | {_fold(name) for name in names}
         _check_node(value, ctes)
         for key, child in value.items():
             if not (names and key == "cte_map"):
@@ -122,18 +132,19 @@ def _check_tree(value, ctes: frozenset[str]) -> None:
 def _check_node(node: dict, ctes: frozenset[str]) -> None:
     name = node.get("function_name")
     if isinstance(name, str) and "class" in node:  # a scalar, aggregate or window function call
-        lowered = name.lower()
+        lowered = _fold(name)
         if lowered in _denied_functions() or lowered.startswith(DENIED_FUNCTION_PREFIXES):
             raise QueryRefused(f"function {lowered}() is not allowed: it reaches outside the source")
     kind = node.get("type")
     if kind == "TABLE_FUNCTION":
-        called = (node.get("function") or {}).get("function_name", "").lower()
+        called = _fold((node.get("function") or {}).get("function_name", ""))
         if called not in ALLOWED_TABLE_FUNCTIONS:
             raise QueryRefused(f"table function {called}() is not allowed in FROM")
     elif kind == "BASE_TABLE":
-        catalog, schema = node.get("catalog_name", "").lower(), node.get("schema_name", "").lower()
-        table = node.get("table_name", "").lower()
-        builtin = not catalog and schema in ("", "main") and table in _builtin_views() and table not in ctes
+        catalog, schema, table = (_fold(node.get(part, "")) for part in ("catalog_name", "schema_name", "table_name"))
+        # A CTE stands for a name only where the name is written alone (`main.x` is never a CTE).
+        builtin = (not catalog and schema in ("", "main") and table in _builtin_views()
+                   and not (not schema and table in ctes))
         # `a.b` parses as schema a, table b, but DuckDB binds it as catalog a when a catalog has that name.
         if (catalog or schema) in SYSTEM_CATALOGS or schema in SYSTEM_SCHEMAS or builtin:
             raise QueryRefused(f"{table} is DuckDB's own catalog, not a table of the source")
