@@ -32,6 +32,7 @@ def operator_calls(tree: exp.Expression, operators: Iterable) -> Iterator[tuple[
 
 def bind_operators(tree: exp.Query, operators: Iterable,
                    resolve_model: Callable[[str, str | None], str | None]) -> exp.Query:
+    known = set()  # models checked: resolving reads the model cards, once per (kind, name) is enough
     for call, op in operator_calls(tree, operators):
         if call.name.lower() == op.with_model_name:
             raise InvalidQuery(f"unknown function {call.name.lower()}()")
@@ -47,7 +48,9 @@ def bind_operators(tree: exp.Query, operators: Iterable,
         model = args[-1]
         if not (isinstance(model, exp.Literal) and model.is_string):
             raise InvalidQuery(f"the model argument of {op.name}() must be a string literal like 'name@version'")
-        resolve_model(op.model_kind, model.this)
+        if (op.model_kind, model.this) not in known:
+            resolve_model(op.model_kind, model.this)
+            known.add((op.model_kind, model.this))
         call.set("this", op.with_model_name)
     return tree
 
@@ -55,11 +58,11 @@ def bind_operators(tree: exp.Query, operators: Iterable,
 def models_called(tree: exp.Expression, operators: Iterable,
                   resolve_model: Callable[[str, str | None], str | None]) -> frozenset[str]:
     """'name@version' of the model behind each (bound) call: the named one, or the kind's default."""
-    refs = set()
+    asked = set()  # each (kind, name) resolved once: resolving reads the model cards
     for call, op in operator_calls(tree, operators):
         named = call.name.lower() == op.with_model_name
-        refs.add(resolve_model(op.model_kind, call.expressions[len(op.params)].this if named else None))
-    return frozenset(refs - {None})
+        asked.add((op.model_kind, call.expressions[len(op.params)].this if named else None))
+    return frozenset({resolve_model(kind, ref) for kind, ref in asked} - {None})
 
 
 def tag_connection(tree: exp.Expression, operators: Iterable) -> exp.Expression:
@@ -78,14 +81,23 @@ def tag_connection(tree: exp.Expression, operators: Iterable) -> exp.Expression:
 
 
 def _name_columns(tree: exp.Expression, operators: list) -> None:
+    names: dict[str, str] = {}  # DuckDB's parser once per distinct expression
     for select in list(tree.find_all(exp.Select)):
+        columns = []
         for column in select.expressions:
-            if isinstance(column, (exp.Alias, exp.Star)) or not any(operator_calls(column, operators)):
-                continue
-            public = column.copy()
-            for call, op in operator_calls(public, operators):
-                call.set("this", op.name)
-            column.replace(exp.alias_(column.copy(), column_name(public.sql("duckdb")), quoted=True))
+            calls = [] if isinstance(column, (exp.Alias, exp.Star)) else list(operator_calls(column, operators))
+            if calls:
+                public = column
+                if any(call.name.lower() != op.name for call, op in calls):  # a model-choosing call's internal name
+                    public = column.copy()
+                    for call, op in operator_calls(public, operators):
+                        call.set("this", op.name)
+                text = public.sql("duckdb")
+                if text not in names:
+                    names[text] = column_name(text)
+                column = exp.alias_(column, names[text], quoted=True, copy=False)
+            columns.append(column)
+        select.set("expressions", columns)
 
 
 def operators_called(tree: exp.Expression, operators: Iterable) -> frozenset[str]:
