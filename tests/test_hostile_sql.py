@@ -123,11 +123,20 @@ def test_columns_and_errors_name_operators_as_the_user_wrote_them(served_copy):
     assert set(nested.column("label").to_pylist()) - {None} <= {"negative", "neutral", "positive"}
     for sql, signature in (("SELECT sentiment(review::BLOB) FROM reviews", "'sentiment(BLOB)'"),
                            ("SELECT sentiment(review::BLOB, 'sst2-bilstm@4') FROM reviews",
-                            "'sentiment(BLOB, STRING_LITERAL)'")):
+                            "'sentiment(BLOB, STRING_LITERAL)'"),
+                           ("SELECT sentiment(1.5::DECIMAL(18, 3)) FROM reviews", "'sentiment(DECIMAL(18,3))'")):
         with pytest.raises(pa.ArrowInvalid) as e:
             run(client, sql)
         message = str(e.value).split("Detail")[0]
         assert signature in message and "UBIGINT" not in message and "connection" not in message
+
+
+def test_an_error_quoting_a_huge_value_is_cut_to_fit_a_reply(served_copy):
+    """A message past gRPC's 16 kB of status headers reached the client as its own RESOURCE_EXHAUSTED."""
+    client, _ = served_copy
+    with pytest.raises(pa.ArrowInvalid) as e:
+        run(client, f"SELECT sentiment(review, '{'x' * 100_000}') FROM reviews")
+    assert "characters in all" in str(e.value) and len(str(e.value)) < 4000
 
 
 def test_errors_and_the_models_action_name_no_server_path(served_copy):

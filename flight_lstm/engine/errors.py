@@ -22,7 +22,7 @@ _HINT = re.compile(r'^(?:Did you mean "[^"\n]*"\?|Candidate bindings: [^\n]*)$',
 _WITH_MODEL = re.compile(r"(?<=\w)__with_model\b")
 # Every operator call takes its caller's connection id last (plan/operators.py: tag_connection),
 # which the user never wrote: `'sentiment(BLOB, UBIGINT)'` says `'sentiment(BLOB)'`.
-_CONNECTION_ARGUMENT = re.compile(r"(\b(?:%s)\([^()']*?)(?:, )?UBIGINT\)|, %s\(\)"
+_CONNECTION_ARGUMENT = re.compile(r"(\b(?:%s)\([^']*?)(?:, )?UBIGINT\)(?=')|, %s\(\)"
                                   % ("|".join(sorted(operator_names(OPERATORS))), CONNECTION_ID))
 
 

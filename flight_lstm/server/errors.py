@@ -89,7 +89,7 @@ def to_flight_error(error: BaseException) -> BaseException:
         return error
     for ours, theirs in STATUS.items():
         if isinstance(error, ours):
-            return theirs(str(error))
+            return theirs(_bounded(str(error)))
     if isinstance(error, MemoryError):
         return flight.FlightUnavailableError("resource exhausted: the server ran out of memory for this request")
     incident = uuid.uuid4().hex[:12]
@@ -103,6 +103,17 @@ def to_flight_error(error: BaseException) -> BaseException:
     else:  # a client repeating a failure cannot flood the log with its traceback
         log.error("internal error %s: %s again (traceback logged at most once a minute)", incident, failure)
     return flight.FlightInternalError(f"internal error {incident}; the server log has the details")
+
+
+MAX_MESSAGE_CHARS = 2000  # gRPC clients take at most 16 kB of status headers
+
+
+def _bounded(message: str) -> str:
+    """A message may quote the query's own data (a 5 MB key): past the limit, a client saw only
+    RESOURCE_EXHAUSTED from its own gRPC library instead of the error."""
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    return f"{message[:MAX_MESSAGE_CHARS]}... ({len(message):,} characters in all)"
 
 
 def _failure(error: BaseException) -> str:
