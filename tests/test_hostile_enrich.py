@@ -126,6 +126,14 @@ def test_a_target_the_file_system_refuses_is_one_line_of_error_and_no_row_is_los
     assert target_rows(reviews_lake, into).column("id").to_pylist() == list(range(60))
 
 
+def test_an_iceberg_catalog_that_is_not_one_is_one_line_of_error(reviews_lake, tmp_path):
+    (tmp_path / "wh" / "catalog.db").mkdir(parents=True)  # a directory where the SQLite catalog goes
+    done = enrich(reviews_lake, f"iceberg://{tmp_path}/wh/lake.scored")
+    assert done.returncode != 0
+    line = one_error(done.stdout + done.stderr)
+    assert "iceberg:lake.scored" in line and "catalog.db" in line, line
+
+
 def test_a_target_made_a_file_mid_run_ends_the_run_with_one_line_and_a_rerun_writes_the_rest(
         reviews_lake, tmp_path, monkeypatch, capsys):
     target, aside = tmp_path / "scored", tmp_path / "aside"

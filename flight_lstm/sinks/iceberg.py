@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
 
+from flight_lstm.errors import first_line
 from flight_lstm.sinks.base import Sink, TargetError, os_errors, refused
 
 CATALOG_NAME, CATALOG_FILE = "flight_lstm", "catalog.db"
@@ -43,9 +44,15 @@ class IcebergSink(Sink):
 
         if not self.warehouse.is_dir():  # a run made it (lock_path); a reader finds nothing to read
             raise TargetError(f"Iceberg warehouse directory {self.warehouse} does not exist")
-        catalog = SqlCatalog(CATALOG_NAME, uri=f"sqlite:///{self.warehouse / CATALOG_FILE}",
-                             warehouse=self.warehouse.as_uri())
-        catalog.create_namespace_if_not_exists(self.namespace)
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            catalog = SqlCatalog(CATALOG_NAME, uri=f"sqlite:///{self.warehouse / CATALOG_FILE}",
+                                 warehouse=self.warehouse.as_uri())
+            catalog.create_namespace_if_not_exists(self.namespace)
+        except SQLAlchemyError as e:  # not a catalog: a directory, a corrupt or foreign file in its place
+            raise TargetError(f"cannot open {self.describe()}'s catalog {self.warehouse / CATALOG_FILE}: "
+                              f"{first_line(e.orig or e)}") from None
         return catalog
 
     @property
