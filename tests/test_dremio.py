@@ -330,3 +330,18 @@ def test_tls_with_a_ca_file(tmp_path, env):
             count(plain)
     finally:
         s.stop()
+
+
+def test_metadata_is_kept_no_longer_than_its_lifetime(standin, env, monkeypatch):
+    """Expired entries went stale but stayed: tables named in ever new spellings grew it for good."""
+    from flight_lstm.sources import dremio
+
+    src = open_source(f"dremio://alice@127.0.0.1:{standin.port}")
+    clock = [1000.0]
+    monkeypatch.setattr(dremio.time, "monotonic", lambda: clock[0])
+    for spelling in ("space.folder.reviews", '"space".folder.reviews', 'space."folder".reviews', DEEP):
+        assert src.columns(spelling) == ["id", "review"]
+    assert len(src._cache) == 4
+    clock[0] += dremio.CACHE_SECONDS + 1
+    assert src.columns("space.folder.big") == ["id", "twice"]
+    assert len(src._cache) == 1  # the stale ones went when the next entry came

@@ -134,10 +134,12 @@ class DremioSource(Source):
         return stream_error(error)
 
     def _cached(self, key, compute):
-        """Metadata is asked for on every plan; remember it for CACHE_SECONDS."""
+        """Metadata is asked for on every plan; remember it for CACHE_SECONDS, and no longer: a
+        client naming tables in ever new spellings must not grow the cache for good."""
         now = time.monotonic()
         hit = self._cache.get(key)
         if hit is None or now - hit[0] > CACHE_SECONDS:
+            self._cache = {k: v for k, v in self._cache.items() if now - v[0] <= CACHE_SECONDS}
             hit = self._cache[key] = (now, compute())
         return hit[1]
 
