@@ -93,7 +93,7 @@ def sql_info(statement_ttl_ms: int) -> dict[int, object]:
 def sql_info_table(info: dict[int, object], wanted: list[int]) -> pa.Table:
     """Rows for the ids asked for (all when none), each once, skipping ids we don't answer: an
     id asked 20,000 times must not be answered 20,000 times."""
-    ids = [i for i in dict.fromkeys(wanted or sorted(info)) if i in info]
+    ids = list(dict.fromkeys(i for i in (wanted or sorted(info)) if i in info))  # holds only ids we answer
     children: list[list] = [[] for _ in range(6)]
     codes, offsets = [], []
     for i in ids:
