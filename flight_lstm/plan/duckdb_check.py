@@ -26,8 +26,8 @@ from flight_lstm.errors import InvalidQuery, QueryRefused
 from flight_lstm.plan.read_only import ALLOWED_TABLE_FUNCTIONS, DENIED_FUNCTION_PREFIXES, DENIED_FUNCTIONS
 
 # Scalar functions that read the engine's state or stall a query slot without checking for interrupts.
-DENIED_SCALARS = {"getvariable", "current_setting", "json_serialize_plan", "json_execute_serialized_sql",
-                  "sleep_ms", "pg_sleep"}
+DENIED_SCALARS = {"getvariable", "current_setting", "current_query", "json_serialize_plan",
+                  "json_execute_serialized_sql", "sleep_ms", "pg_sleep"}
 # A built-in macro whose body reads DuckDB's catalog, settings or variables is refused like them.
 STATEFUL_MACRO = re.compile(r"duckdb_|pg_catalog|information_schema|current_setting|getvariable|sleep", re.I)
 SYSTEM_CATALOGS = {"system", "temp", "memory"}

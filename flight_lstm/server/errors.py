@@ -105,15 +105,20 @@ def to_flight_error(error: BaseException) -> BaseException:
     return flight.FlightInternalError(f"internal error {incident}; the server log has the details")
 
 
-MAX_MESSAGE_CHARS = 2000  # gRPC clients take at most 16 kB of status headers
+# gRPC clients take at most 16 kB of status headers, and the message goes as UTF-8 with every
+# non-ASCII byte percent-encoded (an emoji: 12 bytes): bounded as it is sent, with room to spare.
+MAX_MESSAGE_BYTES = 6000
 
 
 def _bounded(message: str) -> str:
     """A message may quote the query's own data (a 5 MB key): past the limit, a client saw only
     RESOURCE_EXHAUSTED from its own gRPC library instead of the error."""
-    if len(message) <= MAX_MESSAGE_CHARS:
-        return message
-    return f"{message[:MAX_MESSAGE_CHARS]}... ({len(message):,} characters in all)"
+    sent = 0
+    for i, ch in enumerate(message):  # stops within MAX_MESSAGE_BYTES characters
+        sent += 1 if ch < "\x80" else 3 * len(ch.encode("utf-8", "surrogatepass"))
+        if sent > MAX_MESSAGE_BYTES:
+            return f"{message[:i]}... ({len(message):,} characters in all)"
+    return message
 
 
 def _failure(error: BaseException) -> str:
@@ -146,7 +151,7 @@ def without_flight_errors(handler):
         except Exception as e:
             error = to_flight_error(e)
             if isinstance(error, flight.FlightError):
-                raise Failed(f"{_KIND.get(type(error), 'failed')}: {error}") from None
+                raise Failed(_bounded(f"{_KIND.get(type(error), 'failed')}: {error}")) from None
             raise error from None
 
     return wrapped
