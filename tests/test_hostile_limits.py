@@ -295,14 +295,30 @@ def test_parameter_uploads_are_bounded_and_need_a_known_handle(client):
     result = list(client.do_action(flight.Action("CreatePreparedStatement", m.pack(request))))[0].body.to_pybytes()
     handle = m.unpack("ActionCreatePreparedStatementResult",
                       m.flight_sql_type(result)[1]).prepared_statement_handle
-    with pytest.raises(pa.ArrowInvalid, match="at most 1,048,576 bytes"):
-        put(handle, [pa.record_batch([pa.array(["x" * 2_000_000])], names=["p"])])
+    with pytest.raises(pa.ArrowInvalid, match="at most 2,097,152 bytes"):
+        put(handle, [pa.record_batch([pa.array(["x" * 3_000_000])], names=["p"])])
     with pytest.raises(pa.ArrowInvalid, match="at most 10,000 rows"):
         put(handle, [pa.record_batch([pa.array(range(10_001))], names=["p"])])
     put(handle, [one, one])  # several rows: the query runs once per row
     with pytest.raises(pa.ArrowInvalid, match="unknown or expired"):  # a handle whose SQL was edited
         put(handle.replace(b"SELECT ? AS x", b"SELECT ? AS y"), [one])
     put(handle, [one])
+    # All of a user's statements together are bounded too: 256 statements of a full bind each had
+    # held 1.1 GB for ten minutes (decimals, counted at a quarter of what they hold).
+    full = pa.record_batch([pa.array(range(10_000))], names=["p"])  # 1.8 MB as Python objects
+    handles = []
+    try:
+        with pytest.raises(flight.FlightUnavailableError, match="this user's prepared statements hold"):
+            for _ in range(30):
+                result = list(client.do_action(flight.Action("CreatePreparedStatement", m.pack(request))))[0]
+                handles.append(m.unpack("ActionCreatePreparedStatementResult",
+                                        m.flight_sql_type(result.body.to_pybytes())[1]).prepared_statement_handle)
+                put(handles[-1], [full])
+    finally:  # the session's server serves other tests: give the room back
+        for h in handles:
+            close = m.pack(m.ActionClosePreparedStatementRequest(prepared_statement_handle=h))
+            list(client.do_action(flight.Action("ClosePreparedStatement", close)))
+    assert 15 <= len(handles) <= 20  # about 32 MB of 1.8 MB binds
 
 
 @pytest.mark.parametrize("sql", [

@@ -22,7 +22,8 @@ from flight_lstm.errors import InvalidQuery, QueryRefused, Unsupported, text_of
 from flight_lstm.server import columns
 from flight_lstm.server import flight_sql_messages as messages
 from flight_lstm.server import flight_sql_metadata as metadata
-from flight_lstm.server.prepared import CELL_BYTES, PARAMETER_BYTES, PARAMETER_ROWS, STATEMENT_TTL, PreparedStatements
+from flight_lstm.server.prepared import (PARAMETER_BYTES, PARAMETER_ROWS, STATEMENT_TTL, PreparedStatements,
+                                         parameter_bytes)
 from flight_lstm.server.uploads import received
 from flight_lstm.service import Service
 
@@ -144,7 +145,7 @@ class FlightSQL:
             raise unsupported(name)
         handle = messages.unpack(name, value).prepared_statement_handle
         self.statements.get(handle, user)  # an unknown handle reads no upload
-        self.statements.bind(handle, _rows(reader), user)
+        self.statements.bind(handle, *_rows(reader), user)
         return messages.DoPutPreparedStatementResult(prepared_statement_handle=handle).SerializeToString()
 
     # --- DoAction -------------------------------------------------------------------------------
@@ -171,8 +172,9 @@ class FlightSQL:
         raise InvalidQuery(f"{action} needs its Flight SQL request message as the body")
 
 
-def _rows(reader: flight.MetadataRecordBatchReader) -> list[list]:
-    """The rows of parameters, read a batch at a time so an upload too large is refused as it comes."""
+def _rows(reader: flight.MetadataRecordBatchReader) -> tuple[list[list], int]:
+    """The rows of parameters and the bytes they hold, read a batch at a time so an upload too large
+    is refused as it comes."""
     rows, size = [], 0
     for chunk in reader:
         if chunk.data is None:
@@ -183,17 +185,17 @@ def _rows(reader: flight.MetadataRecordBatchReader) -> list[list]:
                 raise InvalidQuery(f"bind flat values (numbers, strings, binaries, dates and times, NULL); "
                                    f"parameter {field.name!r} is {field.type}")
         # Each value becomes a Python object: a column of NULLs is 0 bytes of Arrow, not of memory.
-        size += batch.nbytes + CELL_BYTES * batch.num_rows * batch.num_columns
+        size += parameter_bytes(batch.num_rows, batch.num_columns, batch.nbytes)
         if size > PARAMETER_BYTES:
             raise InvalidQuery(f"bound parameters may hold at most {PARAMETER_BYTES:,} bytes, counting "
-                               f"{CELL_BYTES} for each value beside its own bytes")
+                               f"each value as the Python object it becomes")
         if len(rows) + batch.num_rows > PARAMETER_ROWS:
             raise InvalidQuery(f"bind at most {PARAMETER_ROWS:,} rows of parameters to one query")
         values = [column.to_pylist() for column in batch.columns]
         rows.extend([column[i] for column in values] for i in range(batch.num_rows))
     if not rows:
         raise InvalidQuery("bind at least one row of parameters to a query, got 0")
-    return rows
+    return rows, size
 
 
 FLAT = (pa.types.is_null, pa.types.is_boolean, pa.types.is_integer, pa.types.is_floating, pa.types.is_decimal,

@@ -20,9 +20,14 @@ from flight_lstm.errors import InvalidQuery, ResourceExhausted
 
 STATEMENT_TTL = 600.0  # seconds a prepared statement lives unused
 STATEMENTS_PER_USER = 256  # open at once; a client that never closes cannot fill the server
-PARAMETER_BYTES = 1 << 20  # the bound values of one statement, counting CELL_BYTES a value
-CELL_BYTES = 16  # what a bound value costs beyond its Arrow bytes: a Python object and a list slot
+PARAMETER_BYTES = 2 << 20  # the bound values of one statement, counted as `parameter_bytes` does
+# What a bound value costs beyond its Arrow bytes, as a Python object in a list (a Decimal is 104
+# bytes and its slot 8; counted at 16, 256 statements of decimals held 1.1 GB), and each row's list.
+CELL_BYTES, ROW_BYTES = 112, 64
 PARAMETER_ROWS = 10_000  # rows of values bound at once: each row runs the query once
+# All open statements' texts and bound values together, per user and in all: each statement's own
+# bound does not bound a user's 256 of them, nor all users'.
+USER_BYTES, TOTAL_BYTES = 32 << 20, 256 << 20
 
 
 @dataclass
@@ -31,6 +36,16 @@ class _Open:
     params: list[list] | None  # rows of bound values
     used: float
     sql: str
+    params_bytes: int = 0
+
+    @property
+    def bytes(self) -> int:
+        return len(self.sql.encode()) + self.params_bytes
+
+
+def parameter_bytes(rows: int, columns: int, arrow_bytes: int) -> int:
+    """What rows of bound values hold once they are Python lists (CELL_BYTES, ROW_BYTES)."""
+    return arrow_bytes + CELL_BYTES * rows * columns + ROW_BYTES * rows
 
 
 class PreparedStatements:
@@ -46,7 +61,9 @@ class PreparedStatements:
             if sum(entry.user == user for entry in self._open.values()) >= STATEMENTS_PER_USER:
                 raise ResourceExhausted(f"resource exhausted: {STATEMENTS_PER_USER} prepared statements are open "
                                         "for this user; close some first")
-            self._open[key] = _Open(user, None, time.monotonic(), sql)
+            entry = _Open(user, None, time.monotonic(), sql)
+            self._check_room(user, entry.bytes)
+            self._open[key] = entry
         return json.dumps({"id": key, "sql": sql}).encode()
 
     def get(self, handle: bytes, user: str | None) -> tuple[str, list[list] | None]:
@@ -58,10 +75,13 @@ class PreparedStatements:
                 raise InvalidQuery("unknown or expired prepared statement: prepare the query again")
             return sql, entry.params
 
-    def bind(self, handle: bytes, params: list[list], user: str | None) -> None:
+    def bind(self, handle: bytes, params: list[list], size: int, user: str | None) -> None:
+        """Bind rows of values that hold `size` bytes (`parameter_bytes`) in place of the last ones."""
         key, _ = _parse(handle)
         with self._lock:
-            self._entry(key, user).params = params
+            entry = self._entry(key, user)
+            self._check_room(user, size - entry.params_bytes)
+            entry.params, entry.params_bytes = params, size
 
     def close(self, handle: bytes, user: str | None) -> None:
         """Closing twice, or after expiry, is fine: clients close lazily. Another's handle stays open."""
@@ -82,6 +102,15 @@ class PreparedStatements:
             raise InvalidQuery("unknown or expired prepared statement: prepare the query again")
         entry.used = time.monotonic()
         return entry
+
+    def _check_room(self, user: str | None, more: int) -> None:
+        held = sum(entry.bytes for entry in self._open.values() if entry.user == user)
+        if held + more > USER_BYTES:
+            raise ResourceExhausted(f"resource exhausted: this user's prepared statements hold {held:,} bytes of "
+                                    f"at most {USER_BYTES:,}; close some first")
+        if sum(entry.bytes for entry in self._open.values()) + more > TOTAL_BYTES:
+            raise ResourceExhausted("resource exhausted: prepared statements hold all the memory the server keeps "
+                                    "for them; try again later")
 
     def _sweep(self) -> None:
         deadline = time.monotonic() - self.ttl
