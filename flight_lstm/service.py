@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 import threading
 from collections import OrderedDict
 from typing import Callable, Iterable, Iterator
@@ -225,7 +226,7 @@ class SourceCache:
                 self._values.move_to_end((key, version))
                 return found[0]
         value = compute()
-        size = len(text) + len(user or "") + self.weigh(value)
+        size = sys.getsizeof(text) + sys.getsizeof(user) + self.weigh(value)  # as Python holds them
         with self._lock:
             if (key, version) not in self._values and size <= self.max_bytes:
                 self._values[key, version] = (value, size)

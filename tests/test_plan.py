@@ -156,3 +156,12 @@ def test_each_model_is_resolved_once_per_query():
     # once when the named model is checked, then once per distinct model the plan names
     assert len(asked) == 3 and set(asked) == {("sentiment", None), ("sentiment", "known@1")}
     assert plan.models == {"known@1"}
+
+
+def test_query_text_is_bounded_in_bytes_not_characters(catalog):
+    from flight_lstm.plan.parse import MAX_SQL_BYTES
+
+    ascii_text = f"SELECT '{'x' * (MAX_SQL_BYTES // 2)}' AS x"
+    assert catalog.plan(ascii_text)  # half the bound: planned
+    with pytest.raises(InvalidQuery, match="over"):  # as many characters, each of 4 bytes
+        catalog.plan(f"SELECT '{chr(0x1F600) * (MAX_SQL_BYTES // 2)}' AS x")

@@ -19,7 +19,7 @@ logging.getLogger("sqlglot").setLevel(logging.ERROR)
 def parse_one_query(sql: str) -> exp.Expression:
     if not sql or not sql.strip():
         raise InvalidQuery("empty query: send one SELECT statement")
-    if len(sql) > MAX_SQL_BYTES:
+    if len(sql) > MAX_SQL_BYTES or len(sql.encode("utf-8", "surrogatepass")) > MAX_SQL_BYTES:
         raise InvalidQuery(f"query text is over {MAX_SQL_BYTES} bytes")
     try:
         statements = [s for s in sqlglot.parse(sql, read="duckdb") if s is not None]
