@@ -36,11 +36,12 @@ class _Open:
     params: list[list] | None  # rows of bound values
     used: float
     sql: str
+    sql_bytes: int
     params_bytes: int = 0
 
     @property
     def bytes(self) -> int:
-        return len(self.sql.encode()) + self.params_bytes
+        return self.sql_bytes + self.params_bytes
 
 
 def parameter_bytes(rows: int, columns: int, arrow_bytes: int) -> int:
@@ -61,7 +62,7 @@ class PreparedStatements:
             if sum(entry.user == user for entry in self._open.values()) >= STATEMENTS_PER_USER:
                 raise ResourceExhausted(f"resource exhausted: {STATEMENTS_PER_USER} prepared statements are open "
                                         "for this user; close some first")
-            entry = _Open(user, None, time.monotonic(), sql)
+            entry = _Open(user, None, time.monotonic(), sql, len(sql.encode("utf-8", "surrogatepass")))
             self._check_room(user, entry.bytes)
             self._open[key] = entry
         return json.dumps({"id": key, "sql": sql}).encode()
