@@ -201,9 +201,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args) -> int:
-    import pyarrow as pa
-
-    from flight_lstm.server import FlightLSTMServer
     from flight_lstm.service import Service
     from flight_lstm.sources import open_source
 
@@ -224,6 +221,17 @@ def _serve(args) -> int:
         raise SystemExit(f"error: --max-spill: {e}") from None
     service = Service(source, views=views, batch_rows=args.batch_rows,
                       memory_limit=args.memory_limit, threads=plan.duckdb, limits=limits, max_spill=args.max_spill)
+    try:  # however serving ends, even before it starts, the service lets go (its spill directory too)
+        return _serve_with(service, args)
+    finally:
+        service.close()
+
+
+def _serve_with(service, args) -> int:
+    import pyarrow as pa
+
+    from flight_lstm.server import FlightLSTMServer
+
     _check_start(service, args)
     try:
         service.warm_up()
@@ -245,10 +253,7 @@ def _serve(args) -> int:
 
         port = serve_metrics(args.host, args.metrics_port)
         print(f"flight-lstm metrics on http://{args.host}:{port}/metrics", flush=True)
-    try:
-        server.serve()
-    finally:
-        service.close()
+    server.serve()
     return 0
 
 

@@ -61,8 +61,11 @@ def test_sigterm_lets_a_running_query_finish_then_exits_zero(tmp_path):
     from conftest import make_lake
 
     lake = make_lake(tmp_path / "lake.db")
+    temp = tmp_path / "tmp"
+    temp.mkdir()
     server = subprocess.Popen([sys.executable, "-m", "flight_lstm.cli", "serve", "--source", f"duckdb://{lake}",
-                               "--port", "0", "--grace-seconds", "60"], stdout=subprocess.PIPE, text=True)
+                               "--port", "0", "--grace-seconds", "60"], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "TMPDIR": str(temp)})
     uri = server.stdout.readline().strip().rsplit(" on ", 1)[1]
     client = flight.connect(uri)
     result = {}
@@ -78,6 +81,7 @@ def test_sigterm_lets_a_running_query_finish_then_exits_zero(tmp_path):
     worker.join(timeout=120)
     assert result.get("n") == 20000
     assert server.wait(timeout=60) == 0
+    assert not list(temp.iterdir())  # its spill directory went with it
 
 
 def test_serve_keeps_the_file_attached_for_keep_attached_seconds(tmp_path):
@@ -117,10 +121,14 @@ def test_models_that_fail_to_load_stop_the_server_at_start(tmp_path):
     (broken / "card.json").write_text(
         f'{{"name": "{default.name}", "version": "{default.version}", "kind": "sentiment", "created": "x"}}')
     (broken / "model.pt").write_bytes(b"not a model")
+    temp = tmp_path / "tmp"
+    temp.mkdir()
     result = subprocess.run([sys.executable, "-m", "flight_lstm.cli", "serve", "--source", f"duckdb://{lake}", "--port", "0"],
                             capture_output=True, text=True, timeout=120,
-                            env={**__import__("os").environ, "FLIGHT_LSTM_MODELS": str(tmp_path / "models")})
+                            env={**__import__("os").environ, "FLIGHT_LSTM_MODELS": str(tmp_path / "models"),
+                                 "TMPDIR": str(temp)})
     assert result.returncode != 0 and "models failed to load" in result.stderr
+    assert not list(temp.iterdir())  # a server that never started leaves no spill directory behind
 
 
 def test_backtest_prints_a_row_per_series_and_a_verdict(lake):
