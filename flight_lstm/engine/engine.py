@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-
 import weakref
 from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator
