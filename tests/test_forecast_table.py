@@ -20,6 +20,7 @@ def service(tmp_path_factory):
         con.execute("CREATE TABLE irregular AS SELECT * FROM sales UNION ALL SELECT 'a', TIMESTAMP '2026-01-03 05:30', 1.0")
         con.execute("CREATE TABLE dup AS SELECT * FROM sales UNION ALL SELECT 'b', TIMESTAMP '2026-01-03 05:00', 1.0")
         con.execute("CREATE TABLE daily AS SELECT 'x' AS store, DATE '2026-01-01' + i::INTEGER AS ts, 10.0 + i % 7 AS amount FROM range(60) t(i)")
+        con.execute("CREATE TABLE sales_text AS SELECT store, ts, CAST(amount AS VARCHAR) AS amount FROM sales")
         con.execute("CREATE TABLE single AS SELECT 'x' AS store, TIMESTAMP '2026-01-01' AS ts, 5.0 AS amount")
         hourly = "TIMESTAMP '2026-01-01' + to_hours(i::INTEGER)"
         con.execute(f"CREATE TABLE odd AS SELECT k AS store, {hourly} AS ts, CASE WHEN k = 'some_inf' AND i = 5 THEN "
@@ -159,3 +160,12 @@ def test_series_without_a_finite_value_keep_their_rows_with_null_forecasts(servi
     wide = run(service, "SELECT store, forecast(list(amount ORDER BY ts), 3) AS f FROM odd GROUP BY store").to_pylist()
     assert {r["store"] for r in wide if r["f"] is None} == {"-inf", "inf", "nan", "null"}
     assert [r["mean"] for r in by_store["some_inf"]] == [r["mean"] for r in by_store["some_null"]]
+
+
+def test_a_value_column_of_text_is_refused_naming_it(service):
+    """As anomaly_table: text is not a measurement, even when it holds digits ('12.5' used to be cast)."""
+    for sql in (f"SELECT * FROM {CALL.format(table='sales_text', h=2, extra='')}",
+                f"SELECT * FROM forecast_backtest('sales_text', key => 'store', ts => 'ts', value => 'amount', "
+                f"horizon => 2, origins => 1)"):
+        with pytest.raises(InvalidQuery, match='value column "amount" is VARCHAR, not a number'):
+            run(service, sql)

@@ -53,8 +53,6 @@ MAX_GAP = 1_000_000  # observations between flags that still join one event
 MAX_COLUMNS = 64  # value => 'a, b, ...': each column adds its own SQL, so a request cannot grow it unbounded
 KEYS_ONLY = "keys_only"  # meta: the rows' keys only
 PENDING = "pending"  # meta: (local table `c` of pending keys, SQL matching its row to a point `p`)
-NUMERIC = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
-           "UBIGINT", "UHUGEINT", "FLOAT", "DOUBLE", "BOOLEAN")
 
 TEMPLATE = """
 WITH _rows AS (
@@ -129,9 +127,7 @@ def _expansion(node: exp.Anonymous) -> str:
         return KEYS.format(key_out=f"{key} AS {key}, " if key else "", ts=ts, ts_name=ts, table=call.table)
     level = _level(call)
     columns = _value_columns(call)
-    doubles = [f"CASE WHEN typeof({c}) IN ({', '.join(repr(t) for t in NUMERIC)}) OR typeof({c}) LIKE 'DECIMAL%' "
-               f"THEN CAST({c} AS DOUBLE) ELSE error('{call.function}: value column ' || {_text(c)} "
-               f"|| ' is ' || typeof({c}) || ', not a number') END" for c in columns]
+    doubles = [call.number_column(c) for c in columns]
     model = (", " + exp.Literal.string(call.string("model")).sql("duckdb")) if "model" in call else ""
     if len(columns) == 1:
         value, x = columns[0], doubles[0]
@@ -209,7 +205,3 @@ def _value_columns(call: TableCall) -> list[str]:
 def _pending(pending: tuple[str, str]) -> str:
     table, matches = pending
     return PENDING_JOIN.format(table=quote_column(table), matches=matches, context=MAX_CONTEXT)
-
-
-def _text(column: str) -> str:
-    return exp.Literal.string(column).sql("duckdb")

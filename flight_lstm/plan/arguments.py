@@ -21,6 +21,8 @@ from sqlglot.errors import ParseError, TokenError
 
 from flight_lstm.errors import InvalidQuery, first_line
 
+NUMERIC = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
+           "UBIGINT", "UHUGEINT", "FLOAT", "DOUBLE", "BOOLEAN")  # DuckDB's number types (and DECIMAL(p, s))
 LOCAL_ONLY = "local_only"  # meta of a function call that runs in the local DuckDB, never in a source
 _PART = r'(?:[A-Za-z_][A-Za-z0-9_$]*|"(?:[^"]|"")+")'
 TABLE_NAME = re.compile(rf"\s*{_PART}(?:\s*\.\s*{_PART}){{0,2}}\s*")  # table, schema.table, catalog.schema.table
@@ -80,6 +82,13 @@ class TableCall:
     def column(self, parameter: str) -> str:
         """The parameter as a quoted column name."""
         return quote_column(self.string(parameter))
+
+    def number_column(self, column: str) -> str:
+        """SQL for a quoted column's value as DOUBLE, stopping the query with an error naming the
+        column when its type is not a number (a string of digits too: text is not a measurement)."""
+        return (f"CASE WHEN typeof({column}) IN ({', '.join(repr(t) for t in NUMERIC)}) OR typeof({column}) "
+                f"LIKE 'DECIMAL%' THEN CAST({column} AS DOUBLE) ELSE error('{self.function}: value column ' || "
+                f"{exp.Literal.string(column).sql('duckdb')} || ' is ' || typeof({column}) || ', not a number') END")
 
     def number(self, parameter: str) -> str:
         """The parameter's numeric literal, as SQL."""

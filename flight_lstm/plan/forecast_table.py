@@ -228,7 +228,7 @@ def series_inputs(call: TableCall) -> dict[str, str]:
               f"AND DATE '{LAST_TS}' THEN error('{call.function}: ' || {_label(key, '_key')} "
               f"|| ' has a timestamp outside {FIRST_TS} .. {LAST_TS}: ' || CAST(_ts AS VARCHAR)) ELSE _ts END AS _ts, "
               f"CASE WHEN isfinite(_value) THEN _value END AS _value FROM ("
-              f"SELECT {key or 'NULL'} AS _key, {ts} AS _ts, CAST({call.column('value')} AS DOUBLE) AS _value "
+              f"SELECT {key or 'NULL'} AS _key, {ts} AS _ts, {call.number_column(call.column('value'))} AS _value "
               f"FROM {call.table} WHERE {ts} IS NOT NULL))")
     sub_daily = [f for f in FREQUENCIES.values() if f.minutes]
     return dict(
