@@ -22,7 +22,7 @@ from sqlglot.errors import OptimizeError
 
 from flight_lstm.errors import InvalidQuery, first_line
 from flight_lstm.plan.anomaly_table import expand_anomaly_tables
-from flight_lstm.plan.emit import to_sql
+from flight_lstm.plan.emit import placeholders_of, to_sql
 from flight_lstm.plan.forecast_backtest import expand_forecast_backtests
 from flight_lstm.plan.forecast_table import expand_forecast_tables
 from flight_lstm.plan.lift import Lift, lift_operators
@@ -68,7 +68,11 @@ class Catalog:
     def add_view(self, name: str, sql: str) -> None:
         """Publish `sql` as a named, queryable view; it may use operators and earlier views. It is
         kept unbound (a query naming it binds it whole) and checked whole now."""
-        tree = self._run(QUERY[:-1], parse_one_query(sql))
+        tree = parse_one_query(sql)
+        if tree.find(exp.Placeholder) is not None:  # numbered apart from a query's own: both would be $1
+            raise InvalidQuery(f"view {name!r} holds a placeholder ($1, ?, $name); a published view "
+                               "takes no bound values: write them into its SQL")
+        tree = self._run(QUERY[:-1], tree)
         self._run(QUERY[-1:], tree.copy())
         self.views[name.lower()] = tree
 
@@ -77,11 +81,14 @@ class Catalog:
         `local_tables` names tables the caller registers in the query's own connection (e.g. an
         enrichment run's already-written keys): they are neither source tables nor pushed down."""
         tree = parse_one_query(query) if isinstance(query, str) else query.copy()
-        return self._finish(self.prepare(tree), {t.lower() for t in local_tables})
+        placeholders = placeholders_of(tree)  # as parsed: the SQL written must hold exactly these
+        return self._finish(self.prepare(tree), {t.lower() for t in local_tables}, placeholders)
 
     def plan_exchange(self, sql: str) -> Plan:
         """A query over a client's own batches (DoExchange): row by row, nothing pushed down."""
-        return self._finish(self._run(EXCHANGE, parse_one_query(sql)), set(), pushdown=False)
+        tree = parse_one_query(sql)
+        placeholders = placeholders_of(tree)
+        return self._finish(self._run(EXCHANGE, tree), set(), placeholders, pushdown=False)
 
     def prepare(self, tree: exp.Expression) -> exp.Query:
         return self._run(QUERY, tree)
@@ -91,7 +98,8 @@ class Catalog:
             tree = step(tree, **{name: getattr(self, name) for name in _wants(step)})
         return tree
 
-    def _finish(self, tree: exp.Query, local_tables: set[str], pushdown: bool = True) -> Plan:
+    def _finish(self, tree: exp.Query, local_tables: set[str], placeholders: frozenset[str],
+                pushdown: bool = True) -> Plan:
         called = operators_called(tree, self.operators)
         models = models_called(tree, self.operators, self.resolve_model)
         parameters = tree.find(exp.Placeholder) is not None
@@ -103,8 +111,8 @@ class Catalog:
             except OptimizeError as e:  # sqlglot finds no scopes in it: a query that cannot run anywhere
                 raise InvalidQuery(f"cannot plan this query: {first_line(e)}") from None
         tree = tag_connection(tree, self.operators)
-        return Plan(to_sql(tree), tables, called, tuple(scans), lift_operators(tree, self.operators),
-                    models, parameters)
+        return Plan(to_sql(tree, placeholders=placeholders), tables, called, tuple(scans),
+                    lift_operators(tree, self.operators), models, parameters)
 
 
 @cache

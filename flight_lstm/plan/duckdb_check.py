@@ -72,6 +72,12 @@ def _fold(name: str) -> str:
 _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
 
+def placeholder_names(sql: str) -> list[str]:
+    """The placeholders DuckDB's parser reads in `sql` ("1" for `$1` or the first `?`, "name" for
+    `$name`): the values it will bind."""
+    return [name for statement in _cursor().extract_statements(sql) for name in statement.named_parameters]
+
+
 def syntax_error(sql: str) -> str | None:
     """DuckDB's own words for a syntax error in `sql` (`at or near "SELEC"`), if it finds one."""
     (text,), = _cursor().execute("SELECT json_serialize_sql(?)", [sql]).fetchall()

@@ -1,11 +1,23 @@
-"""Parse user SQL into exactly one statement tree, with a clear error otherwise."""
+"""Parse user SQL into exactly one statement tree, with a clear error otherwise.
+
+Placeholders are bound by number. DuckDB numbers each anonymous `?` by where it stands in the
+text it runs, but the planner runs the text sqlglot writes from the tree, and sqlglot's writer
+moves, repeats and drops arguments (`position(? IN ?)` is written `STRPOS(?, ?)`, arguments
+swapped; `OFFSET ? LIMIT ?` as `LIMIT ? OFFSET ?`; FROM-first SQL SELECT-first). So each `?` is
+numbered here, `$1` .. `$n` in the order the user wrote them (as DuckDB numbers them), and is
+written as that number wherever the writer puts it; emit.py checks the written text holds
+exactly the tree's placeholders. `?` and `$1`/`$name` in one query are refused: DuckDB numbers a
+`?` after the `$n` written before it, which no one means.
+"""
 from __future__ import annotations
 
 import logging
+import re
 
-import sqlglot
 from sqlglot import exp
+from sqlglot.dialects.duckdb import DuckDB
 from sqlglot.errors import ParseError, TokenError
+from sqlglot.tokens import Token, TokenType
 
 from flight_lstm.errors import InvalidQuery, QueryRefused, first_line
 from flight_lstm.plan.duckdb_check import syntax_error
@@ -16,13 +28,38 @@ MAX_SQL_BYTES = 256 * 1024  # a dense 0.6 MB IN list took 11 s to plan (sqlglot)
 logging.getLogger("sqlglot").setLevel(logging.ERROR)
 
 
+class _Tokenizer(DuckDB.Tokenizer):
+    # sqlglot reads `?::` as one token in every dialect (Databricks' `x ?:: INT`, a try-cast);
+    # DuckDB has no such operator, and `?::DATE` is a placeholder cast to DATE.
+    KEYWORDS = {word: kind for word, kind in DuckDB.Tokenizer.KEYWORDS.items() if word != "?::"}
+
+
+class _Parser(DuckDB.Parser):
+    """DuckDB's parser, with each `?` read as the numbered placeholder `$n`: `numbers` gives n by
+    where the `?` stands in the text."""
+
+    numbers: dict[int, str] = {}  # a `?` not in it stays unnumbered, and emit.py refuses it
+
+    PLACEHOLDER_PARSERS = {
+        **DuckDB.Parser.PLACEHOLDER_PARSERS,
+        TokenType.PLACEHOLDER: lambda self: self.expression(exp.Placeholder(this=self.numbers.get(self._prev.start))),
+    }
+
+
+_DUCKDB = DuckDB()
+
+
 def parse_one_query(sql: str) -> exp.Expression:
     if not sql or not sql.strip():
         raise InvalidQuery("empty query: send one SELECT statement")
     if len(sql) > MAX_SQL_BYTES or len(sql.encode("utf-8", "surrogatepass")) > MAX_SQL_BYTES:
         raise InvalidQuery(f"query text is over {MAX_SQL_BYTES} bytes")
     try:
-        statements = [s for s in sqlglot.parse(sql, read="duckdb") if s is not None]
+        tokens = _Tokenizer(dialect=_DUCKDB).tokenize(sql)
+        anonymous = [t for t in tokens if t.token_type == TokenType.PLACEHOLDER]
+        parser = _Parser(dialect=_DUCKDB)
+        parser.numbers = {t.start: str(n) for n, t in enumerate(anonymous, start=1)}
+        statements = [s for s in parser.parse(tokens, sql) if s is not None]
     except (ParseError, TokenError) as e:
         raise InvalidQuery(_syntax_error(sql, e)) from None
     except RecursionError:  # sqlglot's parser recurses ~16 frames per bracket: ~60 nested brackets
@@ -34,8 +71,23 @@ def parse_one_query(sql: str) -> exp.Expression:
     for node in statements[0].walk():
         missing = node.error_messages()
         if missing:
-            raise InvalidQuery(f"syntax error: {missing[0].split(' for <')[0]} in {node.key.upper()}")
+            raise InvalidQuery(f"syntax error: {_plain(missing[0].split(' for <')[0])} in {node.key.upper()}")
+    _check_placeholders(sql, statements[0], anonymous, tokens)
     return statements[0]
+
+
+def _check_placeholders(sql: str, tree: exp.Expression, anonymous: list[Token], tokens: list[Token]) -> None:
+    """Every `?` is in the tree, numbered; and not mixed with `$1`/`$name`."""
+    if not anonymous:
+        return
+    if any(t.token_type == TokenType.PARAMETER and t.text == "$" for t in tokens):
+        raise InvalidQuery("use one kind of placeholder in a query: `?` (numbered in the order written) or "
+                           "`$1`, `$2`, ... (or `$name`), not both")
+    numbered = {p.name for p in tree.find_all(exp.Placeholder)}
+    for n, token in enumerate(anonymous, start=1):
+        if str(n) not in numbered:  # read as something else (`x ? 'key'`), or dropped by sqlglot
+            raise InvalidQuery(syntax_error(sql) or f"syntax error: the `?` at line {token.line}, column "
+                               f"{token.col} is not read as a placeholder; write `$1`, `$2`, ... instead")
 
 
 def _syntax_error(sql: str, error: Exception) -> str:
@@ -52,5 +104,14 @@ def _first_line(error: Exception) -> str:
     errors = getattr(error, "errors", None)
     if errors:
         e = errors[0]
-        return f"{e.get('description')} at line {e.get('line')}, column {e.get('col')}"
-    return first_line(error)
+        return f"{_plain(str(e.get('description')))} at line {e.get('line')}, column {e.get('col')}"
+    return _plain(first_line(error))
+
+
+_CLASS = re.compile(r"(?:\s+for)?\s+<class '(?:[\w.]+\.)?(\w+)'>")
+
+
+def _plain(message: str) -> str:
+    """sqlglot's words without its internals: `missing for <class 'sqlglot.expressions....DateDiff'>`
+    names the node as SQL does (`missing in DATEDIFF`)."""
+    return _CLASS.sub(lambda m: f" in {m.group(1).upper()}", message)

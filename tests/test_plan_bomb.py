@@ -1,0 +1,121 @@
+"""Writing a plan as SQL is bounded work (plan/emit.py's Budget).
+
+sqlglot's DuckDB writer writes some functions' arguments several times (to_boolean's five times,
+months_between's and arrays_zip's four, initcap's three), so nesting them multiplies the text at
+each level, after the tree's size was checked: 88 bytes of to_boolean six deep wrote 1 MB in 12 s
+of CPU no time limit reaches, seven deep 1.7 GB. The writer stops past a small multiple of the
+tree's own nodes and characters (with a floor), for the text and its round trip alike.
+"""
+import pytest
+import sqlglot
+
+from flight_lstm.errors import InvalidQuery
+from flight_lstm.plan import emit
+from flight_lstm.plan.parse import parse_one_query
+from flight_lstm.service import Service
+from flight_lstm.sources.duckdb import DuckDBSource
+
+# (function, its innermost argument, any further arguments of each call)
+MULTIPLYING = [
+    ("to_boolean", "'a'", ""),  # x5 per level
+    ("months_between", "DATE '2020-01-01'", ", DATE '2020-02-01'"),  # x4
+    ("arrays_zip", "[1]", ""),  # x4
+    ("initcap", "'a b'", ""),  # x3
+]
+TRIPLING = [("check_json", "'{}'", ""), ("bitmap_bucket_number", "1", ""), ("bitmap_bit_position", "1", "")]
+
+FORECAST = ("SELECT count(*) AS n FROM forecast_table('sales', key => 'store', ts => 'ts', value => 'amount', "
+            "horizon => 2)")
+BACKTEST = ("SELECT count(*) AS n FROM forecast_backtest('sales', key => 'store', ts => 'ts', value => 'amount', "
+            "horizon => 2)")
+COLUMNS = ", ".join(f"c{i}" for i in range(64))
+EVENTS = f"SELECT count(*) AS n FROM anomaly_events('sales', key => 'store', ts => 'ts', value => '{COLUMNS}')"
+ANOMALIES = f"SELECT count(*) AS n FROM anomaly_table('sales', key => 'store', ts => 'ts', value => '{COLUMNS}')"
+
+
+def nested(function: str, depth: int, inner: str, more: str = "") -> str:
+    sql = inner
+    for _ in range(depth):
+        sql = f"{function}({sql}{more})"
+    return f"SELECT {sql} AS r"
+
+
+@pytest.fixture(scope="module")
+def service(lake):
+    service = Service(DuckDBSource(lake))
+    yield service
+    service.close()
+
+
+def test_the_reported_query_is_refused(service):
+    sql = "SELECT to_boolean(to_boolean(to_boolean(to_boolean(to_boolean(to_boolean('a')))))) AS r"
+    with pytest.raises(InvalidQuery, match="written out as more than 10,000 SQL nodes"):
+        service.plan(sql)
+
+
+@pytest.mark.parametrize("depth", [6, 7, 8])
+@pytest.mark.parametrize(("function", "inner", "more"), MULTIPLYING)
+def test_nested_multiplying_functions_are_refused(service, function, inner, more, depth):
+    with pytest.raises(InvalidQuery, match="written out as more than .* nest fewer or split the query"):
+        service.plan(nested(function, depth, inner, more))
+
+
+@pytest.mark.parametrize("depth", [7, 8, 10])
+@pytest.mark.parametrize(("function", "inner", "more"), TRIPLING)
+def test_nested_tripling_functions_are_refused(service, function, inner, more, depth):
+    with pytest.raises(InvalidQuery, match="written out as more than"):
+        service.plan(nested(function, depth, inner, more))
+
+
+def test_a_repeated_long_literal_is_bounded_by_characters(service):
+    # Few nodes, but each level writes the 60 kB string five times over.
+    sql = nested("to_boolean", 3, "'" + "x" * 60_000 + "'")
+    with pytest.raises(InvalidQuery, match="written out as more than 1,000,000 characters"):
+        service.plan(sql)
+
+
+@pytest.mark.parametrize(("function", "inner", "more"), MULTIPLYING + TRIPLING)
+def test_a_few_levels_still_plan(service, function, inner, more):
+    assert service.plan(nested(function, 3, inner, more)).sql
+
+
+def test_the_round_trip_is_written_under_the_same_budget(monkeypatch):
+    budgets = []
+    write = emit._write
+
+    def recording(tree, dialect, budget):
+        budgets.append(budget)
+        return write(tree, dialect, budget)
+
+    monkeypatch.setattr(emit, "_write", recording)
+    emit.to_sql(parse_one_query(nested("to_boolean", 2, "'a'")))
+    assert len(budgets) == 2  # the text, then the text parsed back and written again
+    assert budgets[0]._limits == budgets[1]._limits and budgets[0] is not budgets[1]
+    assert all(b.nodes < b._limits[0] and b.chars < b._limits[1] for b in budgets)
+
+
+def test_the_writer_writes_what_sqlglot_writes():
+    for sql in ["SELECT a, b + 1 AS c FROM t WHERE x IN (1, 2) ORDER BY a LIMIT 3",
+                "WITH q AS (SELECT * FROM range(3)) SELECT count(*) FILTER (WHERE range > 1) FROM q",
+                "SELECT CASE WHEN a THEN 'x' ELSE $1 END, [1, 2][1], {'k': 1}.k, a::DECIMAL(9, 2) FROM t",
+                nested("to_boolean", 2, "'a'"), nested("initcap", 2, "'a b'")]:
+        tree = sqlglot.parse_one(sql, read="duckdb")
+        assert emit._write(tree, "duckdb", emit.Budget.of(tree)) == tree.sql("duckdb", comments=False)
+
+
+def test_deep_subqueries_plan_as_deep_as_before_and_deeper_is_a_clean_error():
+    deep = lambda n: "SELECT * FROM " + "(SELECT * FROM " * n + "range(3)" + ") t" * n  # noqa: E731
+    assert emit.to_sql(parse_one_query(deep(80)))
+    with pytest.raises(InvalidQuery, match="too deeply"):  # was a RecursionError from the writer
+        emit.to_sql(parse_one_query(deep(92)))
+
+
+@pytest.mark.parametrize(("query", "times"), [(FORECAST, 8), (BACKTEST, 8), (EVENTS, 4), (ANOMALIES, 4)])
+def test_the_largest_table_function_plans_still_plan(service, query, times):
+    plan = service.plan(" UNION ALL ".join([query] * times))
+    assert plan.sql.count("UNION ALL") >= times - 1
+
+
+def test_a_wide_ordinary_query_still_plans(service):
+    sql = "SELECT " + ", ".join(f"'{'x' * 200}' AS s{i}, id + {i} AS n{i}" for i in range(1000)) + " FROM reviews"
+    assert len(service.plan(sql).sql) > 200_000
