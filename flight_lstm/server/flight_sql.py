@@ -13,12 +13,19 @@ carries the SQL) and needs the server that holds its bound parameters. Every cal
 """
 from __future__ import annotations
 
+import datetime
+import re
+import zoneinfo
 from typing import Callable, Iterator
 
+import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.flight as flight
+from duckdb import sqltypes
+from duckdb.value.constant import Value
 
-from flight_lstm.errors import InvalidQuery, QueryRefused, Unsupported, text_of
+from flight_lstm.errors import InvalidQuery, QueryRefused, Unsupported, first_line, text_of
 from flight_lstm.server import columns
 from flight_lstm.server import flight_sql_messages as messages
 from flight_lstm.server import flight_sql_metadata as metadata
@@ -174,8 +181,8 @@ class FlightSQL:
 
 def _rows(reader: flight.MetadataRecordBatchReader) -> tuple[list[list], int]:
     """The rows of parameters and the bytes they hold, read a batch at a time so an upload too large
-    is refused as it comes."""
-    rows, size = [], 0
+    is refused as it comes. Each value is bound as its column's Arrow type says (`_bound`)."""
+    rows, size, integers = [], 0, {}
     for chunk in reader:
         if chunk.data is None:
             continue
@@ -184,18 +191,34 @@ def _rows(reader: flight.MetadataRecordBatchReader) -> tuple[list[list], int]:
             if not _flat(field.type):
                 raise InvalidQuery(f"bind flat values (numbers, strings, binaries, dates and times, NULL); "
                                    f"parameter {field.name!r} is {field.type}")
-        # Each value becomes a Python object: a column of NULLs is 0 bytes of Arrow, not of memory.
-        size += parameter_bytes(batch.num_rows, batch.num_columns, batch.nbytes)
-        if size > PARAMETER_BYTES:
-            raise InvalidQuery(f"bound parameters may hold at most {PARAMETER_BYTES:,} bytes, counting "
-                               f"each value as the Python object it becomes")
+        # Each value becomes a Python object: a column of NULLs is 0 bytes of Arrow, not of memory;
+        # a value bound with its type is a typed value too (VALUE_BYTES; integers once typed, below).
+        typed = sum(len(c) - c.null_count for c in batch.columns if not (_plain(c.type) or pa.types.is_integer(c.type)))
+        size = _within_bytes(size + parameter_bytes(batch.num_rows, batch.num_columns, batch.nbytes)
+                             + VALUE_BYTES * typed)
         if len(rows) + batch.num_rows > PARAMETER_ROWS:
             raise InvalidQuery(f"bind at most {PARAMETER_ROWS:,} rows of parameters to one query")
-        values = [column.to_pylist() for column in batch.columns]
+        values = [_bound(i, field, column, integers)
+                  for i, (field, column) in enumerate(zip(batch.schema, batch.columns))]
         rows.extend([column[i] for column in values] for i in range(batch.num_rows))
     if not rows:
         raise InvalidQuery("bind at least one row of parameters to a query, got 0")
+    for i, (low, high) in integers.items():  # one type for the column, whatever row runs first
+        if -(2 ** 31) <= low and high < 2 ** 31:
+            continue  # DuckDB types every bare int of the column INTEGER
+        kind = sqltypes.BIGINT if -(2 ** 63) <= low and high < 2 ** 63 else sqltypes.UBIGINT
+        size = _within_bytes(size + VALUE_BYTES * sum(row[i] is not None for row in rows))
+        for row in rows:
+            if row[i] is not None:
+                row[i] = Value(row[i], kind)
     return rows, size
+
+
+def _within_bytes(size: int) -> int:
+    if size > PARAMETER_BYTES:
+        raise InvalidQuery(f"bound parameters may hold at most {PARAMETER_BYTES:,} bytes, counting "
+                           f"each value as the Python object it becomes")
+    return size
 
 
 FLAT = (pa.types.is_null, pa.types.is_boolean, pa.types.is_integer, pa.types.is_floating, pa.types.is_decimal,
@@ -207,6 +230,148 @@ def _flat(t: pa.DataType) -> bool:
     """A type a placeholder takes, held value by value: nested or encoded columns (lists, structs,
     dictionaries, run-end encoded) hold values that their Arrow size does not count."""
     return any(kind(t) for kind in FLAT)
+
+
+# Binding by the Arrow type, not by the Python object a value becomes: DuckDB types a bare Python
+# value by the value (an int64 column of 1 and 3000000000 was INTEGER then BIGINT, one row to the
+# next), cannot tell a DECIMAL(41, 0) from a DOUBLE, read a month-day-nano interval as a list of
+# three integers, and Python's own types failed on dates and timestamps out of their range (an
+# OverflowError: INTERNAL). So each column's type is checked against what DuckDB represents
+# exactly. A value whose Python object DuckDB reads as its type is bound as it is (a str, bytes,
+# a bool, a float64, a date, a time of microseconds, an int of a column within 32 bits: INTEGER);
+# every other one as a typed value (`duckdb.Value`): integers as BIGINT, or UBIGINT, for every row
+# once any value of their column needs it (an integer literal's type, one for all rows), FLOAT,
+# DECIMAL(p, s), TIME_NS, TIMESTAMP_S/_MS/(us)/_NS and TIMESTAMPTZ (an instant: DuckDB keeps no
+# zone), INTERVAL. Refused, naming the parameter: decimals of more than 38 digits or a negative
+# scale, intervals and durations of nanoseconds (DuckDB's hold months, days and microseconds),
+# an unknown time zone, dates and timestamps outside years 1 to 9999.
+
+# A typed value beside what CELL_BYTES counts: a duckdb.Value is 88 bytes, and a decimal's or
+# timestamp's text (at most 89) stands in for the object counted there.
+VALUE_BYTES = 96
+_MIN_DAY, _MAX_DAY = -719_162, 2_932_896  # 0001-01-01 and 9999-12-31, in days from 1970-01-01
+_EPOCH = datetime.datetime(1970, 1, 1)
+_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+_TIMESTAMP = {"s": sqltypes.TIMESTAMP_S, "ms": sqltypes.TIMESTAMP_MS, "us": sqltypes.TIMESTAMP,
+              "ns": sqltypes.TIMESTAMP_NS}
+_OFFSET = re.compile(r"[+-](?:[01][0-9]|2[0-3]):?[0-5][0-9]")
+MAX_DECIMAL_DIGITS = 38
+
+
+def _plain(t: pa.DataType) -> bool:
+    """Types whose Python objects DuckDB reads as exactly that type: bound as they are."""
+    return (pa.types.is_null(t) or pa.types.is_boolean(t) or t == pa.float64() or pa.types.is_string(t)
+            or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t)
+            or pa.types.is_fixed_size_binary(t))
+
+
+def _bound(i: int, field: pa.Field, column: pa.Array, integers: dict) -> list:
+    """The column's values as DuckDB is to bind them; InvalidQuery naming parameter `i` + 1 for
+    a type or value DuckDB would not hold exactly, or any value that fails to convert."""
+    where = f"parameter {i + 1} ({field.name!r}, {column.type})"
+    try:
+        return _values(i, column, integers)
+    except InvalidQuery as e:
+        raise InvalidQuery(f"{where}: {e}") from None
+    except Exception as e:  # a conversion no check above foresaw is still the client's value
+        raise InvalidQuery(f"{where} cannot be bound: {first_line(e)}") from None
+
+
+def _values(i: int, column: pa.Array, integers: dict) -> list:
+    t = column.type
+    if _plain(t):
+        return column.to_pylist()
+    if pa.types.is_integer(t):
+        if len(column) > column.null_count:
+            low, high = pc.min_max(column).values()
+            seen = integers.get(i, (low.as_py(), high.as_py()))
+            integers[i] = (min(seen[0], low.as_py()), max(seen[1], high.as_py()))
+        return column.to_pylist()  # typed once every batch is read (`_rows`)
+    if pa.types.is_floating(t):  # half and single precision: exact as float64, typed FLOAT
+        return _typed(column.cast(pa.float64()).to_pylist(), sqltypes.FLOAT)
+    if pa.types.is_decimal(t):
+        if t.precision > MAX_DECIMAL_DIGITS or not 0 <= t.scale <= t.precision:
+            raise InvalidQuery(f"DuckDB holds decimals of at most {MAX_DECIMAL_DIGITS} digits and a scale from 0 "
+                               "to their digits; cast it to a narrower decimal, a double or a string")
+        return _typed(column.cast(pa.string()).to_pylist(), duckdb.decimal_type(t.precision, t.scale))
+    if pa.types.is_date(t):
+        days = _storage(column, pa.int32() if pa.types.is_date32(t) else pa.int64())
+        if pa.types.is_date64(t):
+            if any(d is not None and d % 86_400_000 for d in days):
+                raise InvalidQuery("a date64 value is not a whole day")
+            days = [None if d is None else d // 86_400_000 for d in days]
+        _within(days, _MIN_DAY, _MAX_DAY, "dates from year 1 to 9999")
+        return [None if d is None else _EPOCH.date() + datetime.timedelta(days=d) for d in days]
+    if pa.types.is_timestamp(t):
+        return _timestamps(column)
+    if pa.types.is_time(t):
+        ticks, per_second = _storage(column, pa.int32() if pa.types.is_time32(t) else pa.int64()), _PER_SECOND[t.unit]
+        _within(ticks, 0, 86_400 * per_second - 1, "times of day from 00:00:00 to 23:59:59.999999999")
+        if t.unit != "ns":
+            return column.to_pylist()  # datetime.time: TIME exactly
+        return _typed([None if v is None else f"{_clock(v // per_second)}.{v % per_second:09d}" for v in ticks],
+                      sqltypes.TIME_NS)
+    if pa.types.is_duration(t):
+        ticks, per_second = _storage(column, pa.int64()), _PER_SECOND[t.unit]
+        if t.unit == "ns" and any(v is not None and v % 1000 for v in ticks):
+            raise InvalidQuery("DuckDB's intervals hold microseconds; this duration has nanoseconds")
+        micros = [None if v is None else v * 1_000_000 // per_second for v in ticks]
+        _within(micros, -(2 ** 63) + 1, 2 ** 63 - 1, "durations of at most 292,000 years")
+        return _typed([None if v is None else datetime.timedelta(microseconds=v) for v in micros], sqltypes.INTERVAL)
+    if t == pa.month_day_nano_interval():
+        intervals = column.to_pylist()
+        if any(v is not None and v.nanoseconds % 1000 for v in intervals):
+            raise InvalidQuery("DuckDB's intervals hold months, days and microseconds; this one has nanoseconds")
+        return _typed([None if v is None else f"{v.months} months {v.days} days {v.nanoseconds // 1000} microseconds"
+                       for v in intervals], sqltypes.INTERVAL)
+    raise InvalidQuery("DuckDB holds no value of this type exactly; bind a duration, a number or a string")
+
+
+def _timestamps(column: pa.Array) -> list:
+    t = column.type
+    per_second = _PER_SECOND[t.unit]
+    if t.tz is not None:
+        _check_zone(t.tz)
+    ticks = _storage(column, pa.int64())
+    seconds = [None if v is None else v // per_second for v in ticks]
+    _within(seconds, _MIN_DAY * 86_400, (_MAX_DAY + 1) * 86_400 - 1, "timestamps from year 1 to 9999")
+    digits = {"s": 0, "ms": 3, "us": 6, "ns": 9}[t.unit]
+    if t.tz is not None and t.unit == "ns" and any(v is not None and v % 1000 for v in ticks):
+        raise InvalidQuery("DuckDB's timestamps with a time zone hold microseconds; this one has nanoseconds")
+    texts = [None if v is None else (_EPOCH + datetime.timedelta(seconds=s)).isoformat(sep=" ")
+             + (f".{v % per_second:0{digits}d}" if digits else "") + ("+00" if t.tz is not None else "")
+             for v, s in zip(ticks, seconds)]
+    return _typed(texts, sqltypes.TIMESTAMP_TZ if t.tz is not None else _TIMESTAMP[t.unit])
+
+
+def _check_zone(tz: str) -> None:
+    """Arrow's zones are IANA names or fixed offsets (+HH:MM); anything else is unknown."""
+    if _OFFSET.fullmatch(tz):
+        return
+    try:
+        known = len(tz) <= 64 and zoneinfo.ZoneInfo(tz) is not None
+    except (ValueError, OSError, zoneinfo.ZoneInfoNotFoundError):
+        known = False
+    if not known:
+        raise InvalidQuery(f"unknown time zone {tz[:64]!r}: use an IANA name (Europe/Berlin) or an offset (+01:00)")
+
+
+def _storage(column: pa.Array, kind: pa.DataType) -> list:
+    """A temporal column's integers (the view of its buffers, not a conversion)."""
+    return column.view(kind).to_pylist()
+
+
+def _within(values: list, low: int, high: int, what: str) -> None:
+    if any(v is not None and not low <= v <= high for v in values):
+        raise InvalidQuery(f"DuckDB binds {what}; a value is outside")
+
+
+def _clock(seconds: int) -> str:
+    return f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _typed(values: list, kind) -> list:
+    return [None if v is None else Value(v, kind) for v in values]
 
 
 def _session(action: str, body: bytes):
