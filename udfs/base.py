@@ -49,6 +49,27 @@ def as_array(values) -> pa.Array:
     return values
 
 
+def slices(operator: str, lengths: np.ndarray, limit: int, width: int = 1) -> list[slice]:
+    """Consecutive runs of series (row slices, in order) holding at most `limit` values each
+    (points x `width` columns), so a model scores one run at a time: what a call costs the model
+    stays bounded however many series DuckDB hands over at once. A series over `limit` alone is
+    refused, naming the operator, its size and the bound."""
+    lengths = np.asarray(lengths, np.int64)
+    sizes = lengths * max(width, 1)
+    if len(sizes) and sizes.max() > limit:
+        longest = int(lengths[sizes.argmax()])
+        columns = f" of {width} columns ({longest * width:,} values)" if width > 1 else ""
+        raise ValueError(f"{operator} takes at most {limit:,} {'values' if width > 1 else 'points'} of one series "
+                         f"in a call, got a series of {longest:,} points{columns}; pass a shorter span")
+    ends = np.cumsum(sizes)
+    out, i = [], 0
+    while i < len(sizes):
+        j = int(np.searchsorted(ends, (ends[i - 1] if i else 0) + limit, side="right"))
+        out.append(slice(i, j))
+        i = j
+    return out
+
+
 def constant(values, what: str):
     """The single value of a per-call parameter such as a model name (SQL passes it per row)."""
     if values is None or isinstance(values, (str, int, float)):

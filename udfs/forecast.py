@@ -11,9 +11,16 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from flight_lstm import frequencies
-from udfs.base import Operator, as_array, load_model, parameter_groups
+from udfs.base import Operator, as_array, load_model, parameter_groups, slices
+
+# Points the model reads at once. It forecasts from each series' last window, but reads every point
+# on the way (float64 copies, and filling gaps: about 100 bytes a point at most, measured on
+# series with gaps), so 2 million points take about 200 MB. A call of more points is forecast in
+# runs of whole series up to this many; one series of more is refused (udfs/base.py: `slices`).
+MAX_POINTS = 2_000_000
 
 INTERVAL_TYPE = pa.list_(
     pa.struct([("step", pa.int32()), ("mean", pa.float64()), ("lo", pa.float64()), ("hi", pa.float64())])
@@ -27,10 +34,13 @@ def _series(values) -> pa.Array:
     return values
 
 
-def _run(values, params, model, level_given: bool):
-    """Predict each parameter group; return per-row horizons and the flat (mean, lo, hi) columns."""
+def _run(operator: str, values, params, model, level_given: bool):
+    """Predict each parameter group, at most MAX_POINTS points at a time; return per-row horizons
+    and the flat (mean, lo, hi) columns."""
     series = _series(values)
     n = len(series)
+    lengths = pc.fill_null(pc.list_value_length(series), 0).to_numpy().astype(np.int64)
+    slices(operator, lengths, MAX_POINTS)  # refuses a series over the bound before any work
     fitted = load_model("forecast", model)
     freq = frequencies.reference(model)
     period = frequencies.period_of(freq) if freq is not None else None
@@ -43,11 +53,13 @@ def _run(values, params, model, level_given: bool):
             raise ValueError(f"horizon must be a whole number, got {key[0]}")
         if horizon > frequencies.horizon_cap(named):
             raise ValueError(f"horizon {horizon} is more than {frequencies.horizon_limit(named)}")
-        group = series if len(rows) == n else series.take(pa.array(rows))
-        r = fitted.predict(group, horizon=horizon, level=level, period=period)
-        ok = rows[r.valid]
-        horizons[ok] = horizon
-        results.append((ok, r, r.valid))
+        for part in slices(operator, lengths[rows], MAX_POINTS):
+            some = rows[part]
+            group = series if len(some) == n else series.take(pa.array(some))
+            r = fitted.predict(group, horizon=horizon, level=level, period=period)
+            ok = some[r.valid]
+            horizons[ok] = horizon
+            results.append((ok, r, r.valid))
     offsets = np.concatenate([[0], np.cumsum(horizons)]).astype(np.int32)
     flat = {k: np.zeros(offsets[-1]) for k in ("mean", "lo", "hi")}
     for ok, r, valid in results:
@@ -62,13 +74,13 @@ def _run(values, params, model, level_given: bool):
 
 def forecast(values, horizon, model: str | None = None) -> pa.Array:
     """The next `horizon` values of each series (regular steps assumed)."""
-    offsets, flat, null = _run(values, [horizon], model, level_given=False)
+    offsets, flat, null = _run("forecast", values, [horizon], model, level_given=False)
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat["mean"]), mask=null)
 
 
 def forecast_interval(values, horizon, level, model: str | None = None) -> pa.Array:
     """Steps 1..horizon with mean and a `level` prediction interval (lo <= mean <= hi)."""
-    offsets, flat, null = _run(values, [horizon, level], model, level_given=True)
+    offsets, flat, null = _run("forecast_interval", values, [horizon, level], model, level_given=True)
     starts = np.repeat(offsets[:-1], np.diff(offsets))
     steps = (np.arange(offsets[-1]) - starts + 1).astype(np.int32)
     structs = pa.StructArray.from_arrays(

@@ -10,7 +10,8 @@ from typing import Callable
 
 import duckdb
 
-from flight_lstm import threads
+from flight_lstm import heap, threads
+from flight_lstm.engine.errors import OperatorMemoryError, out_of_memory, out_of_memory_message
 from flight_lstm.errors import QueryRefused
 from flight_lstm.models.checks import checked_between_batches
 from flight_lstm.sources import Source
@@ -55,14 +56,20 @@ def checked_sql(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = 
 def _register(con: duckdb.DuckDBPyConnection, op: Operator, check_of: Callable[[int], Callable[[], None]]) -> None:
     """Both forms of `op`, each taking its caller's connection id last (plan/operators.py's
     `tag_connection`): DuckDB may call it on any of its threads, and the model checks that
-    query's budget between its inference batches."""
+    query's budget between its inference batches. An operator out of memory leaves as an
+    OperatorMemoryError with the fixed message (engine/errors.py), its arrays already let go."""
     def with_model(*arrays):
         return op.fn(*arrays[:-1], model=constant(arrays[-1], "the model name"))
 
     def checked(fn):
         def call(*arrays):
-            with checked_between_batches(check_of(constant(arrays[-1], "the connection id"))):
-                return fn(*arrays[:-1])
+            with checked_between_batches(check_of(constant(arrays[-1], "the connection id"))), heap.model_call():
+                try:
+                    return fn(*arrays[:-1])
+                except Exception as e:
+                    if not out_of_memory(e):
+                        raise
+            raise OperatorMemoryError(out_of_memory_message(op.name))  # outside `except`: no traceback kept
         return call
 
     for name, params, fn in ((op.name, op.params, op.fn), (op.with_model_name, (*op.params, "VARCHAR"), with_model)):

@@ -2,17 +2,60 @@
 from __future__ import annotations
 
 import re
+import resource
 from contextlib import contextmanager
 
 import duckdb
 
-from flight_lstm.errors import FlightLSTMError, InvalidQuery, QueryCancelled, QueryRefused, ResourceExhausted
+from flight_lstm.errors import (FlightLSTMError, InvalidQuery, QueryCancelled, QueryRefused, ResourceExhausted,
+                                first_line)
 from flight_lstm.plan.operators import CONNECTION_ID, operator_names
 from flight_lstm.sources import Source
 from udfs import OPERATORS
 
 # DuckDB prefixes messages with their class ("Binder Error: ..."); UDF failures wrap the Python one.
 _UDF_ERROR = re.compile(r"Python exception occurred while executing the UDF: (?:\w+Error: )?(.*)", re.S)
+
+
+class OperatorMemoryError(MemoryError):
+    """An operator ran out of memory (`operator_error`), raised out of a DuckDB UDF with its fixed
+    message: DuckDB wraps every UDF failure as its own Invalid Input error, naming the Python
+    class, and that name tells this one from a query's mistake (a client writes messages, not
+    classes)."""
+
+
+_UDF_OUT_OF_MEMORY = re.compile(f"Python exception occurred while executing the UDF: {OperatorMemoryError.__name__}: ")
+# torch's CPU allocator fails with a RuntimeError ("[enforce fail at alloc_cpu.cpp:127] ...
+# DefaultCPUAllocator: can't allocate memory: you tried to allocate ... bytes"); numpy's
+# "Unable to allocate" (_ArrayMemoryError) and pyarrow's ArrowMemoryError are MemoryErrors.
+_TORCH_OUT_OF_MEMORY = "can't allocate memory"
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """Whether an operator's exception is an allocation that failed (under the server's memory cap)."""
+    if isinstance(error, MemoryError):
+        return True
+    return isinstance(error, RuntimeError) and (
+        _TORCH_OUT_OF_MEMORY in str(error) or any(c.__name__ == "OutOfMemoryError" for c in type(error).__mro__))
+
+
+def out_of_memory_message(operator: str) -> str:
+    """The one message for an operator out of memory: which operator and which limit, never the
+    allocator's internals (its source line, the bytes it tried)."""
+    cap, _ = resource.getrlimit(resource.RLIMIT_DATA)
+    limit = ("the machine's memory" if cap == resource.RLIM_INFINITY
+             else f"the server's memory cap of {cap / 1e9:.2f} GB (--max-memory)")
+    return f"resource exhausted: {operator} ran out of memory within {limit}; retry later, or with less data"
+
+
+def operator_error(operator: str, error: Exception) -> FlightLSTMError:
+    """An operator's own failure as ours: out of memory is ResourceExhausted with a fixed message,
+    anything else is the query's mistake (a bad argument), with the operator's first line."""
+    if isinstance(error, FlightLSTMError):
+        return error
+    if out_of_memory(error):
+        return ResourceExhausted(out_of_memory_message(operator))
+    return InvalidQuery(first_line(error))
 
 
 # DuckDB's help for a typo, on the lines after its message: kept, unless it offers one of the
@@ -73,6 +116,8 @@ def translated_errors(source: Source):
 
 
 def _ours(error: duckdb.Error | OSError) -> FlightLSTMError | None:
+    if _UDF_OUT_OF_MEMORY.search(str(error)):  # an operator's, whether before or mid-stream
+        return ResourceExhausted(_message(error))
     kind = next((k for duck, k in _DUCKDB_ERRORS if isinstance(error, duck)), None)
     if kind is None and isinstance(error, OSError):
         found = _STREAM_KIND.match(str(error))

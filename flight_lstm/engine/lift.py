@@ -6,7 +6,8 @@ from typing import Iterable, Iterator
 
 import pyarrow as pa
 
-from flight_lstm.errors import FlightLSTMError, InvalidQuery, first_line
+from flight_lstm import heap
+from flight_lstm.engine.errors import operator_error
 from flight_lstm.engine.limits import Budget
 from flight_lstm.models.checks import checked_between_batches
 from flight_lstm.plan.lift import Lift, LiftedCall
@@ -44,10 +45,11 @@ def _apply(lift: Lift, schema: pa.Schema, batch: pa.RecordBatch, by_name: dict) 
 
 
 def _call(call: LiftedCall, batch: pa.RecordBatch, by_name: dict) -> pa.Array:
-    """As DuckDB would report a failing UDF: the operator's own message, as a query error."""
+    """As DuckDB would report a failing UDF: the operator's own message, as a query error; out of
+    memory, as the resource it is (engine/errors.py: `operator_error`)."""
     try:
-        return by_name[call.operator].fn(*(batch.column(a) for a in call.args), model=call.model)
-    except FlightLSTMError:
-        raise
+        with heap.model_call():
+            return by_name[call.operator].fn(*(batch.column(a) for a in call.args), model=call.model)
     except Exception as e:
-        raise InvalidQuery(first_line(e)) from None
+        error = operator_error(call.operator, e)
+    raise error  # outside `except`: the failed call's traceback, and the arrays it holds, go now

@@ -8,6 +8,7 @@ from typing import Callable, Iterator
 import duckdb
 import pyarrow as pa
 
+from flight_lstm import heap
 from flight_lstm.engine.errors import translated_errors
 from flight_lstm.engine.limits import Budget
 from flight_lstm.errors import FlightLSTMError, QueryCancelled
@@ -67,6 +68,7 @@ class Running:
                 self.result.close()  # DuckDB's result goes now, not when a collector finds it
         finally:
             self._release()
+            heap.query_ended()  # the memory its operators freed goes back, once none runs (heap.py)
 
 
 _ending = threading.Lock()
