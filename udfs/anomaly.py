@@ -14,7 +14,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flight_lstm.models.anomaly import BLOCK, context_start
 from udfs.base import Operator, as_array, constant, load_model, slices
 
 SCORE_TYPE = pa.struct([("expected", pa.float64()), ("lo", pa.float64()), ("hi", pa.float64()),
@@ -53,6 +52,8 @@ def _pieces(lengths: np.ndarray, starts: np.ndarray, k: int) -> tuple[np.ndarray
     one piece, all of it answers; a longer one is cut at block boundaries, and each piece is read
     from the context start of its first answer (models.anomaly.context_start), which is all any
     of its answers depends on, so the pieces' answers are the whole series' own."""
+    from flight_lstm.models.anomaly import BLOCK, context_start  # loads torch: not on importing udfs
+
     # A piece's answers: `room` points, or up to a block more where the next cut is aligned down;
     # its context adds less than two blocks before them.
     room = MAX_VALUES // max(k, 1) - 3 * BLOCK
