@@ -81,6 +81,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="end a stream whose client neither reads nor sends for this long, freeing its slot")
     serve.add_argument("--max-rows", type=int, default=Limits.max_rows,
                        help="rows in one result (0: no limit); past it, the query ends with UNAVAILABLE")
+    serve.add_argument("--max-calls", type=int, metavar="N",
+                       help="Flight calls in flight at once, each holding a thread and its stack; more get "
+                            "UNAVAILABLE at once (default: what a quarter of the memory room under --max-memory "
+                            "pays for at a thread stack and 1 MiB each, from 16 to 256)")
+    serve.add_argument("--max-calls-per-user", type=int, metavar="N",
+                       help="calls in flight of one logged-in user, or of one client address without auth "
+                            "(IPv6: its /64); more get UNAVAILABLE at once (default: a quarter of --max-calls)")
     serve.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on http://HOST:PORT/metrics")
     serve.add_argument("--log-level", default="INFO")
     serve.set_defaults(run=_serve)
@@ -211,6 +218,9 @@ def _serve(args) -> int:
                     idle_seconds=args.idle_seconds)
     if args.keep_attached < 0:
         raise SystemExit("--keep-attached is seconds: 0 or more")
+    for name in ("max_calls", "max_calls_per_user"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be at least 1")
     try:
         source = open_source(args.source, keep_attached=args.keep_attached)
     except ValueError as e:
@@ -242,11 +252,15 @@ def _serve_with(service, args) -> int:
     except ValueError as e:
         raise SystemExit(f"error: --max-memory: {e}") from None
     options, scheme = _security(args)
+    options.update(max_calls=args.max_calls, max_calls_per_user=args.max_calls_per_user)
     try:
         server = FlightLSTMServer(service, f"{scheme}://{args.host}:{args.port}", **options)
     except (pa.ArrowException, OSError) as e:  # the port was taken since the check, or gRPC refused the address
         raise SystemExit(f"error: cannot serve on {args.host}:{args.port}: {e}") from None
     signal.signal(signal.SIGTERM, lambda *_: _drain(server, args.grace_seconds))
+    logging.getLogger("flight_lstm.server").info(
+        "calls in flight: at most %d, %d per user (or per address without auth)", server.calls.max_calls,
+        server.calls.per_user)
     print(f"flight-lstm serving {service.source.describe()} on {scheme}://{args.host}:{server.port}", flush=True)
     if args.metrics_port is not None:
         from flight_lstm.server.telemetry import serve_metrics

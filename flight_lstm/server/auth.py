@@ -324,10 +324,22 @@ class HandshakeAnswer(flight.ServerAuthHandler):
         return ""
 
 
+# The middleware every call passes (server/calls.py): it runs the login check above inside its
+# own count of calls in flight, so a refused call is never left counted, and carries the user.
+CALLS_KEY = "calls"
+
+
 def caller(context) -> str | None:
     """The authenticated user of a call, or None (auth off, or an open call without credentials)."""
-    middleware = context.get_middleware("auth")
+    middleware = context.get_middleware(CALLS_KEY)
     return middleware.user if middleware is not None else None
+
+
+def forget_handshake() -> None:
+    """A Handshake refused after its login was checked: its thread's bearer and user go, as its
+    answer would have taken them."""
+    _handshake_tokens.pop(threading.get_ident(), None)
+    _handshake_users.pop(threading.get_ident(), None)
 
 
 def _digest(user: str) -> bytes:

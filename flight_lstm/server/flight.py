@@ -5,6 +5,10 @@ The ticket is the SQL itself, so any replica can serve it and DoGet re-checks it
 A command or ticket that is an Any-packed Flight SQL message goes to `FlightSQL` instead; DoExchange
 runs row-wise SQL over the client's own batches. Every result leaves through `columns`: dictionaries
 decoded, columns described; CancelFlightInfo stops a running DoGet by its ticket.
+
+Every call is counted while it is in flight (`calls`): past the server's limits it is refused
+before its handler runs (or, for a caller known only by its address, as the handler starts), and
+a stream whose client sends and reads nothing for --idle-seconds and a grace loses its connection.
 """
 from __future__ import annotations
 
@@ -15,9 +19,9 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from flight_lstm.errors import InvalidQuery, NotFound, QueryRefused, Unsupported, text_of
-from flight_lstm.server import columns, liveness
+from flight_lstm.server import calls, columns, liveness
 from flight_lstm.server import flight_sql_messages as messages
-from flight_lstm.server.auth import BasicBearerAuth, HandshakeAnswer, caller
+from flight_lstm.server.auth import CALLS_KEY, HANDSHAKES_AT_ONCE, BasicBearerAuth, HandshakeAnswer, caller
 from flight_lstm.server.cancels import Cancels, ending
 from flight_lstm.server.errors import flight_errors, mapped, without_flight_errors
 from flight_lstm.server.flight_sql import ACTIONS as FLIGHT_SQL_ACTIONS
@@ -37,11 +41,17 @@ CANCELLED = 1  # CancelFlightInfoResult.CancelStatus
 
 class FlightLSTMServer(flight.FlightServerBase):
     def __init__(self, service: Service, location: str = "grpc://127.0.0.1:8815", *,
-                 auth: BasicBearerAuth | None = None, **kwargs):
-        middleware = {liveness.KEY: liveness.Liveness()}
-        if auth is not None:
-            middleware["auth"] = auth
-        super().__init__(location, middleware=middleware, auth_handler=HandshakeAnswer(), **kwargs)
+                 auth: BasicBearerAuth | None = None, max_calls: int | None = None,
+                 max_calls_per_user: int | None = None, **kwargs):
+        """`max_calls` in flight at once (default: what the memory cap affords, calls.afforded_calls)
+        and `max_calls_per_user` of one user, or one address without auth (default: a quarter)."""
+        self.calls = calls.InFlight(auth, max_calls, max_calls_per_user)
+        # The calls' own middleware is last: pyarrow ends only the middleware of a call that started.
+        middleware = {liveness.KEY: calls.Guarded(liveness.Liveness()), CALLS_KEY: self.calls}
+        # Without auth every Handshake is anonymous: those waiting for their request are one caller's share.
+        handshakes = HandshakeAnswer(at_once=min(HANDSHAKES_AT_ONCE, self.calls.per_user))
+        super().__init__(location, middleware=middleware, auth_handler=handshakes, **kwargs)
+        self.waits = calls.Waits(calls.silent_seconds(service.engine.limits.idle_seconds), lambda: self.port)
         self.service = service
         self.flight_sql = FlightSQL(service)
         self.cancels = Cancels()
@@ -70,6 +80,7 @@ class FlightLSTMServer(flight.FlightServerBase):
 
     @flight_errors
     def list_flights(self, context, criteria):
+        calls.enter(context)
         return [
             flight.FlightInfo(columns.described(schema), flight.FlightDescriptor.for_path(name),
                               [flight.FlightEndpoint(sql.encode(), [])], -1, -1)
@@ -78,14 +89,17 @@ class FlightLSTMServer(flight.FlightServerBase):
 
     @flight_errors
     def get_flight_info(self, context, descriptor):
+        calls.enter(context)
         return self._info(context, descriptor)
 
     @without_flight_errors
     def get_schema(self, context, descriptor):
+        calls.enter(context)
         return flight.SchemaResult(self._info(context, descriptor).schema)
 
     @flight_errors
     def do_get(self, context, ticket):
+        calls.enter(context)
         query = Query("do_get", caller(context))
         was_cancelled, end = self.cancels.start(caller(context), ticket.ticket)
         gone = liveness.cancelled(context)
@@ -105,21 +119,28 @@ class FlightLSTMServer(flight.FlightServerBase):
             end()
             query.end(e)
             raise
-        return flight.GeneratorStream(schema, mapped(query.watch(ending(batches, end))))
+        # Between a batch handed to pyarrow and its asking for the next, the client is reading it.
+        batches = self.waits.of(context).batches(mapped(query.watch(ending(batches, end))))
+        return flight.GeneratorStream(schema, batches)
 
     @flight_errors
     def do_put(self, context, descriptor, reader, writer):
+        calls.enter(context)
         message = _flight_sql(descriptor)
         if not message:
             raise QueryRefused("flight-lstm is read-only: DoPut only binds Flight SQL prepared statement parameters")
+        reader = self.waits.of(context).reader(reader)
         writer.write(pa.py_buffer(self.flight_sql.do_put(*message, reader, caller(context))))
 
     @flight_errors
     def do_exchange(self, context, descriptor, reader, writer):
         """Row-wise SQL over a table `input` holding the client's batches: one batch back per batch sent."""
+        calls.enter(context)
         if descriptor.descriptor_type != flight.DescriptorType.CMD or _flight_sql(descriptor):
             raise InvalidQuery("DoExchange takes a command descriptor holding SQL over the table `input`")
         query = Query("do_exchange", caller(context))
+        wait = self.waits.of(context)
+        reader = wait.reader(reader)  # its reads wait on the client, under the deadline
         try:
             sql = text_of(descriptor.command, "the command")
             batches = (received(chunk.data) for chunk in reader if chunk.data is not None)
@@ -129,11 +150,13 @@ class FlightLSTMServer(flight.FlightServerBase):
             query.end(e)
             raise
         schema, results = columns.result(schema, results)
-        writer.begin(schema)
+        wait.write(writer.begin, schema)  # so do its writes: a client that sends but never reads holds them
         for batch in query.watch(results):
-            writer.write_batch(batch)
+            wait.write(writer.write_batch, batch)
 
+    @flight_errors
     def list_actions(self, context):
+        calls.enter(context)
         return [*ACTIONS.items(), *FLIGHT_SQL_ACTIONS.items()]
 
     def _cancel(self, body: bytes, user: str | None) -> bytes:
@@ -149,6 +172,8 @@ class FlightLSTMServer(flight.FlightServerBase):
 
     @flight_errors
     def do_action(self, context, action):
+        if action.type != "health":  # health answers at once, small: an address at its limit still has it
+            calls.enter(context)
         anonymous = self.auth_required and caller(context) is None
         if action.type == "health":
             # Open to load balancers and orchestrators; it tells an anonymous caller only readiness.
@@ -170,7 +195,7 @@ class FlightLSTMServer(flight.FlightServerBase):
         return [flight.Result(json.dumps(body).encode())]
 
 
-def _sent_schema(reader: flight.MetadataRecordBatchReader) -> pa.Schema:
+def _sent_schema(reader: calls.WatchedReader) -> pa.Schema:
     try:
         return reader.schema
     except OSError:  # pyarrow's "Client never sent a data message"
