@@ -57,6 +57,7 @@ from flight_lstm.errors import QueryCancelled, QueryTimedOut
 from flight_lstm.server.auth import CALLS_KEY as KEY
 from flight_lstm.server.auth import forget_handshake
 from flight_lstm.server.errors import to_flight_error
+from flight_lstm.ticker import Ticker
 
 log = logging.getLogger("flight_lstm.server")
 
@@ -337,67 +338,49 @@ def address_of(peer: str) -> str:
 
 class Waits:
     """Streams waiting on their client (a read it has not sent, a write it does not read). One
-    thread looks every tick, started when something waits and ending when nothing has for a tick;
-    a wait past `seconds` has its connection shut down, which ends the wait."""
+    thread looks every tick while something waits (flight_lstm/ticker.py); a wait past `seconds`
+    has its connection shut down, which ends the wait."""
 
     def __init__(self, seconds: float, port: Callable[[], int]):
         self.seconds, self._port = seconds, port
-        self.tick = min(1.0, max(0.05, seconds / 10))
         self._waiting: dict[int, _Wait] = {}
-        self._lock = threading.Lock()
-        self._running = False
+        self._ticker = Ticker("flight-lstm-waits", min(1.0, max(0.05, seconds / 10)), self._due, self._cut)
 
     def of(self, context: flight.ServerCallContext) -> "_Wait":
         return _Wait(self, context)
 
     def waiting(self) -> int:
-        with self._lock:
+        with self._ticker.lock:
             return len(self._waiting)
 
     def _begin(self, wait: "_Wait") -> None:
-        with self._lock:
+        with self._ticker.lock:
             self._waiting[id(wait)] = wait
-            if self._running:
-                return
-            self._running = True
-        try:
-            threading.Thread(target=self._run, name="flight-lstm-waits", daemon=True).start()
-        except BaseException:  # noqa: BLE001 - no thread left: this wait goes without its deadline, the caps hold
-            with self._lock:
-                self._running = False
-            log.warning("no thread for the silent-client deadline; the call limits alone hold")
+            try:
+                self._ticker.start()
+            except BaseException:  # noqa: BLE001 - no thread left: this wait goes without its deadline, the caps hold
+                log.warning("no thread for the silent-client deadline; the call limits alone hold")
 
     def _end(self, wait: "_Wait") -> None:
-        with self._lock:
+        with self._ticker.lock:
             self._waiting.pop(id(wait), None)
 
-    def _run(self) -> None:
-        try:
-            idle = False
-            while True:
-                time.sleep(self.tick)
-                now = time.monotonic()
-                with self._lock:
-                    if not self._waiting:
-                        if idle:
-                            self._running = False
-                            return
-                        idle = True
-                        continue
-                    idle = False
-                    due = [w for w in self._waiting.values() if not w.cut and now - w.since > self.seconds]
-                    peers = {w.peer for w in due}
-                    for w in self._waiting.values():  # every wait on a connection ends with it
-                        if w.peer in peers:
-                            w.cut = True
-                for peer in peers:
-                    shut = cut(peer, self._port())
-                    log.warning("a client at %s sent and read nothing for %g s; %s", address_of(peer), self.seconds,
-                                "its connection was closed" if shut else "its connection could not be found to close")
-        except BaseException:  # noqa: BLE001 - never; a dead thread must not look alive to the next wait
-            with self._lock:
-                self._running = False
-            log.exception("the silent-client deadline stopped")
+    def _due(self) -> list[str] | None:
+        """The peers of the waits past the deadline; every wait on such a connection ends with it."""
+        if not self._waiting:
+            return None
+        now = time.monotonic()
+        peers = {w.peer for w in self._waiting.values() if not w.cut and now - w.since > self.seconds}
+        for w in self._waiting.values():
+            if w.peer in peers:
+                w.cut = True
+        return sorted(peers)
+
+    def _cut(self, peers: list[str]) -> None:
+        for peer in peers:
+            shut = cut(peer, self._port())
+            log.warning("a client at %s sent and read nothing for %g s; %s", address_of(peer), self.seconds,
+                        "its connection was closed" if shut else "its connection could not be found to close")
 
 
 class _Wait:
