@@ -189,7 +189,9 @@ class Service:
         """Readiness: "ok", or "unavailable" with the reason while the source cannot be opened (a
         DuckDB file not written yet, Dremio down): it lists the source's tables, as `serve` does at
         start (one attach, a few ms, or one Dremio call), in a query slot taken without waiting: a
-        server whose every slot runs a query is serving, and says so at once ("busy")."""
+        server whose every slot runs a query is serving, and says so at once ("busy"). A database
+        DuckDB invalidated makes the process exit for a restart here (engine/database.py)."""
+        self.engine.check_alive()
         try:
             self._tables(wait=False)
         except ResourceExhausted:

@@ -150,3 +150,59 @@ def test_bound_values_are_counted_as_values_not_as_their_arrow_bytes(client):
     with pytest.raises(pa.ArrowInvalid, match="at most 2,097,152 bytes, counting each value as the Python object"):
         bind(client, nulls)
     assert bind(client, pa.record_batch([pa.array(["fine"] * 1_000)], names=["p"])).num_rows == 1_000
+
+
+FAR = {  # timestamps DuckDB cannot widen to microseconds, at every depth an upload can hide one
+    "seconds": pa.array([10**13], pa.timestamp("s")),
+    "milliseconds with a zone": pa.array([-(2**62)], pa.timestamp("ms", "UTC")),
+    "in a list": pa.array([[1, 2**62]], pa.list_(pa.timestamp("ms"))),
+    "in a struct": pa.array([{"a": 10**13}], pa.struct([("a", pa.timestamp("s"))])),
+    "a dictionary's value": pa.array([10**13], pa.timestamp("s")).dictionary_encode(),
+    "a map's key": pa.array([[(10**13, 1)]], pa.map_(pa.timestamp("s"), pa.int32())),
+    "run-end encoded": pa.RunEndEncodedArray.from_arrays([2], pa.array([10**13], pa.timestamp("s"))),
+}
+
+
+@pytest.mark.parametrize("what", FAR)
+def test_a_timestamp_duckdb_cannot_hold_is_refused_at_any_depth_and_the_database_stays_valid(client, what):
+    """One such value cast to text had DuckDB raise an INTERNAL error, which invalidates the
+    server's one database: every later query of every client failed."""
+    batch = pa.record_batch([FAR[what]], names=["t"])
+    with pytest.raises(pa.ArrowInvalid, match=r"column 't' holds a timestamp \(timestamp\[m?s.*beyond DuckDB's range"):
+        exchange(client, "SELECT CAST(t AS VARCHAR) AS s FROM input", batch)
+    with pytest.raises(pa.ArrowInvalid, match="timestamps from year 1 to 9999|bind flat values"):
+        bind(client, batch)  # a bound value's own rule is narrower
+    assert run(client, "SELECT 41 + 1 AS x").column("x").to_pylist() == [42]
+
+
+def test_the_widest_timestamps_duckdb_holds_are_read(client):
+    last = (2**63 - 2) // 10**6
+    batch = pa.record_batch([pa.array([last, -last, None], pa.timestamp("s"))], names=["t"])
+    out = exchange(client, "SELECT CAST(t AS VARCHAR) AS s FROM input", batch).column("s").to_pylist()
+    assert out == ["294247-01-10 04:00:54", "290309-12-21 (BC) 19:59:06", None]
+
+
+class Exited(Exception):
+    pass
+
+
+def test_a_database_duckdb_invalidated_makes_the_process_exit_for_a_restart(lake, monkeypatch):
+    """Whatever INTERNAL error DuckDB meets next, it invalidates the database for good: the next
+    query, or the health check, exits with 75 for the supervisor, instead of serving errors while
+    health says "ok"."""
+    from flight_lstm.engine import database
+
+    def exit_(code):
+        raise Exited(code)
+
+    monkeypatch.setattr(database.os, "_exit", exit_)
+    service = Service(DuckDBSource(lake))
+    assert service.health()["status"] == "ok"
+    con = service.engine.db.cursor()
+    con.register("far", pa.table({"t": pa.array([10**13], pa.timestamp("s"))}))
+    with pytest.raises(Exception, match="INTERNAL"):  # DuckDB's own bug, reached behind the server's checks
+        con.sql("SELECT CAST(t AS VARCHAR) FROM far").fetchall()
+    with pytest.raises(Exited, match="75"):
+        service.stream(service.plan("SELECT 41 + 1 AS x"))
+    with pytest.raises(Exited, match="75"):
+        service.health()

@@ -6,6 +6,8 @@ nothing, so short queries stay short."""
 from __future__ import annotations
 
 import inspect
+import logging
+import os
 from typing import Callable
 
 import duckdb
@@ -16,6 +18,16 @@ from flight_lstm.errors import QueryRefused
 from flight_lstm.models.checks import checked_between_batches
 from flight_lstm.sources import Source
 from udfs.base import Operator, constant
+
+log = logging.getLogger(__name__)
+
+# DuckDB invalidates its whole database on an INTERNAL error (a bug of its own, such as a cast
+# that overflowed where it was declared unable to fail): every later statement of every cursor
+# then fails with a FatalException, and it "must be restarted". One database serves all of a
+# server's clients, so the process exits for its supervisor to restart it, as it does out of
+# memory (engine/limits.py), rather than answer every later query with an error.
+EXIT_DATABASE_LOST = 75  # EX_TEMPFAIL
+_LOST = b"flight-lstm: DuckDB invalidated the database after an internal error; exiting for a restart (exit 75)\n"
 
 
 def open_database(source: Source, operators, check_of, settings: dict) -> duckdb.DuckDBPyConnection:
@@ -38,6 +50,24 @@ def open_database(source: Source, operators, check_of, settings: dict) -> duckdb
     db.execute("SET enable_external_access = false")
     db.execute("SET lock_configuration = true")
     return db
+
+
+def exit_if_lost(error: BaseException) -> None:
+    """Exit for a restart when `error` says the engine's database is invalidated; else return."""
+    if isinstance(error, duckdb.FatalException):
+        log.critical("DuckDB invalidated the database: %s", str(error).splitlines()[0])
+        os.write(2, _LOST)
+        os._exit(EXIT_DATABASE_LOST)
+
+
+def ensure_alive(db: duckdb.DuckDBPyConnection) -> None:
+    """One statement on a fresh cursor: exits for a restart if the database is invalidated."""
+    try:
+        with db.cursor() as con:
+            con.execute("SELECT 1")
+    except duckdb.Error as e:
+        exit_if_lost(e)
+        raise
 
 
 def checked_sql(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> duckdb.DuckDBPyRelation:

@@ -13,7 +13,7 @@ import duckdb
 import pyarrow as pa
 
 from flight_lstm.engine import exchange as exchanges
-from flight_lstm.engine.database import checked_sql, open_database
+from flight_lstm.engine.database import checked_sql, ensure_alive, exit_if_lost, open_database
 from flight_lstm.engine.errors import translated_errors
 from flight_lstm.engine.lift import apply_lift
 from flight_lstm.engine.limits import Admission, Budget, Limits
@@ -137,8 +137,9 @@ class Engine:
         leave = self.admission.enter()
         try:
             con = self.connect(plan, schema_only=schema_only, extra_tables=extra_tables)
-        except BaseException:
+        except BaseException as e:
             leave()
+            exit_if_lost(e)
             raise
         connection_id = None
 
@@ -151,10 +152,15 @@ class Engine:
             self._checks[connection_id] = budget.check
             running = Running(con, budget, release)
             running.unwatch = self.watchdog.watch(running)
-        except BaseException:
+        except BaseException as e:
             release()
+            exit_if_lost(e)  # a query's first statement: the first to meet an invalidated database
             raise
         return running
+
+    def check_alive(self) -> None:
+        """For health: exits for a restart if DuckDB invalidated the database (database.py)."""
+        ensure_alive(self.db)
 
     @contextmanager
     def admitted(self, wait: bool = True):

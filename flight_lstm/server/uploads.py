@@ -9,11 +9,16 @@ read as their storage (which is what is read), and string and binary views becom
 strings and binaries, each value then held in its own bytes: a view column may not refer to more
 bytes than it carries, since views that share bytes would multiply what a reader copies. Views
 nested in lists or structs, and list views, are refused.
+
+Values DuckDB cannot hold are refused too, at any depth: a timestamp in seconds or milliseconds
+whose microseconds overflow 64 bits (past the year 294,247) made DuckDB's casts fail with an
+INTERNAL error, which invalidates the whole database for every client.
 """
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from flight_lstm.errors import InvalidQuery, first_line
 
@@ -33,8 +38,9 @@ def received_schema(schema: pa.Schema) -> pa.Schema:
     return pa.schema(fields, metadata=schema.metadata)
 
 
-def received(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """`batch` checked in full and in `received_schema`, or InvalidQuery naming what is wrong."""
+def received(batch: pa.RecordBatch, ranges: bool = True) -> pa.RecordBatch:
+    """`batch` checked in full and in `received_schema`, or InvalidQuery naming what is wrong.
+    `ranges=False` leaves values' ranges to the caller's own, narrower rule (bound parameters)."""
     schema = received_schema(batch.schema)
     try:
         batch.validate(full=True)
@@ -48,8 +54,48 @@ def received(batch: pa.RecordBatch) -> pa.RecordBatch:
             if _view_bytes(column) > sum(b.size for b in column.buffers() if b is not None):
                 raise InvalidQuery(f"column {field.name!r}: its views refer to more bytes than it sends")
             column = column.cast(_PLAIN[column.type])
+        if ranges:
+            _within_duckdb(field.name, column)
         columns.append(column)
     return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+# Microseconds per unit of the timestamps DuckDB widens to microseconds on the way.
+_WIDENED = {"s": 1_000_000, "ms": 1_000}
+_MAX_US = 2**63 - 2  # DuckDB keeps 2^63 - 1 and its negation for infinity
+
+
+def _within_duckdb(name: str, column: pa.Array) -> None:
+    """InvalidQuery naming the column when one of its values, at any depth, is a timestamp DuckDB
+    cannot widen to microseconds."""
+    for values in _leaves(column):
+        per = _WIDENED.get(getattr(values.type, "unit", None)) if pa.types.is_timestamp(values.type) else None
+        if per is None or values.null_count == len(values):
+            continue
+        extremes = pc.min_max(values.cast(pa.int64()))
+        if max(-extremes["min"].as_py(), extremes["max"].as_py()) > _MAX_US // per:
+            raise InvalidQuery(f"column {name!r} holds a timestamp ({values.type}) beyond DuckDB's range "
+                               "(years 290,309 BC to 294,247 AD)")
+
+
+def _leaves(column: pa.Array):
+    """The arrays of plain values inside `column`: a list's values, a struct's or map's fields, a
+    dictionary's values, a run-end encoded array's values."""
+    t = column.type
+    if pa.types.is_dictionary(t):
+        yield from _leaves(column.dictionary)
+    elif pa.types.is_run_end_encoded(t):
+        yield from _leaves(column.values)
+    elif pa.types.is_map(t):
+        yield from _leaves(column.keys)
+        yield from _leaves(column.items)
+    elif pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        yield from _leaves(column.flatten())
+    elif pa.types.is_struct(t):
+        for i in range(t.num_fields):
+            yield from _leaves(column.field(i))
+    else:
+        yield column
 
 
 def _view_bytes(column: pa.Array) -> int:
