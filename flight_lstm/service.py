@@ -136,12 +136,26 @@ class Service:
         same, so GetFlightInfo before each DoGet (and ListFlights) does not open the source every time."""
         _check_params(plan, params)
         if params:
-            return self.engine.schema(plan, params)
+            return self.engine.schema(plan, self._by_position(plan, params))
         return self._schemas.get(user, plan.sql, lambda: self.engine.schema(plan))
 
     def parameters(self, plan: Plan) -> list[str]:
         """The query's placeholders, in binding order."""
         return self.engine.parameters(plan) if plan.parameters else []
+
+    def _by_position(self, plan: Plan, row: list | dict | None) -> list | dict | None:
+        """A row of values bound by position, as a Flight SQL client binds the parameter schema
+        it was given: to named placeholders (`$a`) by the order `parameters` gives, since DuckDB
+        binds a list to numbers only."""
+        if not isinstance(row, list):
+            return row
+        names = self.parameters(plan)
+        if all(n.isdigit() for n in names):
+            return row  # DuckDB counts them itself
+        if len(row) != len(names):
+            raise InvalidQuery(f"the query has {len(names)} placeholders ({', '.join('$' + n for n in names)}); "
+                               f"{len(row)} values were bound")
+        return dict(zip(names, row))
 
     def stream(self, plan: Plan, cancelled: Callable[[], bool] = lambda: False, params: list | None = None):
         _check_params(plan, params)
@@ -150,8 +164,11 @@ class Service:
     def stream_each(self, plan: Plan, rows: list[list], cancelled: Callable[[], bool] = lambda: False,
                     ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
         """The query run once per row of bound parameters, one after another, as one result under
-        one time and row allowance: binding 10,000 rows buys one time limit, not 10,000."""
+        one time and row allowance: binding 10,000 rows buys one time limit, not 10,000. A row's
+        values go to the placeholders in the order `parameters` gives (named ones too, as a
+        Flight SQL client binds the parameter schema it was given)."""
         _check_params(plan, rows[0])
+        rows = [self._by_position(plan, row) for row in rows]
         budget = self.engine.budget(cancelled)
         schema, first = self.engine.stream(plan, cancelled, params=rows[0], budget=budget)
         return schema, self._concatenated(plan, schema, first, rows[1:], cancelled, budget)

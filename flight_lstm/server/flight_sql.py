@@ -186,7 +186,7 @@ def _rows(reader: flight.MetadataRecordBatchReader) -> tuple[list[list], int]:
     for chunk in reader:
         if chunk.data is None:
             continue
-        batch = received(chunk.data)
+        batch = received(chunk.data, ranges=False)  # `_bound` holds values to a narrower range
         for field in batch.schema:
             if not _flat(field.type):
                 raise InvalidQuery(f"bind flat values (numbers, strings, binaries, dates and times, NULL); "
@@ -317,7 +317,9 @@ def _values(i: int, column: pa.Array, integers: dict) -> list:
             raise InvalidQuery("DuckDB's intervals hold microseconds; this duration has nanoseconds")
         micros = [None if v is None else v * 1_000_000 // per_second for v in ticks]
         _within(micros, -(2 ** 63) + 1, 2 ** 63 - 1, "durations of at most 292,000 years")
-        return _typed([None if v is None else datetime.timedelta(microseconds=v) for v in micros], sqltypes.INTERVAL)
+        # As text: a timedelta is days and seconds, and DuckDB would keep those days as calendar
+        # days (25 hours added across a DST change gave 24 hours of wall clock, or 26).
+        return _typed([None if v is None else f"{v} microseconds" for v in micros], sqltypes.INTERVAL)
     if t == pa.month_day_nano_interval():
         intervals = column.to_pylist()
         if any(v is not None and v.nanoseconds % 1000 for v in intervals):
