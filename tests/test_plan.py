@@ -165,3 +165,13 @@ def test_query_text_is_bounded_in_bytes_not_characters(catalog):
     assert catalog.plan(ascii_text)  # half the bound: planned
     with pytest.raises(InvalidQuery, match="over"):  # as many characters, each of 4 bytes
         catalog.plan(f"SELECT '{chr(0x1F600) * (MAX_SQL_BYTES // 2)}' AS x")
+
+
+def test_query_text_is_bounded_in_tokens_before_sqlglot_reads_it(catalog):
+    """256 KiB of one-character tokens took sqlglot 4 s to read before the planned tree's bound
+    refused it; DuckDB's tokenizer counts them first."""
+    from flight_lstm.plan.parse import MAX_TOKENS
+
+    with pytest.raises(InvalidQuery, match=f"more than {MAX_TOKENS:,}; split it"):
+        catalog.plan("SELECT 1 IN (" + ",".join(["1"] * (MAX_TOKENS // 2 + 1)) + ")")
+    assert catalog.plan("SELECT 1 IN (" + ",".join(["1"] * 5_000) + ") AS x")  # 10,000 tokens: planned

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 
+import duckdb
 from sqlglot import exp
 from sqlglot.dialects.duckdb import DuckDB
 from sqlglot.errors import ParseError, TokenError
@@ -23,6 +24,10 @@ from flight_lstm.errors import InvalidQuery, QueryRefused, first_line
 from flight_lstm.plan.duckdb_check import syntax_error
 
 MAX_SQL_BYTES = 256 * 1024  # a dense 0.6 MB IN list took 11 s to plan (sqlglot)
+# sqlglot tokenizes and parses about 100,000 tokens a second here, before the planned tree's
+# bound (plan/size.py, 20,000 nodes; a node takes 1-3 tokens) can refuse anything: 256 KiB of
+# one-character tokens held a query slot for 4 s. DuckDB's tokenizer counts them first (0.1 s).
+MAX_TOKENS = 80_000
 
 # sqlglot logs a warning when it falls back to a raw Command; we refuse those with our own error.
 logging.getLogger("sqlglot").setLevel(logging.ERROR)
@@ -54,6 +59,7 @@ def parse_one_query(sql: str) -> exp.Expression:
         raise InvalidQuery("empty query: send one SELECT statement")
     if len(sql) > MAX_SQL_BYTES or len(sql.encode("utf-8", "surrogatepass")) > MAX_SQL_BYTES:
         raise InvalidQuery(f"query text is over {MAX_SQL_BYTES} bytes")
+    _check_tokens(sql)
     try:
         tokens = _Tokenizer(dialect=_DUCKDB).tokenize(sql)
         anonymous = [t for t in tokens if t.token_type == TokenType.PLACEHOLDER]
@@ -74,6 +80,15 @@ def parse_one_query(sql: str) -> exp.Expression:
             raise InvalidQuery(f"syntax error: {_plain(missing[0].split(' for <')[0])} in {node.key.upper()}")
     _check_placeholders(sql, statements[0], anonymous, tokens)
     return statements[0]
+
+
+def _check_tokens(sql: str) -> None:
+    try:
+        count = len(duckdb.tokenize(sql))
+    except Exception:  # noqa: BLE001 - DuckDB could not tokenize it: sqlglot's parse reports why
+        return
+    if count > MAX_TOKENS:
+        raise InvalidQuery(f"the query holds {count:,} tokens, more than {MAX_TOKENS:,}; split it into smaller queries")
 
 
 def _check_placeholders(sql: str, tree: exp.Expression, anonymous: list[Token], tokens: list[Token]) -> None:
