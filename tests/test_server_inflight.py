@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 from conftest import run
+from raw_http2 import SilentStreams
 from prometheus_client import REGISTRY
 
 from flight_lstm import cli
@@ -385,3 +386,38 @@ def test_the_default_is_what_the_memory_cap_affords(monkeypatch):
 def test_serve_refuses_a_limit_below_one(capsys):
     with pytest.raises(SystemExit, match="--max-calls-per-user must be at least 1"):
         cli.main(["serve", "--source", "duckdb:///nowhere.db", "--max-calls-per-user", "0"])
+
+
+def test_streams_whose_first_message_never_comes_lose_their_connection_and_running_calls_stay(lake):
+    """No handler runs for a stream before its first message, so no address is known for it and
+    the per-address share cannot hold it: 30 such streams from a hand-made HTTP/2 client took
+    every stream slot, for as long as it liked. Past the silent-client deadline, every connection
+    on which no call runs is shut down; a client whose exchange keeps going is not touched."""
+    with serving(lake, limits=Limits(query_seconds=None, idle_seconds=1.0), max_calls=32) as (server, clients):
+        client = connect(clients, server)
+        writer, reader = exchange(clients, client)
+        writer.begin(SCHEMA)
+        sent, stop = [], threading.Event()
+
+        def keep_sending():  # a live call on its own connection through the whole test
+            while not stop.is_set():
+                writer.write_batch(pa.record_batch([pa.array([len(sent)])], schema=SCHEMA))
+                sent.append(reader.read_chunk().data.column(0)[0].as_py())
+                time.sleep(0.3)
+
+        sender = threading.Thread(target=keep_sending, daemon=True)
+        sender.start()
+        attacker = SilentStreams("127.0.0.1", server.port, 30)
+        try:
+            eventually(lambda: server.calls.counts()["streams"] == 28, 10)  # every stream slot: 32 less 4 for quick calls
+            with pytest.raises(flight.FlightUnavailableError, match="streams are in flight"):
+                connect(clients, server).do_get(flight.Ticket(b"SELECT 42 AS x")).read_all()
+            assert attacker.closed.wait(30)  # --idle-seconds, a grace of 10 s, a tick
+            eventually(lambda: server.calls.counts()["streams"] == 1, 10)  # only the live exchange
+            assert run(connect(clients, server), "SELECT 42 AS x").column("x").to_pylist() == [42]
+        finally:
+            attacker.close()
+            stop.set()
+            sender.join(10)
+        assert sent == list(range(len(sent))) and len(sent) > 30  # never cut: every batch came back
+        writer.done_writing()

@@ -17,8 +17,12 @@ was refused until they left. So:
 * pyarrow tells a middleware neither the peer nor the connection, only the method and headers
   (which the client writes). With auth off a call's caller is its address, as the handler's
   context gives it (`enter`): IPv4, or an IPv6 address's /64, since one host holds a whole /64.
-  A client that opens streams and never sends their first message is held before any handler
-  runs, so only by the total and its streams' share.
+  A stream whose first message never comes (pyarrow's clients always send one; a hand-made
+  HTTP/2 client need not) is held before any handler runs, so no address is known for it: it
+  counts in the total and its streams' share, and once one has waited past the silent-client
+  deadline below, every connection on which no call's handler runs is shut down (`Waits`). A
+  connection that also keeps one live call going is spared: auth, or a proxy bounding streams per
+  client, closes that gap.
 * A stream whose client neither sends nor reads for `silent_seconds` loses its connection
   (`Waits`): --idle-seconds end its query and free its slot, as before, and a client back within
   a grace after that (as long again, at least GRACE_SECONDS) reads why; past the grace the
@@ -162,8 +166,8 @@ class InFlight(flight.ServerMiddlewareFactory):
     a refusal never leaves a counted call behind) and the caller is its user."""
 
     def __init__(self, auth: flight.ServerMiddlewareFactory | None = None, max_calls: int | None = None,
-                 per_user: int | None = None):
-        self.auth = auth
+                 per_user: int | None = None, waits: Waits | None = None):
+        self.auth, self.waits = auth, waits
         self.max_calls = afforded_calls() if max_calls is None else max_calls
         self.per_user = max(1, self.max_calls // PER_USER_SHARE) if per_user is None else per_user
         if self.max_calls < 1 or self.per_user < 1:
@@ -189,7 +193,9 @@ class InFlight(flight.ServerMiddlewareFactory):
                 if user is not None:
                     self._take_caller(("user", user), f"user {user[:80]!r}")
                 try:
-                    return _Call(self, stream, identity, user)
+                    # A stream of no user has no address until its handler runs (`enter`), after its first message.
+                    unread = stream and user is None and info.method != flight.FlightMethod.HANDSHAKE
+                    return _Call(self, stream, identity, user, unread)
                 except BaseException:
                     if user is not None:
                         self._leave_caller(("user", user))
@@ -260,18 +266,23 @@ class _Call(flight.ServerMiddleware):
     """One call's counts, given back once: at `call_completed`, or when pyarrow drops the call's
     middleware without it (a start that failed after this one's)."""
 
-    def __init__(self, calls: InFlight, stream: bool, identity, user: str | None):
+    def __init__(self, calls: InFlight, stream: bool, identity, user: str | None, unread: bool = False):
         self.user, self._identity, self._calls = user, identity, calls
         self._address: weakref.finalize | None = None
+        self._running: weakref.finalize | None = None
         self._done = weakref.finalize(self, _release, calls, stream, user)
         self._done.atexit = False  # a process that exits has nothing to give back
+        self._unread = calls.waits.unread(self) if unread and calls.waits is not None else None
 
     def enter(self, context: flight.ServerCallContext) -> None:
         """With no user (auth off, or the open health action), count the call under its client's
         address, or refuse it past the per-caller limit; the handler calls this first."""
+        if self._unread is not None:
+            self._unread()  # its first message came
         if self.user is not None or self._address is not None:
             return
-        key = ("address", address_of(context.peer()))
+        peer = context.peer()
+        key = ("address", address_of(peer))
         self._calls._take_caller(key, "address " + key[1])
         try:
             self._address = weakref.finalize(self, self._calls._leave_caller, key)
@@ -279,6 +290,8 @@ class _Call(flight.ServerMiddleware):
         except BaseException:
             self._calls._leave_caller(key)
             raise
+        if self._calls.waits is not None:
+            self._running = self._calls.waits.running(self, peer)
 
     # Both must not fail, and must not allocate when they do (out of memory is when they would):
     # a count not given back here is given back when pyarrow lets go of this object.
@@ -289,15 +302,12 @@ class _Call(flight.ServerMiddleware):
             return None
 
     def call_completed(self, exception):
-        try:
-            self._done()
-        except BaseException:  # noqa: BLE001
-            pass
-        try:
-            if self._address is not None:
-                self._address()
-        except BaseException:  # noqa: BLE001
-            pass
+        for done in (self._done, self._address, self._unread, self._running):
+            try:
+                if done is not None:
+                    done()
+            except BaseException:  # noqa: BLE001
+                pass
         try:
             if self._identity is not None:
                 self._identity.call_completed(exception)
@@ -344,7 +354,46 @@ class Waits:
     def __init__(self, seconds: float, port: Callable[[], int]):
         self.seconds, self._port = seconds, port
         self._waiting: dict[int, _Wait] = {}
+        self._unread: dict[int, float] = {}  # streams whose first message has not come: id -> since
+        self._peers: dict[str, int] = {}  # the peers of calls whose handler runs, with how many
         self._ticker = Ticker("flight-lstm-waits", min(1.0, max(0.05, seconds / 10)), self._due, self._cut)
+
+    def unread(self, call: object) -> weakref.finalize:
+        """A stream waiting for its first message, from now until the returned call (or `call`
+        is dropped)."""
+        with self._ticker.lock:
+            self._unread[id(call)] = time.monotonic()
+            self._start()
+        done = weakref.finalize(call, self._read, id(call))
+        done.atexit = False
+        return done
+
+    def running(self, call: object, peer: str) -> weakref.finalize:
+        """A call's handler runs for `peer` until the returned call (or `call` is dropped)."""
+        with self._ticker.lock:
+            self._peers[peer] = self._peers.get(peer, 0) + 1
+        done = weakref.finalize(call, self._ended, peer)
+        done.atexit = False
+        return done
+
+    def _read(self, key: int) -> None:
+        with self._ticker.lock:
+            self._unread.pop(key, None)
+
+    def _ended(self, peer: str) -> None:
+        with self._ticker.lock:
+            left = self._peers.get(peer, 0) - 1
+            if left > 0:
+                self._peers[peer] = left
+            else:
+                self._peers.pop(peer, None)
+
+    def _start(self) -> None:
+        """Under the lock: the deadline's thread, unless it runs."""
+        try:
+            self._ticker.start()
+        except BaseException:  # noqa: BLE001 - no thread left: this wait goes without its deadline, the caps hold
+            log.warning("no thread for the silent-client deadline; the call limits alone hold")
 
     def of(self, context: flight.ServerCallContext) -> "_Wait":
         return _Wait(self, context)
@@ -356,30 +405,40 @@ class Waits:
     def _begin(self, wait: "_Wait") -> None:
         with self._ticker.lock:
             self._waiting[id(wait)] = wait
-            try:
-                self._ticker.start()
-            except BaseException:  # noqa: BLE001 - no thread left: this wait goes without its deadline, the caps hold
-                log.warning("no thread for the silent-client deadline; the call limits alone hold")
+            self._start()
 
     def _end(self, wait: "_Wait") -> None:
         with self._ticker.lock:
             self._waiting.pop(id(wait), None)
 
-    def _due(self) -> list[str] | None:
-        """The peers of the waits past the deadline; every wait on such a connection ends with it."""
-        if not self._waiting:
+    def _due(self) -> list[str | frozenset] | None:
+        """The peers of the waits past the deadline (every wait on such a connection ends with
+        it); and, when a stream has waited that long for its first message, the peers of the
+        calls whose handler runs, as a set: every other connection is shut down. The unread
+        streams' clocks then start again, so the sweep repeats only as often as the deadline."""
+        if not self._waiting and not self._unread:
             return None
         now = time.monotonic()
         peers = {w.peer for w in self._waiting.values() if not w.cut and now - w.since > self.seconds}
         for w in self._waiting.values():
             if w.peer in peers:
                 w.cut = True
-        return sorted(peers)
+        orders: list[str | frozenset] = sorted(peers)
+        if any(now - since > self.seconds for since in self._unread.values()):
+            orders.append(frozenset(self._peers))
+            for key in self._unread:
+                self._unread[key] = now
+        return orders
 
-    def _cut(self, peers: list[str]) -> None:
-        for peer in peers:
-            shut = cut(peer, self._port())
-            log.warning("a client at %s sent and read nothing for %g s; %s", address_of(peer), self.seconds,
+    def _cut(self, orders: list[str | frozenset]) -> None:
+        for order in orders:
+            if isinstance(order, frozenset):
+                shut = cut_all_but(order, self._port())
+                log.warning("a stream waited %g s for its first message; %d connections on which no call "
+                            "runs were closed", self.seconds, shut)
+                continue
+            shut = cut(order, self._port())
+            log.warning("a client at %s sent and read nothing for %g s; %s", address_of(order), self.seconds,
                         "its connection was closed" if shut else "its connection could not be found to close")
 
 
@@ -476,18 +535,38 @@ class WatchedReader:
 
 def cut(peer: str, port: int) -> bool:
     """Shut down the server's TCP connection to `peer` (gRPC's "ipv4:1.2.3.4:5678"), as a network
-    failure would: gRPC then ends every call on it. The socket is found through /proc/self/fd and
-    checked by its own two addresses after it is duplicated, so a descriptor reused meanwhile is
-    never touched; gRPC keeps and later closes its own descriptor."""
+    failure would: gRPC then ends every call on it."""
+    want = _endpoint(peer)
+    return want is not None and _shut(port, lambda theirs: theirs == want, first=True) == 1
+
+
+def cut_all_but(peers: frozenset, port: int) -> int:
+    """Shut down every connection to the server's `port` but those to `peers`; how many."""
+    spared = {_endpoint(p) for p in peers}
+    return _shut(port, lambda theirs: theirs not in spared)
+
+
+def _endpoint(peer: str) -> tuple | None:
+    """gRPC's "ipv4:1.2.3.4:5678" as (address, port); None for another transport."""
     kind, _, rest = peer.partition(":")
     if kind not in ("ipv4", "ipv6"):
-        return False
+        return None
     host, _, peer_port = unquote(rest).rpartition(":")
     try:
-        want = (ipaddress.ip_address(host.strip("[]").partition("%")[0]), int(peer_port))
+        return ipaddress.ip_address(host.strip("[]").partition("%")[0]), int(peer_port)
+    except ValueError:
+        return None
+
+
+def _shut(port: int, chosen: Callable[[tuple], bool], first: bool = False) -> int:
+    """Shut down the connections to `port` whose peer is `chosen`. Each socket is found through
+    /proc/self/fd and checked by its own two addresses after it is duplicated, so a descriptor
+    reused meanwhile is never touched; gRPC keeps and later closes its own descriptor."""
+    try:
         fds = os.listdir("/proc/self/fd")
-    except (ValueError, OSError):
-        return False
+    except OSError:
+        return 0
+    shut = 0
     for name in fds:
         try:
             if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
@@ -505,12 +584,14 @@ def cut(peer: str, port: int) -> bool:
                 if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6):
                     continue
                 mine, theirs = sock.getsockname(), sock.getpeername()
-                if mine[1] == port and (_plain(theirs[0]), theirs[1]) == want:
+                if mine[1] == port and chosen((_plain(theirs[0]), theirs[1])):
                     sock.shutdown(socket.SHUT_RDWR)
-                    return True
+                    shut += 1
+                    if first:
+                        return shut
         except OSError:  # not connected (a listening socket), or gone meanwhile
             continue
-    return False
+    return shut
 
 
 def _plain(host: str):

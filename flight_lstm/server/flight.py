@@ -45,13 +45,13 @@ class FlightLSTMServer(flight.FlightServerBase):
                  max_calls_per_user: int | None = None, **kwargs):
         """`max_calls` in flight at once (default: what the memory cap affords, calls.afforded_calls)
         and `max_calls_per_user` of one user, or one address without auth (default: a quarter)."""
-        self.calls = calls.InFlight(auth, max_calls, max_calls_per_user)
+        self.waits = calls.Waits(calls.silent_seconds(service.engine.limits.idle_seconds), lambda: self.port)
+        self.calls = calls.InFlight(auth, max_calls, max_calls_per_user, self.waits)
         # The calls' own middleware is last: pyarrow ends only the middleware of a call that started.
         middleware = {liveness.KEY: calls.Guarded(liveness.Liveness()), CALLS_KEY: self.calls}
         # Without auth every Handshake is anonymous: those waiting for their request are one caller's share.
         handshakes = HandshakeAnswer(at_once=min(HANDSHAKES_AT_ONCE, self.calls.per_user))
         super().__init__(location, middleware=middleware, auth_handler=handshakes, **kwargs)
-        self.waits = calls.Waits(calls.silent_seconds(service.engine.limits.idle_seconds), lambda: self.port)
         self.service = service
         self.flight_sql = FlightSQL(service)
         self.cancels = Cancels()
