@@ -119,3 +119,18 @@ def test_the_largest_table_function_plans_still_plan(service, query, times):
 def test_a_wide_ordinary_query_still_plans(service):
     sql = "SELECT " + ", ".join(f"'{'x' * 200}' AS s{i}, id + {i} AS n{i}" for i in range(1000)) + " FROM reviews"
     assert len(service.plan(sql).sql) > 200_000
+
+
+def test_ctes_that_name_each_other_many_times_are_refused_by_what_duckdb_binds(service):
+    """DuckDB binds a CTE anew wherever it is named: 30 CTEs, each joining the one before to
+    itself (506 tokens), took a server to 24 GB before the kernel killed it."""
+    def chain(links: int) -> str:
+        ctes = ["c0 AS (SELECT id FROM reviews)"] + [
+            f"c{i} AS (SELECT a.id FROM c{i - 1} a, c{i - 1} b LIMIT 1)" for i in range(1, links + 1)]
+        return "WITH " + ", ".join(ctes) + f" SELECT * FROM c{links}"
+
+    assert service.plan(chain(8))  # 2^8 bindings of a small CTE: fine
+    with pytest.raises(InvalidQuery, match="each counted wherever it is named"):
+        service.plan(chain(30))
+    with pytest.raises(InvalidQuery, match="each counted wherever it is named"):  # names fold as DuckDB folds them
+        service.plan(chain(30).replace("FROM c", "FROM C"))

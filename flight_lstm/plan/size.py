@@ -20,6 +20,12 @@ from flight_lstm.plan import anomaly_table, forecast_backtest, forecast_table
 
 MAX_TABLE_FUNCTIONS = 8
 MAX_PLAN_NODES = 20_000
+# DuckDB binds a CTE anew wherever it is named, so a chain of CTEs that each name the one before
+# twice doubles DuckDB's work per link: 30 links (506 tokens) took a server to 24 GB before the
+# kernel killed it, binding outside any memory limit. The tree counted with each CTE as large as
+# its body, wherever it is named, may hold at most MAX_BOUND_NODES: about a second of DuckDB's
+# binding, and twice the largest legal plan's (eight forecast_backtests: 234,000).
+MAX_BOUND_NODES = 500_000
 EXPANDED = {forecast_table.NAME, forecast_backtest.NAME, anomaly_table.TABLE, anomaly_table.EVENTS}
 
 
@@ -37,4 +43,32 @@ def check_plan_size(tree: exp.Expression) -> exp.Expression:
         if count > MAX_PLAN_NODES:
             raise InvalidQuery(f"the query plans to more than {MAX_PLAN_NODES:,} SQL nodes (its views and "
                                "table functions expanded); split it into smaller queries")
+    if _bound_nodes(tree) > MAX_BOUND_NODES:
+        raise InvalidQuery(f"the query's CTEs, each counted wherever it is named, make more than "
+                           f"{MAX_BOUND_NODES:,} SQL nodes; name each CTE fewer times, or split the query")
     return tree
+
+
+def _bound_nodes(tree: exp.Expression) -> int:
+    """The tree's nodes with every bare table name that names a CTE counted as that CTE's body,
+    itself counted the same way (once per body: memoized); a CTE naming itself (recursive) counts
+    once. Names are matched case-blind across the whole query: never fewer than DuckDB binds."""
+    bodies: dict[str, list[exp.Expression]] = {}
+    for cte in tree.find_all(exp.CTE):
+        bodies.setdefault(cte.alias_or_name.lower(), []).append(cte.this)
+    sizes: dict[str, int] = {}
+
+    def size(node: exp.Expression, inside: frozenset) -> int:
+        total = 0
+        for n in node.walk():
+            total += 1
+            name = n.name.lower() if isinstance(n, exp.Table) and not n.args.get("db") else None
+            if name in bodies and name not in inside:
+                if name not in sizes:
+                    sizes[name] = max(size(body, inside | {name}) for body in bodies[name])
+                total += sizes[name]
+            if total > MAX_BOUND_NODES:
+                return total
+        return total
+
+    return size(tree, frozenset())
