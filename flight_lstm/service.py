@@ -207,7 +207,7 @@ class Service:
         DuckDB file not written yet, Dremio down): it lists the source's tables, as `serve` does at
         start (one attach, a few ms, or one Dremio call), in a query slot taken without waiting: a
         server whose every slot runs a query is serving, and says so at once ("busy"). A database
-        DuckDB invalidated makes the process exit for a restart here (engine/database.py)."""
+        DuckDB invalidated is replaced here (engine/database.py)."""
         self.engine.check_alive()
         try:
             self._tables(wait=False)

@@ -6,8 +6,6 @@ nothing, so short queries stay short."""
 from __future__ import annotations
 
 import inspect
-import logging
-import os
 from typing import Callable
 
 import duckdb
@@ -18,16 +16,6 @@ from flight_lstm.errors import QueryRefused
 from flight_lstm.models.checks import checked_between_batches
 from flight_lstm.sources import Source
 from udfs.base import Operator, constant
-
-log = logging.getLogger(__name__)
-
-# DuckDB invalidates its whole database on an INTERNAL error (a bug of its own, such as a cast
-# that overflowed where it was declared unable to fail): every later statement of every cursor
-# then fails with a FatalException, and it "must be restarted". One database serves all of a
-# server's clients, so the process exits for its supervisor to restart it, as it does out of
-# memory (engine/limits.py), rather than answer every later query with an error.
-EXIT_DATABASE_LOST = 75  # EX_TEMPFAIL
-_LOST = b"flight-lstm: DuckDB invalidated the database after an internal error; exiting for a restart (exit 75)\n"
 
 
 def open_database(source: Source, operators, check_of, settings: dict) -> duckdb.DuckDBPyConnection:
@@ -52,22 +40,24 @@ def open_database(source: Source, operators, check_of, settings: dict) -> duckdb
     return db
 
 
-def exit_if_lost(error: BaseException) -> None:
-    """Exit for a restart when `error` says the engine's database is invalidated; else return."""
-    if isinstance(error, duckdb.FatalException):
-        log.critical("DuckDB invalidated the database: %s", str(error).splitlines()[0])
-        os.write(2, _LOST)
-        os._exit(EXIT_DATABASE_LOST)
+def lost(error: BaseException) -> bool:
+    """Whether `error` says DuckDB invalidated the database. It does so after an INTERNAL error (a
+    bug of its own, such as a cast that failed where it was declared unable to): every later
+    statement of every cursor then fails with a FatalException, and the database "must be
+    restarted". One database serves all of a server's clients, so the engine opens a new one."""
+    return isinstance(error, duckdb.FatalException)
 
 
-def ensure_alive(db: duckdb.DuckDBPyConnection) -> None:
-    """One statement on a fresh cursor: exits for a restart if the database is invalidated."""
+def alive(db: duckdb.DuckDBPyConnection) -> bool:
+    """One statement on a fresh cursor: False if DuckDB invalidated the database."""
     try:
         with db.cursor() as con:
             con.execute("SELECT 1")
     except duckdb.Error as e:
-        exit_if_lost(e)
+        if lost(e):
+            return False
         raise
+    return True
 
 
 def checked_sql(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> duckdb.DuckDBPyRelation:

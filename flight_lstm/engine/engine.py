@@ -3,8 +3,10 @@ with the source attached read-only, inside a query slot, a time limit and the wa
 Results leave as bounded Arrow batches."""
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
+import threading
 import weakref
 from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator
@@ -13,7 +15,7 @@ import duckdb
 import pyarrow as pa
 
 from flight_lstm.engine import exchange as exchanges
-from flight_lstm.engine.database import checked_sql, ensure_alive, exit_if_lost, open_database
+from flight_lstm.engine.database import alive, checked_sql, lost, open_database
 from flight_lstm.engine.errors import translated_errors
 from flight_lstm.engine.lift import apply_lift
 from flight_lstm.engine.limits import Admission, Budget, Limits
@@ -24,6 +26,7 @@ from flight_lstm.sources import Source
 from udfs.base import Operator
 
 BATCH_ROWS = 65_536
+log = logging.getLogger(__name__)
 
 
 class Engine:
@@ -47,14 +50,31 @@ class Engine:
         self.limits = limits
         self.admission = Admission(limits)
         self.watchdog = Watchdog()
-        self._checks: dict[int, Callable[[], None]] = {}  # connection id -> its query's budget check
         self._spill = tempfile.mkdtemp(prefix="flight-lstm-spill-") if max_spill else None
-        self.db = open_database(source, operators, self._check_of,
-                                {"memory_limit": memory_limit, "threads": threads,
-                                 "temp_directory": self._spill, "max_temp_directory_size": max_spill})
+        self._settings = {"memory_limit": memory_limit, "threads": threads,
+                          "temp_directory": self._spill, "max_temp_directory_size": max_spill}
+        self._renewing = threading.Lock()
+        self._open()
 
-    def _check_of(self, connection_id: int) -> Callable[[], None]:
-        return self._checks.get(connection_id, _nothing)
+    def _open(self) -> None:
+        """A new database, with its own budget checks: connection ids start again in each."""
+        checks: dict[int, Callable[[], None]] = {}  # connection id -> its query's budget check
+        self.db = open_database(self.source, self.operators, lambda cid: checks.get(cid, _nothing), self._settings)
+        self._checks = checks
+
+    def _renew(self, broken: duckdb.DuckDBPyConnection) -> None:
+        """Replace a database DuckDB invalidated (database.py) with a new one, once however many
+        queries find it broken; queries still on the old one fail as they would have."""
+        with self._renewing:
+            if self.db is not broken:
+                return
+            log.error("DuckDB invalidated the engine's database after an internal error; opening a new one")
+            self.source.forget()
+            self._open()
+        try:
+            broken.close()
+        except duckdb.Error:
+            pass
 
     def close(self) -> None:
         """Let go of the source now (the server is stopping); queries still running keep theirs."""
@@ -131,36 +151,44 @@ class Engine:
         return exchanges.exchange(self, plan, schema, batches, cancelled)
 
     def start(self, plan: Plan | None, budget: Budget, *, schema_only: bool = False,
-              extra_tables: dict[str, pa.Table] | None = None) -> "Running":
+              extra_tables: dict[str, pa.Table] | None = None, renewed: bool = False) -> "Running":
         """Take one of the server's query slots (waiting for it, or ResourceExhausted) and a cursor
-        for the plan, under the watchdog's guard; `Running.end` gives all back."""
+        for the plan, under the watchdog's guard; `Running.end` gives all back. On a database
+        DuckDB invalidated, a new one is opened and the query starts there."""
+        db, checks = self.db, self._checks  # this query's, even if a new database replaces them
         leave = self.admission.enter()
         try:
-            con = self.connect(plan, schema_only=schema_only, extra_tables=extra_tables)
+            con = self.connect(plan, schema_only=schema_only, extra_tables=extra_tables, db=db)
         except BaseException as e:
             leave()
-            exit_if_lost(e)
-            raise
+            if renewed or not lost(e):
+                raise
+            self._renew(db)
+            return self.start(plan, budget, schema_only=schema_only, extra_tables=extra_tables, renewed=True)
         connection_id = None
 
         def release() -> None:
-            self._checks.pop(connection_id, None)
-            self.release(con, plan, leave)
+            checks.pop(connection_id, None)
+            self.release(con, plan, leave, db)
 
         try:  # whatever fails from here (no thread left for the watchdog) gives slot and cursor back
             (connection_id,), = con.sql("SELECT current_connection_id()").fetchall()
-            self._checks[connection_id] = budget.check
+            checks[connection_id] = budget.check
             running = Running(con, budget, release)
             running.unwatch = self.watchdog.watch(running)
         except BaseException as e:
             release()
-            exit_if_lost(e)  # a query's first statement: the first to meet an invalidated database
-            raise
+            if renewed or not lost(e):  # a query's first statement: the first to meet an invalidated database
+                raise
+            self._renew(db)
+            return self.start(plan, budget, schema_only=schema_only, extra_tables=extra_tables, renewed=True)
         return running
 
     def check_alive(self) -> None:
-        """For health: exits for a restart if DuckDB invalidated the database (database.py)."""
-        ensure_alive(self.db)
+        """For health: a database DuckDB invalidated is replaced now (database.py)."""
+        db = self.db
+        if not alive(db):
+            self._renew(db)
 
     @contextmanager
     def admitted(self, wait: bool = True):
@@ -172,11 +200,13 @@ class Engine:
             leave()
 
     def connect(self, plan: Plan | None, *, schema_only: bool = False,
-                extra_tables: dict[str, pa.Table] | None = None) -> duckdb.DuckDBPyConnection:
-        """A cursor in which exactly the plan's source tables (and `extra_tables`) are readable.
-        With no plan (DoExchange), or one that reads no source table, nothing is attached. Give it
-        back with `release`."""
-        con = self.db.cursor()
+                extra_tables: dict[str, pa.Table] | None = None,
+                db: duckdb.DuckDBPyConnection | None = None) -> duckdb.DuckDBPyConnection:
+        """A cursor of `db` (the engine's) in which exactly the plan's source tables (and
+        `extra_tables`) are readable. With no plan (DoExchange), or one that reads no source table,
+        nothing is attached. Give it back with `release`."""
+        db = db or self.db
+        con = db.cursor()
         attached = False
         try:
             if _reads_source(plan):
@@ -187,17 +217,18 @@ class Engine:
             return con
         except BaseException:
             con.close()
-            if attached:
-                self.source.detach(self.db, plan)
+            if attached and db is self.db:
+                self.source.detach(db, plan)
             raise
 
     def release(self, con: duckdb.DuckDBPyConnection, plan: Plan | None = None,
-                leave: Callable[[], None] = lambda: None) -> None:
-        """Close the query's cursor (and any result still open on it), let the source go, and give
-        back the query's slot."""
+                leave: Callable[[], None] = lambda: None, db: duckdb.DuckDBPyConnection | None = None) -> None:
+        """Close the query's cursor (and any result still open on it), let the source go (unless
+        its database was replaced meanwhile: what it attached went with it), and give back the
+        query's slot."""
         try:
             con.close()
-            if _reads_source(plan):
+            if _reads_source(plan) and (db or self.db) is self.db:
                 self.source.detach(self.db, plan)
         finally:
             leave()

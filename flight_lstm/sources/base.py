@@ -52,6 +52,10 @@ class Source(ABC):
     def close(self, db: duckdb.DuckDBPyConnection) -> None:
         """The engine is stopping: let go now of anything `detach` left for later."""
 
+    def forget(self) -> None:
+        """The engine replaced its database (DuckDB invalidated the old one): what was attached in
+        it is gone, and queries still on it will not `detach`."""
+
     def version(self) -> Hashable | None:
         """A token that changes whenever the source's tables may have changed, so result schemas
         can be cached until it does; None (the default) caches nothing."""

@@ -101,6 +101,10 @@ class DuckDBSource(Source):
             if self._attached_version is not None and self._queries == 0:
                 self._detach_now(db)
 
+    def forget(self) -> None:
+        with self._lock:
+            self._attached_version, self._queries, self._idle = None, 0, None
+
     def _detach_when_idle(self) -> None:
         """Detach once `keep_attached` seconds pass with no query; a query meanwhile cancels it."""
         with self._lock:
