@@ -151,20 +151,30 @@ class Engine:
         return exchanges.exchange(self, plan, schema, batches, cancelled)
 
     def start(self, plan: Plan | None, budget: Budget, *, schema_only: bool = False,
-              extra_tables: dict[str, pa.Table] | None = None, renewed: bool = False) -> "Running":
+              extra_tables: dict[str, pa.Table] | None = None) -> "Running":
         """Take one of the server's query slots (waiting for it, or ResourceExhausted) and a cursor
-        for the plan, under the watchdog's guard; `Running.end` gives all back. On a database
-        DuckDB invalidated, a new one is opened and the query starts there."""
-        db, checks = self.db, self._checks  # this query's, even if a new database replaces them
+        for the plan, under the watchdog's guard; `Running.end` gives all back. A query's first
+        statements are the first to meet a database DuckDB invalidated: a new one is opened and
+        the query starts there."""
+        db = self.db
+        try:
+            return self._start_on(db, self._checks, plan, budget, schema_only, extra_tables)
+        except duckdb.Error as e:
+            if not lost(e):
+                raise
+        self._renew(db)
+        return self._start_on(self.db, self._checks, plan, budget, schema_only, extra_tables)
+
+    def _start_on(self, db: duckdb.DuckDBPyConnection, checks: dict, plan: Plan | None, budget: Budget,
+                  schema_only: bool, extra_tables: dict[str, pa.Table] | None) -> "Running":
+        """`start` in `db`, whose budget checks are `checks`: the query keeps both, even if a new
+        database replaces them meanwhile."""
         leave = self.admission.enter()
         try:
             con = self.connect(plan, schema_only=schema_only, extra_tables=extra_tables, db=db)
-        except BaseException as e:
+        except BaseException:
             leave()
-            if renewed or not lost(e):
-                raise
-            self._renew(db)
-            return self.start(plan, budget, schema_only=schema_only, extra_tables=extra_tables, renewed=True)
+            raise
         connection_id = None
 
         def release() -> None:
@@ -176,12 +186,9 @@ class Engine:
             checks[connection_id] = budget.check
             running = Running(con, budget, release)
             running.unwatch = self.watchdog.watch(running)
-        except BaseException as e:
+        except BaseException:
             release()
-            if renewed or not lost(e):  # a query's first statement: the first to meet an invalidated database
-                raise
-            self._renew(db)
-            return self.start(plan, budget, schema_only=schema_only, extra_tables=extra_tables, renewed=True)
+            raise
         return running
 
     def check_alive(self) -> None:
