@@ -421,3 +421,16 @@ def test_streams_whose_first_message_never_comes_lose_their_connection_and_runni
             sender.join(10)
         assert sent == list(range(len(sent))) and len(sent) > 30  # never cut: every batch came back
         writer.done_writing()
+
+
+@pytest.mark.parametrize("peer, endpoint", [
+    ("ipv4:203.0.113.7:51234", ("203.0.113.7", 51234)),
+    ("ipv6:[::ffff:198.51.100.1]:80", ("198.51.100.1", 80)),  # as the socket of a dual-stack server reads it
+    ("ipv6:%5B2001:db8::1%5D:443", ("2001:db8::1", 443)),
+    ("unix:/run/flight.sock", None),
+])
+def test_a_peer_is_matched_to_its_socket_as_the_socket_reads_it(peer, endpoint):
+    from flight_lstm.server import calls
+
+    found = calls._endpoint(peer)
+    assert (found if found is None else (str(found[0]), found[1])) == endpoint

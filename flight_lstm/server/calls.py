@@ -553,7 +553,7 @@ def _endpoint(peer: str) -> tuple | None:
         return None
     host, _, peer_port = unquote(rest).rpartition(":")
     try:
-        return ipaddress.ip_address(host.strip("[]").partition("%")[0]), int(peer_port)
+        return _plain(host.strip("[]")), int(peer_port)  # as a socket's peer is read (`_shut`)
     except ValueError:
         return None
 
