@@ -134,3 +134,21 @@ def test_ctes_that_name_each_other_many_times_are_refused_by_what_duckdb_binds(s
         service.plan(chain(30))
     with pytest.raises(InvalidQuery, match="each counted wherever it is named"):  # names fold as DuckDB folds them
         service.plan(chain(30).replace("FROM c", "FROM C"))
+
+
+def test_star_projections_that_multiply_columns_through_nested_queries_are_refused(service):
+    """`SELECT *, *, * FROM (...)` eleven deep bound 177,147 copies of one column for 31 s, past
+    a 3 s time limit (binding is not interruptible), at 1.3 GB; through CTEs the same."""
+    def nested(depth: int, stars: str) -> str:
+        inner = "SELECT id FROM reviews"
+        for i in range(depth):
+            inner = f"SELECT {stars} FROM ({inner}) t{i}"
+        return inner
+
+    assert service.plan(nested(6, "*, *"))  # 64 copies: allowed
+    assert service.plan("SELECT count(*) AS n, * FROM reviews GROUP BY ALL")  # count(*) copies nothing
+    for refused in (nested(11, "*, *, *"), nested(7, "t.*, COLUMNS(*)"),
+                    "WITH c0 AS (SELECT id FROM reviews), " + ", ".join(
+                        f"c{i} AS (SELECT *, *, * FROM c{i - 1})" for i in range(1, 5)) + " SELECT * FROM c4"):
+        with pytest.raises(InvalidQuery, match="would copy a column more than 64 times"):
+            service.plan(refused)
