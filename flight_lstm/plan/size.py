@@ -61,9 +61,7 @@ def _star_copies(tree: exp.Expression) -> int:
     """The most copies star expansion can make of one column: down each chain of queries reading
     queries (subqueries in FROM and joins, set operations, CTEs where named), the product of
     each select list's projections that hold a star (count(*) aside)."""
-    bodies: dict[str, list[exp.Expression]] = {}
-    for cte in tree.find_all(exp.CTE):
-        bodies.setdefault(cte.alias_or_name.lower(), []).append(cte.this)
+    bodies = _cte_bodies(tree)
     known: dict[str, int] = {}
 
     def copies(node: exp.Expression | None, inside: frozenset) -> int:
@@ -93,9 +91,7 @@ def _bound_nodes(tree: exp.Expression) -> int:
     """The tree's nodes with every bare table name that names a CTE counted as that CTE's body,
     itself counted the same way (once per body: memoized); a CTE naming itself (recursive) counts
     once. Names are matched case-blind across the whole query: never fewer than DuckDB binds."""
-    bodies: dict[str, list[exp.Expression]] = {}
-    for cte in tree.find_all(exp.CTE):
-        bodies.setdefault(cte.alias_or_name.lower(), []).append(cte.this)
+    bodies = _cte_bodies(tree)
     sizes: dict[str, int] = {}
 
     def size(node: exp.Expression, inside: frozenset) -> int:
@@ -112,3 +108,11 @@ def _bound_nodes(tree: exp.Expression) -> int:
         return total
 
     return size(tree, frozenset())
+
+
+def _cte_bodies(tree: exp.Expression) -> dict[str, list[exp.Expression]]:
+    """Each CTE name (folded, as DuckDB folds it) with the bodies it is given anywhere in the query."""
+    bodies: dict[str, list[exp.Expression]] = {}
+    for cte in tree.find_all(exp.CTE):
+        bodies.setdefault(cte.alias_or_name.lower(), []).append(cte.this)
+    return bodies
