@@ -136,26 +136,27 @@ class Service:
         same, so GetFlightInfo before each DoGet (and ListFlights) does not open the source every time."""
         _check_params(plan, params)
         if params:
-            return self.engine.schema(plan, self._by_position(plan, params))
+            return self.engine.schema(plan, self._by_position(plan, [params])[0])
         return self._schemas.get(user, plan.sql, lambda: self.engine.schema(plan))
 
     def parameters(self, plan: Plan) -> list[str]:
         """The query's placeholders, in binding order."""
         return self.engine.parameters(plan) if plan.parameters else []
 
-    def _by_position(self, plan: Plan, row: list | dict | None) -> list | dict | None:
-        """A row of values bound by position, as a Flight SQL client binds the parameter schema
-        it was given: to named placeholders (`$a`) by the order `parameters` gives, since DuckDB
-        binds a list to numbers only."""
-        if not isinstance(row, list):
-            return row
+    def _by_position(self, plan: Plan, rows: list) -> list:
+        """Rows of values bound by position, as a Flight SQL client binds the parameter schema it
+        was given: to named placeholders (`$a`) by the order `parameters` gives (read once for all
+        rows), since DuckDB binds a list to numbers only."""
+        if not any(isinstance(row, list) for row in rows):
+            return rows
         names = self.parameters(plan)
         if all(n.isdigit() for n in names):
-            return row  # DuckDB counts them itself
-        if len(row) != len(names):
-            raise InvalidQuery(f"the query has {len(names)} placeholders ({', '.join('$' + n for n in names)}); "
-                               f"{len(row)} values were bound")
-        return dict(zip(names, row))
+            return rows  # DuckDB counts them itself
+        for row in rows:
+            if isinstance(row, list) and len(row) != len(names):
+                raise InvalidQuery(f"the query has {len(names)} placeholders ({', '.join('$' + n for n in names)}); "
+                                   f"{len(row)} values were bound")
+        return [dict(zip(names, row)) if isinstance(row, list) else row for row in rows]
 
     def stream(self, plan: Plan, cancelled: Callable[[], bool] = lambda: False, params: list | None = None):
         _check_params(plan, params)
@@ -168,7 +169,7 @@ class Service:
         values go to the placeholders in the order `parameters` gives (named ones too, as a
         Flight SQL client binds the parameter schema it was given)."""
         _check_params(plan, rows[0])
-        rows = [self._by_position(plan, row) for row in rows]
+        rows = self._by_position(plan, rows)
         budget = self.engine.budget(cancelled)
         schema, first = self.engine.stream(plan, cancelled, params=rows[0], budget=budget)
         return schema, self._concatenated(plan, schema, first, rows[1:], cancelled, budget)
