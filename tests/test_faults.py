@@ -165,9 +165,10 @@ def test_cancelled_big_queries_give_their_memory_back(served):
     print(f"DuckDB held {[round(h / 1e6) for h in held]} MB mid-query; server RSS after each cancel "
           f"{[round(r / 1e6) for r in rss]} MB (idle {idle['rss_bytes'] / 1e6:.0f} MB)")
     assert min(held) > 40e6  # the queries really were big
-    # RSS is noisy (the allocator keeps pages, and more so on a loaded machine), but a leak adds a
-    # whole query per round: three queries' worth over the four rounds.
-    assert rss[-1] - rss[0] < 2 * min(held)
+    # RSS is noisy (the allocator keeps pages, and more so on a loaded machine: one round may sit
+    # 150 MB above the first, the next fall back), but a leak adds a whole query per round, so the
+    # last two rounds would both stay two and three queries' worth above the first.
+    assert min(rss[2:]) - rss[0] < 2 * min(held)
     assert served.alive() and served.internal_errors == errors
 
 
