@@ -7,7 +7,7 @@ import pytest
 from flight_lstm.evaluate import (alarm_scores, average_precision, event_windows,
                                   range_average_precision)
 from flight_lstm.models import Registry
-from flight_lstm.models.anomaly import BLOCK, MIN_HISTORY, context_start
+from flight_lstm.models.anomaly import BLOCK, MIN_HISTORY, STEPS_PER_CALL, context_start
 from flight_lstm.models.injection import inject
 from flight_lstm.models.registry import PACKAGED_WEIGHTS
 from flight_lstm.models.series import MAX_CONTEXT
@@ -30,6 +30,22 @@ def seasonal(length: int, seed: int = 0, period: int = 24, level: float = 50.0) 
 def one(model, x, level=LEVEL, start=0):
     x = np.asarray(x, np.float64)
     return model.score(x[:, None] if x.ndim == 1 else x, np.array([len(x)]), level, np.array([start]))
+
+
+def test_the_network_reads_long_runs_in_parts_with_the_numbers_of_one_pass(model):
+    """Runs longer than STEPS_PER_CALL go through the LSTM in parts, its state carried: the same
+    predictions as one pass over the whole run (kept so that no tensor outgrows a thread's heap)."""
+    import torch
+
+    steps = 2 * STEPS_PER_CALL + 37
+    features = torch.from_numpy(np.random.default_rng(0).normal(size=(3, steps, model.lstm.input_size))).float()
+    with torch.inference_mode():
+        delta, sigma = model(features)
+        h = model.lstm(features)[0]
+        out = model.head(torch.cat([h, features], dim=-1))
+    assert delta.shape == sigma.shape == (3, steps)
+    torch.testing.assert_close(delta, out[..., 0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(sigma, torch.nn.functional.softplus(out[..., 1]) + 1e-3, rtol=0, atol=1e-6)
 
 
 def test_card_and_contract(model):

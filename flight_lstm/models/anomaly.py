@@ -45,6 +45,12 @@ BLOCK = 512  # context: a point is read from the start of the block before its o
 MIN_HISTORY = 16  # points a series needs before its first scored point (its first run's warm-up)
 LAGS = (7, 12, 24, 52, 168)  # seasonal anchors fed beside the last value (weekly, monthly, hourly)
 RUNS_PER_BATCH = 256  # runs per network call
+# Steps the network reads per call, its state carried from one to the next: the same numbers as one
+# call over the whole run, but no tensor over 256 runs x 128 steps x 4 gates x 64 x 4 bytes (34 MB).
+# A thread other than the main one keeps freed blocks only under 64 MB (flight_lstm/heap.py), and
+# every server call runs on one: over whole runs of 1,024 steps, the gates alone were 268 MB, mapped
+# afresh each batch (1.5 million page faults per `anomaly_table` query over 5 million points).
+STEPS_PER_CALL = 128
 Z_MAX = 1e300  # scaled values are clipped here so no inf reaches the arithmetic
 TARGET_CLIP = 1e4  # training targets in scaled space
 SIGMA_FLOOR = 1e-3  # smallest predicted scale, in units of the warm-up spread
@@ -235,8 +241,12 @@ class AnomalyModel(BaseModel):
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per step, (change of the next value over the last one, its scale), scaled units."""
-        h = self.lstm(features)[0]
-        out = self.head(torch.cat([h, features], dim=-1))
+        outs, state = [], None
+        for start in range(0, max(features.shape[1], 1), STEPS_PER_CALL):  # an empty run still calls it once
+            part = features[:, start:start + STEPS_PER_CALL]
+            h, state = self.lstm(part, state)
+            outs.append(self.head(torch.cat([h, part], dim=-1)))
+        out = torch.cat(outs, dim=1)
         return out[..., 0], nn.functional.softplus(out[..., 1]) + SIGMA_FLOOR
 
     def training_loss(self, batch: tuple[Prepared, np.ndarray]) -> torch.Tensor:
