@@ -8,6 +8,12 @@ faults. Measured on 10,000 daily series, 14 operator calls: 1.2 million page fau
 kernel time, with single calls at 2.5 times their usual time; with both thresholds at KEEP_BYTES,
 55,000 faults and 0.1 s. The forecast operator ran 1.6-1.9 times as fast (bench runs with and without, alternating).
 
+The thresholds hold in glibc's main heap only. A thread other than the main one, and every model
+call in a server runs on one (gRPC's, DuckDB's), allocates from heaps of its own of at most 64 MB:
+a larger block is mapped afresh and unmapped on free whatever the thresholds. The anomaly network
+reads long runs in parts for that reason (models/anomaly.py: STEPS_PER_CALL). One heap for all
+threads (`M_ARENA_MAX` 1) ended such faults too, but slowed sentiment by 7% (README).
+
 The cost is memory: up to KEEP_BYTES of freed memory may stay mapped (the bench's peak RSS went
 from 1.10-1.13 GB to 1.21 GB). Elsewhere than glibc (musl, macOS) this does nothing.
 
