@@ -10,6 +10,7 @@ import pyarrow.flight as flight
 import pytest
 
 from flight_lstm.engine import Limits
+from flight_lstm.errors import SourceUnavailable
 from flight_lstm.server import flight_sql_messages as messages
 from flight_lstm.server.uploads import received
 from flight_lstm.service import Service
@@ -212,3 +213,17 @@ def test_a_database_duckdb_invalidated_is_replaced_and_queries_go_on(lake):
     _invalidate(service)
     renewed = service.engine.db
     assert service.health()["status"] == "ok" and service.engine.db is not renewed
+
+
+def test_a_stream_left_on_a_replaced_database_ends_at_once_with_a_clear_error(lake):
+    """Round 12: a client that stopped reading kept the old database alive through a renewal, its
+    memory limit, spill allowance and threads beside the new one's, and (a failing cleanup leaving
+    its result in a reference cycle) even after the client left. Renewal now ends such a query,
+    giving back its slot: with one slot, health finds it free rather than busy."""
+    service = Service(DuckDBSource(lake), limits=Limits(max_queries=1))
+    _, silent = service.stream(service.plan("SELECT id FROM reviews"))  # holds the one slot, unread
+    _invalidate(service)
+    assert service.health() == {"status": "ok", "source": service.source.describe(), "views": []}
+    with pytest.raises(SourceUnavailable, match="database was replaced after an internal DuckDB error"):
+        list(silent)
+    assert _rows(service, "SELECT count(*) AS n FROM reviews")[0]["n"] > 0

@@ -16,11 +16,12 @@ import pyarrow as pa
 
 from flight_lstm.engine import exchange as exchanges
 from flight_lstm.engine.database import alive, checked_sql, lost, open_database
-from flight_lstm.engine.errors import translated_errors
+from flight_lstm.engine.errors import REPLACED, translated_errors
 from flight_lstm.engine.lift import apply_lift
 from flight_lstm.engine.limits import Admission, Budget, Limits
 from flight_lstm.engine.running import Running, batches as running_batches, stopped_by
 from flight_lstm.engine.watchdog import Watchdog
+from flight_lstm.errors import SourceUnavailable
 from flight_lstm.plan import Plan
 from flight_lstm.sources import Source
 from udfs.base import Operator
@@ -71,6 +72,9 @@ class Engine:
             log.error("DuckDB invalidated the engine's database after an internal error; opening a new one")
             self.source.forget()
             self._open()
+        # Its queries between steps end now, so it goes at once (each database has its own memory
+        # limit, spill allowance and threads); those mid-step fail on the closed database.
+        self.watchdog.abandon_on(broken, SourceUnavailable(REPLACED))
         try:
             broken.close()
         except duckdb.Error:
@@ -184,7 +188,7 @@ class Engine:
         try:  # whatever fails from here (no thread left for the watchdog) gives slot and cursor back
             (connection_id,), = con.sql("SELECT current_connection_id()").fetchall()
             checks[connection_id] = budget.check
-            running = Running(con, budget, release)
+            running = Running(con, budget, release, db)
             running.unwatch = self.watchdog.watch(running)
         except BaseException:
             release()

@@ -24,8 +24,10 @@ class Running:
     at once: result and cursor closed, source let go, slot freed. The client's next move gets
     the reason."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, budget: Budget, release: Callable[[], None]):
+    def __init__(self, con: duckdb.DuckDBPyConnection, budget: Budget, release: Callable[[], None],
+                 db: duckdb.DuckDBPyConnection | None = None):
         self.con, self.budget, self._release = con, budget, release
+        self.db = db  # the database its cursor belongs to
         self.result = None  # a reader over the cursor's result: it outlives a closed cursor
         self.unwatch: Callable[[], None] = lambda: None
         self._busy = threading.Lock()
@@ -57,15 +59,28 @@ class Running:
             finally:
                 self._busy.release()
 
+    def abandon(self, reason: Exception) -> None:
+        """End it now with `reason` for its client, unless a step runs (that step meets the cause
+        itself): a query left on a database the engine replaced would hold its memory, spill
+        files and threads until its client read again."""
+        if self._busy.acquire(blocking=False):
+            try:
+                self._stopped = self._stopped or reason
+                self.end()
+            finally:
+                self._busy.release()
+
     def end(self) -> None:
         with _ending:
             if self._ended:
                 return
             self._ended = True
         try:
-            self.unwatch()
-            if self.result is not None:
-                self.result.close()  # DuckDB's result goes now, not when a collector finds it
+            try:
+                self.unwatch()
+            finally:  # even if it raised: a result kept alive keeps its whole database alive
+                if self.result is not None:
+                    self.result.close()  # DuckDB's result goes now, not when a collector finds it
         finally:
             self._release()
             heap.query_ended()  # the memory its operators freed goes back, once none runs (heap.py)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
+import duckdb
+
 from flight_lstm.engine.running import Running
 from flight_lstm.ticker import Ticker
 
@@ -32,9 +34,19 @@ class Watchdog:
         def unwatch() -> None:
             with self._ticker.lock:
                 self._watched.pop(id(running), None)
-            running.con.interrupt()
+            try:
+                running.con.interrupt()
+            except duckdb.Error:  # its database was closed under it (engine.py: _renew)
+                pass
 
         return unwatch
+
+    def abandon_on(self, db, reason: Exception) -> None:
+        """End every query of database `db` that is between steps, with `reason` (Running.abandon)."""
+        with self._ticker.lock:
+            on = [r for r in self._watched.values() if r.db is db]
+        for r in on:
+            r.abandon(reason)
 
     def _due(self) -> list[Running] | None:
         return [r for r in self._watched.values() if r.due()] if self._watched else None
