@@ -148,7 +148,44 @@ def test_star_projections_that_multiply_columns_through_nested_queries_are_refus
     assert service.plan(nested(6, "*, *"))  # 64 copies: allowed
     assert service.plan("SELECT count(*) AS n, * FROM reviews GROUP BY ALL")  # count(*) copies nothing
     for refused in (nested(11, "*, *, *"), nested(7, "t.*, COLUMNS(*)"),
+                    f"SELECT (SELECT count(*) FROM ({nested(11, '*, *, *')})) AS n",  # round 12: a scalar subquery
+                    f"SELECT 1 AS x WHERE EXISTS ({nested(11, '*, *, *')})",  # was out of the chains followed
                     "WITH c0 AS (SELECT id FROM reviews), " + ", ".join(
                         f"c{i} AS (SELECT *, *, * FROM c{i - 1})" for i in range(1, 5)) + " SELECT * FROM c4"):
         with pytest.raises(InvalidQuery, match="would copy a column more than 64 times"):
             service.plan(refused)
+
+
+def _pivot(on_lists: int, values: int, aggregates: int) -> str:
+    ins = ", ".join(str(v) for v in range(values))
+    on = ", ".join(f"{c} IN ({ins})" for c in "abcd"[:on_lists])
+    using = ", ".join(f"sum(x + {k})" for k in range(aggregates))
+    return (f"(PIVOT (SELECT i % 10 AS a, i % 7 AS b, i % 5 AS c, i % 3 AS d, i AS x FROM range(100) t(i)) "
+            f"ON {on} USING {using})")
+
+
+def test_a_pivot_that_would_make_too_many_columns_is_refused(service):
+    """Round 12: four ON lists of 17 values and three aggregates (337 bytes) made 250,563 columns
+    and bound for 33 s past a 5 s limit. A PIVOT's columns times the star copies above it are
+    bounded; its ON values are counted from the IN lists, and DuckDB's own pivot_limit caps them."""
+    schema, _ = service.stream(service.plan(f"SELECT * FROM {_pivot(2, 10, 2)}"))
+    assert len(schema) == 2 + 10 * 10 * 2  # c and d, then a column per (a, b, aggregate)
+    for refused in (f"SELECT count(*) AS n FROM {_pivot(4, 17, 3)}",
+                    f"SELECT *, *, *, * FROM (SELECT *, *, *, * FROM {_pivot(2, 10, 7)})",  # 700 columns x 16
+                    "SELECT * FROM (SELECT i % 5 AS a, i AS x FROM range(10) t(i)) PIVOT ("  # the standard form
+                    + ", ".join(f"sum(x + {k})" for k in range(100)) + " FOR a IN (" + ", ".join(map(str, range(101))) + "))"):
+        with pytest.raises(InvalidQuery, match="a PIVOT would make more than 10,000 columns"):
+            service.plan(refused)
+    assert service.plan("SELECT * FROM (UNPIVOT (SELECT 1 AS a, 2 AS b) ON a, b INTO NAME k VALUE v)")
+
+
+def test_long_chains_of_unions_plan_and_deeper_nesting_is_refused_cleanly(service):
+    """Round 12: a 1,000-branch UNION ALL (45 kB) and 1,500 chained CTEs reached Python's recursion
+    limit in the size checks and came back INTERNAL."""
+    union = " UNION ALL ".join(f"SELECT {i} AS x" for i in range(1000))
+    schema, batches = service.stream(service.plan(union))
+    assert sum(b.num_rows for b in batches) == 1000
+    ctes = "WITH " + ", ".join(["c0 AS (SELECT 1 AS x)"] + [f"c{i} AS (SELECT x + 1 AS x FROM c{i - 1})"
+                                                            for i in range(1, 1500)]) + " SELECT * FROM c1499"
+    with pytest.raises(InvalidQuery, match="too deeply"):
+        service.plan(ctes)

@@ -14,6 +14,7 @@ from flight_lstm import heap, threads
 from flight_lstm.engine.errors import OperatorMemoryError, out_of_memory, out_of_memory_message
 from flight_lstm.errors import QueryRefused
 from flight_lstm.models.checks import checked_between_batches
+from flight_lstm.plan.size import PIVOT_LIMIT
 from flight_lstm.sources import Source
 from udfs.base import Operator, constant
 
@@ -28,6 +29,7 @@ def open_database(source: Source, operators, check_of, settings: dict) -> duckdb
         "autoinstall_known_extensions": False,
         "autoload_known_extensions": False,
         "python_enable_replacements": False,
+        "pivot_limit": PIVOT_LIMIT,  # values a PIVOT reads from the data at most (plan/size.py)
         **settings,
     })
     for op in operators:

@@ -31,6 +31,13 @@ MAX_BOUND_NODES = 500_000
 # not interruptible) at 1.3 GB. Down any chain of nested queries (CTEs followed where named), the
 # product of each select list's star projections (`*`, `t.*`, `COLUMNS(...)`) is at most this.
 MAX_STAR_COPIES = 64
+# PIVOT makes a column per value of its ON lists' product and aggregate: 4 lists of 17 values and 3
+# aggregates (337 bytes) made 250,563 columns and bound for 33 s past a 5 s limit. The columns a
+# PIVOT makes, times the star copies above it, are at most MAX_PIVOT_COLUMNS (about a second of
+# binding); an ON list without IN (...) (DuckDB reads its values from the data) counts as
+# PIVOT_LIMIT values, the most DuckDB then accepts (engine/database.py sets it).
+MAX_PIVOT_COLUMNS = 10_000
+PIVOT_LIMIT = 10_000
 EXPANDED = {forecast_table.NAME, forecast_backtest.NAME, anomaly_table.TABLE, anomaly_table.EVENTS}
 
 
@@ -48,43 +55,91 @@ def check_plan_size(tree: exp.Expression) -> exp.Expression:
         if count > MAX_PLAN_NODES:
             raise InvalidQuery(f"the query plans to more than {MAX_PLAN_NODES:,} SQL nodes (its views and "
                                "table functions expanded); split it into smaller queries")
-    if _bound_nodes(tree) > MAX_BOUND_NODES:
+    try:  # both walk down nested queries and CTEs one Python frame per level
+        bound, (stars, pivoted) = _bound_nodes(tree), _copies(tree)
+    except RecursionError:
+        raise InvalidQuery("the query nests queries or CTEs too deeply; split it") from None
+    if bound > MAX_BOUND_NODES:
         raise InvalidQuery(f"the query's CTEs, each counted wherever it is named, make more than "
                            f"{MAX_BOUND_NODES:,} SQL nodes; name each CTE fewer times, or split the query")
-    if _star_copies(tree) > MAX_STAR_COPIES:
+    if stars > MAX_STAR_COPIES:
         raise InvalidQuery(f"star projections (*, t.*, COLUMNS(...)) would copy a column more than {MAX_STAR_COPIES} "
                            "times through the nested queries; name the columns")
+    if pivoted > MAX_PIVOT_COLUMNS:
+        raise InvalidQuery(f"a PIVOT would make more than {MAX_PIVOT_COLUMNS:,} columns (its ON values, listed with "
+                           f"IN (...) or else up to {PIVOT_LIMIT:,}, times its aggregates, times star copies of them)")
     return tree
 
 
-def _star_copies(tree: exp.Expression) -> int:
-    """The most copies star expansion can make of one column: down each chain of queries reading
-    queries (subqueries in FROM and joins, set operations, CTEs where named), the product of
-    each select list's projections that hold a star (count(*) aside)."""
+def _copies(tree: exp.Expression) -> tuple[int, int]:
+    """(The most copies star expansion can make of one column, the most columns a PIVOT and the
+    stars above it can make): down each chain of queries reading queries (subqueries in FROM and
+    joins, set operations, CTEs where named), from any query in the tree, the product of each
+    select list's projections that hold a star (count(*) aside), and of a PIVOT's columns."""
     bodies = _cte_bodies(tree)
-    known: dict[str, int] = {}
+    known: dict[str, tuple[int, int]] = {}
+    seen: dict[tuple[int, frozenset], tuple[int, int]] = {}  # each node once per CTE scope
 
-    def copies(node: exp.Expression | None, inside: frozenset) -> int:
+    def copies(node: exp.Expression | None, inside: frozenset) -> tuple[int, int]:
+        key = (id(node), inside)
+        if key not in seen:
+            stars, pivoted = source(node, inside)
+            pivots = node.args.get("pivots") if isinstance(node, (exp.Table, exp.Subquery)) else None
+            seen[key] = stars, max([pivoted, *(_pivot_columns(p) for p in pivots or [])])
+        return seen[key]
+
+    def source(node: exp.Expression | None, inside: frozenset) -> tuple[int, int]:
         if isinstance(node, exp.Subquery):
             return copies(node.this, inside)
-        if isinstance(node, exp.SetOperation):
-            return max(copies(node.left, inside), copies(node.right, inside))
-        if isinstance(node, exp.Table) and not node.args.get("db"):
+        if isinstance(node, exp.SetOperation):  # a chain of a thousand UNIONs is one level, not a thousand
+            parts, chain = [], [node]
+            while chain:
+                n = chain.pop()
+                if isinstance(n, exp.SetOperation):
+                    chain += [n.left, n.right]
+                else:
+                    parts.append(n)
+            return _most(*(copies(part, inside) for part in parts))
+        if isinstance(node, exp.Pivot):  # DuckDB's PIVOT statement, as a subquery
+            stars, pivoted = copies(node.this, inside)
+            return stars, max(pivoted, _pivot_columns(node))
+        if isinstance(node, exp.Table):
             name = node.name.lower()
-            if name in bodies and name not in inside:
-                if name not in known:
-                    known[name] = max(copies(body, inside | {name}) for body in bodies[name])
-                return known[name]
-            return 1
+            if node.args.get("db") or name not in bodies or name in inside:
+                return 1, 1
+            if name not in known:
+                known[name] = _most(*(copies(body, inside | {name}) for body in bodies[name]))
+            return known[name]
         if not isinstance(node, exp.Select):
-            return 1
-        stars = sum(1 for p in node.expressions if any(
-            isinstance(n, (exp.Star, exp.Columns)) and not isinstance(n.parent, exp.Count) for n in p.walk()))
+            return 1, 1
+        stars = max(1, sum(1 for p in node.expressions if any(
+            isinstance(n, (exp.Star, exp.Columns)) and not isinstance(n.parent, exp.Count) for n in p.walk())))
         sources = [node.args.get("from_") or node.args.get("from"), *(node.args.get("joins") or [])]
-        below = max((copies(s.this, inside) for s in sources if s is not None), default=1)
-        return max(stars, 1) * below
+        below = _most((1, 1), *(copies(s.this, inside) for s in sources if s is not None))
+        return stars * below[0], stars * below[1]
 
-    return copies(tree, frozenset())
+    # Every query in the tree heads a chain: one in a scalar subquery, IN or EXISTS is bound too.
+    return _most(*(copies(q, frozenset()) for q in tree.find_all(exp.Query, exp.Pivot)))
+
+
+def _most(*pairs: tuple[int, int]) -> tuple[int, int]:
+    return max(p[0] for p in pairs), max(p[1] for p in pairs)
+
+
+def _pivot_columns(pivot: exp.Pivot) -> int:
+    """The columns a PIVOT makes: the product of its ON lists' values times its aggregates (an
+    UNPIVOT makes rows, not columns)."""
+    if pivot.args.get("unpivot"):
+        return 1
+    simple = "using" in pivot.args  # DuckDB's `PIVOT t ON a IN (...) USING sum(x)`
+    on = pivot.expressions if simple else pivot.args.get("fields") or []
+    aggregates = (pivot.args.get("using") or []) if simple else pivot.expressions
+    values = 1
+    for field in on:
+        listed = isinstance(field, exp.In) and not field.args.get("query") \
+            and not any(isinstance(v, (exp.Subquery, exp.Select)) for v in field.expressions)
+        values *= len(field.expressions) if listed else PIVOT_LIMIT
+    return values * max(1, len(aggregates))
 
 
 def _bound_nodes(tree: exp.Expression) -> int:
