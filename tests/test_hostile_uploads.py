@@ -176,6 +176,16 @@ def test_a_timestamp_duckdb_cannot_hold_is_refused_at_any_depth_and_the_database
     assert run(client, "SELECT 41 + 1 AS x").column("x").to_pylist() == [42]
 
 
+@pytest.mark.parametrize("kind", [pa.decimal128(5, -3), pa.list_(pa.decimal128(5, -3)),
+                                  pa.struct([("d", pa.decimal128(4, 6))])])
+def test_a_decimal_duckdb_cannot_read_is_refused_by_name(client, kind):
+    """Round 12: a decimal128(5, -3) column failed DuckDB's reading with an INTERNAL error."""
+    batch = pa.record_batch([pa.nulls(1, kind)], names=["d"])
+    with pytest.raises(pa.ArrowInvalid, match="column 'd' holds decimals DuckDB cannot read .* at most 38 digits"):
+        exchange(client, "SELECT * FROM input", batch)
+    assert run(client, "SELECT 41 + 1 AS x").column("x").to_pylist() == [42]
+
+
 def test_the_widest_timestamps_duckdb_holds_are_read(client):
     last = (2**63 - 2) // 10**6
     batch = pa.record_batch([pa.array([last, -last, None], pa.timestamp("s"))], names=["t"])

@@ -9,7 +9,7 @@ from typing import Callable, Iterable, Iterator
 import duckdb
 import pyarrow as pa
 
-from flight_lstm.engine.database import checked_sql
+from flight_lstm.engine.database import checked_sql, lost
 from flight_lstm.engine.errors import translated_errors
 from flight_lstm.engine.lift import apply_lift
 from flight_lstm.engine.limits import Budget
@@ -49,7 +49,9 @@ def _register(con: duckdb.DuckDBPyConnection, data: pa.RecordBatch | pa.Schema) 
     cannot handle (a sparse union, say) is the client's error."""
     try:
         con.register(INPUT, data.empty_table() if isinstance(data, pa.Schema) else data)
-    except pa.ArrowException as e:
+    except (pa.ArrowException, duckdb.Error) as e:  # a decimal of negative scale: "Information loss on integer cast"
+        if isinstance(e, duckdb.Error) and lost(e):
+            raise
         raise InvalidQuery(f"DuckDB cannot read the batches you send: {first_line(e)}") from None
 
 

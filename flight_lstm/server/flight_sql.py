@@ -31,7 +31,7 @@ from flight_lstm.server import flight_sql_messages as messages
 from flight_lstm.server import flight_sql_metadata as metadata
 from flight_lstm.server.prepared import (PARAMETER_BYTES, PARAMETER_ROWS, STATEMENT_TTL, PreparedStatements,
                                          parameter_bytes)
-from flight_lstm.server.uploads import received
+from flight_lstm.server.uploads import MAX_DECIMAL_DIGITS, received
 from flight_lstm.service import Service
 
 ACTIONS = {
@@ -255,7 +255,6 @@ _PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 _TIMESTAMP = {"s": sqltypes.TIMESTAMP_S, "ms": sqltypes.TIMESTAMP_MS, "us": sqltypes.TIMESTAMP,
               "ns": sqltypes.TIMESTAMP_NS}
 _OFFSET = re.compile(r"[+-](?:[01][0-9]|2[0-3]):?[0-5][0-9]")
-MAX_DECIMAL_DIGITS = 38
 
 
 def _plain(t: pa.DataType) -> bool:

@@ -12,7 +12,8 @@ nested in lists or structs, and list views, are refused.
 
 Values DuckDB cannot hold are refused too, at any depth: a timestamp in seconds or milliseconds
 whose microseconds overflow 64 bits (past the year 294,247) made DuckDB's casts fail with an
-INTERNAL error, which invalidates the whole database for every client.
+INTERNAL error, which invalidates the whole database for every client; so did reading a decimal
+of negative scale (the database survived that one).
 """
 from __future__ import annotations
 
@@ -23,17 +24,21 @@ import pyarrow.compute as pc
 from flight_lstm.errors import InvalidQuery, first_line
 
 _PLAIN = {pa.string_view(): pa.large_string(), pa.binary_view(): pa.large_binary()}
+MAX_DECIMAL_DIGITS = 38  # DuckDB's widest decimal
 
 
-def received_schema(schema: pa.Schema) -> pa.Schema:
+def received_schema(schema: pa.Schema, ranges: bool = True) -> pa.Schema:
     """The schema the server reads uploads in: extension types as their storage (what is read),
-    views as plain large types (nested ones refused)."""
+    views as plain large types (nested ones refused); with `ranges`, no decimal DuckDB cannot read."""
     fields = []
     for field in schema:
         kind = _storage(field.type)
         if kind not in _PLAIN and _holds_views(kind):
             raise InvalidQuery(f"column {field.name!r} nests string, binary or list views ({field.type}); "
                                "send plain strings, binaries and lists")
+        if ranges and _holds_odd_decimals(kind):
+            raise InvalidQuery(f"column {field.name!r} holds decimals DuckDB cannot read ({field.type}): it takes "
+                               f"at most {MAX_DECIMAL_DIGITS} digits and a scale from 0 to the precision")
         fields.append(pa.field(field.name, _PLAIN.get(kind, kind), field.nullable))
     return pa.schema(fields, metadata=schema.metadata)
 
@@ -41,7 +46,7 @@ def received_schema(schema: pa.Schema) -> pa.Schema:
 def received(batch: pa.RecordBatch, ranges: bool = True) -> pa.RecordBatch:
     """`batch` checked in full and in `received_schema`, or InvalidQuery naming what is wrong.
     `ranges=False` leaves values' ranges to the caller's own, narrower rule (bound parameters)."""
-    schema = received_schema(batch.schema)
+    schema = received_schema(batch.schema, ranges)
     try:
         batch.validate(full=True)
     except pa.ArrowInvalid as e:
@@ -111,6 +116,17 @@ def _storage(t: pa.DataType) -> pa.DataType:
     while isinstance(t, pa.BaseExtensionType):
         t = t.storage_type
     return t
+
+
+def _holds_odd_decimals(t: pa.DataType) -> bool:
+    """A decimal at any depth that DuckDB reads wrongly: a negative scale (10^3 units) failed its
+    cast with an INTERNAL error, the kind of error that can invalidate the database."""
+    t = _storage(t)
+    if pa.types.is_dictionary(t):
+        return _holds_odd_decimals(t.value_type)
+    if pa.types.is_decimal(t):
+        return not (t.precision <= MAX_DECIMAL_DIGITS and 0 <= t.scale <= t.precision)
+    return any(_holds_odd_decimals(t.field(i).type) for i in range(t.num_fields))
 
 
 def _holds_views(t: pa.DataType) -> bool:
