@@ -189,3 +189,31 @@ def test_long_chains_of_unions_plan_and_deeper_nesting_is_refused_cleanly(servic
                                                             for i in range(1, 1500)]) + " SELECT * FROM c1499"
     with pytest.raises(InvalidQuery, match="too deeply"):
         service.plan(ctes)
+
+
+def test_struct_types_that_double_through_nested_queries_are_refused(service):
+    """Round 12: `SELECT {'a': s, 'b': s} AS s FROM (...)` doubles s's type at each level: 14 levels
+    (542 bytes) bound for 3.65 s, 16 reached the memory cap. Columns' type widths are estimated
+    through every way of building one type of several: struct literals, row(), zips, lambdas'
+    variables, aliases, scalar subqueries, CTEs and unions."""
+    def nested(levels: int, step: str) -> str:
+        query = "SELECT id AS s FROM reviews"
+        for i in range(levels):
+            query = step.format(q=query, i=i)
+        return query
+
+    assert service.plan(nested(10, "SELECT {{'a': s, 'b': s}} AS s FROM ({q}) t{i}"))  # 1,024 leaves: allowed
+    assert service.plan("SELECT {'id': id, 'review': review, 'n': length(review)} AS r FROM reviews")
+    for step in ("SELECT {{'a': s, 'b': s}} AS s FROM ({q}) t{i}",
+                 "SELECT row(s, s) AS s FROM ({q}) t{i}",
+                 "SELECT list_zip([s], [s])[1] AS s FROM ({q}) t{i}",
+                 "SELECT list_transform([s], x -> {{'a': x, 'b': x}})[1] AS s FROM ({q}) t{i}",
+                 "SELECT {{'a': s, 'b': t}} AS s FROM (SELECT s, s AS t FROM ({q}) u{i}) t{i}",
+                 "SELECT {{'a': (SELECT s), 'b': (SELECT s)}} AS s FROM ({q}) t{i}",
+                 "SELECT {{'a': s, 'b': s}} AS s FROM ({q} UNION ALL SELECT NULL) t{i}"):
+        with pytest.raises(InvalidQuery, match="type would hold more than 4,096 fields"):
+            service.plan(nested(13, step))
+    chain = "WITH c0 AS (SELECT id AS s FROM reviews), " + ", ".join(
+        f"c{i} AS (SELECT {{'a': s, 'b': s}} AS s FROM c{i - 1})" for i in range(1, 14)) + " SELECT * FROM c13"
+    with pytest.raises(InvalidQuery, match="type would hold more than 4,096 fields"):
+        service.plan(chain)

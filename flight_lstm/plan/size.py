@@ -38,6 +38,14 @@ MAX_STAR_COPIES = 64
 # PIVOT_LIMIT values, the most DuckDB then accepts (engine/database.py sets it).
 MAX_PIVOT_COLUMNS = 10_000
 PIVOT_LIMIT = 10_000
+# Struct types grow the same way: `SELECT {'a': s, 'b': s} AS s FROM (...)` doubles s's type at
+# each level, 14 levels (542 bytes) bound for 3.65 s and 16 reached the process's memory cap. A
+# column's type width is estimated as its leaves: a struct, row, map or zip of values holds the
+# sum of theirs, anything else the widest of its parts (a lambda's variable counts as the widest
+# column in scope), and no column of any query may pass MAX_TYPE_WIDTH (2^12).
+MAX_TYPE_WIDTH = 4096
+COMBINING = {"row", "struct_pack", "struct_insert", "struct_update", "struct_concat", "list_zip", "array_zip",
+             "map", "map_from_entries", "union_value"}  # DuckDB's functions typed as a STRUCT, MAP or UNION of their arguments
 EXPANDED = {forecast_table.NAME, forecast_backtest.NAME, anomaly_table.TABLE, anomaly_table.EVENTS}
 
 
@@ -56,12 +64,15 @@ def check_plan_size(tree: exp.Expression) -> exp.Expression:
             raise InvalidQuery(f"the query plans to more than {MAX_PLAN_NODES:,} SQL nodes (its views and "
                                "table functions expanded); split it into smaller queries")
     try:  # both walk down nested queries and CTEs one Python frame per level
-        bound, (stars, pivoted) = _bound_nodes(tree), _copies(tree)
+        bound, (stars, pivoted), widest = _bound_nodes(tree), _copies(tree), _widest_type(tree)
     except RecursionError:
         raise InvalidQuery("the query nests queries or CTEs too deeply; split it") from None
     if bound > MAX_BOUND_NODES:
         raise InvalidQuery(f"the query's CTEs, each counted wherever it is named, make more than "
                            f"{MAX_BOUND_NODES:,} SQL nodes; name each CTE fewer times, or split the query")
+    if widest > MAX_TYPE_WIDTH:
+        raise InvalidQuery(f"a column's type would hold more than {MAX_TYPE_WIDTH:,} fields (structs, rows or maps "
+                           "built of the same columns through nested queries); name the fields you need")
     if stars > MAX_STAR_COPIES:
         raise InvalidQuery(f"star projections (*, t.*, COLUMNS(...)) would copy a column more than {MAX_STAR_COPIES} "
                            "times through the nested queries; name the columns")
@@ -91,15 +102,8 @@ def _copies(tree: exp.Expression) -> tuple[int, int]:
     def source(node: exp.Expression | None, inside: frozenset) -> tuple[int, int]:
         if isinstance(node, exp.Subquery):
             return copies(node.this, inside)
-        if isinstance(node, exp.SetOperation):  # a chain of a thousand UNIONs is one level, not a thousand
-            parts, chain = [], [node]
-            while chain:
-                n = chain.pop()
-                if isinstance(n, exp.SetOperation):
-                    chain += [n.left, n.right]
-                else:
-                    parts.append(n)
-            return _most(*(copies(part, inside) for part in parts))
+        if isinstance(node, exp.SetOperation):
+            return _most(*(copies(part, inside) for part in _set_parts(node)))
         if isinstance(node, exp.Pivot):  # DuckDB's PIVOT statement, as a subquery
             stars, pivoted = copies(node.this, inside)
             return stars, max(pivoted, _pivot_columns(node))
@@ -120,6 +124,83 @@ def _copies(tree: exp.Expression) -> tuple[int, int]:
 
     # Every query in the tree heads a chain: one in a scalar subquery, IN or EXISTS is bound too.
     return _most(*(copies(q, frozenset()) for q in tree.find_all(exp.Query, exp.Pivot)))
+
+
+def _widest_type(tree: exp.Expression) -> int:
+    """The widest column type (in leaves, as MAX_TYPE_WIDTH's comment estimates) of any query in
+    the tree, each query's columns estimated from the columns of what it reads."""
+    bodies = _cte_bodies(tree)
+    seen: dict[tuple[int, frozenset, int], dict[str, int]] = {}
+
+    def columns(node: exp.Expression | None, inside: frozenset, outer: int = 1) -> dict[str, int]:
+        """`outer`: the widest column a correlated reference may name, in a subquery within an expression."""
+        key = (id(node), inside, outer)
+        if key not in seen:
+            seen[key] = {}  # a recursive reference reads what is known so far
+            seen[key] = read(node, inside, outer)
+        return seen[key]
+
+    def read(node: exp.Expression | None, inside: frozenset, outer: int) -> dict[str, int]:
+        if isinstance(node, (exp.Subquery, exp.Pivot)):
+            return columns(node.this, inside, outer)
+        if isinstance(node, exp.SetOperation):
+            found = [columns(part, inside, outer) for part in _set_parts(node)]
+            most = max((w for f in found for w in f.values()), default=1)
+            return dict.fromkeys(found[0], most)  # named as the first query names them
+        if isinstance(node, exp.Table):
+            name = node.name.lower()
+            if node.args.get("db") or name not in bodies or name in inside:
+                return {}
+            found = [columns(body, inside | {name}) for body in bodies[name]]
+            return {k: max(f.get(k, 1) for f in found) for f in found for k in f}
+        if not isinstance(node, exp.Select):
+            return {}
+        scope: dict[str, int] = {}
+        for source in [node.args.get("from_") or node.args.get("from"), *(node.args.get("joins") or [])]:
+            if source is not None:
+                for k, w in columns(source.this, inside, outer).items():
+                    scope[k] = max(scope.get(k, 1), w)
+        widest = max([*scope.values(), outer])
+        out: dict[str, int] = {}
+        for projection in node.expressions:
+            if projection.find(exp.Star, exp.Columns) and not projection.find(exp.Count):
+                for k, w in scope.items():
+                    out[k] = max(out.get(k, 1), w)
+            else:
+                out[projection.alias_or_name.lower()] = width(projection, scope, widest, inside)
+        return out
+
+    def width(node: exp.Expression, scope: dict[str, int], widest: int, inside: frozenset) -> int:
+        if isinstance(node, exp.Column):
+            return scope.get(node.name.lower(), widest)
+        if isinstance(node, exp.Identifier):  # a lambda's variable
+            return widest
+        if isinstance(node, exp.Query):  # a scalar subquery: as wide as its widest column
+            return max(columns(node, inside, widest).values(), default=1)
+        if isinstance(node, (exp.Alias, exp.PropertyEQ)):
+            return width(node.this if isinstance(node, exp.Alias) else node.expression, scope, widest, inside)
+        if isinstance(node, (exp.Literal, exp.DataType)):
+            return 1
+        parts = [width(child, scope, widest, inside) for child in node.iter_expressions()] or [1]
+        combining = isinstance(node, (exp.Struct, exp.Tuple, exp.Map, exp.VarMap, exp.ArraysZip)) or (
+            isinstance(node, exp.Func) and node.sql_name().lower() in COMBINING) or (
+            isinstance(node, exp.Anonymous) and node.name.lower() in COMBINING)
+        return sum(parts) if combining else max(parts)
+
+    return max((w for q in tree.find_all(exp.Query, exp.Pivot) for w in columns(q, frozenset()).values()), default=1)
+
+
+def _set_parts(node: exp.SetOperation) -> list[exp.Expression]:
+    """The queries a chain of UNION/INTERSECT/EXCEPT joins, left to right, walked without recursing:
+    a chain of a thousand is one level, not a thousand."""
+    parts, chain = [], [node]
+    while chain:
+        n = chain.pop()
+        if isinstance(n, exp.SetOperation):
+            chain += [n.left, n.right]
+        else:
+            parts.append(n)
+    return parts[::-1]
 
 
 def _most(*pairs: tuple[int, int]) -> tuple[int, int]:
