@@ -130,13 +130,13 @@ def _widest_type(tree: exp.Expression) -> int:
     """The widest column type (in leaves, as MAX_TYPE_WIDTH's comment estimates) of any query in
     the tree, each query's columns estimated from the columns of what it reads."""
     bodies = _cte_bodies(tree)
-    seen: dict[tuple[int, frozenset, int], dict[str, int]] = {}
+    seen: dict[tuple[int, int], dict[str, int]] = {}
+    known: dict[str, dict[str, int]] = {}  # each CTE once, by name (as `_copies`)
 
     def columns(node: exp.Expression | None, inside: frozenset, outer: int = 1) -> dict[str, int]:
         """`outer`: the widest column a correlated reference may name, in a subquery within an expression."""
-        key = (id(node), inside, outer)
+        key = (id(node), outer)
         if key not in seen:
-            seen[key] = {}  # a recursive reference reads what is known so far
             seen[key] = read(node, inside, outer)
         return seen[key]
 
@@ -151,8 +151,10 @@ def _widest_type(tree: exp.Expression) -> int:
             name = node.name.lower()
             if node.args.get("db") or name not in bodies or name in inside:
                 return {}
-            found = [columns(body, inside | {name}) for body in bodies[name]]
-            return {k: max(f.get(k, 1) for f in found) for f in found for k in f}
+            if name not in known:
+                found = [columns(body, inside | {name}) for body in bodies[name]]
+                known[name] = {k: max(f.get(k, 1) for f in found) for f in found for k in f}
+            return known[name]
         if not isinstance(node, exp.Select):
             return {}
         scope: dict[str, int] = {}
