@@ -141,7 +141,10 @@ class DuckDBSource(Source):
         return tuple(stats)
 
     def allowed_paths(self) -> list[str]:
-        return [str(self.path), f"{self.path}.wal"]
+        """The file and the logs DuckDB reads beside it: its WAL, and (DuckDB 2) the WAL a checkpoint
+        writes meanwhile, which attaching after a writer was killed mid-checkpoint reads: refused, it
+        had failed a resumed enrichment with "file system operations are disabled"."""
+        return [str(self.path), f"{self.path}.wal", f"{self.path}.wal.checkpoint"]
 
     def _attach(self, con: duckdb.DuckDBPyConnection) -> None:
         if not self.path.is_file():
