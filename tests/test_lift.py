@@ -3,6 +3,7 @@ them would: same rows, names, types and values, and the same errors."""
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import duckdb
 import numpy as np
@@ -10,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from flight_lstm.errors import InvalidQuery, QueryCancelled
-from flight_lstm.engine import Engine
+from flight_lstm.engine import Engine, Limits
 from flight_lstm.models import checks
 from flight_lstm.models.checks import between_batches
 from flight_lstm.plan import Catalog
@@ -132,3 +133,21 @@ def test_an_operator_failing_is_a_query_error_and_a_cancel_stops_inside_a_call(t
     assert done == [0, 1000, 2000]  # the call stopped at its next inference batch
     assert checks._between_batches.get() is None  # and the check does not outlive the call
 
+
+
+def test_a_lifted_call_is_the_servers_work_even_before_the_models_first_check(tmp_path):
+    """The idle limit judges the client's silence between the server's steps. A lifted call that
+    works 0.5 s before its first budget check (tokenizing a batch on a loaded server) was taken
+    for a client silent past a 0.3 s limit, and the query ended."""
+    path = tmp_path / "slow.db"
+    with duckdb.connect(str(path)) as con:
+        con.execute("CREATE TABLE t AS SELECT i AS id, 'x' AS review FROM range(10) r(i)")
+
+    def prelude(texts, model=None):
+        time.sleep(0.5)
+        return pa.array(np.ones(len(texts)), pa.float64())
+
+    op = Operator("prelude", ("VARCHAR",), "DOUBLE", prelude, "sentiment")
+    engine = Engine(DuckDBSource(str(path)), (op,), limits=Limits(idle_seconds=0.3))
+    schema, batches = engine.stream(Catalog(operators=(op,)).plan("SELECT id, prelude(review) AS p FROM t"))
+    assert pa.Table.from_batches(list(batches), schema)["p"].to_pylist() == [1.0] * 10

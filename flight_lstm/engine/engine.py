@@ -135,7 +135,7 @@ class Engine:
         # A stream dropped before its first batch never runs its `finally`: release it on collection.
         weakref.finalize(batches, running.end)
         if plan.lift:
-            return schema, apply_lift(plan.lift, schema, batches, self.operators, running.budget)
+            return schema, apply_lift(plan.lift, schema, batches, self.operators, running.budget, running.step)
         return running.result.schema, batches
 
     def budget(self, cancelled: Callable[[], bool] = lambda: False) -> Budget:

@@ -2,7 +2,8 @@
 batches DuckDB returns, one model call per batch."""
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from contextlib import nullcontext
+from typing import Callable, ContextManager, Iterable, Iterator
 
 import pyarrow as pa
 
@@ -14,19 +15,21 @@ from flight_lstm.plan.lift import Lift, LiftedCall
 
 
 def apply_lift(lift: Lift, schema: pa.Schema, batches: Iterable[pa.RecordBatch], operators,
-               budget: Budget) -> Iterator[pa.RecordBatch]:
+               budget: Budget, step: Callable[[], ContextManager] = nullcontext) -> Iterator[pa.RecordBatch]:
     """Batches of the lifted query in; batches of the original query's `schema` out.
 
     Each batch is one model call: a model sorts its texts by length into buckets, and the larger
     the call, the more alike the lengths in a bucket. The budget (cancel, time limit) is checked
     between the model's own inference batches, so a stop still acts within a fraction of a second.
+    Each call is a step of the query (`step`, Running.step): the server's work, never taken for a
+    silent client, even before the model's first inference batch (a loaded server had taken more
+    than a 0.3 s idle limit to get there).
     """
     by_name = {op.name: op for op in operators}
     try:
         for batch in batches:
-            with checked_between_batches(budget.check):
+            with step(), checked_between_batches(budget.check):
                 out = _apply(lift, schema, batch, by_name)
-            budget.touch()  # the model's time was the server's work, not the client's silence
             yield out
     finally:
         close = getattr(batches, "close", None)
