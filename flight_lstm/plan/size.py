@@ -28,8 +28,9 @@ MAX_PLAN_NODES = 20_000
 MAX_BOUND_NODES = 500_000
 # Star expansion multiplies columns the same way: `SELECT *, *, * FROM (...)` ten deep made
 # 59,049 columns of one and bound for 8.8 s; eleven deep ran 31 s past a 3 s limit (binding is
-# not interruptible) at 1.3 GB. Down any chain of nested queries (CTEs followed where named), the
-# product of each select list's star projections (`*`, `t.*`, `COLUMNS(...)`) is at most this.
+# not interruptible) at 1.3 GB. Down any chain of nested queries, starting from any query in the
+# tree (CTEs followed where named), the product of each select list's star projections (`*`, `t.*`,
+# `COLUMNS(...)`) is at most this.
 MAX_STAR_COPIES = 64
 # PIVOT makes a column per value of its ON lists' product and aggregate: 4 lists of 17 values and 3
 # aggregates (337 bytes) made 250,563 columns and bound for 33 s past a 5 s limit. The columns a
