@@ -2,6 +2,8 @@
 and for enrichment a reviews lake of the test's own and a count of model calls."""
 from __future__ import annotations
 
+import os
+import tempfile
 import threading
 
 import duckdb
@@ -46,6 +48,21 @@ def make_lake(path, hours: int = 24 * 10, stores=("a", "b", "c")) -> str:
         con.execute("CREATE TABLE reviews AS SELECT * FROM reviews")
         con.execute("CREATE TABLE sales AS SELECT * FROM sales")
     return str(path)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_temp_dir(tmp_path_factory):
+    """The suite's temporary files (the Dremio target's lock files among them, one per target)
+    go under pytest's own temporary tree, which it prunes, not into the machine's /tmp."""
+    temp = tmp_path_factory.mktemp("tmp")
+    before = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"], tempfile.tempdir = str(temp), str(temp)
+    yield
+    tempfile.tempdir = None
+    if before is None:
+        del os.environ["TMPDIR"]
+    else:
+        os.environ["TMPDIR"] = before
 
 
 @pytest.fixture(scope="session")
