@@ -179,7 +179,9 @@ def test_without_auth_one_address_gets_its_share_and_other_addresses_are_served(
         attacker = connect(clients, server)
         before = refusals("address")
         silent = [exchange(clients, attacker) for _ in range(40)]
-        eventually(lambda: refusals("address") - before == 36 and held(server) == 4)  # gRPC starts them in turn
+        # gRPC starts them in turn.  The refusal counter is the process's (Prometheus), so another
+        # test's server winding down may add to it: at least the 36 beyond the share, and 4 held.
+        eventually(lambda: refusals("address") - before >= 36 and held(server) == 4)
         assert server.calls.counts()["callers"] == {("address", "127.0.0.1"): 4}
         refused(clients, attacker, "too many calls in flight for your address")
         other = connect(clients, server, "[::1]")
