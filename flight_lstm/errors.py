@@ -25,6 +25,16 @@ class SourceUnavailable(FlightLSTMError):
     """The source cannot answer now (locked by a writer, gone away); retrying later may work."""
 
 
+
+class DatabaseReplaced(SourceUnavailable):
+    """The query's database was replaced (engine/engine.py: _renew, after an internal DuckDB error
+    of another query's) while it ran: it met it invalidated, closed, or no longer given the source."""
+
+    def __init__(self):
+        super().__init__("the server's database was replaced after an internal DuckDB error while this query "
+                         "ran (another query's); run it again")
+
+
 class QueryCancelled(FlightLSTMError):
     """The client went away or cancelled; the work was stopped."""
 

@@ -213,7 +213,8 @@ def test_schema_is_flight_info_only(standin, env):
 def test_attach_with_schema_only_runs_no_doget(standin, env):
     src = source(standin)
     con = duckdb.connect()
-    src.attach(con, scan_plan(("_scan_0", 'SELECT "id", "review" FROM ' + DEEP + ' WHERE "id" > 10')), schema_only=True)
+    src.attach(con, con, scan_plan(("_scan_0", 'SELECT "id", "review" FROM ' + DEEP + ' WHERE "id" > 10')),
+               schema_only=True)
     table = con.sql("SELECT * FROM _scan_0").to_arrow_table()
     assert table.num_rows == 0 and table.schema.names == ["id", "review"]
     assert standin.do_gets == 0
@@ -273,7 +274,7 @@ def test_a_failure_mid_stream(standin, env):
     # Read by DuckDB, the same failure reaches the engine as InvalidInputException; stream_error
     # recovers ours from it.
     con = duckdb.connect()
-    src.attach(con, scan_plan(("_scan_0", "SELECT * FROM space.folder.big")))
+    src.attach(con, con, scan_plan(("_scan_0", "SELECT * FROM space.folder.big")))
     with pytest.raises(duckdb.InvalidInputException) as raised:
         con.sql("SELECT count(*) FROM _scan_0").fetchall()
     ours = stream_error(raised.value)

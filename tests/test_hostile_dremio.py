@@ -161,14 +161,14 @@ def test_system_tables_are_refused(service, standin, table):
 
 
 def test_a_hand_built_plan_cannot_send_what_the_planner_would_not(service, standin):
-    src = service.source
+    src, db = service.source, duckdb.connect()
     for scans, match in (((("_scan_0", "SELECT * FROM sys.jobs"),), SYSTEM),
                          ((("_scan_0", "SELECT 1 FROM space.folder.reviews; SELECT 2"),), "one query"),
                          ((("_scan_0", "SELECT * FROM TABLE(space.external_query('x'))"),), "table function"),
                          ((("_scan_0", "SELECT 1 FROM space.folder.reviews"), ("_scan_1", 'SELECT * FROM "SYS".jobs')),
                           SYSTEM)):
         plan = Plan(sql="SELECT * FROM _scan_0", tables=(), operators=frozenset(), scans=scans)
-        assert refused(standin, lambda: src.attach(duckdb.connect(), plan, schema_only=True), match=match) == []
+        assert refused(standin, lambda: src.attach(db, db, plan, schema_only=True), match=match) == []
     assert refused(standin, lambda: src.columns("sys.jobs"), match=SYSTEM) == []
 
 

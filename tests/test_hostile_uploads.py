@@ -4,12 +4,15 @@ through them, on every path that takes uploads (DoExchange, DoPut parameters), a
 on serving. Before the check, a string view claiming 4,000 bytes of a 16-byte buffer echoed the
 server's heap back, another user's bearer token among it."""
 import struct
+import threading
+import time
 
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
 from flight_lstm.engine import Limits
+from flight_lstm.engine.engine import Engine
 from flight_lstm.errors import SourceUnavailable
 from flight_lstm.server import flight_sql_messages as messages
 from flight_lstm.server.uploads import received
@@ -237,3 +240,48 @@ def test_a_stream_left_on_a_replaced_database_ends_at_once_with_a_clear_error(la
     with pytest.raises(SourceUnavailable, match="database was replaced after an internal DuckDB error"):
         list(silent)
     assert _rows(service, "SELECT count(*) AS n FROM reviews")[0]["n"] > 0
+
+
+def test_a_query_ending_on_the_old_database_during_a_renewal_leaves_the_new_one_alone(lake, monkeypatch):
+    """Round 13: the source counted its queries for whichever database was newest. A query on the
+    old one that ended while the new one opened took the reset count to -1, and from then on no
+    query attached the source again ('No catalog + schema named "lake"'), while health said ok."""
+    service = Service(DuckDBSource(lake, keep_attached=0.5))
+    _, old = service.stream(service.plan("SELECT id FROM reviews"))
+    next(old)
+    _invalidate(service)
+    opening = threading.Event()
+    open_database = Engine._open
+
+    def slow_open(engine):  # opening takes ~35 ms, longer on a loaded server: room for the old query to end
+        opening.set()
+        time.sleep(0.5)
+        open_database(engine)
+
+    monkeypatch.setattr(Engine, "_open", slow_open)
+    renewal = threading.Thread(target=service.health)
+    renewal.start()
+    opening.wait()
+    old.close()  # the old query ends while the new database opens
+    renewal.join()
+    for _ in range(3):  # and each query attaches and lets go in the new one
+        assert _rows(service, "SELECT count(*) AS n FROM reviews")[0]["n"] > 0
+
+
+def test_a_query_whose_database_is_replaced_while_it_waits_starts_on_the_new_one(lake, monkeypatch):
+    """Round 13: a query that took the database, then waited for a slot while a renewal closed it,
+    got INTERNAL ("Connection already closed"); it now starts again on the new one."""
+    service = Service(DuckDBSource(lake), limits=Limits(max_queries=1, queue_seconds=10))
+    plan, answers = service.plan("SELECT count(*) AS n FROM reviews"), []
+    with service.engine.admitted():  # the one slot, taken by work that is not a query (a renewal keeps it)
+        entering, enter = threading.Event(), service.engine.admission.enter
+        monkeypatch.setattr(service.engine.admission, "enter", lambda wait=True: entering.set() or enter(wait))
+        waiting = threading.Thread(target=lambda: answers.append(list(service.stream(plan)[1])))
+        waiting.start()
+        entering.wait()  # it holds the old database and waits for the slot
+        time.sleep(0.2)
+        _invalidate(service)
+        old = service.engine.db
+        assert service.health()["busy"] and service.engine.db is not old  # renewed: the old one is closed
+    waiting.join(10)
+    assert answers and answers[0][0].column("n")[0].as_py() > 0

@@ -16,17 +16,20 @@ import pyarrow as pa
 
 from flight_lstm.engine import exchange as exchanges
 from flight_lstm.engine.database import alive, checked_sql, lost, open_database
-from flight_lstm.engine.errors import REPLACED, translated_errors
+from flight_lstm.engine.errors import translated_errors
 from flight_lstm.engine.lift import apply_lift
 from flight_lstm.engine.limits import Admission, Budget, Limits
 from flight_lstm.engine.running import Running, batches as running_batches, stopped_by
 from flight_lstm.engine.watchdog import Watchdog
-from flight_lstm.errors import SourceUnavailable
+from flight_lstm.errors import DatabaseReplaced
 from flight_lstm.plan import Plan
 from flight_lstm.sources import Source
 from udfs.base import Operator
 
 BATCH_ROWS = 65_536
+# Tries a query makes to start: each time the database it took was replaced before it could start
+# there (renewals back to back), it waits for the renewal under way and takes the newest.
+STARTS = 3
 log = logging.getLogger(__name__)
 
 
@@ -58,10 +61,15 @@ class Engine:
         self._open()
 
     def _open(self) -> None:
-        """A new database, with its own budget checks: connection ids start again in each."""
+        """A new database, with its own budget checks (connection ids start again in each), taken
+        as one pair so no query starts on one with the other's."""
         checks: dict[int, Callable[[], None]] = {}  # connection id -> its query's budget check
-        self.db = open_database(self.source, self.operators, lambda cid: checks.get(cid, _nothing), self._settings)
-        self._checks = checks
+        db = open_database(self.source, self.operators, lambda cid: checks.get(cid, _nothing), self._settings)
+        self._current = db, checks
+
+    @property
+    def db(self) -> duckdb.DuckDBPyConnection:
+        return self._current[0]
 
     def _renew(self, broken: duckdb.DuckDBPyConnection) -> None:
         """Replace a database DuckDB invalidated (database.py) with a new one, once however many
@@ -70,11 +78,11 @@ class Engine:
             if self.db is not broken:
                 return
             log.error("DuckDB invalidated the engine's database after an internal error; opening a new one")
-            self.source.forget()
+            self.source.forget(broken)  # no query attaches to it now: one that tries starts again
             self._open()
         # Its queries between steps end now, so it goes at once (each database has its own memory
         # limit, spill allowance and threads); those mid-step fail on the closed database.
-        self.watchdog.abandon_on(broken, SourceUnavailable(REPLACED))
+        self.watchdog.abandon_on(broken, DatabaseReplaced())
         try:
             broken.close()
         except duckdb.Error:
@@ -159,15 +167,22 @@ class Engine:
         """Take one of the server's query slots (waiting for it, or ResourceExhausted) and a cursor
         for the plan, under the watchdog's guard; `Running.end` gives all back. A query's first
         statements are the first to meet a database DuckDB invalidated: a new one is opened and
-        the query starts there."""
-        db = self.db
-        try:
-            return self._start_on(db, self._checks, plan, budget, schema_only, extra_tables)
-        except duckdb.Error as e:
-            if not lost(e):
-                raise
-        self._renew(db)
-        return self._start_on(self.db, self._checks, plan, budget, schema_only, extra_tables)
+        the query starts there. One whose database was replaced while it waited for its slot
+        (closed, or no longer given the source) starts again on the newest; past STARTS tries,
+        and for any other failure of DuckDB's, it gets an error of ours."""
+        with translated_errors(self.source):
+            for _ in range(STARTS):
+                db, checks = self._current
+                try:
+                    return self._start_on(db, checks, plan, budget, schema_only, extra_tables)
+                except (duckdb.Error, DatabaseReplaced) as e:
+                    if lost(e):
+                        self._renew(db)
+                    elif not isinstance(e, (duckdb.ConnectionException, DatabaseReplaced)):
+                        raise
+                    with self._renewing:  # a renewal under way ends before the next try
+                        pass
+            raise DatabaseReplaced()
 
     def _start_on(self, db: duckdb.DuckDBPyConnection, checks: dict, plan: Plan | None, budget: Budget,
                   schema_only: bool, extra_tables: dict[str, pa.Table] | None) -> "Running":
@@ -221,26 +236,26 @@ class Engine:
         attached = False
         try:
             if _reads_source(plan):
-                self.source.attach(con, plan, schema_only=schema_only)
+                self.source.attach(db, con, plan, schema_only=schema_only)
                 attached = True
             for name, table in (extra_tables or {}).items():
                 con.register(name, table)
             return con
         except BaseException:
             con.close()
-            if attached and db is self.db:
+            if attached:
                 self.source.detach(db, plan)
             raise
 
     def release(self, con: duckdb.DuckDBPyConnection, plan: Plan | None = None,
                 leave: Callable[[], None] = lambda: None, db: duckdb.DuckDBPyConnection | None = None) -> None:
-        """Close the query's cursor (and any result still open on it), let the source go (unless
-        its database was replaced meanwhile: what it attached went with it), and give back the
+        """Close the query's cursor (and any result still open on it), let the source go (from
+        the database it attached in: one replaced meanwhile took it along), and give back the
         query's slot."""
         try:
             con.close()
-            if _reads_source(plan) and (db or self.db) is self.db:
-                self.source.detach(self.db, plan)
+            if _reads_source(plan):
+                self.source.detach(db or self.db, plan)
         finally:
             leave()
 

@@ -7,8 +7,8 @@ from contextlib import contextmanager
 
 import duckdb
 
-from flight_lstm.errors import (FlightLSTMError, InvalidQuery, QueryCancelled, QueryRefused, ResourceExhausted,
-                                SourceUnavailable, first_line)
+from flight_lstm.errors import (DatabaseReplaced, FlightLSTMError, InvalidQuery, QueryCancelled, QueryRefused,
+                                ResourceExhausted, first_line)
 from flight_lstm.plan.operators import CONNECTION_ID, operator_names
 from flight_lstm.sources import Source
 from udfs import OPERATORS
@@ -82,9 +82,6 @@ def _message(error: duckdb.Error) -> str:
     return " ".join([_WITH_MODEL.sub("", first), *hints])
 
 
-# A query still on a database the engine replaced (engine.py: _renew) meets it invalidated, or closed.
-REPLACED = ("the server's database was replaced after an internal DuckDB error while this query ran "
-            "(another query's); run it again")
 _REPLACED_ERRORS = (duckdb.FatalException, duckdb.ConnectionException)
 
 # Mid-stream, DuckDB's errors arrive through the Arrow reader as OSError("<Kind> Error: ...").
@@ -124,7 +121,7 @@ def _ours(error: duckdb.Error | OSError) -> FlightLSTMError | None:
     if _UDF_OUT_OF_MEMORY.search(str(error)):  # an operator's, whether before or mid-stream
         return ResourceExhausted(_message(error))
     if isinstance(error, _REPLACED_ERRORS) or str(error).startswith(("FATAL Error: ", "Connection Error: ")):
-        return SourceUnavailable(REPLACED)
+        return DatabaseReplaced()
     kind = next((k for duck, k in _DUCKDB_ERRORS if isinstance(error, duck)), None)
     if kind is None and isinstance(error, OSError):
         found = _STREAM_KIND.match(str(error))

@@ -35,11 +35,12 @@ class Source(ABC):
         """The tables and views a query may read, as SQL references (quoted where needed)."""
 
     @abstractmethod
-    def attach(self, con: duckdb.DuckDBPyConnection, plan: Plan, *, schema_only: bool = False) -> None:
-        """Make what `plan` reads queryable in `con`, read-only: its `tables` by name, or for a
-        pushdown source each of its `scans` under its local name. With `schema_only`, only the
-        schemas are needed (no remote query may run). Raise SourceUnavailable when the source
-        cannot answer now."""
+    def attach(self, db: duckdb.DuckDBPyConnection, con: duckdb.DuckDBPyConnection, plan: Plan, *,
+               schema_only: bool = False) -> None:
+        """Make what `plan` reads queryable in `con`, a cursor of `db` (the engine's database),
+        read-only: its `tables` by name, or for a pushdown source each of its `scans` under its
+        local name. With `schema_only`, only the schemas are needed (no remote query may run).
+        Raise SourceUnavailable when the source cannot answer now."""
 
     @abstractmethod
     def describe(self) -> str:
@@ -52,9 +53,9 @@ class Source(ABC):
     def close(self, db: duckdb.DuckDBPyConnection) -> None:
         """The engine is stopping: let go now of anything `detach` left for later."""
 
-    def forget(self) -> None:
-        """The engine replaced its database (DuckDB invalidated the old one): what was attached in
-        it is gone, and queries still on it will not `detach`."""
+    def forget(self, db: duckdb.DuckDBPyConnection) -> None:
+        """The engine replaced `db` (DuckDB invalidated it): what was attached in it goes with it.
+        Queries still on it may yet `detach` from it, and none may `attach` to it again."""
 
     def version(self) -> Hashable | None:
         """A token that changes whenever the source's tables may have changed, so result schemas

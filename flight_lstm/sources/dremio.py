@@ -56,7 +56,8 @@ class DremioSource(Source):
 
     # -- the Source interface
 
-    def attach(self, con: duckdb.DuckDBPyConnection, plan: Plan | None, *, schema_only: bool = False) -> None:
+    def attach(self, db: duckdb.DuckDBPyConnection, con: duckdb.DuckDBPyConnection, plan: Plan | None, *,
+               schema_only: bool = False) -> None:
         """Register each of `plan.scans` in `con` under its local name: a reader that streams
         Dremio's result as DuckDB pulls it (DoGet starts on the first pull), or with `schema_only`
         an empty table of the schema Dremio announced (GetFlightInfo only, no job runs).

@@ -10,17 +10,27 @@ import logging
 import os
 import threading
 import time
+import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import duckdb
 
-from flight_lstm.errors import SourceUnavailable
+from flight_lstm.errors import DatabaseReplaced, SourceUnavailable
 from flight_lstm.plan import Plan
 from flight_lstm.sources.base import Source
 
 ALIAS = "lake"
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Attachment:
+    """The file as one of the engine's databases has it attached."""
+
+    queries: int = 0  # queries using it
+    version: tuple | None = None  # the file as it was attached; None: not attached
 
 
 class DuckDBSource(Source):
@@ -32,8 +42,10 @@ class DuckDBSource(Source):
         self.path = Path(path).resolve()
         self.keep_attached = keep_attached
         self._lock = threading.Condition()
-        self._queries = 0  # queries that have the file attached in the engine's database
-        self._attached_version: tuple | None = None  # the file as it was attached; None: not attached
+        # Per database of the engine: a renewal (engine.py) opens a new one while queries on the
+        # old one still end, and their ends must not count against the new one's attachment.
+        self._attached: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._forgotten: weakref.WeakSet = weakref.WeakSet()
         # The last query's database and when it ended, while a detach is pending; one thread per
         # source waits for it (`_detach_when_idle`), so ending a query starts no thread.
         self._idle: tuple[duckdb.DuckDBPyConnection, float] | None = None
@@ -63,26 +75,36 @@ class DuckDBSource(Source):
             con.close()
         return [name if schema == "main" else f"{schema}.{name}" for schema, name in rows]
 
-    def attach(self, con: duckdb.DuckDBPyConnection, plan: Plan | None, *, schema_only: bool = False) -> None:
+    def attach(self, db: duckdb.DuckDBPyConnection, con: duckdb.DuckDBPyConnection, plan: Plan | None, *,
+               schema_only: bool = False) -> None:
         with self._lock:
+            if db in self._forgotten:
+                raise DatabaseReplaced()
             self._idle = None
-            if self._queries == 0:  # no query is using the attachment: it may be (re)made
+            attached = self._attached.setdefault(db, _Attachment())
+            if attached.queries == 0:  # no query is using the attachment: it may be (re)made
                 version = self.version()
-                if self._attached_version not in (None, version):
-                    self._detach_now(con)  # replaced or rewritten while kept: read the file as it is now
-                if self._attached_version is None:
+                if attached.version not in (None, version):
+                    self._detach_now(db)  # replaced or rewritten while kept: read the file as it is now
+                if attached.version is None:
                     self._attach(con)
-                    self._attached_version = version
+                    attached.version = version
             con.execute(f"USE {ALIAS}")
-            self._queries += 1
+            attached.queries += 1
 
     def detach(self, db: duckdb.DuckDBPyConnection, plan: Plan) -> None:
         with self._lock:
-            self._queries -= 1
-            if self._queries > 0:
+            attached = self._attached.get(db)
+            if attached is None:  # forgotten: its attachment went with it
+                return
+            attached.queries -= 1
+            if attached.queries > 0:
                 return
             if self.keep_attached == 0 or self._closed:
-                self._detach_now(db)
+                try:
+                    self._detach_now(db)
+                except duckdb.Error as e:  # a database DuckDB invalidated: kept, as the detacher does
+                    log.warning("could not detach %s: %s", self.path.name, e)
                 return
             self._idle = (db, time.monotonic())
             self._lock.notify()
@@ -98,12 +120,16 @@ class DuckDBSource(Source):
             self._closed = True
             self._idle = None
             self._lock.notify()
-            if self._attached_version is not None and self._queries == 0:
+            attached = self._attached.get(db)
+            if attached is not None and attached.version is not None and attached.queries == 0:
                 self._detach_now(db)
 
-    def forget(self) -> None:
+    def forget(self, db: duckdb.DuckDBPyConnection) -> None:
         with self._lock:
-            self._attached_version, self._queries, self._idle = None, 0, None
+            self._attached.pop(db, None)
+            self._forgotten.add(db)
+            if self._idle is not None and self._idle[0] is db:
+                self._idle = None
 
     def _detach_when_idle(self) -> None:
         """Detach once `keep_attached` seconds pass with no query; a query meanwhile cancels it."""
@@ -126,7 +152,7 @@ class DuckDBSource(Source):
     def _detach_now(self, db: duckdb.DuckDBPyConnection) -> None:
         with db.cursor() as con:
             con.execute(f"DETACH {ALIAS}")
-        self._attached_version = None  # only once it is gone: a failed DETACH leaves it in use
+        self._attached[db].version = None  # only once it is gone: a failed DETACH leaves it in use
 
     def version(self) -> tuple:
         """The file and its WAL as the OS sees them: any write or replacement changes one."""
