@@ -312,7 +312,12 @@ def test_a_query_that_fails_to_start_gives_its_attachment_back(lake, monkeypatch
     plan = Plan("SELECT count(*) FROM reviews", ("reviews",), frozenset())
     with pytest.raises(Exception):  # DuckDB cannot register a string as a table
         engine.connect(plan, extra_tables={"t": "not a table"})
-    assert source._queries == 0 and source._attached_version is None
+    import duckdb
+
+    with duckdb.connect(lake) as writer:  # a read-write open succeeds: the file was let go
+        assert writer.execute("SELECT count(*) FROM reviews").fetchone()[0] == len(REVIEWS)
+    _, batches = engine.stream(plan)  # and attaches again for the next query
+    assert next(batches).num_rows == 1
 
 
 def test_server_holds_no_lock_between_queries_by_default(lake, client):
