@@ -9,6 +9,7 @@ import pytest
 
 from conftest import run as run_flight
 from flight_lstm.errors import InvalidQuery
+from flight_lstm.models.anomaly import MIN_HISTORY
 from flight_lstm.service import Service
 from flight_lstm.sources.duckdb import DuckDBSource
 
@@ -226,7 +227,7 @@ def test_flat_series_raise_no_flag_and_no_incident_even_at_a_low_level(service, 
     rows = run(service, f"SELECT k, score, is_anomaly FROM anomaly_table('{table}', key => 'k', ts => 'ts', "
                         "value => 'v', level => 0.99)").to_pylist()
     assert len(rows) == 4 * length and not any(r["is_anomaly"] for r in rows)
-    assert sum(r["score"] is not None for r in rows) == 4 * (length - 16)
+    assert sum(r["score"] is not None for r in rows) == 4 * (length - MIN_HISTORY)
     assert all(r["score"] < 0.99 for r in rows if r["score"] is not None)
     events = run(service, f"SELECT * FROM anomaly_events('{table}', key => 'k', ts => 'ts', value => 'v', "
                           "level => 0.99)")
