@@ -171,7 +171,7 @@ def test_a_pivot_that_would_make_too_many_columns_is_refused(service):
     schema, _ = service.stream(service.plan(f"SELECT * FROM {_pivot(2, 10, 2)}"))
     assert len(schema) == 2 + 10 * 10 * 2  # c and d, then a column per (a, b, aggregate)
     for refused in (f"SELECT count(*) AS n FROM {_pivot(4, 17, 3)}",
-                    f"SELECT *, *, *, * FROM (SELECT *, *, *, * FROM {_pivot(2, 10, 7)})",  # 700 columns x 16
+                    f"SELECT count(*) AS n FROM {_pivot(2, 10, 60)} p, {_pivot(2, 10, 60)} q",  # 6,000 each: together
                     "SELECT * FROM (SELECT i % 5 AS a, i AS x FROM range(10) t(i)) PIVOT ("  # the standard form
                     + ", ".join(f"sum(x + {k})" for k in range(100)) + " FOR a IN (" + ", ".join(map(str, range(101))) + "))"):
         with pytest.raises(InvalidQuery, match="a PIVOT would make more than 10,000 columns"):
@@ -217,3 +217,95 @@ def test_struct_types_that_double_through_nested_queries_are_refused(service):
         f"c{i} AS (SELECT {{'a': s, 'b': s}} AS s FROM c{i - 1})" for i in range(1, 14)) + " SELECT * FROM c13"
     with pytest.raises(InvalidQuery, match="type would hold more than 4,096 fields"):
         service.plan(chain)
+
+
+def _nested_pivots(levels: int, values: int) -> str:
+    """Round 13: each PIVOT's aggregate over COLUMNS(*) makes a column per value per column of the
+    PIVOT inside it, so the columns multiply by level."""
+    ins = ", ".join(str(v) for v in range(values))
+    query = f"(SELECT {', '.join(f'i % {values} AS k{j}' for j in range(levels))}, i AS x FROM range(100) t(i))"
+    for j in range(levels):
+        rest = [f"k{m}" for m in range(j + 1, levels)]
+        using = "sum(x)" if j == 0 else f"sum(COLUMNS(* EXCLUDE ({', '.join([f'k{j}', *rest])})))"
+        group = f" GROUP BY {', '.join(rest)}" if rest else ""
+        query = f"(PIVOT {query} ON k{j} IN ({ins}) USING {using}{group})"
+    return f"SELECT * FROM {query} LIMIT 0"
+
+
+def test_pivots_count_the_columns_an_aggregate_over_columns_makes(service):
+    """Round 13: five PIVOTs of 10 values nested, each `USING sum(COLUMNS(* EXCLUDE (...)))` (618
+    bytes), made 110,000 columns and bound for 149 s past a 5 s limit (counted: 10 each); one over
+    4,000 literal columns and 20 values ran 38 s (counted: 20)."""
+    schema, _ = service.stream(service.plan(_nested_pivots(2, 10)))
+    assert len(schema) == 10 * 11  # a legal nest still plans and runs: a column per value per column inside
+    assert service.plan(_nested_pivots(3, 10))
+    flat = (f"SELECT * FROM (PIVOT ({_literals(4000)}, i % 20 AS k FROM range(10) t(i)) "
+            f"ON k IN ({', '.join(map(str, range(20)))}) USING sum(COLUMNS(*)))")
+    for refused in (_nested_pivots(5, 10), _nested_pivots(4, 10), flat):
+        with pytest.raises(InvalidQuery, match="a PIVOT would make more than 10,000 columns"):
+            service.plan(refused)
+    # A table's columns are not known here: an aggregate over them all copies each once per value.
+    assert service.plan("SELECT * FROM (PIVOT reviews ON stars IN (1, 2, 3, 4, 5) USING max(COLUMNS(*)))")
+    with pytest.raises(InvalidQuery, match="would copy a column more than 64 times"):
+        service.plan("SELECT * FROM (PIVOT reviews ON stars USING max(COLUMNS(*)))")
+
+
+def _literals(n: int) -> str:
+    return "SELECT " + ", ".join(f"{i} AS c{i}" for i in range(n))
+
+
+def test_star_copies_of_a_wide_select_list_count_its_columns(service):
+    """Round 13: the star bound counted 64 copies of a column, but a select list of 9,000 literals
+    copied 64 times made 576,000 columns (27 kB) and bound for 18.6 s past a 5 s limit."""
+    s8 = ", ".join(["*"] * 8)
+    assert service.plan(f"SELECT count(*) AS n FROM (SELECT *, *, *, * FROM ({_literals(4000)}))")  # 16,000
+    for n in (9000, 1100):
+        ones = "SELECT " + ", ".join(["1"] * n)
+        with pytest.raises(InvalidQuery, match="a query would make more than 65,536 columns"):
+            service.plan(f"SELECT count(*) AS n FROM (SELECT {s8} FROM (SELECT {s8} FROM ({ones})))")
+
+
+def test_columns_bound_through_nested_queries_and_ctes_are_counted_together(service):
+    """64,000 columns bound through 20 nested `SELECT *` took 9.8 s: each query is bound, and a CTE
+    wherever it is named."""
+    def chain(depth: int) -> str:
+        query = f"SELECT {', '.join(['*'] * 16)} FROM ({_literals(2000)})"  # 32,000 columns
+        for _ in range(depth):
+            query = f"SELECT * FROM ({query})"
+        return f"SELECT count(*) AS n FROM ({query})"
+
+    def named(times: int) -> str:
+        return (f"WITH c AS (SELECT {', '.join(['*'] * 16)} FROM ({_literals(2000)})) SELECT "
+                + ", ".join(f"(SELECT count(*) FROM c) AS n{i}" for i in range(times)))
+
+    assert service.plan(chain(2)) and service.plan(named(3))
+    for refused in (chain(8), named(7)):
+        with pytest.raises(InvalidQuery, match="would make more than 200,000 columns in all"):
+            service.plan(refused)
+
+
+def test_a_table_alias_named_as_a_column_counts_its_row(service):
+    """Round 13: `SELECT t AS a, t AS b FROM (...) t` (t's row as a struct) doubled the type at each
+    level, counted as one column: 14 levels (481 bytes) reached the process's memory cap."""
+    def nested(levels: int) -> str:
+        query = "SELECT 1 AS a, 1 AS b"
+        for _ in range(levels):
+            query = f"SELECT t AS a, t AS b FROM ({query}) t"
+        return f"SELECT a IS NULL AS x FROM ({query}) x"
+
+    assert service.plan(nested(12))  # 4,096 leaves a column
+    for levels in (13, 14):
+        with pytest.raises(InvalidQuery, match="type would hold more than 4,096 fields"):
+            service.plan(nested(levels))
+
+
+def test_a_written_type_counts_its_fields(service):
+    """Round 13: `NULL::STRUCT(f0 INT, ..., f1999 INT)` counted as one leaf; doubled five times it
+    reached the memory cap."""
+    wide = "NULL::STRUCT(" + ", ".join(f"f{i} INT" for i in range(2000)) + ")"
+    assert service.plan(f"SELECT {{'a': s, 'b': s}} AS s FROM (SELECT {wide} AS s)")  # 4,000 leaves
+    for refused in (f"SELECT {{'a': s, 'b': s, 'c': s}} AS s FROM (SELECT {wide} AS s)",
+                    f"SELECT row(s, s, s) AS s FROM (SELECT {wide.replace('::STRUCT(', '::MAP(INT, STRUCT(')}) AS s)",
+                    f"SELECT {{'a': s, 'b': s}} AS s FROM (SELECT {wide.replace('INT', 'STRUCT(x INT, y INT)')} AS s)"):
+        with pytest.raises(InvalidQuery, match="type would hold more than 4,096 fields"):
+            service.plan(refused)

@@ -10,8 +10,19 @@ before any is expanded; none can hide in another's arguments, which are literals
 names: arguments.py), and its planned tree may hold at most MAX_PLAN_NODES nodes (counted
 before it is written as SQL): planning stays within a few seconds (2.6 s for the largest
 allowed here, four `anomaly_events` over 64 columns each).
+
+DuckDB's binding, which no time limit reaches either, grows with the columns it binds, and few
+bytes make many: star projections, PIVOTs and structs multiply them down nested queries. So one
+walk estimates every query's output columns, each as its type's leaves, from those of what it
+reads, and bounds them (the constants below). Left: a source table's columns (or a table
+function's, but unnest's and VALUES') are not known here: they count as none, one of them named as
+the widest known in scope (a lake table's struct column may be wider), and only star copies of them
+are bounded; a function's result counts as its widest argument (to_json(t) as t's row).
 """
 from __future__ import annotations
+
+from itertools import zip_longest
+from typing import NamedTuple
 
 from sqlglot import exp
 
@@ -26,30 +37,47 @@ MAX_PLAN_NODES = 20_000
 # its body, wherever it is named, may hold at most MAX_BOUND_NODES: about a second of DuckDB's
 # binding, and twice the largest legal plan's (eight forecast_backtests: 234,000).
 MAX_BOUND_NODES = 500_000
-# Star expansion multiplies columns the same way: `SELECT *, *, * FROM (...)` ten deep made
-# 59,049 columns of one and bound for 8.8 s; eleven deep ran 31 s past a 3 s limit (binding is
-# not interruptible) at 1.3 GB. Down any chain of nested queries, starting from any query in the
-# tree (CTEs followed where named), the product of each select list's star projections (`*`, `t.*`,
-# `COLUMNS(...)`) is at most this.
+# Columns: `SELECT *×8 FROM (SELECT *×8 FROM (SELECT 1, 1, ... ×9,000))` (27 kB) made 576,000
+# columns and bound for 18.6 s past a 5 s limit. A query's columns are its sources' (a `*`, `t.*`
+# or COLUMNS(...) in its select list copies all of them, or t's; an expression over COLUMNS(...)
+# makes one per column), each as wide as its type's leaves (MAX_TYPE_WIDTH). One query makes at
+# most MAX_OUTPUT_LEAVES: 64,000 literal columns bound in 0.7 s here (0.4 s copied by stars, 0.2 s
+# as struct fields; 128,000 copied: 1.1 s, 256,000: 3.0 s). Every query DuckDB binds (a CTE
+# wherever named, a PIVOT's columns too) makes at most MAX_BOUND_LEAVES together, since 64,000
+# columns bound through 20 nested `SELECT *` took 9.8 s (through 3: 288,000 leaves, 2.0 s): about
+# 1.4 s, and 1.6 times the largest legal plan's estimate (four anomaly_table over 64 columns:
+# 125,000, its structs' fields overcounted).
+MAX_OUTPUT_LEAVES = 65_536
+MAX_BOUND_LEAVES = 200_000
+# Star expansion of a source table, whose columns are not counted: `SELECT *, *, * FROM (...)` ten
+# deep made 59,049 columns of one and bound for 8.8 s; eleven deep ran 31 s past a 3 s limit at
+# 1.3 GB. Down any chain of nested queries, starting from any query in the tree (CTEs followed where
+# named), the product of each select list's star projections (`*`, `t.*`, `COLUMNS(...)`), and of a
+# PIVOT's values for an aggregate over a star of columns not known, is at most this.
 MAX_STAR_COPIES = 64
 # PIVOT makes a column per value of its ON lists' product and aggregate: 4 lists of 17 values and 3
-# aggregates (337 bytes) made 250,563 columns and bound for 33 s past a 5 s limit. The columns a
-# PIVOT makes, times the star copies above it, are at most MAX_PIVOT_COLUMNS (about a second of
-# binding); an ON list without IN (...) (DuckDB reads its values from the data) counts as
-# PIVOT_LIMIT values, the most DuckDB then accepts (engine/database.py sets it).
+# aggregates (337 bytes) made 250,563 columns and bound for 33 s past a 5 s limit, and an aggregate
+# over COLUMNS(*) makes one per column it reads: five PIVOTs of 10 values nested (618 bytes) made
+# 110,000 and bound for 149 s. PIVOT columns bind dearer than others (10,000: 0.9 s; 16,000: 2.0 s;
+# 32,000: 4.6 s), so all a query's PIVOTs together make at most MAX_PIVOT_COLUMNS; an ON list
+# without IN (...) (DuckDB reads its values from the data) counts as PIVOT_LIMIT values, the most
+# DuckDB then accepts (engine/database.py sets it).
 MAX_PIVOT_COLUMNS = 10_000
 PIVOT_LIMIT = 10_000
 # Struct types grow the same way: `SELECT {'a': s, 'b': s} AS s FROM (...)` doubles s's type at
 # each level, 14 levels (542 bytes) bound for 3.65 s and 16 reached the process's memory cap. A
 # column's type width is estimated as its leaves: a struct, row, map or zip of values holds the
-# sum of theirs, anything else the widest of its parts (a lambda's variable counts as the widest
-# column in scope), and no column of any query may pass MAX_TYPE_WIDTH (2^12). Left: DuckDB also
-# unifies structs by field name where values meet (CASE, COALESCE, lists, UNION: {'a': s} and
-# {'b': s} make STRUCT(a, b)); counting those as sums refused anomaly_events over 64 columns
-# (its lists of fields taken from one struct), so they count as their widest part.
+# sum of theirs, a table's alias named as a column (its row as a struct) the sum of its columns', a
+# written type its own (`NULL::STRUCT(...)`), anything else the widest of its parts (a lambda's
+# variable counts as the widest column in scope), and no column of any query may pass
+# MAX_TYPE_WIDTH (2^12). Left: DuckDB also unifies structs by field name where values meet (CASE,
+# COALESCE, lists, UNION: {'a': s} and {'b': s} make STRUCT(a, b)); counting those as sums refused
+# anomaly_events over 64 columns (its lists of fields taken from one struct), so they count as their
+# widest part.
 MAX_TYPE_WIDTH = 4096
 COMBINING = {"row", "struct_pack", "struct_insert", "struct_update", "struct_concat", "list_zip", "array_zip",
              "map", "map_from_entries", "union_value"}  # DuckDB's functions typed as a STRUCT, MAP or UNION of their arguments
+STRUCTURED = {exp.DataType.Type.STRUCT, exp.DataType.Type.MAP, exp.DataType.Type.UNION}  # types of several fields
 EXPANDED = {forecast_table.NAME, forecast_backtest.NAME, anomaly_table.TABLE, anomaly_table.EVENTS}
 
 
@@ -68,132 +96,233 @@ def check_plan_size(tree: exp.Expression) -> exp.Expression:
             raise InvalidQuery(f"the query plans to more than {MAX_PLAN_NODES:,} SQL nodes (its views and "
                                "table functions expanded); split it into smaller queries")
     try:  # both walk down nested queries and CTEs one Python frame per level
-        bound, (stars, pivoted), widest = _bound_nodes(tree), _copies(tree), _widest_type(tree)
+        if _bound_nodes(tree) > MAX_BOUND_NODES:
+            raise InvalidQuery(f"the query's CTEs, each counted wherever it is named, make more than "
+                               f"{MAX_BOUND_NODES:,} SQL nodes; name each CTE fewer times, or split the query")
+        _check_columns(tree)
     except RecursionError:
         raise InvalidQuery("the query nests queries or CTEs too deeply; split it") from None
-    if bound > MAX_BOUND_NODES:
-        raise InvalidQuery(f"the query's CTEs, each counted wherever it is named, make more than "
-                           f"{MAX_BOUND_NODES:,} SQL nodes; name each CTE fewer times, or split the query")
-    if widest > MAX_TYPE_WIDTH:
-        raise InvalidQuery(f"a column's type would hold more than {MAX_TYPE_WIDTH:,} fields (structs, rows or maps "
-                           "built of the same columns through nested queries); name the fields you need")
-    if stars > MAX_STAR_COPIES:
-        raise InvalidQuery(f"star projections (*, t.*, COLUMNS(...)) would copy a column more than {MAX_STAR_COPIES} "
-                           "times through the nested queries; name the columns")
-    if pivoted > MAX_PIVOT_COLUMNS:
-        raise InvalidQuery(f"a PIVOT would make more than {MAX_PIVOT_COLUMNS:,} columns (its ON values, listed with "
-                           f"IN (...) or else up to {PIVOT_LIMIT:,}, times its aggregates, times star copies of them)")
     return tree
 
 
-def _copies(tree: exp.Expression) -> tuple[int, int]:
-    """(The most copies star expansion can make of one column, the most columns a PIVOT and the
-    stars above it can make): down each chain of queries reading queries (subqueries in FROM and
-    joins, set operations, CTEs where named), from any query in the tree, the product of each
-    select list's projections that hold a star (count(*) aside), and of a PIVOT's columns."""
+class _Out(NamedTuple):
+    """What a query makes: its columns (name, leaves), whether it has columns not known too (a
+    source table's), the most copies star expansion makes of a column down to it, and the leaves and
+    PIVOT columns DuckDB binds for it and for everything it reads (a CTE wherever named)."""
+    columns: list[tuple[str, int]]
+    unknown: bool = False
+    stars: int = 1
+    leaves: int = 0
+    pivoted: int = 0
+
+
+class _Scope(NamedTuple):
+    """The columns a select list (or a PIVOT's aggregates) may name."""
+    columns: list[tuple[str, int]]  # all its sources', in order
+    names: dict[str, int]  # column name -> widest of that name
+    rows: dict[str, list[tuple[str, int]]]  # source alias -> its columns, when known
+    widest: int  # of the scope and of any query it is correlated with
+    inside: frozenset  # CTE names being read (a recursive CTE's own name is a source table there)
+
+
+def _check_columns(tree: exp.Expression) -> None:
+    """Estimate the columns of every query in the tree from those of what it reads (subqueries in
+    FROM and joins, set operations, CTEs where named, PIVOTs), and refuse past any bound above."""
     bodies = _cte_bodies(tree)
-    known: dict[str, tuple[int, int]] = {}
-    seen: dict[tuple[int, frozenset], tuple[int, int]] = {}  # each node once per CTE scope
+    known: dict[str, _Out] = {}  # each CTE once, by name
+    seen: dict[tuple[int, int], _Out] = {}  # each node once per width a correlated reference may have
+    read_once: set[int] = set()
 
-    def copies(node: exp.Expression | None, inside: frozenset) -> tuple[int, int]:
-        key = (id(node), inside)
-        if key not in seen:
-            stars, pivoted = source(node, inside)
-            pivots = node.args.get("pivots") if isinstance(node, (exp.Table, exp.Subquery)) else None
-            seen[key] = stars, max([pivoted, *(_pivot_columns(p) for p in pivots or [])])
-        return seen[key]
-
-    def source(node: exp.Expression | None, inside: frozenset) -> tuple[int, int]:
-        if isinstance(node, exp.Subquery):
-            return copies(node.this, inside)
-        if isinstance(node, exp.SetOperation):
-            return _most(*(copies(part, inside) for part in _set_parts(node)))
-        if isinstance(node, exp.Pivot):  # DuckDB's PIVOT statement, as a subquery
-            stars, pivoted = copies(node.this, inside)
-            return stars, max(pivoted, _pivot_columns(node))
-        if isinstance(node, exp.Table):
-            name = node.name.lower()
-            if node.args.get("db") or name not in bodies or name in inside:
-                return 1, 1
-            if name not in known:
-                known[name] = _most(*(copies(body, inside | {name}) for body in bodies[name]))
-            return known[name]
-        if not isinstance(node, exp.Select):
-            return 1, 1
-        stars = max(1, sum(1 for p in node.expressions if any(
-            isinstance(n, (exp.Star, exp.Columns)) and not isinstance(n.parent, exp.Count) for n in p.walk())))
-        sources = [node.args.get("from_") or node.args.get("from"), *(node.args.get("joins") or [])]
-        below = _most((1, 1), *(copies(s.this, inside) for s in sources if s is not None))
-        return stars * below[0], stars * below[1]
-
-    # Every query in the tree heads a chain: one in a scalar subquery, IN or EXISTS is bound too.
-    return _most(*(copies(q, frozenset()) for q in tree.find_all(exp.Query, exp.Pivot)))
-
-
-def _widest_type(tree: exp.Expression) -> int:
-    """The widest column type (in leaves, as MAX_TYPE_WIDTH's comment estimates) of any query in
-    the tree, each query's columns estimated from the columns of what it reads."""
-    bodies = _cte_bodies(tree)
-    seen: dict[tuple[int, int], dict[str, int]] = {}
-    known: dict[str, dict[str, int]] = {}  # each CTE once, by name (as `_copies`)
-
-    def columns(node: exp.Expression | None, inside: frozenset, outer: int = 1) -> dict[str, int]:
-        """`outer`: the widest column a correlated reference may name, in a subquery within an expression."""
+    def query(node: exp.Expression, inside: frozenset, outer: int = 1) -> _Out:
+        """`outer`: the widest column a correlated (or lateral) reference may name."""
         key = (id(node), outer)
         if key not in seen:
             seen[key] = read(node, inside, outer)
+            read_once.add(id(node))
         return seen[key]
 
-    def read(node: exp.Expression | None, inside: frozenset, outer: int) -> dict[str, int]:
-        if isinstance(node, (exp.Subquery, exp.Pivot)):
-            return columns(node.this, inside, outer)
-        if isinstance(node, exp.SetOperation):
-            found = [columns(part, inside, outer) for part in _set_parts(node)]
-            most = max((w for f in found for w in f.values()), default=1)
-            return dict.fromkeys(found[0], most)  # named as the first query names them
-        if isinstance(node, exp.Table):
+    def read(node: exp.Expression, inside: frozenset, outer: int) -> _Out:
+        if isinstance(node, (exp.Subquery, exp.Lateral)):
+            out = query(node.this, inside, outer)
+        elif isinstance(node, exp.Pivot):  # DuckDB's PIVOT statement, as a subquery
+            return pivot(node, query(node.this, inside, outer), inside, outer)
+        elif isinstance(node, exp.SetOperation):
+            parts = [query(part, inside, outer) for part in _set_parts(node)]
+            out = made(_side_by_side(parts), any(p.unknown for p in parts), max(p.stars for p in parts),
+                       sum(p.leaves for p in parts), sum(p.pivoted for p in parts))
+        elif isinstance(node, exp.Table):
             name = node.name.lower()
             if node.args.get("db") or name not in bodies or name in inside:
-                return {}
-            if name not in known:
-                found = [columns(body, inside | {name}) for body in bodies[name]]
-                known[name] = {k: max(f.get(k, 1) for f in found) for f in found for k in f}
-            return known[name]
-        if not isinstance(node, exp.Select):
-            return {}
-        scope: dict[str, int] = {}
-        for source in [node.args.get("from_") or node.args.get("from"), *(node.args.get("joins") or [])]:
-            if source is not None:
-                for k, w in columns(source.this, inside, outer).items():
-                    scope[k] = max(scope.get(k, 1), w)
-        widest = max([*scope.values(), outer])
-        out: dict[str, int] = {}
-        for projection in node.expressions:
-            if projection.find(exp.Star, exp.Columns) and not projection.find(exp.Count):
-                for k, w in scope.items():
-                    out[k] = max(out.get(k, 1), w)
+                out = _Out([], unknown=True)
             else:
-                out[projection.alias_or_name.lower()] = width(projection, scope, widest, inside)
+                if name not in known:
+                    found = [query(body, inside | {name}) for body in bodies[name]]
+                    known[name] = _Out(_side_by_side(found), *(max(f[i] for f in found) for i in range(1, 5)))
+                out = known[name]
+        elif isinstance(node, (exp.Values, exp.Unnest)):  # a column per value of a row, or per list unnested
+            scope = _Scope([], {}, {}, outer, inside)
+            rows = node.expressions if isinstance(node, exp.Values) else [node]
+            values = [[width(v, scope) for v in row.expressions] for row in rows]
+            out = made([(f"#{i}", max(w)) for i, w in enumerate(zip_longest(*values, fillvalue=1))])
+        elif isinstance(node, exp.Select):
+            out = select(node, inside, outer)
+        else:
+            out = _Out([], unknown=True)
+        for p in node.args.get("pivots") or []:  # `FROM t PIVOT (...)`
+            out = pivot(p, out, inside, outer)
         return out
 
-    def width(node: exp.Expression, scope: dict[str, int], widest: int, inside: frozenset) -> int:
-        if isinstance(node, exp.Column):
-            return scope.get(node.name.lower(), widest)
+    def select(node: exp.Select, inside: frozenset, outer: int) -> _Out:
+        sources = [s.this for s in [node.args.get("from_") or node.args.get("from"), *(node.args.get("joins") or [])]
+                   if s is not None]
+        outs, widest = [], outer
+        for source in sources:  # a lateral reference names a source before it
+            outs.append(query(source, inside, widest))
+            widest = max([widest, *(w for _, w in outs[-1].columns)])
+        skip = {id(s) for s in sources}  # then the queries in its expressions (scalar, IN, EXISTS)
+        below = outs + [query(n, inside, widest) for n in node.walk(prune=lambda n: n is not node and (
+            isinstance(n, (exp.Query, exp.Pivot, exp.With)) or id(n) in skip))
+            if n is not node and isinstance(n, (exp.Query, exp.Pivot)) and id(n) not in skip]
+        leaves, pivoted = sum(o.leaves for o in below), sum(o.pivoted for o in below)
+        _check(0, leaves, pivoted)
+        scope = _Scope([c for out in outs for c in out.columns], {}, {}, widest, inside)
+        for source, out in zip(sources, outs):
+            for name, w in out.columns:
+                scope.names[name] = max(scope.names.get(name, 1), w)
+            if out.columns and source.alias_or_name:
+                scope.rows[source.alias_or_name.lower()] = out.columns
+        columns: list[tuple[str, int]] = []
+        stars, made_leaves = 0, 0
+        for projection in node.expressions:
+            star = projection.this if isinstance(projection, exp.Columns) else projection
+            chosen = scope.columns
+            if isinstance(star, exp.Column) and isinstance(star.this, exp.Star):  # t.*, COLUMNS(t.*)
+                star, chosen = star.this, scope.rows.get(star.table.lower(), scope.columns)
+            if isinstance(star, exp.Star):  # *, t.*, COLUMNS(*), COLUMNS(t.*), with EXCLUDE, REPLACE, RENAME
+                replaced = {r.alias.lower(): width(r.this, scope) for r in star.args.get("replace") or []}
+                more = [(n, replaced.get(n, w)) for n, w in chosen]
+            elif _starred(projection) and not all(c.args.get("unpack") for c in projection.find_all(exp.Columns)):
+                each = {w: width(projection, scope, w) for w in {w for _, w in scope.columns}}
+                more = [(n, each[w]) for n, w in scope.columns]  # sum(COLUMNS(*)), COLUMNS('regex'): one each
+            else:  # f(*COLUMNS(*)) is one column of them all
+                more = [(projection.alias_or_name.lower(), width(projection, scope))]
+            stars += _starred(projection)
+            columns += more
+            made_leaves += sum(w for _, w in more)
+            _check(made_leaves, leaves + made_leaves, pivoted)
+        return made(columns, stars > 0 and any(o.unknown for o in outs),
+                    max(1, stars) * max([1, *(o.stars for o in outs)]), leaves, pivoted)
+
+    def pivot(node: exp.Pivot, source: _Out, inside: frozenset, outer: int) -> _Out:
+        """A PIVOT makes a column per value of its ON lists' product, per aggregate (or per input
+        column for one over a star), after the input's columns it does not name; an UNPIVOT makes
+        a name and a value column beside its input's columns (an upper bound)."""
+        names: dict[str, int] = {}
+        for name, w in source.columns:
+            names[name] = max(names.get(name, 1), w)
+        scope = _Scope(source.columns, names, {}, max([outer, *names.values()]), inside)
+        if node.args.get("unpivot"):
+            return made([*source.columns, ("name", 1), ("value", scope.widest)], *source[1:])
+        simple = "using" in node.args  # DuckDB's `PIVOT t ON a IN (...) USING sum(x)`
+        on = node.expressions if simple else node.args.get("fields") or []
+        aggregates = (node.args.get("using") or []) if simple else node.expressions
+        values = 1
+        for field in on:
+            listed = isinstance(field, exp.In) and not field.args.get("query") \
+                and not any(isinstance(v, (exp.Subquery, exp.Select)) for v in field.expressions)
+            values *= len(field.expressions) if listed else PIVOT_LIMIT
+        each = [(max(1, len(source.columns)) if _starred(a) else 1, width(a, scope, scope.widest))
+                for a in aggregates] or [(1, 1)]
+        count = values * sum(n for n, _ in each)
+        _check(0, source.leaves, source.pivoted + count)
+        starred = sum(1 for a in aggregates if _starred(a)) if source.unknown else 0  # copies of columns not known
+        used = {c.name.lower() for part in [*on, *aggregates] for c in part.find_all(exp.Column)}
+        columns = [(n, w) for n, w in source.columns if n not in used]
+        columns += [(f"#{i}", w) for _ in range(values) for n, w in each for i in range(n)]
+        return made(columns, source.unknown, source.stars * max(1, values * starred), source.leaves,
+                    source.pivoted + count)
+
+    def width(node: exp.Expression, scope: _Scope, star: int | None = None) -> int:
+        """A value's type width in leaves (MAX_TYPE_WIDTH's comment); `star`: that of the column a
+        star or COLUMNS(...) in it stands for, one at a time."""
+        if isinstance(node, exp.Column) and not isinstance(node.this, exp.Star):
+            table, name = node.table.lower(), node.name.lower()
+            if table and table not in scope.rows and name not in scope.names:  # a struct's field, or not known
+                return scope.names.get(table, scope.widest)
+            if name not in scope.names and not table and name in scope.rows:  # a source's row, as a struct
+                return sum(w for _, w in scope.rows[name])
+            return scope.names.get(name, scope.widest)
+        if isinstance(node, exp.Columns) and node.args.get("unpack"):  # *COLUMNS(...): each an argument
+            return max(scope.widest, sum(w for _, w in scope.columns))
+        if isinstance(node, (exp.Star, exp.Columns, exp.Column)):
+            return scope.widest if star is None else star
         if isinstance(node, exp.Identifier):  # a lambda's variable
-            return widest
+            return scope.widest
         if isinstance(node, exp.Query):  # a scalar subquery: as wide as its widest column
-            return max(columns(node, inside, widest).values(), default=1)
+            return max([1, *(w for _, w in query(node, scope.inside, scope.widest).columns)])
         if isinstance(node, (exp.Alias, exp.PropertyEQ)):
-            return width(node.this if isinstance(node, exp.Alias) else node.expression, scope, widest, inside)
-        if isinstance(node, (exp.Literal, exp.DataType)):
+            return width(node.this if isinstance(node, exp.Alias) else node.expression, scope, star)
+        if isinstance(node, exp.DataType):
+            return _type_leaves(node)
+        if isinstance(node, exp.Literal):
             return 1
-        parts = [width(child, scope, widest, inside) for child in node.iter_expressions()] or [1]
+        parts = [width(child, scope, star) for child in node.iter_expressions()] or [1]
         combining = isinstance(node, (exp.Struct, exp.Tuple, exp.Map, exp.VarMap, exp.ArraysZip)) or (
             isinstance(node, exp.Func) and node.sql_name().lower() in COMBINING) or (
             isinstance(node, exp.Anonymous) and node.name.lower() in COMBINING)
         return sum(parts) if combining else max(parts)
 
-    return max((w for q in tree.find_all(exp.Query, exp.Pivot) for w in columns(q, frozenset()).values()), default=1)
+    def made(columns: list[tuple[str, int]], unknown: bool = False, stars: int = 1, leaves: int = 0,
+             pivoted: int = 0) -> _Out:
+        if max([1, *(w for _, w in columns)]) > MAX_TYPE_WIDTH:
+            raise InvalidQuery(f"a column's type would hold more than {MAX_TYPE_WIDTH:,} fields (structs, rows or "
+                               "maps built of the same columns through nested queries); name the fields you need")
+        if stars > MAX_STAR_COPIES:
+            raise InvalidQuery(f"star projections (*, t.*, COLUMNS(...)) would copy a column more than "
+                               f"{MAX_STAR_COPIES} times through the nested queries; name the columns")
+        own = sum(w for _, w in columns)
+        _check(own, leaves + own, pivoted)
+        return _Out(columns, unknown, stars, leaves + own, pivoted)
+
+    # Every query in the tree heads a chain, once: read from the top, or else alone (a CTE not named).
+    for q in tree.find_all(exp.Query, exp.Pivot):
+        if id(q) not in read_once:
+            query(q, frozenset())
+
+
+def _check(own: int, leaves: int, pivoted: int) -> None:
+    """Refuse a query making `own` leaves, binding `leaves` and `pivoted` PIVOT columns with all it reads."""
+    if pivoted > MAX_PIVOT_COLUMNS:
+        raise InvalidQuery(f"a PIVOT would make more than {MAX_PIVOT_COLUMNS:,} columns (its ON values, listed with "
+                           f"IN (...) or else up to {PIVOT_LIMIT:,}, times its aggregates, each over * or COLUMNS(...) "
+                           "once per column it reads; all the query's PIVOTs together)")
+    if own > MAX_OUTPUT_LEAVES:
+        raise InvalidQuery(f"a query would make more than {MAX_OUTPUT_LEAVES:,} columns (star projections expanded, "
+                           "each struct field counted); name the columns you need")
+    if leaves > MAX_BOUND_LEAVES:
+        raise InvalidQuery(f"the query's nested queries would make more than {MAX_BOUND_LEAVES:,} columns in all (each "
+                           "struct field counted, a CTE wherever it is named); name the columns you need, or split it")
+
+
+def _starred(node: exp.Expression) -> bool:
+    """Whether a projection or aggregate holds a star or COLUMNS(...) (count(*) and subqueries aside)."""
+    return any(isinstance(n, exp.Columns) or isinstance(n, exp.Star) and not isinstance(n.parent, exp.Count)
+               for n in node.walk(prune=lambda n: isinstance(n, exp.Query)))
+
+
+def _side_by_side(outs: list[_Out]) -> list[tuple[str, int]]:
+    """Columns of queries that answer alike (a set operation's, a CTE's bodies'): the first's names,
+    each position the widest."""
+    longest = max(outs, key=lambda o: len(o.columns)).columns
+    names = [n for n, _ in outs[0].columns] + [n for n, _ in longest[len(outs[0].columns):]]
+    return [(n, max(w)) for n, w in zip(names, zip_longest(*([w for _, w in o.columns] for o in outs), fillvalue=1))]
+
+
+def _type_leaves(node: exp.DataType) -> int:
+    """A written type's leaves: a struct's, map's or union's the sum of its fields', others' their widest part."""
+    fields = (p.args.get("kind") if isinstance(p, exp.ColumnDef) else p for p in node.expressions)
+    parts = [_type_leaves(t) for t in fields if isinstance(t, exp.DataType)]
+    return (sum(parts) if node.this in STRUCTURED else max(parts)) if parts else 1
 
 
 def _set_parts(node: exp.SetOperation) -> list[exp.Expression]:
@@ -207,26 +336,6 @@ def _set_parts(node: exp.SetOperation) -> list[exp.Expression]:
         else:
             parts.append(n)
     return parts[::-1]
-
-
-def _most(*pairs: tuple[int, int]) -> tuple[int, int]:
-    return max(p[0] for p in pairs), max(p[1] for p in pairs)
-
-
-def _pivot_columns(pivot: exp.Pivot) -> int:
-    """The columns a PIVOT makes: the product of its ON lists' values times its aggregates (an
-    UNPIVOT makes rows, not columns)."""
-    if pivot.args.get("unpivot"):
-        return 1
-    simple = "using" in pivot.args  # DuckDB's `PIVOT t ON a IN (...) USING sum(x)`
-    on = pivot.expressions if simple else pivot.args.get("fields") or []
-    aggregates = (pivot.args.get("using") or []) if simple else pivot.expressions
-    values = 1
-    for field in on:
-        listed = isinstance(field, exp.In) and not field.args.get("query") \
-            and not any(isinstance(v, (exp.Subquery, exp.Select)) for v in field.expressions)
-        values *= len(field.expressions) if listed else PIVOT_LIMIT
-    return values * max(1, len(aggregates))
 
 
 def _bound_nodes(tree: exp.Expression) -> int:
