@@ -285,3 +285,29 @@ def test_a_query_whose_database_is_replaced_while_it_waits_starts_on_the_new_one
         assert service.health()["busy"] and service.engine.db is not old  # renewed: the old one is closed
     waiting.join(10)
     assert answers and answers[0][0].column("n")[0].as_py() > 0
+
+
+def test_a_query_mid_step_when_its_database_is_replaced_is_interrupted(lake):
+    """Round 14: a query busy in a step at a renewal ran to its end on the old database, under that
+    database's own memory limit, spill allowance and threads (DuckDB cannot close a busy
+    connection): a client starting heavy queries and renewing in between held several times the
+    server's limits. Now the step is interrupted and its client told to run it again."""
+    service = Service(DuckDBSource(lake))
+    plan = service.plan("SELECT sum(i) AS s FROM range(100000000000) t(i)")  # about 90 s of work
+    outcome = []
+
+    def run_it():
+        try:
+            outcome.append(list(service.stream(plan)[1]))
+        except Exception as e:
+            outcome.append(e)
+
+    busy = threading.Thread(target=run_it)
+    busy.start()
+    time.sleep(0.5)  # mid-step: DuckDB runs the aggregate in the stream's first step
+    _invalidate(service)
+    service.health()  # renews
+    busy.join(30)
+    assert not busy.is_alive() and isinstance(outcome[0], SourceUnavailable)
+    assert "run it again" in str(outcome[0])
+

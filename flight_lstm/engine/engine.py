@@ -73,15 +73,16 @@ class Engine:
 
     def _renew(self, broken: duckdb.DuckDBPyConnection) -> None:
         """Replace a database DuckDB invalidated (database.py) with a new one, once however many
-        queries find it broken; queries still on the old one fail as they would have."""
+        queries find it broken; queries still on the old one end, told to run again."""
         with self._renewing:
             if self.db is not broken:
                 return
             log.error("DuckDB invalidated the engine's database after an internal error; opening a new one")
             self.source.forget(broken)  # no query attaches to it now: one that tries starts again
             self._open()
-        # Its queries between steps end now, so it goes at once (each database has its own memory
-        # limit, spill allowance and threads); those mid-step fail on the closed database.
+        # Its queries end now, those mid-step interrupted, so it goes at once: each database has its
+        # own memory limit, spill allowance and threads, and a step left to run to its end kept them
+        # (a busy connection cannot be closed).
         self.watchdog.abandon_on(broken, DatabaseReplaced())
         try:
             broken.close()

@@ -60,6 +60,7 @@ class Budget:
         self.deadline = time.monotonic() + seconds if seconds else math.inf
         self.active = time.monotonic()
         self.rows = 0
+        self.abandoned: Exception | None = None  # why the engine ended it (its database was replaced)
 
     def expired(self) -> bool:
         return time.monotonic() > self.deadline
@@ -74,10 +75,12 @@ class Budget:
     def should_stop(self) -> bool:
         """Checked during the server's own work, which is never the client's silence (the
         watchdog judges that between steps: `Running.due`)."""
-        return self.cancelled() or self.expired()
+        return self.abandoned is not None or self.cancelled() or self.expired()
 
-    def stopped(self) -> QueryCancelled | QueryTimedOut:
-        """Why an interrupted query stopped: its deadline, its silent client, or its client."""
+    def stopped(self) -> Exception:
+        """Why an interrupted query stopped: the engine, its deadline, its silent client, or its client."""
+        if self.abandoned is not None:
+            return self.abandoned
         if self.expired():
             return QueryTimedOut(f"the query ran past the server's time limit of "
                                  f"{self.limits.query_seconds:g} s (--query-seconds)")

@@ -37,10 +37,15 @@ class Running:
     @contextmanager
     def step(self):
         with self._busy:
-            if self._ended:
+            if self._ended or self.budget.abandoned is not None:
+                self.end()
                 raise self._stopped or self.budget.stopped()
             try:
                 yield
+            except Exception:
+                if self.budget.abandoned is not None:  # abandoned mid-step: whatever its interrupt raised
+                    raise self.budget.abandoned from None
+                raise
             finally:
                 self.budget.touch()  # idle time is the client's, counted from the end of our work
 
@@ -60,15 +65,20 @@ class Running:
                 self._busy.release()
 
     def abandon(self, reason: Exception) -> None:
-        """End it now with `reason` for its client, unless a step runs (that step meets the cause
-        itself): a query left on a database the engine replaced would hold its memory, spill
-        files and threads until its client read again."""
+        """End it with `reason` for its client: now if between steps, else by interrupting the step
+        that runs (which then raises `reason`, as does a model's next budget check, and no later
+        step starts). A query left on a database the engine replaced would hold that database's
+        memory, spill files and threads, beside the new one's, until its client read again or its
+        step ran to its end."""
+        self.budget.abandoned = self.budget.abandoned or reason
         if self._busy.acquire(blocking=False):
             try:
                 self._stopped = self._stopped or reason
                 self.end()
             finally:
                 self._busy.release()
+        else:
+            self.con.interrupt()
 
     def end(self) -> None:
         with _ending:

@@ -42,7 +42,7 @@ class Watchdog:
         return unwatch
 
     def abandon_on(self, db, reason: Exception) -> None:
-        """End every query of database `db` that is between steps, with `reason` (Running.abandon)."""
+        """End every query of database `db` with `reason`, interrupting those mid-step (Running.abandon)."""
         with self._ticker.lock:
             on = [r for r in self._watched.values() if r.db is db]
         for r in on:
