@@ -26,6 +26,15 @@ class SourceUnavailable(FlightLSTMError):
 
 
 
+class DuckDBFailed(FlightLSTMError):
+    """DuckDB failed on the query with an internal error of its own (a DuckDB bug a crafted query
+    can reach). It may invalidate the database for every client (engine/database.py), so a caller
+    meeting several in a short time is refused for a while (server/calls.py)."""
+
+    def __init__(self, message: str):
+        super().__init__(f"DuckDB failed on this query with an internal error of its own (a DuckDB bug): {message}")
+
+
 class DatabaseReplaced(SourceUnavailable):
     """The query's database was replaced (engine/engine.py: _renew, after an internal DuckDB error
     of another query's) while it ran: it met it invalidated, closed, or no longer given the source."""

@@ -7,8 +7,8 @@ from contextlib import contextmanager
 
 import duckdb
 
-from flight_lstm.errors import (DatabaseReplaced, FlightLSTMError, InvalidQuery, QueryCancelled, QueryRefused,
-                                ResourceExhausted, first_line)
+from flight_lstm.errors import (DatabaseReplaced, DuckDBFailed, FlightLSTMError, InvalidQuery, QueryCancelled,
+                                QueryRefused, ResourceExhausted, first_line)
 from flight_lstm.plan.operators import CONNECTION_ID, operator_names
 from flight_lstm.sources import Source
 from udfs import OPERATORS
@@ -88,6 +88,7 @@ _REPLACED_ERRORS = (duckdb.FatalException, duckdb.ConnectionException)
 _STREAM_KIND = re.compile(r"^([A-Za-z ]+?) Error: ")
 _STREAM_ERRORS = {
     "INTERRUPT": QueryCancelled, "Permission": QueryRefused, "Out of Memory": ResourceExhausted,
+    "INTERNAL": DuckDBFailed,
     **dict.fromkeys(("Invalid Input", "Conversion", "Out of Range", "Binder", "Catalog", "Parser",
                      "Not implemented", "Type Mismatch", "Invalid type"), InvalidQuery),
 }
@@ -96,6 +97,7 @@ _DUCKDB_ERRORS = (
     (duckdb.InterruptException, QueryCancelled),
     (duckdb.PermissionException, QueryRefused),
     (duckdb.OutOfMemoryException, ResourceExhausted),
+    (duckdb.InternalException, DuckDBFailed),
     ((duckdb.ParserException, duckdb.CatalogException, duckdb.BinderException, duckdb.InvalidInputException,
       duckdb.ConversionException, duckdb.OutOfRangeException, duckdb.TypeMismatchException,
       duckdb.NotImplementedException), InvalidQuery),

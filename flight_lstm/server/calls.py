@@ -32,6 +32,11 @@ was refused until they left. So:
   failure does: every call on that connection ends, the blocked thread returns, and the client's
   channel reconnects for its next call. Linux only (it finds the socket through /proc);
   elsewhere, and for a Handshake (whose handler is given no context), the caps alone hold.
+* A query that meets an internal error of DuckDB's (a bug of DuckDB's a crafted query can reach)
+  may leave the database invalidated: the engine replaces it, and every client's running queries
+  end ("run it again"). One client sending such a query every 0.2 s ended 41 of 75 other clients'
+  streams and all their exchanges. A caller whose queries met BREAKS_ALLOWED of them within
+  BREAK_WINDOW seconds is refused at once until the window has room (`failed`, `enter`).
 
 Left as they are: gRPC gives a call its thread before any of this runs, so a burst of thousands
 of calls opened at once still reserves a stack each until they are refused, a moment later; and
@@ -43,6 +48,7 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 import logging
+import math
 import os
 import resource
 import socket
@@ -57,9 +63,9 @@ import pyarrow.flight as flight
 from prometheus_client import Counter, Gauge
 
 from flight_lstm.engine.limits import data_segment, usable_memory
-from flight_lstm.errors import QueryCancelled, QueryTimedOut
+from flight_lstm.errors import DuckDBFailed, QueryCancelled, QueryTimedOut
 from flight_lstm.server.auth import CALLS_KEY as KEY
-from flight_lstm.server.auth import forget_handshake
+from flight_lstm.server.auth import LoginThrottle, forget_handshake
 from flight_lstm.server.errors import to_flight_error
 from flight_lstm.ticker import Ticker
 
@@ -73,6 +79,7 @@ PER_USER_SHARE = 4  # one caller may hold a quarter of the total by default
 CALL_BYTES = 1 << 20  # per call beyond its thread's stack: gRPC's buffers, Python's thread state, an arena's start
 DEFAULT_STACK = 8 << 20  # glibc's default thread stack where it cannot be asked
 GRACE_SECONDS = 10.0  # at least this long for a client whose stream ended for silence to come back and read why
+BREAKS_ALLOWED, BREAK_WINDOW = 3, 60.0  # a caller's queries meeting DuckDB's internal errors, and in how long
 
 CALLS = Gauge("flight_lstm_calls_in_flight", "Flight calls started and not yet ended")
 REFUSED = Counter("flight_lstm_calls_refused", "Flight calls refused at their start, by the limit reached", ["limit"])
@@ -177,6 +184,7 @@ class InFlight(flight.ServerMiddlewareFactory):
         self._all = self._streams = 0
         self._callers: dict[tuple[str, str], int] = {}  # ("user", name) or ("address", key) -> calls
         self._logged: dict[str, float] = {}
+        self.breaks = LoginThrottle(BREAKS_ALLOWED, BREAK_WINDOW)  # per caller: queries that met DuckDB's internal errors
 
     def counts(self) -> dict:
         """What is held now: calls in all, streams, and per caller."""
@@ -268,6 +276,7 @@ class _Call(flight.ServerMiddleware):
 
     def __init__(self, calls: InFlight, stream: bool, identity, user: str | None, unread: bool = False):
         self.user, self._identity, self._calls = user, identity, calls
+        self.caller: str | None = None  # "user <name>" or "address <address>", once the handler entered
         self._address: weakref.finalize | None = None
         self._running: weakref.finalize | None = None
         self._done = weakref.finalize(self, _release, calls, stream, user)
@@ -275,13 +284,22 @@ class _Call(flight.ServerMiddleware):
         self._unread = calls.waits.unread(self) if unread and calls.waits is not None else None
 
     def enter(self, context: flight.ServerCallContext) -> None:
-        """With no user (auth off, or the open health action), count the call under its client's
-        address, or refuse it past the per-caller limit; the handler calls this first."""
+        """Refuse a caller whose queries met too many of DuckDB's internal errors lately; with no user
+        (auth off, or the open health action), count the call under its client's address, or refuse
+        it past the per-caller limit. The handler calls this first."""
         if self._unread is not None:
             self._unread()  # its first message came
+        peer = context.peer()
+        self.caller = f"user {self.user}" if self.user is not None else f"address {address_of(peer)}"
+        wait = self._calls.breaks.wait(self.caller)
+        if wait > 0:
+            self._calls._refused("breaks", "%s met %d internal errors of DuckDB's in %g s", self.caller[:100],
+                                 BREAKS_ALLOWED, BREAK_WINDOW)
+            raise flight.FlightUnavailableError(
+                f"your queries met {BREAKS_ALLOWED} internal errors of DuckDB's within {BREAK_WINDOW:g} s, "
+                f"each of which may end every client's running queries; retry in {math.ceil(wait)} s")
         if self.user is not None or self._address is not None:
             return
-        peer = context.peer()
         key = ("address", address_of(peer))
         self._calls._take_caller(key, "address " + key[1])
         try:
@@ -326,6 +344,18 @@ def enter(context: flight.ServerCallContext) -> None:
     call = context.get_middleware(KEY)
     if call is not None:
         call.enter(context)
+
+
+def failed(context: flight.ServerCallContext) -> Callable[[BaseException], None]:
+    """What a query of this call tells of the error it ended with: one of DuckDB's internal errors
+    counts against its caller (the module docstring)."""
+    call = context.get_middleware(KEY)
+
+    def count(error: BaseException) -> None:
+        if isinstance(error, DuckDBFailed) and call is not None and call.caller is not None:
+            call._calls.breaks.failed(call.caller)
+
+    return count
 
 
 def address_of(peer: str) -> str:

@@ -25,7 +25,7 @@ import uuid
 
 import pyarrow.flight as flight
 
-from flight_lstm.errors import (InvalidQuery, NotFound, QueryCancelled, QueryRefused, QueryTimedOut,
+from flight_lstm.errors import (DuckDBFailed, InvalidQuery, NotFound, QueryCancelled, QueryRefused, QueryTimedOut,
                                 ResourceExhausted, SourceUnavailable, Unsupported)
 
 log = logging.getLogger("flight_lstm.server")
@@ -77,6 +77,7 @@ STATUS = {
     QueryCancelled: flight.FlightCancelledError,
     QueryTimedOut: flight.FlightTimedOutError,  # DEADLINE_EXCEEDED
     ResourceExhausted: flight.FlightUnavailableError,
+    DuckDBFailed: flight.FlightInternalError,
 }
 
 

@@ -73,7 +73,7 @@ class FlightLSTMServer(flight.FlightServerBase):
             schema = columns.described(self.service.schema(self.service.plan(sql, user=user), user=user))
         except BaseException as e:
             # A query that fails planning ends here, not in DoGet; its time includes the planning.
-            Query("get_flight_info", caller(context), started).end(e)
+            Query("get_flight_info", caller(context), started, calls.failed(context)).end(e)
             raise
         endpoint = flight.FlightEndpoint(sql.encode(), [])
         return flight.FlightInfo(schema, descriptor, [endpoint], -1, -1)
@@ -100,7 +100,7 @@ class FlightLSTMServer(flight.FlightServerBase):
     @flight_errors
     def do_get(self, context, ticket):
         calls.enter(context)
-        query = Query("do_get", caller(context))
+        query = Query("do_get", caller(context), failed=calls.failed(context))
         was_cancelled, end = self.cancels.start(caller(context), ticket.ticket)
         gone = liveness.cancelled(context)
 
@@ -138,7 +138,7 @@ class FlightLSTMServer(flight.FlightServerBase):
         calls.enter(context)
         if descriptor.descriptor_type != flight.DescriptorType.CMD or _flight_sql(descriptor):
             raise InvalidQuery("DoExchange takes a command descriptor holding SQL over the table `input`")
-        query = Query("do_exchange", caller(context))
+        query = Query("do_exchange", caller(context), failed=calls.failed(context))
         wait = self.waits.of(context)
         reader = wait.reader(reader)  # its reads wait on the client, under the deadline
         try:

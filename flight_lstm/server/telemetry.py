@@ -10,7 +10,7 @@ import threading
 import time
 import weakref
 from http.server import ThreadingHTTPServer
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.exposition import MetricsHandler
@@ -102,9 +102,11 @@ def error_kind(error: BaseException | None) -> str:
 class Query:
     """One query from its call to its end: counts its rows and reports once, however it ends."""
 
-    def __init__(self, kind: str, user: str | None = None, started: float | None = None):
-        """`started`: when its call began (time.perf_counter), if before now."""
-        self.kind, self.user, self.operators, self.rows = kind, user, (), 0
+    def __init__(self, kind: str, user: str | None = None, started: float | None = None,
+                 failed: Callable[[BaseException], None] = lambda error: None):
+        """`started`: when its call began (time.perf_counter), if before now; `failed` is told the
+        error it ends with, if any (calls.failed: its caller's count of DuckDB's internal errors)."""
+        self.kind, self.user, self.operators, self.rows, self.failed = kind, user, (), 0, failed
         self.started = time.perf_counter() if started is None else started
         self._ended = threading.Event()
         RUNNING.inc()
@@ -114,6 +116,8 @@ class Query:
             return
         self._ended.set()
         seconds, label = time.perf_counter() - self.started, outcome(error)
+        if error is not None:
+            self.failed(error)
         RUNNING.dec()
         QUERIES.labels(label).inc()
         ROWS.inc(self.rows)
