@@ -25,7 +25,6 @@ class SourceUnavailable(FlightLSTMError):
     """The source cannot answer now (locked by a writer, gone away); retrying later may work."""
 
 
-
 class DuckDBFailed(FlightLSTMError):
     """DuckDB failed on the query with an internal error of its own (a DuckDB bug a crafted query
     can reach). It may invalidate the database for every client (engine/database.py), so a caller
