@@ -266,7 +266,9 @@ def test_an_exchange_that_stops_sending_gives_its_thread_back(lake):
         during = threads()
         eventually(lambda: threads() <= during - 8, 60)  # the threads are back, not just the slots
         assert 11.0 <= time.monotonic() - started < 40  # --idle-seconds, then a grace of at least 10 s
-        assert held(server) == 0  # each call ended: its handler returned
+        # Each call ends: its handler returned. Its count goes back as pyarrow completes the call, a
+        # moment after its thread may be counted gone (a clean-clone CI run saw 1 still held).
+        eventually(lambda: held(server) == 0, 10)
         writer, reader = streams[0]
         with pytest.raises(flight.FlightError):  # the silent client learns its stream is gone
             writer.write_batch(pa.record_batch([pa.array([1])], schema=SCHEMA))
