@@ -415,9 +415,10 @@ class Labelled:
     period: int
 
 
-def _domain_series(data: Path) -> list[tuple[str, int, list[np.ndarray]]]:
+def _domain_series(data: Path) -> list[tuple[str, int, list[np.ndarray | None]]]:
     """The univariate domains that train and test the detector: the forecasting series and
-    synthetic ones, each with its seasonal period."""
+    synthetic ones, each with its seasonal period.  A synthetic series of the level-shift kind (a
+    step of 30-60% in 5% noise) is an anomaly, not normal data: it is None, keeping its place."""
     out = []
     for name, folder, file, read, period in (
             ("M4 Hourly", "m4_hourly", "Hourly-train.csv", load_m4, 24),
@@ -428,8 +429,10 @@ def _domain_series(data: Path) -> list[tuple[str, int, list[np.ndarray]]]:
             out.append((name, period, list(read(path).values())))
     if (dataset_dir(data, "tourism") / "monthly_in.csv").exists():
         out.append(("tourism monthly", 12, list(load_tourism(data, "monthly")[0].values())))
-    out.append(("synthetic hourly", 24, synthetic_series("hourly", 100, seed=SPLIT_SEED)[0]))
-    out.append(("synthetic daily", 7, synthetic_series("daily", 100, seed=SPLIT_SEED)[0]))
+    for freq, period in (("hourly", 24), ("daily", 7)):
+        series, kinds = synthetic_series(freq, 100, seed=SPLIT_SEED)
+        out.append((f"synthetic {freq}", period, [None if kind == "level_shift" else s
+                                                   for s, kind in zip(series, kinds)]))
     return out
 
 
@@ -452,6 +455,8 @@ def anomaly_splits(data: str | Path) -> dict[str, list[Labelled]]:
     names = list(split)
     for domain, period, series in _domain_series(data):
         for s, role in zip(series, _roles(len(series), SPLIT_SEED)):
+            if s is None:
+                continue
             split[names[role]].append(Labelled(domain, np.asarray(s, np.float64)[:, None],
                                                np.zeros(len(s), bool), period))
     if (dataset_dir(data, "skab") / "valve1").is_dir():

@@ -154,9 +154,36 @@ def test_scores_never_saturate_and_extremes_stay_ranked(model):
     assert all(0.999 < v < 1.0 for v in ranked) and (np.diff(ranked) > 0).all()
 
 
-def test_level_maps_to_the_interval_exactly(model):
+def sensor(length: int, seed: int, fault_at: int | None = None, depth: float = 6.0) -> np.ndarray:
+    """A calm sensor (noise sd 1 around 30) whose reading, from `fault_at`, sinks by `depth` sd over
+    50 points and stays there for 250 (a valve closing slowly, as in SKAB)."""
+    x = 30 + np.random.default_rng(seed).normal(0, 1.0, length)
+    if fault_at is not None:
+        x[fault_at:fault_at + 300] -= depth * np.minimum(np.arange(300) / 50, 1)
+    return x
+
+
+def test_a_slow_fault_the_network_follows_is_found(model):
+    """The network follows a reading that sinks over 50 steps, so its one-step residuals see little;
+    the level term (the last values against the 256 before them) finds the fault in every draw,
+    while the calm stretches before it stay near one flag in 1,000."""
+    draws, n, at = 20, 1200, 700
+    x = np.stack([sensor(n, seed=200 + d, fault_at=at) for d in range(draws)])
+    flagged = np.nan_to_num(model.score(x.reshape(-1, 1), np.full(draws, n), LEVEL).score.reshape(draws, n)) > LEVEL
+    assert flagged[:, at:at + 300].any(axis=1).all()
+    assert flagged[:, MIN_HISTORY:at].mean() <= 0.002
+
+
+def spiked() -> np.ndarray:
     x = seasonal(1200, seed=6)
     x[[300, 900]] += (8, -3)
+    return x
+
+
+@pytest.mark.parametrize("x", [spiked(), sensor(1200, seed=7, fault_at=700)], ids=["spikes", "slow fault"])
+def test_level_maps_to_the_interval_exactly(model, x):
+    """Spikes (the residual binds) and a slow fault (the level term binds): outside [lo, hi] is
+    exactly score > level."""
     for level in (0.5, 0.9, 0.99, 0.999, 0.99999):
         r = one(model, x, level)
         ok = np.isfinite(r.score)
