@@ -309,3 +309,32 @@ def test_a_written_type_counts_its_fields(service):
                     f"SELECT {{'a': s, 'b': s}} AS s FROM (SELECT {wide.replace('INT', 'STRUCT(x INT, y INT)')} AS s)"):
         with pytest.raises(InvalidQuery, match="type would hold more than 4,096 fields"):
             service.plan(refused)
+
+
+def test_json_transform_counts_the_type_its_structure_describes(service):
+    """Round 15: `json_transform('{}', '{' || array_to_string(list_transform(range(1000000), ...)) || '}')`
+    (138 bytes) had DuckDB build a million-field struct while binding, 14 s past a 3 s limit; three at
+    once crashed the server. The structure must be a literal, and counts as the type it describes."""
+    built = ("SELECT json_transform('{}', '{' || array_to_string(list_transform(range(1000000), "
+             "lambda i: '\"f' || i || '\":\"INTEGER\"'), ',') || '}') AS s")
+    for function in ("json_transform", "from_json", "json_transform_strict", "from_json_strict"):
+        with pytest.raises(InvalidQuery, match=f"{function}'s structure must be a string literal"):
+            service.plan(built.replace("json_transform", function, 1))
+    def fields(n: int, kind: str = '"INTEGER"') -> str:
+        return "'{" + ", ".join(f'"f{i}": {kind}' for i in range(n)) + "}'"
+
+    pairs = '[{"a": "INT", "b": "INT"}]'  # a list of structs of two
+    assert service.plan(f"SELECT from_json('{{}}', {fields(4000)}) AS s")
+    for refused in (f"SELECT json_transform('{{}}', {fields(4100)}) AS s",
+                    f"SELECT from_json('{{}}', {fields(2100, pairs)}) AS s",
+                    f"SELECT {{'a': s, 'b': s}} AS s FROM (SELECT from_json(j, {fields(2100)}) AS s FROM (SELECT '{{}}' AS j))"):
+        with pytest.raises(InvalidQuery, match="type would hold more than 4,096 fields"):
+            service.plan(refused)
+    with pytest.raises(InvalidQuery, match="nests too deeply"):
+        service.plan("SELECT json_transform('[]', '" + "[" * 5000 + '"INT"' + "]" * 5000 + "') AS s")
+
+
+def test_json_transform_with_a_literal_structure_answers(service):
+    _, batches = service.stream(service.plan(
+        """SELECT json_transform('{"a": 1, "b": [2, 3]}', '{"a": "INTEGER", "b": ["BIGINT"]}') AS s"""))
+    assert [row for batch in batches for row in batch.column("s").to_pylist()] == [{"a": 1, "b": [2, 3]}]

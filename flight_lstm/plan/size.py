@@ -17,10 +17,12 @@ walk estimates every query's output columns, each as its type's leaves, from tho
 reads, and bounds them (the constants below). Left: a source table's columns (or a table
 function's, but unnest's and VALUES') are not known here: they count as none, one of them named as
 the widest known in scope (a lake table's struct column may be wider), and only star copies of them
-are bounded; a function's result counts as its widest argument (to_json(t) as t's row).
+are bounded; a function's result counts as its widest argument (to_json(t) as t's row), but
+json_transform's and its kin's as the type their structure text describes (TYPED_BY_TEXT).
 """
 from __future__ import annotations
 
+import json
 from itertools import zip_longest
 from typing import NamedTuple
 
@@ -78,6 +80,11 @@ MAX_TYPE_WIDTH = 4096
 COMBINING = {"row", "struct_pack", "struct_insert", "struct_update", "struct_concat", "list_zip", "array_zip",
              "map", "map_from_entries", "union_value"}  # DuckDB's functions typed as a STRUCT, MAP or UNION of their arguments
 STRUCTURED = {exp.DataType.Type.STRUCT, exp.DataType.Type.MAP, exp.DataType.Type.UNION}  # types of several fields
+# DuckDB types these by their structure argument, JSON text it reads while binding
+# (`json_transform(j, '{"a": "INTEGER"}')` is a STRUCT(a INTEGER)): 138 bytes that built that text from
+# range(1000000) bound a million-field struct for 14 s past a 3 s limit, and three at once crashed a
+# server (std::bad_alloc). So the structure must be a string literal, counted as the type it describes.
+TYPED_BY_TEXT = {"json_transform", "from_json", "json_transform_strict", "from_json_strict"}
 EXPANDED = {forecast_table.NAME, forecast_backtest.NAME, anomaly_table.TABLE, anomaly_table.EVENTS}
 
 
@@ -266,6 +273,8 @@ def _check_columns(tree: exp.Expression) -> None:
             return _type_leaves(node)
         if isinstance(node, exp.Literal):
             return 1
+        if isinstance(node, exp.FromJson) or isinstance(node, exp.Anonymous) and node.name.lower() in TYPED_BY_TEXT:
+            return _described_leaves(node)
         parts = [width(child, scope, star) for child in node.iter_expressions()] or [1]
         combining = isinstance(node, (exp.Struct, exp.Tuple, exp.Map, exp.VarMap, exp.ArraysZip)) or (
             isinstance(node, exp.Func) and node.sql_name().lower() in COMBINING) or (
@@ -323,6 +332,28 @@ def _type_leaves(node: exp.DataType) -> int:
     fields = (p.args.get("kind") if isinstance(p, exp.ColumnDef) else p for p in node.expressions)
     parts = [_type_leaves(t) for t in fields if isinstance(t, exp.DataType)]
     return (sum(parts) if node.this in STRUCTURED else max(parts)) if parts else 1
+
+
+def _described_leaves(call: exp.Expression) -> int:
+    """The leaves of the type a TYPED_BY_TEXT call's structure describes: an object's the sum of its
+    values', a list's its element's, anything else one (text DuckDB cannot read it refuses itself)."""
+    name = "from_json" if isinstance(call, exp.FromJson) else call.name.lower()
+    args = [call.this, call.expression] if isinstance(call, exp.FromJson) else call.expressions
+    structure = args[1] if len(args) > 1 else None
+    if not (isinstance(structure, exp.Literal) and structure.is_string):
+        raise InvalidQuery(f"{name}'s structure must be a string literal (DuckDB reads the result's type from it)")
+
+    def leaves(described) -> int:
+        if isinstance(described, dict):
+            return max(1, sum(leaves(v) for v in described.values()))
+        return leaves(described[0]) if isinstance(described, list) and described else 1
+
+    try:
+        return leaves(json.loads(structure.this))
+    except ValueError:
+        return 1
+    except RecursionError:
+        raise InvalidQuery(f"{name}'s structure nests too deeply") from None
 
 
 def _set_parts(node: exp.SetOperation) -> list[exp.Expression]:
