@@ -229,8 +229,12 @@ class Service:
 
     def _source_failure(self) -> SourceUnavailable | None:
         """Why the source cannot be listed now (None: it can), from a listing at most HEALTH_SECONDS
-        old and of the same version; one caller lists while the others wait for its answer."""
-        with self._listing:
+        old and of the same version. One caller lists; while it does, the others take the last
+        listing's answer rather than wait (a listing can take seconds: opening DuckDB trims glibc's
+        heap, which waits while a query allocates), and only the first ever waits for it."""
+        if not self._listing.acquire(blocking=self._listed is None):
+            return self._listed[2]
+        try:
             version = self.source.version()
             if self._listed and self._listed[1] == version and time.monotonic() - self._listed[0] < HEALTH_SECONDS:
                 return self._listed[2]
@@ -241,6 +245,8 @@ class Service:
                 failure = e
             self._listed = time.monotonic(), version, failure
             return failure
+        finally:
+            self._listing.release()
 
     def models(self) -> list[dict]:
         return [card_summary(card) for card in registry().cards()]

@@ -224,6 +224,26 @@ def test_health_lists_the_source_once_for_many_asks(lake, tmp_path, monkeypatch)
     assert len(listed) == 3
 
 
+def test_health_does_not_wait_for_a_listing_under_way(lake, monkeypatch):
+    """Round 15: a query filling glibc's heap made opening DuckDB for a listing wait ~10 s, and every
+    other health call waited behind it. Now only the caller that lists waits; the others take the
+    last listing's answer at once."""
+    service = Service(DuckDBSource(lake))
+    assert service.health()["status"] == "ok"  # the first listing
+    slow, tables = threading.Event(), service.source.tables
+    monkeypatch.setattr(service.source, "tables", lambda: slow.wait(5) and tables())
+    monkeypatch.setattr(service_module, "HEALTH_SECONDS", 0.0)  # every ask would list
+    lister = threading.Thread(target=service.health)
+    lister.start()
+    time.sleep(0.2)  # it is listing
+    started = time.monotonic()
+    answers = [service.health()["status"] for _ in range(20)]
+    assert answers == ["ok"] * 20 and time.monotonic() - started < 0.5
+    slow.set()
+    lister.join()
+    service.close()
+
+
 def test_health_answers_at_once_when_every_slot_is_busy(lake):
     service = Service(DuckDBSource(lake), limits=Limits(max_queries=1, queue_seconds=5))
     with service.engine.admitted():  # the one slot runs a query

@@ -58,3 +58,31 @@ def test_sinks_and_the_dremio_client_load_without_enrichment():
                                "print(sorted(m for m in sys.modules if m.startswith('flight_lstm.enrich')))"],
         capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "[]"
+
+
+def test_a_duckdb_source_lists_with_one_kept_duckdb_and_leaves_the_file_free(tmp_path):
+    """Round 15: each listing opened a DuckDB, which trims glibc's heap and so waited 5-7 s (health
+    10 s) while a query filled it. Listings now share one DuckDB that attaches the file only while
+    listing: a writer takes the file between listings, and a file gone or broken is told as such."""
+    from flight_lstm.errors import SourceUnavailable
+    from flight_lstm.sources.duckdb import DuckDBSource
+
+    path = tmp_path / "lake.db"
+    with duckdb.connect(str(path)) as con:
+        con.execute("CREATE TABLE a AS SELECT 1 AS x")
+    source = DuckDBSource(path)
+    assert source.tables() == ["a"]
+    kept = source._lister
+    with duckdb.connect(str(path)) as writer:  # the file is free: a writer opens it
+        writer.execute("CREATE SCHEMA s; CREATE TABLE s.b AS SELECT 2 AS y")
+    assert source.tables() == ["a", "s.b"] and source._lister is kept
+    path.unlink()
+    with pytest.raises(SourceUnavailable, match="does not exist"):
+        source.tables()
+    path.write_bytes(b"not a database" * 1000)
+    with pytest.raises((SourceUnavailable, duckdb.Error)):
+        source.tables()
+    path.unlink()
+    with duckdb.connect(str(path)) as con:
+        con.execute("CREATE TABLE c AS SELECT 3 AS z")
+    assert source.tables() == ["c"]
