@@ -165,11 +165,11 @@ class Service:
                                    f"{len(row)} values were bound")
         return [dict(zip(names, row)) if isinstance(row, list) else row for row in rows]
 
-    def stream(self, plan: Plan, cancelled: Callable[[], bool] = lambda: False, params: list | None = None):
+    def stream(self, plan: Plan, cancelled: Callable[[], bool | str] = lambda: False, params: list | None = None):
         _check_params(plan, params)
         return self.engine.stream(plan, cancelled, params=params)
 
-    def stream_each(self, plan: Plan, rows: list[list], cancelled: Callable[[], bool] = lambda: False,
+    def stream_each(self, plan: Plan, rows: list[list], cancelled: Callable[[], bool | str] = lambda: False,
                     ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
         """The query run once per row of bound parameters, one after another, as one result under
         one time and row allowance: binding 10,000 rows buys one time limit, not 10,000. A row's
@@ -182,7 +182,7 @@ class Service:
         return schema, self._concatenated(plan, schema, first, rows[1:], cancelled, budget)
 
     def _concatenated(self, plan: Plan, schema: pa.Schema, current: Iterator, rest: list,
-                      cancelled: Callable[[], bool], budget) -> Iterator[pa.RecordBatch]:
+                      cancelled: Callable[[], bool | str], budget) -> Iterator[pa.RecordBatch]:
         try:
             for row in [None, *rest]:
                 if row is not None:
@@ -195,7 +195,7 @@ class Service:
                 close()  # a client gone mid-way ends the running row's query now
 
     def exchange(self, sql: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch],
-                 cancelled: Callable[[], bool] = lambda: False) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+                 cancelled: Callable[[], bool | str] = lambda: False) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
         """Run row-wise SQL over a table named `input` holding the caller's batches, one at a time:
         (output schema, one output batch per input batch, in order)."""
         with self.engine.admitted():  # planning costs CPU like any query's

@@ -447,6 +447,26 @@ def test_a_peer_is_matched_to_its_socket_as_the_socket_reads_it(peer, endpoint):
 BREAKS = "SELECT (('294247-01-10 04:00:54.' || i)::TIMESTAMP_MS)::TIMESTAMP_S AS t FROM range(775, 776) t(i)"
 
 
+def test_an_internal_error_counts_even_when_its_query_was_stopping(lake):
+    """Round 15: a client that cancelled its own breaking query just before the break (or let its
+    deadline pass) got "cancelled", which is not counted: 11 renewals in 40 s, 1 counted. The break
+    invalidated the database all the same, so it stays DuckDB's internal error, and is counted."""
+    import duckdb
+
+    from flight_lstm.engine.errors import translated_errors
+    from flight_lstm.engine.limits import Budget
+    from flight_lstm.engine.running import stopped_by
+    from flight_lstm.errors import DuckDBFailed, QueryCancelled
+
+    source = DuckDBSource(lake)
+    for error, expected in ((duckdb.InternalException("INTERNAL Error: broken"), DuckDBFailed),
+                            (OSError("INTERNAL Error: broken mid-stream"), DuckDBFailed),
+                            (duckdb.InvalidInputException("Invalid Input Error: x"), QueryCancelled)):
+        with pytest.raises(expected):
+            with stopped_by(Budget(Limits(), cancelled=lambda: True)), translated_errors(source):
+                raise error
+
+
 def test_a_caller_whose_queries_keep_breaking_duckdb_is_refused_for_a_while(lake, tmp_path):
     """Round 14: each such query made the server replace its database, ending every client's running
     queries ("run it again"); one client sending one every 0.2 s ended 41 of 75 other clients'
@@ -463,3 +483,35 @@ def test_a_caller_whose_queries_keep_breaking_duckdb_is_refused_for_a_while(lake
         other = connect(clients, server)
         assert run_as(other, login(other, "ana"), "SELECT 41 + 1 AS x").column("x")[0].as_py() == 42
 
+
+
+def test_a_burst_of_breaking_queries_stops_at_the_refusal(lake, tmp_path):
+    """Round 15: 40 breaking queries sent together all passed the refusal check before the first
+    was counted, and each that started after a renewal broke the new database: 6-7 renewals per
+    burst. Once the caller is refused, its queries not yet started never start. (Queries running
+    together on a database that breaks all meet its error; only a renewal lets a later one break.)"""
+    with serving(lake, tmp_path) as (server, clients):
+        engine, renewals = server.service.engine, []
+        opened = engine._open
+        engine._open = lambda: renewals.append(1) or opened()
+        attacker = connect(clients, server)
+        options = login(attacker, "mallory")
+        together, outcomes = threading.Barrier(24), []
+
+        def send():
+            together.wait()
+            try:
+                attacker.do_get(flight.Ticket(BREAKS.encode()), options).read_all()
+                outcomes.append("answered")
+            except flight.FlightError as e:
+                outcomes.append("broke" if "internal error of its own" in str(e) else "stopped")
+
+        senders = [threading.Thread(target=send) for _ in range(24)]
+        for t in senders:
+            t.start()
+        for t in senders:
+            t.join(60)
+        assert len(outcomes) == 24 and "answered" not in outcomes and "broke" in outcomes
+        assert len(renewals) <= calls.BREAKS_ALLOWED
+        with pytest.raises(flight.FlightUnavailableError, match="internal errors of DuckDB's within 60 s"):
+            run_as(attacker, options, "SELECT 1 AS x")

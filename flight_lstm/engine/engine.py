@@ -117,7 +117,7 @@ class Engine:
         return sorted(names, key=lambda n: (not n.isdigit(), int(n) if n.isdigit() else 0, n))
 
     def stream(
-        self, plan: Plan, cancelled: Callable[[], bool] = lambda: False,
+        self, plan: Plan, cancelled: Callable[[], bool | str] = lambda: False,
         extra_tables: dict[str, pa.Table] | None = None, params: list | None = None, budget: Budget | None = None,
     ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
         """Start the query; batches of at most `batch_rows` rows follow as the consumer pulls them.
@@ -147,7 +147,7 @@ class Engine:
             return schema, apply_lift(plan.lift, schema, batches, self.operators, running.budget, running.step)
         return running.result.schema, batches
 
-    def budget(self, cancelled: Callable[[], bool] = lambda: False) -> Budget:
+    def budget(self, cancelled: Callable[[], bool | str] = lambda: False) -> Budget:
         """A new allowance of time and rows under the server's limits, from now."""
         return Budget(self.limits, cancelled)
 
@@ -158,7 +158,7 @@ class Engine:
         return pa.Table.from_batches(list(batches), schema)
 
     def exchange(self, plan: Plan, schema: pa.Schema, batches: Iterable[pa.RecordBatch],
-                 cancelled: Callable[[], bool] = lambda: False) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+                 cancelled: Callable[[], bool | str] = lambda: False) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
         """Run a row-wise plan over a client's own batches: (output schema, one output batch per
         input batch, in order). See exchange.py."""
         return exchanges.exchange(self, plan, schema, batches, cancelled)
@@ -191,6 +191,8 @@ class Engine:
         database replaces them meanwhile."""
         leave = self.admission.enter()
         try:
+            if budget.should_stop():  # cancelled (or its caller refused) while it waited: it never runs
+                raise budget.stopped()
             con = self.connect(plan, schema_only=schema_only, extra_tables=extra_tables, db=db)
         except BaseException:
             leave()

@@ -24,7 +24,7 @@ ROW_BY_ROW = {"PROJECTION", "FILTER", "PYTHON_ARROW_SCAN", "ARROW_SCAN", "EMPTY_
 
 def exchange(
     engine, plan: Plan, schema: pa.Schema, batches: Iterable[pa.RecordBatch],
-    cancelled: Callable[[], bool] = lambda: False,
+    cancelled: Callable[[], bool | str] = lambda: False,
 ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
     """The output schema, then the output batches as the input batches arrive.
 

@@ -52,9 +52,10 @@ class Admission:
 
 
 class Budget:
-    """One query's deadline, idle allowance and row allowance, checked as its batches pass."""
+    """One query's deadline, idle allowance and row allowance, checked as its batches pass.
+    `cancelled` is true once the query should stop for its client, or says why as text."""
 
-    def __init__(self, limits: Limits, cancelled: Callable[[], bool] = lambda: False):
+    def __init__(self, limits: Limits, cancelled: Callable[[], bool | str] = lambda: False):
         self.limits, self.cancelled = limits, cancelled
         seconds = limits.query_seconds
         self.deadline = time.monotonic() + seconds if seconds else math.inf
@@ -87,7 +88,8 @@ class Budget:
         if self.idle():
             return QueryTimedOut(f"the client neither read nor sent for {self.limits.idle_seconds:g} s "
                                  "(the server's --idle-seconds); the query was ended")
-        return QueryCancelled("the client cancelled the query")
+        why = self.cancelled()
+        return QueryCancelled(why if isinstance(why, str) and why else "the client cancelled the query")
 
     def check(self) -> None:
         """Stop the query, with its reason, if its client went away or its time ran out. Called

@@ -36,7 +36,8 @@ was refused until they left. So:
   may leave the database invalidated: the engine replaces it, and every client's running queries
   end ("run it again"). One client sending such a query every 0.2 s ended 41 of 75 other clients'
   streams and all their exchanges. A caller whose queries met BREAKS_ALLOWED of them within
-  BREAK_WINDOW seconds is refused at once until the window has room (`failed`, `enter`).
+  BREAK_WINDOW seconds is refused at once until the window has room (`failed`, `enter`), and its
+  calls already in flight stop (`refused`: a burst sent together had all passed `enter`).
 
 Left as they are: gRPC gives a call its thread before any of this runs, so a burst of thousands
 of calls opened at once still reserves a stack each until they are refused, a moment later; and
@@ -356,6 +357,25 @@ def failed(context: flight.ServerCallContext) -> Callable[[BaseException], None]
             call._calls.breaks.failed(call.caller)
 
     return count
+
+
+def refused(context: flight.ServerCallContext) -> Callable[[], str]:
+    """A check for this call's queries, safe from any thread: why they should stop ("" while they
+    need not), once their caller is refused for DuckDB's internal errors (`enter`). A burst of
+    breaking queries sent together all passed `enter` before the first was counted, and each that
+    started after a renewal broke the new database (6 renewals in one burst); now those not yet
+    running never start, and the running are stopped."""
+    call = context.get_middleware(KEY)
+    if call is None or call.caller is None:
+        return lambda: ""
+    breaks, caller = call._calls.breaks, call.caller
+
+    def check() -> str:
+        if breaks.wait(caller) <= 0:
+            return ""
+        return f"stopped: your queries met {BREAKS_ALLOWED} internal errors of DuckDB's within {BREAK_WINDOW:g} s"
+
+    return check
 
 
 def address_of(peer: str) -> str:

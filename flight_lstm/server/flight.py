@@ -102,10 +102,10 @@ class FlightLSTMServer(flight.FlightServerBase):
         calls.enter(context)
         query = Query("do_get", caller(context), failed=calls.failed(context))
         was_cancelled, end = self.cancels.start(caller(context), ticket.ticket)
-        gone = liveness.cancelled(context)
+        gone, refused = liveness.cancelled(context), calls.refused(context)
 
-        def cancelled() -> bool:
-            return was_cancelled() or gone()
+        def cancelled() -> bool | str:
+            return was_cancelled() or gone() or refused()
 
         try:
             message = messages.flight_sql_type(ticket.ticket)
@@ -144,8 +144,9 @@ class FlightLSTMServer(flight.FlightServerBase):
         try:
             sql = text_of(descriptor.command, "the command")
             batches = (received(chunk.data) for chunk in reader if chunk.data is not None)
+            gone, refused = liveness.cancelled(context), calls.refused(context)
             schema, results = self.service.exchange(sql, received_schema(_sent_schema(reader)), batches,
-                                                    liveness.cancelled(context))
+                                                    lambda: gone() or refused())
         except BaseException as e:
             query.end(e)
             raise

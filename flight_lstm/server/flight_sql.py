@@ -99,7 +99,7 @@ class FlightSQL:
 
     # --- DoGet ----------------------------------------------------------------------------------
 
-    def do_get(self, name: str, value: bytes, cancelled: Callable[[], bool], user: str | None) -> Stream:
+    def do_get(self, name: str, value: bytes, cancelled: Callable[[], bool | str], user: str | None) -> Stream:
         if name == "TicketStatementQuery":
             plan = self.service.plan(text_of(messages.unpack(name, value).statement_handle, "the statement handle"),
                                      user=user)
