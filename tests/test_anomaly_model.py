@@ -180,10 +180,14 @@ def spiked() -> np.ndarray:
     return x
 
 
-@pytest.mark.parametrize("x", [spiked(), sensor(1200, seed=7, fault_at=700)], ids=["spikes", "slow fault"])
+@pytest.mark.parametrize("x", [spiked(), sensor(1200, seed=7, fault_at=700),
+                               np.r_[np.ones(700), np.full(300, 3.0), np.ones(300)]],
+                         ids=["spikes", "slow fault", "step after a flat start"])
 def test_level_maps_to_the_interval_exactly(model, x):
-    """Spikes (the residual binds) and a slow fault (the level term binds): outside [lo, hi] is
-    exactly score > level."""
+    """Spikes (the residual binds), a slow fault (the level term binds) and a step of 2e6 warm-up
+    spreads after a flat start (round 16: the level term read the point clipped at 1e6 spreads, its
+    bounds did not, and 46 points lay outside NULL bounds unflagged): outside [lo, hi] is exactly
+    score > level."""
     for level in (0.5, 0.9, 0.99, 0.999, 0.99999):
         r = one(model, x, level)
         ok = np.isfinite(r.score)

@@ -90,8 +90,11 @@ STUCK_WEIGHT = 2.5
 # clipped RMS over the pass's last RECAL_WINDOW points (as the residuals are: a trend or a cycle
 # keeps it large, so it is no news), times LEVEL_WEIGHT.  The network follows a slow fault within
 # a few steps, so its residuals see little of it (SKAB's valve faults), while this term holds for as
-# long as the reference has not moved.  Values are read clipped to +-LEVEL_CLIP warm-up spreads;
-# the reference needs LEVEL_MIN_REFERENCE observed values.  Sizes and weight chosen on the
+# long as the reference has not moved.  Past values are read clipped to +-LEVEL_CLIP warm-up spreads
+# (so their running sums of squares stay exact to ~1e-4); the point judged is read as it is, so the
+# term is linear in it and its bounds exact (clipped too, a step of over 1e6 warm-up spreads after a
+# flat warm-up scored as inside bounds it was outside).  The reference needs LEVEL_MIN_REFERENCE
+# observed values.  Sizes and weight chosen on the
 # validation split and SKAB's training experiments (4 of 1-8 values, 256 of 64-512, weight 1.7).
 LEVEL_SHORT, LEVEL_REFERENCE, LEVEL_MIN_REFERENCE, LEVEL_WEIGHT = 4, 256, 16, 1.7
 LEVEL_CLIP, LEVEL_SD_FLOOR = 1e6, 1e-3
@@ -209,7 +212,7 @@ def _level(z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per row and step, the level term (unweighted) and, for bounds, the value that would make it
     0 and the distance from there at which it reaches 1 (weighted; inf where it is not defined)."""
     observed = np.isfinite(z)
-    v = np.where(observed, np.clip(z, -LEVEL_CLIP, LEVEL_CLIP), 0.0)
+    v = np.where(observed, np.clip(z, -LEVEL_CLIP, LEVEL_CLIP), 0.0)  # as past values
     seen = observed.astype(np.float64)
     short, span = LEVEL_SHORT - 1, LEVEL_SHORT - 1 + LEVEL_REFERENCE
     n_short, s_short = _trailing(seen, short), _trailing(v, short)  # the values before this one
@@ -220,7 +223,7 @@ def _level(z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     n = n_short + 1  # with this value
     spread = sd_ref * np.sqrt(1 / n + 1 / np.maximum(n_ref, 1))
     ready = observed & (n_ref >= LEVEL_MIN_REFERENCE)
-    z2 = np.where(ready, ((s_short + v) / n - mean_ref) / spread, 0.0)
+    z2 = np.where(ready, ((s_short + np.where(observed, z, 0.0)) / n - mean_ref) / spread, 0.0)
     local = _trailing(np.minimum(z2 * z2, RECAL_CLIP ** 2), RECAL_WINDOW)
     rms = np.sqrt((local + RECAL_PRIOR) / (_trailing(ready.astype(np.float64), RECAL_WINDOW) + RECAL_PRIOR))
     half = np.where(n_ref >= LEVEL_MIN_REFERENCE, n * spread * rms / LEVEL_WEIGHT, np.inf)
@@ -406,6 +409,8 @@ class AnomalyModel(BaseModel):
             scored = (steps >= batch.span[:, None]) & (steps < batch.length[:, None]) & prep.ok[:, None]
             pos = (batch.first[:, None] + steps)[scored]
             with np.errstate(over="ignore", invalid="ignore"):
+                # First, while little else is held: a thread's heap keeps freed blocks only under 64 MB
+                moved, anchor, reach = (a[scored] for a in _level(prep.z))
                 r = (prep.z - mean) / scale
                 local = _trailing(np.minimum(np.nan_to_num(r * r, nan=0.0), RECAL_CLIP ** 2), RECAL_WINDOW)
                 count = _trailing(np.isfinite(r).astype(np.float64), RECAL_WINDOW)
@@ -427,16 +432,14 @@ class AnomalyModel(BaseModel):
                 held = _stuck(prep.z)
                 t = np.maximum(t, held)
                 stuck[pos] = held[scored]
-                moved, anchor, reach = _level(prep.z)
-                t = np.maximum(t, LEVEL_WEIGHT * moved)
-                level_centre[pos] = ((anchor - mean) / (scale * s))[scored]
-                level_half[pos] = (reach / (scale * s))[scored]
+                level_centre[pos] = (anchor - mean[scored]) / (scale * s)[scored]
+                level_half[pos] = reach / (scale * s)[scored]
                 centre = (np.ldexp(prep.loc, prep.shift)[:, None]
                           + np.ldexp(prep.scale[:, None] * mean, prep.shift[:, None]))
                 expected[pos] = np.clip(centre, -FLOAT_MAX, FLOAT_MAX)[scored]
                 width = np.ldexp(prep.scale, prep.shift)[:, None] * scale * s
                 unit[pos] = np.clip(width, 0, FLOAT_MAX)[scored]
-            stat[pos] = t[scored]
+            stat[pos] = np.maximum(t[scored], LEVEL_WEIGHT * moved)
         return (*(a.reshape(k, points).T for a in (expected, unit, stat)),
                 sums.reshape(k, points, len(WINDOWS)).transpose(1, 0, 2),
                 *(a.reshape(k, points).T for a in (var_before, var_norm, stuck, level_centre, level_half)))
