@@ -332,9 +332,33 @@ def test_json_transform_counts_the_type_its_structure_describes(service):
             service.plan(refused)
     with pytest.raises(InvalidQuery, match="nests too deeply"):
         service.plan("SELECT json_transform('[]', '" + "[" * 5000 + '"INT"' + "]" * 5000 + "') AS s")
+    # Round 16: a text value is a type DuckDB reads; a trailing comma hid the rest from Python's reader.
+    typed = '\'{"a": "STRUCT(' + ", ".join(f"f{i} INT" for i in range(2100)) + ')"}\''
+    for refused, message in ((f"SELECT {{'x': s, 'y': s}} AS s FROM (SELECT from_json('{{}}', {typed}) AS s)",
+                              "type would hold more than 4,096 fields"),
+                             (f"SELECT json_transform('{{}}', {fields(3)[:-2]},}}') AS s", "must be JSON"),
+                             ("""SELECT json_transform('{}', '{"a": "NOT A TYPE ("}') AS s""", "a type not known here")):
+        with pytest.raises(InvalidQuery, match=message):
+            service.plan(refused)
+
+
+def test_replace_type_counts_as_wide_as_its_input_times_its_replacement(service):
+    """Round 16: replace_type(x, NULL::INTEGER, NULL::STRUCT(a, b, c, d INT)) makes every INTEGER of
+    x's type a struct of four; nested 10 deep (723 bytes) it made a million leaves, counted as 4."""
+    def nested(levels: int) -> str:
+        sql = "1"
+        for _ in range(levels):
+            sql = f"replace_type({sql}, NULL::INTEGER, NULL::STRUCT(a INT, b INT, c INT, d INT))"
+        return f"SELECT {sql} AS r"
+
+    assert service.plan(nested(6))  # 4,096 leaves
+    with pytest.raises(InvalidQuery, match="type would hold more than 4,096 fields"):
+        service.plan(nested(7))
 
 
 def test_json_transform_with_a_literal_structure_answers(service):
     _, batches = service.stream(service.plan(
-        """SELECT json_transform('{"a": 1, "b": [2, 3]}', '{"a": "INTEGER", "b": ["BIGINT"]}') AS s"""))
-    assert [row for batch in batches for row in batch.column("s").to_pylist()] == [{"a": 1, "b": [2, 3]}]
+        """SELECT json_transform('{"a": 1, "b": [2, 3], "c": {"x": 4}}',
+                                 '{"a": "INTEGER", "b": ["BIGINT"], "c": "STRUCT(x INT)"}') AS s"""))
+    assert [row for batch in batches for row in batch.column("s").to_pylist()] == [
+        {"a": 1, "b": [2, 3], "c": {"x": 4}}]

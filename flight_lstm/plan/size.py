@@ -27,6 +27,7 @@ from itertools import zip_longest
 from typing import NamedTuple
 
 from sqlglot import exp
+from sqlglot.errors import ParseError
 
 from flight_lstm.errors import InvalidQuery
 from flight_lstm.plan import anomaly_table, forecast_backtest, forecast_table
@@ -83,8 +84,13 @@ STRUCTURED = {exp.DataType.Type.STRUCT, exp.DataType.Type.MAP, exp.DataType.Type
 # DuckDB types these by their structure argument, JSON text it reads while binding
 # (`json_transform(j, '{"a": "INTEGER"}')` is a STRUCT(a INTEGER)): 138 bytes that built that text from
 # range(1000000) bound a million-field struct for 14 s past a 3 s limit, and three at once crashed a
-# server (std::bad_alloc). So the structure must be a string literal, counted as the type it describes.
+# server (std::bad_alloc). So the structure must be a string literal, counted as the type it describes,
+# its text values as the DuckDB types they name ('"STRUCT(f0 INT, ...)"' is one), and text Python's
+# JSON reader refuses is refused (DuckDB's accepts trailing commas: each hid a 2,000-field struct).
 TYPED_BY_TEXT = {"json_transform", "from_json", "json_transform_strict", "from_json_strict"}
+# replace_type(x, from, to) is x's type with each `from` in it made `to`: as wide as x's times to's
+# (nested 10 deep, 723 bytes made a million leaves, counted as its widest argument's 4).
+MULTIPLYING = {"replace_type"}
 EXPANDED = {forecast_table.NAME, forecast_backtest.NAME, anomaly_table.TABLE, anomaly_table.EVENTS}
 
 
@@ -275,6 +281,8 @@ def _check_columns(tree: exp.Expression) -> None:
             return 1
         if isinstance(node, exp.FromJson) or isinstance(node, exp.Anonymous) and node.name.lower() in TYPED_BY_TEXT:
             return _described_leaves(node)
+        if isinstance(node, exp.Anonymous) and node.name.lower() in MULTIPLYING and len(node.expressions) == 3:
+            return width(node.expressions[0], scope, star) * width(node.expressions[2], scope, star)
         parts = [width(child, scope, star) for child in node.iter_expressions()] or [1]
         combining = isinstance(node, (exp.Struct, exp.Tuple, exp.Map, exp.VarMap, exp.ArraysZip)) or (
             isinstance(node, exp.Func) and node.sql_name().lower() in COMBINING) or (
@@ -336,7 +344,8 @@ def _type_leaves(node: exp.DataType) -> int:
 
 def _described_leaves(call: exp.Expression) -> int:
     """The leaves of the type a TYPED_BY_TEXT call's structure describes: an object's the sum of its
-    values', a list's its element's, anything else one (text DuckDB cannot read it refuses itself)."""
+    values', a list's its element's, a text's those of the type it names, anything else one. JSON
+    that Python's reader refuses, and type names sqlglot cannot read, are refused."""
     name = "from_json" if isinstance(call, exp.FromJson) else call.name.lower()
     args = [call.this, call.expression] if isinstance(call, exp.FromJson) else call.expressions
     structure = args[1] if len(args) > 1 else None
@@ -346,14 +355,22 @@ def _described_leaves(call: exp.Expression) -> int:
     def leaves(described) -> int:
         if isinstance(described, dict):
             return max(1, sum(leaves(v) for v in described.values()))
-        return leaves(described[0]) if isinstance(described, list) and described else 1
+        if isinstance(described, list):
+            return leaves(described[0]) if described else 1
+        if isinstance(described, str):  # a DuckDB type's name
+            try:
+                return _type_leaves(exp.DataType.build(described, dialect="duckdb"))
+            except (ValueError, ParseError):
+                raise InvalidQuery(f"{name}'s structure names a type not known here: {described[:80]!r}") from None
+        return 1
 
     try:
-        return leaves(json.loads(structure.this))
+        described = json.loads(structure.this)
     except ValueError:
-        return 1
+        raise InvalidQuery(f"{name}'s structure must be JSON (keys and types quoted, no trailing commas)") from None
     except RecursionError:
         raise InvalidQuery(f"{name}'s structure nests too deeply") from None
+    return leaves(described)
 
 
 def _set_parts(node: exp.SetOperation) -> list[exp.Expression]:
