@@ -80,9 +80,56 @@ def test_a_duckdb_source_lists_with_one_kept_duckdb_and_leaves_the_file_free(tmp
     with pytest.raises(SourceUnavailable, match="does not exist"):
         source.tables()
     path.write_bytes(b"not a database" * 1000)
-    with pytest.raises((SourceUnavailable, duckdb.Error)):
+    with pytest.raises(SourceUnavailable):
         source.tables()
     path.unlink()
     with duckdb.connect(str(path)) as con:
         con.execute("CREATE TABLE c AS SELECT 3 AS z")
     assert source.tables() == ["c"]
+
+
+def test_a_corrupt_duckdb_file_is_an_unavailable_source_not_an_internal_error(tmp_path):
+    """Round 16: one flipped byte (a bad disk, a torn copy) made DuckDB raise a plain error that
+    health and queries passed on as INTERNAL; health now says "unavailable", naming the corruption,
+    and a query gets the source's error."""
+    from flight_lstm.errors import SourceUnavailable
+    from flight_lstm.service import Service
+    from flight_lstm.sources.duckdb import DuckDBSource
+
+    path = tmp_path / "lake.db"
+    with duckdb.connect(str(path)) as con:
+        con.execute("CREATE TABLE big AS SELECT i, i % 97 AS g, 'text ' || i AS s FROM range(200000) t(i)")
+    service = Service(DuckDBSource(path))
+    assert service.health()["status"] == "ok"
+    data = bytearray(path.read_bytes())
+    data[5000] ^= 0xFF
+    path.write_bytes(bytes(data))
+    health = service.health()
+    assert health["status"] == "unavailable" and "corrupt" in health["reason"]
+    with pytest.raises(SourceUnavailable, match="corrupt"):
+        _, batches = service.stream(service.plan("SELECT count(*) AS n FROM big"))
+        list(batches)
+    service.close()
+
+
+def test_listing_the_source_keeps_a_running_querys_lock_on_the_file(tmp_path):
+    """Round 16: DuckDB's file locks are the process's (POSIX): a listing that attached the file in
+    a DuckDB of its own and let go of it dropped the lock of the query reading it, and a writer then
+    rewrote the table under the query, which returned the writer's rows. The engine's database now
+    lists it, attached as for a query: the writer stays locked out until the query ends."""
+    from flight_lstm.service import Service
+    from flight_lstm.sources.duckdb import DuckDBSource
+
+    path = tmp_path / "lake.db"
+    with duckdb.connect(str(path)) as con:
+        con.execute("CREATE TABLE big AS SELECT i FROM range(3000000) t(i)")
+    writer = [sys.executable, "-c", f"import duckdb; duckdb.connect({str(path)!r}).execute('CREATE TABLE w (x INT)')"]
+    service = Service(DuckDBSource(path))
+    _, batches = service.stream(service.plan("SELECT i FROM big"))
+    next(batches)  # the query is reading the file
+    assert service.source.tables() == ["big"]
+    locked = subprocess.run(writer, capture_output=True, text=True)
+    assert locked.returncode != 0 and "lock" in locked.stderr.lower()
+    assert sum(len(b) for b in batches) > 0  # the query reads on to its end
+    service.close()
+    assert subprocess.run(writer, capture_output=True, text=True).returncode == 0  # let go once it ended

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 import weakref
@@ -22,7 +23,20 @@ from flight_lstm.plan import Plan
 from flight_lstm.sources.base import Source
 
 ALIAS = "lake"
+# DuckDB's words for a file it cannot trust (a plain duckdb.Error or "Data Corruption Error"): a bad
+# block on disk, a torn copy. The source is unavailable then, not the server broken.
+_CORRUPT = re.compile(r"Corrupt database file|Data Corruption Error")
 log = logging.getLogger(__name__)
+
+
+def _listed(con: duckdb.DuckDBPyConnection) -> list[str]:
+    rows = con.execute("SELECT table_schema, table_name FROM information_schema.tables "
+                       "WHERE table_catalog = ? ORDER BY 1, 2", [ALIAS]).fetchall()
+    return [name if schema == "main" else f"{schema}.{name}" for schema, name in rows]
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).splitlines()[0][:200] if str(error) else type(error).__name__
 
 
 @dataclass
@@ -52,7 +66,6 @@ class DuckDBSource(Source):
         self._detacher: threading.Thread | None = None
         self._closed = False
         self._lister: duckdb.DuckDBPyConnection | None = None  # `tables`'s own DuckDB, kept
-        self._listing = threading.Lock()
 
     @classmethod
     def from_uri(cls, uri: str, *, keep_attached: float = 0.0) -> "DuckDBSource":
@@ -65,29 +78,47 @@ class DuckDBSource(Source):
         return cls(path, keep_attached)
 
     def tables(self) -> list[str]:
-        """The file's tables, from a DuckDB of its own that attaches the file for the listing only.
-        It is kept: opening a DuckDB trims glibc's heap, which waits while a query fills it, and a
-        listing that opened one took 5-7 s beside `list_distinct(range(20000000))` (0.01 s kept)."""
-        with self._listing:
-            if self._lister is None:
-                self._lister = duckdb.connect(config={"threads": 1})
-            con = self._lister.cursor()
+        """The file's tables. DuckDB locks the file with POSIX locks, which are the process's:
+        closing any descriptor of the file drops them all, so a listing that attached the file
+        elsewhere and let go of it freed a running query's file for a writer (round 16: one health
+        call, and the query read the writer's rows). So the engine's database lists it, attached as
+        for a query; before any query there is none, and a DuckDB of the source's own attaches it
+        under the source's lock, which every attachment takes (kept: opening a DuckDB trims glibc's
+        heap, which waits while a query fills it: 5-7 s beside `list_distinct(range(20000000))`)."""
+        for _ in range(3):  # a database replaced meanwhile: the new one lists
+            with self._lock:
+                db = next(iter(self._attached), None)  # the engine's (a replaced one is forgotten)
+                if db is None:
+                    return self._list_alone()
+            con = db.cursor()
             try:
-                self._attach(con)
-                try:
-                    rows = con.execute(
-                        "SELECT table_schema, table_name FROM information_schema.tables "
-                        "WHERE table_catalog = ? ORDER BY 1, 2",
-                        [ALIAS],
-                    ).fetchall()
-                finally:
-                    con.execute(f"DETACH {ALIAS}")
-            except duckdb.Error:
-                self._lister = None  # not kept once DuckDB failed in it: the next listing opens one afresh
-                raise
+                self.attach(db, con, None)
+            except DatabaseReplaced:
+                con.close()
+                continue
+            try:
+                return _listed(con)
             finally:
                 con.close()
-        return [name if schema == "main" else f"{schema}.{name}" for schema, name in rows]
+                self.detach(db, None)
+        raise DatabaseReplaced()
+
+    def _list_alone(self) -> list[str]:
+        """`tables` while no database of the engine's has ever attached the file; under the lock."""
+        if self._lister is None:
+            self._lister = duckdb.connect(config={"threads": 1})
+        con = self._lister.cursor()
+        try:
+            self._attach(con)
+            try:
+                return _listed(con)
+            finally:
+                con.execute(f"DETACH {ALIAS}")
+        except duckdb.Error:
+            self._lister = None  # not kept once DuckDB failed in it: the next listing opens one afresh
+            raise
+        finally:
+            con.close()
 
     def attach(self, db: duckdb.DuckDBPyConnection, con: duckdb.DuckDBPyConnection, plan: Plan | None, *,
                schema_only: bool = False) -> None:
@@ -198,12 +229,20 @@ class DuckDBSource(Source):
                     f"DuckDB file {self.path.name} is locked by a writer; retry shortly"
                 ) from None
             raise SourceUnavailable(f"cannot open DuckDB file {self.path.name}") from None
+        except duckdb.Error as e:
+            if _CORRUPT.search(str(e)):
+                raise SourceUnavailable(f"DuckDB file {self.path.name} is corrupt: {_first_line(e)}") from None
+            raise
 
     def translate_error(self, error: BaseException) -> SourceUnavailable | None:
-        """The file failing under a running query (replaced, truncated, gone) is the source's fault."""
+        """The file failing under a running query (replaced, truncated, gone, corrupt) is the
+        source's fault."""
         if str(error).startswith("IO Error"):
             return SourceUnavailable(f"DuckDB file {self.path.name} could not be read: it changed or "
                                      "went away under the query; retry")
+        if _CORRUPT.search(str(error)):
+            return SourceUnavailable(f"DuckDB file {self.path.name} is corrupt, or changed under the query "
+                                     f"({_first_line(error)}); retry")
         return None
 
     def describe(self) -> str:
