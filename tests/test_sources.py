@@ -117,6 +117,7 @@ def test_listing_the_source_keeps_a_running_querys_lock_on_the_file(tmp_path):
     a DuckDB of its own and let go of it dropped the lock of the query reading it, and a writer then
     rewrote the table under the query, which returned the writer's rows. The engine's database now
     lists it, attached as for a query: the writer stays locked out until the query ends."""
+    from flight_lstm.errors import SourceUnavailable
     from flight_lstm.service import Service
     from flight_lstm.sources.duckdb import DuckDBSource
 
@@ -133,3 +134,6 @@ def test_listing_the_source_keeps_a_running_querys_lock_on_the_file(tmp_path):
     assert sum(len(b) for b in batches) > 0  # the query reads on to its end
     service.close()
     assert subprocess.run(writer, capture_output=True, text=True).returncode == 0  # let go once it ended
+    path.unlink()  # listed in the engine's database now: a file gone is said so there too
+    with pytest.raises(SourceUnavailable, match="does not exist"):
+        service.source.tables()

@@ -93,9 +93,11 @@ class DuckDBSource(Source):
             con = db.cursor()
             try:
                 self.attach(db, con, None)
-            except DatabaseReplaced:
+            except BaseException as e:
                 con.close()
-                continue
+                if isinstance(e, DatabaseReplaced):
+                    continue
+                raise
             try:
                 return _listed(con)
             finally:
