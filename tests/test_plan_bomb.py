@@ -320,6 +320,7 @@ def test_json_transform_counts_the_type_its_structure_describes(service):
     for function in ("json_transform", "from_json", "json_transform_strict", "from_json_strict"):
         with pytest.raises(InvalidQuery, match=f"{function}'s structure must be a string literal"):
             service.plan(built.replace("json_transform", function, 1))
+
     def fields(n: int, kind: str = '"INTEGER"') -> str:
         return "'{" + ", ".join(f'"f{i}": {kind}' for i in range(n)) + "}'"
 
@@ -327,7 +328,8 @@ def test_json_transform_counts_the_type_its_structure_describes(service):
     assert service.plan(f"SELECT from_json('{{}}', {fields(4000)}) AS s")
     for refused in (f"SELECT json_transform('{{}}', {fields(4100)}) AS s",
                     f"SELECT from_json('{{}}', {fields(2100, pairs)}) AS s",
-                    f"SELECT {{'a': s, 'b': s}} AS s FROM (SELECT from_json(j, {fields(2100)}) AS s FROM (SELECT '{{}}' AS j))"):
+                    f"SELECT {{'a': s, 'b': s}} AS s FROM "
+                    f"(SELECT from_json(j, {fields(2100)}) AS s FROM (SELECT '{{}}' AS j))"):
         with pytest.raises(InvalidQuery, match="type would hold more than 4,096 fields"):
             service.plan(refused)
     with pytest.raises(InvalidQuery, match="nests too deeply"):
@@ -337,7 +339,8 @@ def test_json_transform_counts_the_type_its_structure_describes(service):
     for refused, message in ((f"SELECT {{'x': s, 'y': s}} AS s FROM (SELECT from_json('{{}}', {typed}) AS s)",
                               "type would hold more than 4,096 fields"),
                              (f"SELECT json_transform('{{}}', {fields(3)[:-2]},}}') AS s", "must be JSON"),
-                             ("""SELECT json_transform('{}', '{"a": "NOT A TYPE ("}') AS s""", "a type not known here")):
+                             ("""SELECT json_transform('{}', '{"a": "NOT A TYPE ("}') AS s""",
+                              "a type not known here")):
         with pytest.raises(InvalidQuery, match=message):
             service.plan(refused)
 
