@@ -382,7 +382,7 @@ def fit_anomaly(train: list[Labelled], validation: list[Labelled], *, seed: int 
 
 
 def train_shipped_anomaly(data_dir: str | Path, out_dir: str | Path, *, seed: int = 0,
-                          epochs: int | None = None, version: str = "5", command: str | None = None,
+                          epochs: int | None = None, version: str = "6", command: str | None = None,
                           **hparams: Any) -> ModelCard:
     """The shipped anomaly-lstm: trained on the training split of `evaluate.anomaly_splits`
     (forecasting series, synthetic ones, SKAB), its epochs kept by validation NLL (mean of the
