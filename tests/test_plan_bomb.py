@@ -359,6 +359,45 @@ def test_replace_type_counts_as_wide_as_its_input_times_its_replacement(service)
         service.plan(nested(7))
 
 
+@pytest.mark.parametrize("step", [
+    "list_transform({x}, x -> {{'a': x, 'b': x}})",  # a lambda's variable is an element of what it is given
+    "list_apply({x}, lambda x: {{'a': x, 'b': x}})",
+    "({x}).list_transform(x -> {{'a': x, 'b': x}})",  # method calls: x.f(a) is f(x, a)
+    "list_transform(list_filter({x}, x -> true), y -> {{'a': y, 'b': y}})",
+])
+def test_nested_lambdas_count_what_their_variables_stand_for(service, step):
+    """Round 18: 16 nested `list_transform(l, x -> {'a': x, 'b': x})` (639 bytes) doubled the type
+    to 65,536 fields, counted as 2 (the variable as the widest column in scope, here none), and
+    filled the server's memory cap."""
+    def nested(levels: int) -> str:
+        sql = "[1]"
+        for _ in range(levels):
+            sql = step.format(x=sql)
+        return f"SELECT {sql} AS r"
+
+    assert service.plan(nested(12))  # 4,096 leaves
+    with pytest.raises(InvalidQuery, match="type would hold more than 4,096 fields"):
+        service.plan(nested(13))
+
+
+@pytest.mark.parametrize("step, levels", [
+    ("({x}).replace_type(NULL::INTEGER, NULL::STRUCT(a INT, b INT, c INT, d INT))", 6),
+    ("(SELECT v.struct_insert(w := v) AS v FROM (SELECT {x} AS v))", 12),
+])
+def test_method_calls_count_as_the_calls_they_are(service, step, levels):
+    """Round 18: in `x.f(a)` the receiver was counted apart from f(a), so neither replace_type's
+    product nor struct_insert's sum saw it: 16 levels made 65,536 fields, counted as 4 and 2."""
+    def nested(depth: int) -> str:
+        sql = "1" if "replace_type" in step else "{'a': 1}"
+        for _ in range(depth):
+            sql = step.format(x=sql)
+        return f"SELECT {sql} AS r"
+
+    assert service.plan(nested(levels))  # 4,096 leaves
+    with pytest.raises(InvalidQuery, match="type would hold more than 4,096 fields"):
+        service.plan(nested(levels + 1))
+
+
 def test_json_transform_with_a_literal_structure_answers(service):
     _, batches = service.stream(service.plan(
         """SELECT json_transform('{"a": 1, "b": [2, 3], "c": {"x": 4}}',

@@ -72,8 +72,12 @@ PIVOT_LIMIT = 10_000
 # column's type width is estimated as its leaves: a struct, row, map or zip of values holds the
 # sum of theirs, a table's alias named as a column (its row as a struct) the sum of its columns', a
 # written type its own (`NULL::STRUCT(...)`), anything else the widest of its parts (a lambda's
-# variable counts as the widest column in scope), and no column of any query may pass
-# MAX_TYPE_WIDTH (2^12). Left: DuckDB also unifies structs by field name where values meet (CASE,
+# variable counts as the widest column in scope or argument of the call it is given to, so each
+# nested `list_transform(l, x -> {'a': x, 'b': x})` doubles it as it doubles DuckDB's type; counted
+# as the widest column alone, 16 of them in 639 bytes made 65,536 fields), and no column of any
+# query may pass MAX_TYPE_WIDTH (2^12). DuckDB's method calls are counted as the calls they are:
+# `x.f(a)` as f(x, a) (counted as x and f(a) apart, `.replace_type(...)` and `.struct_insert(...)`
+# chains made 65,536 fields too). Left: DuckDB also unifies structs by field name where values meet (CASE,
 # COALESCE, lists, UNION: {'a': s} and {'b': s} make STRUCT(a, b)); counting those as sums refused
 # anomaly_events over 64 columns (its lists of fields taken from one struct), so they count as their
 # widest part.
@@ -283,7 +287,17 @@ def _check_columns(tree: exp.Expression) -> None:
             return _described_leaves(node)
         if isinstance(node, exp.Anonymous) and node.name.lower() in MULTIPLYING and len(node.expressions) == 3:
             return width(node.expressions[0], scope, star) * width(node.expressions[2], scope, star)
-        parts = [width(child, scope, star) for child in node.iter_expressions()] or [1]
+        if isinstance(node, exp.Dot) and isinstance(node.expression, exp.Func):  # x.f(a) is DuckDB's f(x, a)
+            call = node.expression
+            name = call.name if isinstance(call, exp.Anonymous) else call.sql_name()
+            return width(exp.Anonymous(this=name, expressions=[node.this, *call.iter_expressions()]), scope, star)
+        children = list(node.iter_expressions())
+        parts = [width(child, scope, star) for child in children if not isinstance(child, exp.Lambda)]
+        lambdas = [child for child in children if isinstance(child, exp.Lambda)]
+        if lambdas:  # its variables stand for the elements of the lists it is given
+            bound = scope._replace(widest=max([scope.widest, *parts]))
+            parts += [width(child, bound, star) for child in lambdas]
+        parts = parts or [1]
         combining = isinstance(node, (exp.Struct, exp.Tuple, exp.Map, exp.VarMap, exp.ArraysZip)) or (
             isinstance(node, exp.Func) and node.sql_name().lower() in COMBINING) or (
             isinstance(node, exp.Anonymous) and node.name.lower() in COMBINING)
