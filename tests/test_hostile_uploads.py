@@ -13,9 +13,9 @@ import pytest
 
 from flight_lstm.engine import Limits
 from flight_lstm.engine.engine import Engine
-from flight_lstm.errors import SourceUnavailable
+from flight_lstm.errors import InvalidQuery, SourceUnavailable
 from flight_lstm.server import flight_sql_messages as messages
-from flight_lstm.server.uploads import received
+from flight_lstm.server.uploads import MAX_UPLOAD_DEPTH, MAX_UPLOAD_LEAVES, received, received_schema
 from flight_lstm.service import Service
 from flight_lstm.sources.duckdb import DuckDBSource
 from conftest import run, start_server
@@ -94,6 +94,32 @@ def test_views_nested_in_lists_are_refused_by_name(client):
     wrapped = pa.ExtensionArray.from_storage(pa.opaque(nested.type, "t", "v"), nested)  # its storage is read
     with pytest.raises(pa.ArrowInvalid, match="'p' nests string, binary or list views"):
         exchange(client, "SELECT p AS b FROM input", pa.record_batch([wrapped], names=["p"]))
+
+
+def test_an_upload_wider_than_the_limit_is_refused_before_duckdb_reads_it(client):
+    """Round 18: DuckDB registers and plans an upload's columns before any time limit applies; an
+    exchange of 150,000 one-byte columns ran 22.7 s past a 3 s limit."""
+    wide = pa.record_batch([pa.array([1], pa.int8())] * (MAX_UPLOAD_LEAVES + 1),
+                           names=[f"c{i}" for i in range(MAX_UPLOAD_LEAVES + 1)])
+    started = time.monotonic()
+    with pytest.raises(pa.ArrowInvalid, match="more than 4,096 columns"):
+        exchange(client, "SELECT c0 AS x FROM input", wide)
+    assert time.monotonic() - started < 2
+    with pytest.raises(pa.ArrowInvalid, match="more than 4,096 columns"):
+        bind(client, pa.record_batch([pa.array([{f"f{i}": 1 for i in range(MAX_UPLOAD_LEAVES + 1)}])], names=["p"]))
+    at_most = pa.record_batch([pa.array([1], pa.int8())] * MAX_UPLOAD_LEAVES,
+                              names=[f"c{i}" for i in range(MAX_UPLOAD_LEAVES)])
+    assert exchange(client, "SELECT c0 + c4095 AS x FROM input", at_most).column("x").to_pylist() == [2]
+
+
+def test_a_type_nested_deeper_than_the_limit_is_refused_without_recursing():
+    """Arrow's IPC reader stops at 64 levels; the check does not rely on it (a 2,000-level type
+    overflowed Python's stack in the checks that read types recursively)."""
+    deep = pa.int8()
+    for _ in range(2000):
+        deep = pa.list_(deep)
+    with pytest.raises(InvalidQuery, match=f"nests types more than {MAX_UPLOAD_DEPTH} levels"):
+        received_schema(pa.schema([pa.field("p", deep)]))
 
 
 def test_honest_views_are_read_as_plain_strings(client):

@@ -25,11 +25,18 @@ from flight_lstm.errors import InvalidQuery, first_line
 
 _PLAIN = {pa.string_view(): pa.large_string(), pa.binary_view(): pa.large_binary()}
 MAX_DECIMAL_DIGITS = 38  # DuckDB's widest decimal
+# DuckDB registers and plans an upload's columns before any time limit can stop it, in time that
+# grows faster than their number: 16,000 columns took 2.5 s here, 150,000 (a 16 MB schema) ran 22.7 s
+# past a 3 s limit. So an upload holds at most MAX_UPLOAD_LEAVES leaves (columns, each struct field
+# and list element counted), as many as one SQL column's type may (plan/size.py: MAX_TYPE_WIDTH; 0.4 s),
+# nested at most MAX_UPLOAD_DEPTH levels (where Arrow's own import stops).
+MAX_UPLOAD_LEAVES, MAX_UPLOAD_DEPTH = 4096, 64
 
 
 def received_schema(schema: pa.Schema, ranges: bool = True) -> pa.Schema:
     """The schema the server reads uploads in: extension types as their storage (what is read),
     views as plain large types (nested ones refused); with `ranges`, no decimal DuckDB cannot read."""
+    _check_shape(schema)
     fields = []
     for field in schema:
         kind = _storage(field.type)
@@ -41,6 +48,23 @@ def received_schema(schema: pa.Schema, ranges: bool = True) -> pa.Schema:
                                f"at most {MAX_DECIMAL_DIGITS} digits and a scale from 0 to the precision")
         fields.append(pa.field(field.name, _PLAIN.get(kind, kind), field.nullable))
     return pa.schema(fields, metadata=schema.metadata)
+
+
+def _check_shape(schema: pa.Schema) -> None:
+    """At most MAX_UPLOAD_LEAVES leaves, nested at most MAX_UPLOAD_DEPTH levels (walked without
+    recursing, before anything else reads the types)."""
+    leaves, todo = 0, [(field.type, 1) for field in schema]
+    while todo:
+        t, depth = todo.pop()
+        if depth > MAX_UPLOAD_DEPTH:
+            raise InvalidQuery(f"the data you send nests types more than {MAX_UPLOAD_DEPTH} levels deep")
+        t = _storage(t)
+        children = [t.value_type] if pa.types.is_dictionary(t) else [t.field(i).type for i in range(t.num_fields)]
+        leaves += not children
+        if leaves > MAX_UPLOAD_LEAVES:
+            raise InvalidQuery(f"the data you send has more than {MAX_UPLOAD_LEAVES:,} columns (each struct field "
+                               "and list element counted); send the columns the query reads")
+        todo += [(child, depth + 1) for child in children]
 
 
 def received(batch: pa.RecordBatch, ranges: bool = True) -> pa.RecordBatch:
