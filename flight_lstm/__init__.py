@@ -10,11 +10,5 @@ __version__ = "0.1.0"
 # DuckDB first allocates, so it is set here, before anything imports duckdb. Freed pages are also
 # handed back at once (muzzy_decay_ms:0): kept "muzzy", they still counted as resident. After four
 # cancelled 72 MB queries the server read up to 771 MB resident in 13 runs without it, 738 MB in 13
-# with it (tests/test_faults.py allows 144 MB above the first round's ~612 MB). And jemalloc purges
-# freed memory only when the same arena allocates again, unless its background threads do it: after
-# queries that bound a wide type (a 4,096-field struct), the data segment stayed up to the cap
-# `--max-memory` sets (3.6 GB of address space, 0.2 GB resident), and every later call, health
-# included, failed with MemoryError for good; with them it falls back within a second or two.
-# (DuckDB's own `allocator_background_threads` setting did not hold once the server opened its other
-# databases.)
-os.environ.setdefault("DUCKDB_JE_MALLOC_CONF", "retain:false,muzzy_decay_ms:0,background_thread:true")
+# with it (tests/test_faults.py allows 144 MB above the first round's ~612 MB).
+os.environ.setdefault("DUCKDB_JE_MALLOC_CONF", "retain:false,muzzy_decay_ms:0")

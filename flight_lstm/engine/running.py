@@ -33,6 +33,7 @@ class Running:
         self._busy = threading.Lock()
         self._ended = False
         self._stopped: Exception | None = None  # why the watchdog ended it, kept for the client
+        heap.query_started()
 
     @contextmanager
     def step(self):
@@ -93,7 +94,7 @@ class Running:
                     self.result.close()  # DuckDB's result goes now, not when a collector finds it
         finally:
             self._release()
-            heap.query_ended()  # the memory its operators freed goes back, once none runs (heap.py)
+            heap.query_ended()  # the memory it freed goes back, once none runs (heap.py)
 
 
 _ending = threading.Lock()
