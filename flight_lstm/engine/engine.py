@@ -203,13 +203,17 @@ class Engine:
             checks.pop(connection_id, None)
             self.release(con, plan, leave, db)
 
+        running = None
         try:  # whatever fails from here (no thread left for the watchdog) gives slot and cursor back
             (connection_id,), = con.sql("SELECT current_connection_id()").fetchall()
             checks[connection_id] = budget.check
             running = Running(con, budget, release, db)
             running.unwatch = self.watchdog.watch(running)
         except BaseException:
-            release()
+            if running is None:
+                release()
+            else:
+                running.end()  # gives the slot back, and is no longer counted as running (heap.py)
             raise
         return running
 
