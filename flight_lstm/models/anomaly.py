@@ -21,8 +21,8 @@ u's (a change of variance); and a run of exact repeats that is unlikely for the 
 sensor), counted only once the run's pass has seen the value change (a series flat since its pass
 began shows no sensor that was ever live, so it is no news); and a level that moved (the last few
 values against the many before them, a two-sample z divided by its own recent RMS, read on the
-run's steadiest differences: seasonal, first or none), which the network, following each step,
-barely sees in a slow fault.  The statistic is the largest of |u|
+values and again on the run's steadiest differences: seasonal, first or none), which the network,
+following each step, barely sees in a slow fault or a shift on a cycle.  The statistic is the largest of |u|
 and those.
 Its score is 1 - p, with p the share of normal points whose statistic is at least as large: the
 empirical distribution on held-out normal series of many domains in the body, a fitted
