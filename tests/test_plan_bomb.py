@@ -398,6 +398,21 @@ def test_method_calls_count_as_the_calls_they_are(service, step, levels):
         service.plan(nested(levels + 1))
 
 
+def test_a_struct_field_counts_as_its_struct_even_when_a_column_has_its_name(service):
+    """Round 19: in `s.a`, s a struct column, the field counted as the column named `a` beside it
+    (1), so `{'a': {'x': s.a, 'y': s.a}} AS s, 1 AS a` doubled the type at each level unseen: 15
+    levels (898 bytes) killed a server."""
+    def nested(levels: int) -> str:
+        sql = "SELECT {'a': {'x': 1, 'y': 1}} AS s, 1 AS a"
+        for i in range(levels):
+            sql = f"SELECT {{'a': {{'x': s.a, 'y': s.a}}}} AS s, 1 AS a FROM ({sql}) t{i}"
+        return sql
+
+    assert service.plan(nested(10))  # at most 2,048 leaves
+    with pytest.raises(InvalidQuery, match="type would hold more than 4,096 fields"):
+        service.plan(nested(12))
+
+
 def test_json_transform_with_a_literal_structure_answers(service):
     _, batches = service.stream(service.plan(
         """SELECT json_transform('{"a": 1, "b": [2, 3], "c": {"x": 4}}',

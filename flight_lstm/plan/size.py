@@ -264,7 +264,7 @@ def _check_columns(tree: exp.Expression) -> None:
         star or COLUMNS(...) in it stands for, one at a time."""
         if isinstance(node, exp.Column) and not isinstance(node.this, exp.Star):
             table, name = node.table.lower(), node.name.lower()
-            if table and table not in scope.rows and name not in scope.names:  # a struct's field, or not known
+            if table and table not in scope.rows:  # a struct's field (at most the struct), or not known
                 return scope.names.get(table, scope.widest)
             if name not in scope.names and not table and name in scope.rows:  # a source's row, as a struct
                 return sum(w for _, w in scope.rows[name])
