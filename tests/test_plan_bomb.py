@@ -6,6 +6,8 @@ each level, after the tree's size was checked: 88 bytes of to_boolean six deep w
 of CPU no time limit reaches, seven deep 1.7 GB. The writer stops past a small multiple of the
 tree's own nodes and characters (with a floor), for the text and its round trip alike.
 """
+import duckdb
+import pyarrow as pa
 import pytest
 import sqlglot
 
@@ -284,6 +286,74 @@ def test_columns_bound_through_nested_queries_and_ctes_are_counted_together(serv
             service.plan(refused)
 
 
+def _leaves(sql: str) -> int:
+    """The leaves of the first column's type, as DuckDB itself binds the query."""
+    def count(t: pa.DataType) -> int:
+        if pa.types.is_struct(t):
+            return sum(count(field.type) for field in t)
+        if pa.types.is_map(t):
+            return count(t.key_type) + count(t.item_type)
+        return count(t.value_type) if pa.types.is_list(t) else 1
+    return count(duckdb.connect().sql(f"SELECT * FROM ({sql}) LIMIT 0").arrow().schema[0].type)
+
+
+@pytest.mark.parametrize("step, allowed", [
+    ("SELECT [{{'a': s}}, {{'b': s}}][1] AS s FROM {p}", 12),
+    ("SELECT CASE WHEN s IS NULL THEN {{'a': s}} ELSE {{'b': s}} END AS s FROM {p}", 12),
+    ("SELECT coalesce({{'a': s}}, {{'b': s}}) AS s FROM {p}", 12),
+    ("SELECT v.x AS s FROM {p} t, LATERAL (SELECT {{'a': t.s}} AS x UNION ALL SELECT {{'b': t.s}}) v", 12),
+    ("SELECT value AS s FROM (UNPIVOT (SELECT {{'a': s}} AS x, {{'b': s}} AS y FROM {p}) ON x, y)", 12),
+    ("SELECT [{{'a': {{'x': s}}}}, {{'a': {{'y': s}}}}][1].a AS s FROM {p}", 12),
+    ("SELECT [x, y][1] AS s FROM {p} t, LATERAL (SELECT t.s AS a) x, LATERAL (SELECT t.s AS b) y", 12),
+    ("SELECT [replace_type({{'a': s}}, NULL::DATE, NULL::INT), replace_type({{'b': s}}, NULL::DATE, NULL::INT)][1] "
+     "AS s FROM {p}", 12),
+    ("SELECT [x.p, y.p][1] AS s FROM {p} t, LATERAL (SELECT struct_pack(*COLUMNS(*)) AS p FROM (SELECT t.s AS a)) x, "
+     "LATERAL (SELECT struct_pack(*COLUMNS(*)) AS p FROM (SELECT t.s AS b)) y", 12),
+    # a written type's fields beside theirs (2s + 1 leaves at each level)
+    ("SELECT coalesce([NULL::STRUCT(c INT), {{'a': s}}][1], [NULL::STRUCT(c INT), {{'b': s}}][1]) AS s FROM {p}", 11),
+    # a map's key counts beside its value, whose structs unify as well (one leaf over at each level)
+    ("SELECT map_values([map([1], [{{'a': s}}]), map([1], [{{'b': s}}])][1])[1] AS s FROM {p}", 11),
+])
+def test_structs_unified_by_field_name_where_values_meet_count_every_field(service, step, allowed):
+    """Round 19: where values meet, DuckDB unifies structs field by field, so `[{'a': s}, {'b': s}][1]`
+    is STRUCT(a, b): counted as its widest part, 20 levels (913 bytes) made a million fields unseen.
+    Lists, CASE, COALESCE, UNION, UNPIVOT, fields inside fields, tables' rows, types replaced, columns
+    unpacked, written types, maps' values: each level doubles DuckDB's type, and the estimate allows
+    the deepest chain within 4,096 leaves (one less where it counts a leaf more than DuckDB)."""
+    def chain(levels: int) -> str:
+        return "WITH c0 AS (SELECT 1 AS s), " + ", ".join(
+            f"c{i + 1} AS ({step.format(p=f'c{i}')})" for i in range(levels)) + f" SELECT s FROM c{levels}"
+
+    assert _leaves(chain(allowed)) <= 4096 < _leaves(chain(13))  # as DuckDB binds them
+    assert service.plan(f"SELECT s IS NULL AS n FROM ({chain(allowed)})")
+    with pytest.raises(InvalidQuery, match="type would hold more than 4,096 fields"):
+        service.plan(f"SELECT s IS NULL AS n FROM ({chain(13)})")
+
+
+def test_structs_that_meet_with_the_same_fields_count_once(service):
+    """Unified, not summed: values of one struct's shape meet as that shape, however often."""
+    same = "SELECT [{'a': s, 'b': s}, {'a': s, 'b': s}, {'b': s}][1] AS s FROM (SELECT {'x': 1, 'y': 2} AS s) t"
+    assert _leaves(same) == 4
+    wide = "NULL::STRUCT(" + ", ".join(f"f{i} INT" for i in range(2000)) + ")"
+    assert service.plan(f"SELECT coalesce({{'a': s}}, {{'a': s}}, NULL) AS s FROM (SELECT {{'w': {wide}}} AS s)")
+    assert service.plan(f"SELECT {{'a': s, 'b': s}} AS s FROM (SELECT {{'w': {wide}}} AS s UNION ALL "
+                        f"SELECT {{'w': {wide}}})")  # 4,000 leaves, and the same shape twice
+
+
+def test_unifying_structs_is_bounded_work(service):
+    """Unifying walks the structs' fields: a thousand meetings of two 2,000-field structs (57 kB)
+    planned for 6 s. A query's meetings may walk 250,000 fields in all."""
+    wide = "{" + ", ".join(f"'f{i}': 1" for i in range(2000)) + "}"
+
+    def meetings(n: int) -> str:
+        return (f"WITH c AS (SELECT {wide} AS a, {wide} AS b) "
+                f"SELECT coalesce({', '.join(['[a, b][1]'] * n)}) IS NULL AS z FROM c")
+
+    assert service.plan(meetings(40))
+    with pytest.raises(InvalidQuery, match="structs meet .* over more than 250,000 fields in all"):
+        service.plan(meetings(70))
+
+
 def test_a_table_alias_named_as_a_column_counts_its_row(service):
     """Round 13: `SELECT t AS a, t AS b FROM (...) t` (t's row as a struct) doubled the type at each
     level, counted as one column: 14 levels (481 bytes) reached the process's memory cap."""
@@ -382,15 +452,15 @@ def test_nested_lambdas_count_what_their_variables_stand_for(service, step):
 
 @pytest.mark.parametrize("step, levels", [
     ("({x}).replace_type(NULL::INTEGER, NULL::STRUCT(a INT, b INT, c INT, d INT))", 6),
-    ("(SELECT v.struct_insert(w := v) AS v FROM (SELECT {x} AS v))", 12),
+    ("(SELECT v.struct_insert(w{i} := v) AS v FROM (SELECT {x} AS v))", 12),  # a new field each level, as DuckDB needs
 ])
 def test_method_calls_count_as_the_calls_they_are(service, step, levels):
     """Round 18: in `x.f(a)` the receiver was counted apart from f(a), so neither replace_type's
     product nor struct_insert's sum saw it: 16 levels made 65,536 fields, counted as 4 and 2."""
     def nested(depth: int) -> str:
         sql = "1" if "replace_type" in step else "{'a': 1}"
-        for _ in range(depth):
-            sql = step.format(x=sql)
+        for i in range(depth):
+            sql = step.format(x=sql, i=i)
         return f"SELECT {sql} AS r"
 
     assert service.plan(nested(levels))  # 4,096 leaves

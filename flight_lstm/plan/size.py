@@ -17,7 +17,7 @@ walk estimates every query's output columns, each as its type's leaves, from tho
 reads, and bounds them (the constants below). Left: a source table's columns (or a table
 function's, but unnest's and VALUES') are not known here: they count as none, one of them named as
 the widest known in scope (a lake table's struct column may be wider), and only star copies of them
-are bounded; a function's result counts as its widest argument (to_json(t) as t's row), but
+are bounded; a function's result counts as its arguments met (to_json(t) as t's row), but
 json_transform's and its kin's as the type their structure text describes (TYPED_BY_TEXT).
 """
 from __future__ import annotations
@@ -77,13 +77,18 @@ PIVOT_LIMIT = 10_000
 # as the widest column alone, 16 of them in 639 bytes made 65,536 fields), and no column of any
 # query may pass MAX_TYPE_WIDTH (2^12). DuckDB's method calls are counted as the calls they are:
 # `x.f(a)` as f(x, a) (counted as x and f(a) apart, `.replace_type(...)` and `.struct_insert(...)`
-# chains made 65,536 fields too). Left: DuckDB also unifies structs by field name where values meet (CASE,
-# COALESCE, lists, UNION: {'a': s} and {'b': s} make STRUCT(a, b)); counting those as sums refused
-# anomaly_events over 64 columns (its lists of fields taken from one struct), so they count as their
-# widest part.
+# chains made 65,536 fields too). Where values meet (a list's elements, CASE, COALESCE, UNION, VALUES,
+# UNPIVOT), DuckDB unifies structs field by field: `[{'a': s}, {'b': s}][1]` is STRUCT(a, b), and 20
+# such levels (913 bytes) made a million fields counted as s. So a struct built here keeps its fields
+# by name (`Struct`), and values that meet count as their structs unified (`_Meetings`).
 MAX_TYPE_WIDTH = 4096
 COMBINING = {"row", "struct_pack", "struct_insert", "struct_update", "struct_concat", "list_zip", "array_zip",
              "map", "map_from_entries", "union_value"}  # DuckDB's functions typed as a STRUCT, MAP or UNION of their arguments
+STRUCT_EDITS = {"struct_insert", "struct_update", "struct_concat"}  # a struct argument's fields are the result's
+# Unifying structs walks their fields: a thousand meetings of two 2,000-field structs (57 kB) took
+# planning from 0.9 s to 6 s. A query's meetings may walk at most this many fields in all, about 0.3 s
+# here and 300 times the largest legal plan's (four anomaly_table over 64 columns: 832).
+MAX_MEETING_STEPS = 250_000
 STRUCTURED = {exp.DataType.Type.STRUCT, exp.DataType.Type.MAP, exp.DataType.Type.UNION}  # types of several fields
 # DuckDB types these by their structure argument, JSON text it reads while binding
 # (`json_transform(j, '{"a": "INTEGER"}')` is a STRUCT(a INTEGER)): 138 bytes that built that text from
@@ -122,6 +127,54 @@ def check_plan_size(tree: exp.Expression) -> exp.Expression:
     return tree
 
 
+class Struct(int):
+    """A width in leaves that keeps its struct's fields by name, folded as DuckDB matches them, so
+    that structs which meet are counted unified (`_Meetings`). Widths are ints everywhere else: a sum of
+    them is a plain width, and a struct built of plain widths counts what it is given."""
+
+    fields: dict[str, int]
+
+    def __new__(cls, fields: dict[str, int]) -> Struct:
+        built = super().__new__(cls, max(1, sum(fields.values())))
+        built.fields = fields
+        return built
+
+
+class _Meetings:
+    """Values that meet in one query, counted as their structs unified (`met`), within MAX_MEETING_STEPS."""
+
+    def __init__(self):
+        self.steps = 0
+
+    def met(self, widths: list[int]) -> int:
+        """Their structs unified field by field (a field in several is their values met), a single
+        leaf (a scalar, NULL) adding nothing to them, and the widest of any others (whose fields are
+        not known here: a written type's, say) a field beside theirs, since its fields may be none
+        of theirs. A struct that meets itself is not walked, nor one past MAX_TYPE_WIDTH (refused
+        anyway)."""
+        structs = list({id(w): w for w in widths if isinstance(w, Struct)}.values())
+        others = max([1, *(w for w in widths if not isinstance(w, Struct))])
+        if not structs or max(widths) > MAX_TYPE_WIDTH:
+            return max(widths)
+        met = structs[0]
+        if len(structs) > 1:
+            self.steps += sum(len(struct.fields) for struct in structs)
+            if self.steps > MAX_MEETING_STEPS:
+                raise InvalidQuery(f"the query's structs meet (in lists, CASE, COALESCE, UNION, ...) over more than "
+                                   f"{MAX_MEETING_STEPS:,} fields in all; build fewer of them, or split the query")
+            by_name: dict[str, list[int]] = {}
+            for struct in structs:
+                for name, w in struct.fields.items():
+                    by_name.setdefault(name, []).append(w)
+            met = Struct({name: self.met(values) for name, values in by_name.items()})
+        return met if others == 1 else Struct({**met.fields, "#other": max(others, met.fields.get("#other", 1))})
+
+
+def _struct(named: list[tuple[str, int]]) -> Struct:
+    """A struct of these fields (a source's row: its columns), the last of a name kept as DuckDB keeps it."""
+    return Struct({name.lower(): w for name, w in named})
+
+
 class _Out(NamedTuple):
     """What a query makes: its columns (name, leaves), whether it has columns not known too (a
     source table's), the most copies star expansion makes of a column down to it, and the leaves and
@@ -146,6 +199,7 @@ def _check_columns(tree: exp.Expression) -> None:
     """Estimate the columns of every query in the tree from those of what it reads (subqueries in
     FROM and joins, set operations, CTEs where named, PIVOTs), and refuse past any bound above."""
     bodies = _cte_bodies(tree)
+    meetings = _Meetings()
     known: dict[str, _Out] = {}  # each CTE once, by name
     seen: dict[tuple[int, int], _Out] = {}  # each node once per width a correlated reference may have
     read_once: set[int] = set()
@@ -165,7 +219,7 @@ def _check_columns(tree: exp.Expression) -> None:
             return pivot(node, query(node.this, inside, outer), inside, outer)
         elif isinstance(node, exp.SetOperation):
             parts = [query(part, inside, outer) for part in _set_parts(node)]
-            out = made(_side_by_side(parts), any(p.unknown for p in parts), max(p.stars for p in parts),
+            out = made(_side_by_side(parts, meetings), any(p.unknown for p in parts), max(p.stars for p in parts),
                        sum(p.leaves for p in parts), sum(p.pivoted for p in parts))
         elif isinstance(node, exp.Table):
             name = node.name.lower()
@@ -174,13 +228,13 @@ def _check_columns(tree: exp.Expression) -> None:
             else:
                 if name not in known:
                     found = [query(body, inside | {name}) for body in bodies[name]]
-                    known[name] = _Out(_side_by_side(found), *(max(f[i] for f in found) for i in range(1, 5)))
+                    known[name] = _Out(_side_by_side(found, meetings), *(max(f[i] for f in found) for i in range(1, 5)))
                 out = known[name]
         elif isinstance(node, (exp.Values, exp.Unnest)):  # a column per value of a row, or per list unnested
             scope = _Scope([], {}, {}, outer, inside)
             rows = node.expressions if isinstance(node, exp.Values) else [node]
             values = [[width(v, scope) for v in row.expressions] for row in rows]
-            out = made([(f"#{i}", max(w)) for i, w in enumerate(zip_longest(*values, fillvalue=1))])
+            out = made([(f"#{i}", meetings.met(list(w))) for i, w in enumerate(zip_longest(*values, fillvalue=1))])
         elif isinstance(node, exp.Select):
             out = select(node, inside, outer)
         else:
@@ -238,8 +292,10 @@ def _check_columns(tree: exp.Expression) -> None:
         for name, w in source.columns:
             names[name] = max(names.get(name, 1), w)
         scope = _Scope(source.columns, names, {}, max([outer, *names.values()]), inside)
-        if node.args.get("unpivot"):
-            return made([*source.columns, ("name", 1), ("value", scope.widest)], *source[1:])
+        if node.args.get("unpivot"):  # its value column is the unpivoted columns met
+            named = {c.name.lower() for c in node.find_all(exp.Column)}
+            value = meetings.met([w for n, w in source.columns if n in named or _starred(node)] or [scope.widest])
+            return made([*source.columns, ("name", 1), ("value", value)], *source[1:])
         simple = "using" in node.args  # DuckDB's `PIVOT t ON a IN (...) USING sum(x)`
         on = node.expressions if simple else node.args.get("fields") or []
         aggregates = (node.args.get("using") or []) if simple else node.expressions
@@ -267,10 +323,10 @@ def _check_columns(tree: exp.Expression) -> None:
             if table and table not in scope.rows:  # a struct's field (at most the struct), or not known
                 return scope.names.get(table, scope.widest)
             if name not in scope.names and not table and name in scope.rows:  # a source's row, as a struct
-                return sum(w for _, w in scope.rows[name])
+                return _struct(scope.rows[name])
+            if table:  # t.c is t's c, not another source's c
+                return next((w for n, w in scope.rows[table] if n == name), scope.widest)
             return scope.names.get(name, scope.widest)
-        if isinstance(node, exp.Columns) and node.args.get("unpack"):  # *COLUMNS(...): each an argument
-            return max(scope.widest, sum(w for _, w in scope.columns))
         if isinstance(node, (exp.Star, exp.Columns, exp.Column)):
             return scope.widest if star is None else star
         if isinstance(node, exp.Identifier):  # a lambda's variable
@@ -286,22 +342,39 @@ def _check_columns(tree: exp.Expression) -> None:
         if isinstance(node, exp.FromJson) or isinstance(node, exp.Anonymous) and node.name.lower() in TYPED_BY_TEXT:
             return _described_leaves(node)
         if isinstance(node, exp.Anonymous) and node.name.lower() in MULTIPLYING and len(node.expressions) == 3:
-            return width(node.expressions[0], scope, star) * width(node.expressions[2], scope, star)
+            # x's fields, each wider, counted as one field of its own: it meets another struct beside its fields
+            product = width(node.expressions[0], scope, star) * width(node.expressions[2], scope, star)
+            return Struct({f"#replaced{id(node)}": product})
         if isinstance(node, exp.Dot) and isinstance(node.expression, exp.Func):  # x.f(a) is DuckDB's f(x, a)
             call = node.expression
             name = call.name if isinstance(call, exp.Anonymous) else call.sql_name()
             return width(exp.Anonymous(this=name, expressions=[node.this, *call.iter_expressions()]), scope, star)
         children = list(node.iter_expressions())
-        parts = [width(child, scope, star) for child in children if not isinstance(child, exp.Lambda)]
+        args = [arg for child in children if not isinstance(child, exp.Lambda)
+                for arg in arguments(child, node, scope, star)]
         lambdas = [child for child in children if isinstance(child, exp.Lambda)]
         if lambdas:  # its variables stand for the elements of the lists it is given
-            bound = scope._replace(widest=max([scope.widest, *parts]))
-            parts += [width(child, bound, star) for child in lambdas]
-        parts = parts or [1]
-        combining = isinstance(node, (exp.Struct, exp.Tuple, exp.Map, exp.VarMap, exp.ArraysZip)) or (
-            isinstance(node, exp.Func) and node.sql_name().lower() in COMBINING) or (
-            isinstance(node, exp.Anonymous) and node.name.lower() in COMBINING)
-        return sum(parts) if combining else max(parts)
+            bound = scope._replace(widest=max([scope.widest, *(w for _, w in args)]))
+            args += [(None, width(child, bound, star)) for child in lambdas]
+        args = args or [(None, 1)]
+        function = node.name.lower() if isinstance(node, exp.Anonymous) else \
+            node.sql_name().lower() if isinstance(node, exp.Func) else ""
+        if isinstance(node, (exp.Struct, exp.Tuple, exp.Map, exp.VarMap, exp.ArraysZip)) or function in COMBINING:
+            return Struct(_fields(node, function, args))
+        return meetings.met([w for _, w in args])
+
+    def arguments(child: exp.Expression, call: exp.Expression, scope: _Scope,
+                  star: int | None) -> list[tuple[str | None, int]]:
+        """A call's argument, with the field name DuckDB gives it in a struct: `name := value`'s, a struct
+        literal's column's own; *COLUMNS(...) is each column it unpacks, named after it."""
+        value = child.expression if isinstance(child, exp.PropertyEQ) else child
+        if isinstance(value, exp.Columns) and value.args.get("unpack"):
+            named = isinstance(child, exp.PropertyEQ) or isinstance(call, exp.Struct)
+            return [(n if named else None, w) for n, w in scope.columns] or [(None, scope.widest)]
+        if isinstance(child, exp.PropertyEQ):
+            return [(child.this.name, width(value, scope, star))]
+        named = isinstance(child, exp.Column) and isinstance(call, exp.Struct)  # struct_pack(x) names x
+        return [(child.name if named else None, width(child, scope, star))]
 
     def made(columns: list[tuple[str, int]], unknown: bool = False, stars: int = 1, leaves: int = 0,
              pivoted: int = 0) -> _Out:
@@ -335,18 +408,35 @@ def _check(own: int, leaves: int, pivoted: int) -> None:
                            "struct field counted, a CTE wherever it is named); name the columns you need, or split it")
 
 
+def _fields(node: exp.Expression, function: str, args: list[tuple[str | None, int]]) -> dict[str, int]:
+    """The fields a COMBINING call builds of its arguments: by the names DuckDB gives them (`arguments`),
+    a map's as its keys and values, a struct edited (STRUCT_EDITS) by its own, and by position
+    otherwise (row(), zips: DuckDB unifies unnamed structs by position)."""
+    fields: dict[str, int] = {}
+    for i, (name, w) in enumerate(args):
+        if name is None and isinstance(w, Struct) and function in STRUCT_EDITS:
+            fields.update(w.fields)
+            continue
+        if name is None:
+            name = ("key", "value")[i] if i < 2 and (isinstance(node, (exp.Map, exp.VarMap)) or function == "map") \
+                else f"#{i}"
+        fields[name.lower()] = w
+    return fields
+
+
 def _starred(node: exp.Expression) -> bool:
     """Whether a projection or aggregate holds a star or COLUMNS(...) (count(*) and subqueries aside)."""
     return any(isinstance(n, exp.Columns) or isinstance(n, exp.Star) and not isinstance(n.parent, exp.Count)
                for n in node.walk(prune=lambda n: isinstance(n, exp.Query)))
 
 
-def _side_by_side(outs: list[_Out]) -> list[tuple[str, int]]:
+def _side_by_side(outs: list[_Out], meetings: _Meetings) -> list[tuple[str, int]]:
     """Columns of queries that answer alike (a set operation's, a CTE's bodies'): the first's names,
-    each position the widest."""
+    each position's values met."""
     longest = max(outs, key=lambda o: len(o.columns)).columns
     names = [n for n, _ in outs[0].columns] + [n for n, _ in longest[len(outs[0].columns):]]
-    return [(n, max(w)) for n, w in zip(names, zip_longest(*([w for _, w in o.columns] for o in outs), fillvalue=1))]
+    positions = zip_longest(*([w for _, w in o.columns] for o in outs), fillvalue=1)
+    return [(n, meetings.met(list(w))) for n, w in zip(names, positions)]
 
 
 def _type_leaves(node: exp.DataType) -> int:
