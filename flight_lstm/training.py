@@ -344,7 +344,7 @@ def calibration_residuals(model: AnomalyModel, series: list[Labelled], per_domai
         for k in sorted({s.values.shape[1] for s in group}):
             same = [s for s in group if s.values.shape[1] == k]
             resid = model.predict_points(np.concatenate([s.values for s in same]),
-                                         np.array([len(s.values) for s in same]))[2]
+                                         np.array([len(s.values) for s in same])).stat
             normal = ~np.concatenate([s.labels for s in same])
             r = resid[normal].ravel()
             r = r[np.isfinite(r)]

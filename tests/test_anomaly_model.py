@@ -275,7 +275,7 @@ def test_a_stuck_sensor_is_found_and_series_that_often_repeat_stay_quiet(model):
     assert np.mean(one(model, counts).score[MIN_HISTORY:] > LEVEL) <= 0.002
     # zeros every weekend: the first is a run longer than any before, the later ones are no news
     weekdays = seasonal(24 * 7 * 12, seed=5) * ((t[:24 * 7 * 12] // 24) % 7 < 5)
-    stuck = model.predict_points(weekdays, np.array([len(weekdays)]))[6][:, 0]
+    stuck = model.predict_points(weekdays, np.array([len(weekdays)])).stuck[:, 0]
     q = model.residual_at(np.array([1 - LEVEL]))[0]
     assert (stuck[:24 * 7 + 1] > q).any() and not (stuck[24 * 7 + 1:] > q).any()
 
@@ -292,7 +292,7 @@ def test_a_flat_series_is_not_flagged_even_at_a_low_level(model, value, length):
     assert ((r.lo[MIN_HISTORY:, 0] <= value) & (value <= r.hi[MIN_HISTORY:, 0])).all()
     gappy = x.copy()
     gappy[[100, 101, length - 20]] = np.nan  # a gap is no change either: no stuck term
-    stuck = model.predict_points(gappy, np.array([length]))[6][:, 0]
+    stuck = model.predict_points(gappy, np.array([length])).stuck[:, 0]
     assert (stuck[np.isfinite(stuck)] == 0).all() and np.isfinite(stuck[MIN_HISTORY:100]).all()
 
 

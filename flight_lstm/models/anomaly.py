@@ -122,6 +122,22 @@ class AnomalyResult:
 
 
 @dataclass(frozen=True)
+class Points:
+    """Per point and column (points, k), what the score and the bounds are made of; NaN where the
+    value is missing or the point not scored."""
+
+    expected: np.ndarray  # the one-step-ahead expectation
+    unit: np.ndarray  # of the recalibrated residual u: value = expected + u * unit
+    stat: np.ndarray  # the statistic that is scored, the largest of its terms (module docstring)
+    sums: np.ndarray  # (points, k, windows) the previous w - 1 clipped u's less w times the recent bias
+    var_before: np.ndarray  # the variance term's previous squares less their count n
+    var_norm: np.ndarray  # and its VAR_WEIGHT / sqrt(2n)
+    stuck: np.ndarray  # the stuck term, of past points only
+    level_centre: np.ndarray  # (points, k, 2) each level term's centre in u: on values, on differences
+    level_half: np.ndarray  # (points, k, 2) and its distance in u per unit of the statistic
+
+
+@dataclass(frozen=True)
 class Runs:
     """LSTM runs over flat values: run r reads flat[first[r] : first[r] + length[r]], is
     normalized by its first `span[r]` points and scores the points after them."""
@@ -379,9 +395,8 @@ class AnomalyModel(BaseModel):
         level = float(level)
         if not 0.0 < level < 1.0:
             raise ValueError(f"level must be in (0, 1), got {level:g}")
-        (expected, unit, stat, sums, var_before, var_norm, stuck,
-         level_centre, level_half) = self.predict_points(values, lengths, starts)
-        p = self.tail_probability(stat)  # NaN where the value is missing or not scored
+        points = self.predict_points(values, lengths, starts)
+        p = self.tail_probability(points.stat)  # NaN where the value is missing or not scored
         present = np.isfinite(p)
         k_present = present.sum(axis=1)
         p_min = np.where(present, p, 1.0).min(axis=1)
@@ -392,36 +407,29 @@ class AnomalyModel(BaseModel):
             # |previous sum + clip(u)| <= q sqrt(w).  An interval, empty when the sums alone
             # already exceed it (then no value is normal: NULL bounds, and the score is above).
             u_lo, u_hi = -q, q
-            for w, before in zip(WINDOWS, np.moveaxis(sums, -1, 0)):
+            for w, before in zip(WINDOWS, np.moveaxis(points.sums, -1, 0)):
                 upper, lower = q * math.sqrt(w) - before, -q * math.sqrt(w) - before
                 u_hi = np.where(upper < SUM_CLIP, np.minimum(u_hi, upper), u_hi)
                 u_lo = np.where(lower > -SUM_CLIP, np.maximum(u_lo, lower), u_lo)
                 u_hi = np.where(upper < -SUM_CLIP, -np.inf, u_hi)
                 u_lo = np.where(lower > SUM_CLIP, np.inf, u_lo)
             # and VAR_WEIGHT * (before + min(u^2, SUM_CLIP^2)) / sqrt(2n) <= q
-            room = q / var_norm - var_before
+            room = q / points.var_norm - points.var_before
             inner = np.sqrt(np.maximum(room, 0.0))
             u_hi = np.where(room < SUM_CLIP ** 2, np.minimum(u_hi, inner), u_hi)
             u_lo = np.where(room < SUM_CLIP ** 2, np.maximum(u_lo, -inner), u_lo)
-            u_hi = np.where((room < 0) | (stuck > q), -np.inf, u_hi)
+            u_hi = np.where((room < 0) | (points.stuck > q), -np.inf, u_hi)
             # and each level term: |u - centre| <= q * half
-            for centre, half in zip(np.moveaxis(level_centre, -1, 0), np.moveaxis(level_half, -1, 0)):
+            for centre, half in zip(np.moveaxis(points.level_centre, -1, 0), np.moveaxis(points.level_half, -1, 0)):
                 u_lo = np.maximum(u_lo, centre - q * half)
                 u_hi = np.minimum(u_hi, centre + q * half)
             bounded = present & (u_lo <= u_hi)
-            lo = np.where(bounded, np.clip(expected + u_lo * unit, -FLOAT_MAX, FLOAT_MAX), np.nan)
-            hi = np.where(bounded, np.clip(expected + u_hi * unit, -FLOAT_MAX, FLOAT_MAX), np.nan)
-        return AnomalyResult(expected, lo, hi, score)
+            lo = np.where(bounded, np.clip(points.expected + u_lo * points.unit, -FLOAT_MAX, FLOAT_MAX), np.nan)
+            hi = np.where(bounded, np.clip(points.expected + u_hi * points.unit, -FLOAT_MAX, FLOAT_MAX), np.nan)
+        return AnomalyResult(points.expected, lo, hi, score)
 
-    def predict_points(self, values: np.ndarray, lengths: np.ndarray, starts: np.ndarray | None = None):
-        """Per point and column (points, k): the expected value, the unit of the recalibrated
-        residual u (value = expected + u * unit), the statistic that is scored (the largest of
-        its terms: module docstring), and per window the sum of the previous w - 1 clipped
-        u's less w times the recent bias (points, k, windows), the variance term's parts
-        (the previous squares less their count n, and VAR_WEIGHT / sqrt(2n)) and the stuck
-        term (of past points only), and the level terms' bounds in u (points, k, 2: values, then
-        differences): each one's centre and the distance per unit of the statistic.  NaN where
-        the value is missing or the point not scored."""
+    def predict_points(self, values: np.ndarray, lengths: np.ndarray, starts: np.ndarray | None = None) -> Points:
+        """What every point of every column is scored and bounded by (`Points`)."""
         values = np.asarray(values, np.float64)
         if values.ndim == 1:
             values = values[:, None]
@@ -478,10 +486,10 @@ class AnomalyModel(BaseModel):
                 width = np.ldexp(prep.scale, prep.shift)[:, None] * scale * s
                 unit[pos] = np.clip(width, 0, FLOAT_MAX)[scored]
             stat[pos] = np.maximum.reduce([t[scored], LEVEL_WEIGHT * levels[0][0], DIFFERENCED_WEIGHT * levels[1][0]])
-        return (*(a.reshape(k, points).T for a in (expected, unit, stat)),
-                sums.reshape(k, points, len(WINDOWS)).transpose(1, 0, 2),
-                *(a.reshape(k, points).T for a in (var_before, var_norm, stuck)),
-                *(a.reshape(k, points, 2).transpose(1, 0, 2) for a in (level_centre, level_half)))
+        return Points(*(a.reshape(k, points).T for a in (expected, unit, stat)),
+                      sums.reshape(k, points, len(WINDOWS)).transpose(1, 0, 2),
+                      *(a.reshape(k, points).T for a in (var_before, var_norm, stuck)),
+                      *(a.reshape(k, points, 2).transpose(1, 0, 2) for a in (level_centre, level_half)))
 
     # -- calibration ------------------------------------------------------------------------
 
