@@ -6,6 +6,8 @@ each level, after the tree's size was checked: 88 bytes of to_boolean six deep w
 of CPU no time limit reaches, seven deep 1.7 GB. The writer stops past a small multiple of the
 tree's own nodes and characters (with a floor), for the text and its round trip alike.
 """
+import time
+
 import duckdb
 import pyarrow as pa
 import pytest
@@ -313,13 +315,31 @@ def _leaves(sql: str) -> int:
     ("SELECT coalesce([NULL::STRUCT(c INT), {{'a': s}}][1], [NULL::STRUCT(c INT), {{'b': s}}][1]) AS s FROM {p}", 11),
     # a map's key counts beside its value, whose structs unify as well (one leaf over at each level)
     ("SELECT map_values([map([1], [{{'a': s}}]), map([1], [{{'b': s}}])][1])[1] AS s FROM {p}", 11),
+    # round 20: a row with a name twice (DuckDB renames the second a_1), and struct_pack of it
+    ("SELECT t AS s FROM (SELECT s AS a, s AS a FROM {p}) t", 12),
+    ("SELECT struct_pack(*COLUMNS(*)) AS s FROM (SELECT s AS a, s AS A FROM {p})", 12),
+    # a struct's field meeting the struct: the field's own fields, not the struct's
+    ("SELECT [w.a, w][1] AS s FROM (SELECT {{'a': {{'z': s}}}} AS w FROM {p})", 12),
+    ("SELECT [w['a'], w][1] AS s FROM (SELECT {{'a': {{'z': s}}}} AS w FROM {p})", 12),
+    ("SELECT [struct_extract(w, 'a'), w][1] AS s FROM (SELECT {{'a': {{'z': s}}}} AS w FROM {p})", 12),
+    # an outer query's columns, a lambda's variable, a star's column: each its own value
+    ("SELECT (SELECT [x, y][1]) AS s FROM (SELECT {{'a': s}} AS x, {{'b': s}} AS y FROM {p})", 12),
+    ("SELECT list_transform([x], lambda e: [e, y][1])[1] AS s FROM (SELECT {{'b': s}} AS y, {{'a': s}} AS x FROM {p})",
+     12),
+    ("SELECT [COLUMNS('y'), x][1] AS s FROM (SELECT {{'a': s}} AS x, {{'b': s}} AS y FROM {p})", 12),
+    # UNION BY NAME, column alias lists, VALUES' own column names
+    ("SELECT v.x AS s FROM {p} t, LATERAL (SELECT {{'a': t.s}} AS x, 1 AS y UNION ALL BY NAME "
+     "SELECT 1 AS y, {{'b': t.s}} AS x) v", 12),
+    ("SELECT [x, y][1] AS s FROM {p} t, LATERAL (SELECT t.s AS a) x(p), LATERAL (SELECT t.s AS a) y(q)", 12),
+    ("SELECT [v, w][1] AS s FROM {p} t, LATERAL (VALUES (t.s)) v, LATERAL (SELECT t.s AS \"#0\") w", 12),
 ])
 def test_structs_unified_by_field_name_where_values_meet_count_every_field(service, step, allowed):
     """Round 19: where values meet, DuckDB unifies structs field by field, so `[{'a': s}, {'b': s}][1]`
     is STRUCT(a, b): counted as its widest part, 20 levels (913 bytes) made a million fields unseen.
     Lists, CASE, COALESCE, UNION, UNPIVOT, fields inside fields, tables' rows, types replaced, columns
-    unpacked, written types, maps' values: each level doubles DuckDB's type, and the estimate allows
-    the deepest chain within 4,096 leaves (one less where it counts a leaf more than DuckDB)."""
+    unpacked, written types, maps' values; and round 20's ways around the names (the rest). Each level
+    doubles DuckDB's type, and the estimate allows the deepest chain within 4,096 leaves (one less
+    where it counts a leaf more than DuckDB)."""
     def chain(levels: int) -> str:
         return "WITH c0 AS (SELECT 1 AS s), " + ", ".join(
             f"c{i + 1} AS ({step.format(p=f'c{i}')})" for i in range(levels)) + f" SELECT s FROM c{levels}"
@@ -328,6 +348,37 @@ def test_structs_unified_by_field_name_where_values_meet_count_every_field(servi
     assert service.plan(f"SELECT s IS NULL AS n FROM ({chain(allowed)})")
     with pytest.raises(InvalidQuery, match="type would hold more than 4,096 fields"):
         service.plan(f"SELECT s IS NULL AS n FROM ({chain(13)})")
+
+
+def test_pivot_columns_and_using_joins_count_every_field(service):
+    """Round 20: a PIVOT's columns had one name per aggregate, so a row of a thousand of them counted
+    as a few fields; a USING join's column, both sides' structs unified, counted as the wider."""
+    ins = ", ".join(map(str, range(1000)))
+    pivot = f"SELECT t AS s FROM (PIVOT (SELECT 1 AS k, 1 AS x) ON k IN ({ins}) USING first(x)) t"
+
+    def doubled(levels: int) -> str:
+        steps = [f"c{i + 1} AS (SELECT {{'a': s, 'b': s}} AS s FROM c{i})" for i in range(levels)]
+        return f"WITH c0 AS ({pivot}), " + ", ".join(steps) + f" SELECT s FROM c{levels}"
+
+    assert _leaves(doubled(2)) == 4000 and service.plan(f"SELECT s IS NULL AS n FROM ({doubled(2)})")
+    with pytest.raises(InvalidQuery, match="type would hold more than 4,096 fields"):
+        service.plan(f"SELECT s IS NULL AS n FROM ({doubled(3)})")
+    half = "{" + ", ".join(f"'f{i}': 1" for i in range(2100)) + "}"
+    using = (f"SELECT s FROM (SELECT {{'a': {half}}} AS s) x FULL JOIN (SELECT {{'b': {half}}} AS s) y USING (s)")
+    assert _leaves(using) == 4200
+    with pytest.raises(InvalidQuery, match="type would hold more than 4,096 fields"):
+        service.plan(f"SELECT s IS NULL AS n FROM ({using})")
+
+
+def test_a_wide_row_named_thousands_of_times_is_refused_at_once(service):
+    """Round 20: each of 9,000 references to a 64,000-column row built that row again: planning ran
+    39 s before refusing it. A source's row is built once."""
+    query = ("SELECT row(" + ", ".join(["t"] * 9000) + ") IS NULL AS r FROM (SELECT " + ", ".join(["*"] * 64)
+             + " FROM (VALUES (" + ", ".join(["1"] * 1000) + ")) v) t")
+    started = time.monotonic()
+    with pytest.raises(InvalidQuery, match="more than"):
+        service.plan(query)
+    assert time.monotonic() - started < 5
 
 
 def test_structs_that_meet_with_the_same_fields_count_once(service):

@@ -69,22 +69,41 @@ MAX_PIVOT_COLUMNS = 10_000
 PIVOT_LIMIT = 10_000
 # Struct types grow the same way: `SELECT {'a': s, 'b': s} AS s FROM (...)` doubles s's type at
 # each level, 14 levels (542 bytes) bound for 3.65 s and 16 reached the process's memory cap. A
-# column's type width is estimated as its leaves: a struct, row, map or zip of values holds the
-# sum of theirs, a table's alias named as a column (its row as a struct) the sum of its columns', a
-# written type its own (`NULL::STRUCT(...)`), anything else the widest of its parts (a lambda's
-# variable counts as the widest column in scope or argument of the call it is given to, so each
-# nested `list_transform(l, x -> {'a': x, 'b': x})` doubles it as it doubles DuckDB's type; counted
-# as the widest column alone, 16 of them in 639 bytes made 65,536 fields), and no column of any
-# query may pass MAX_TYPE_WIDTH (2^12). DuckDB's method calls are counted as the calls they are:
-# `x.f(a)` as f(x, a) (counted as x and f(a) apart, `.replace_type(...)` and `.struct_insert(...)`
-# chains made 65,536 fields too). Where values meet (a list's elements, CASE, COALESCE, UNION, VALUES,
-# UNPIVOT), DuckDB unifies structs field by field: `[{'a': s}, {'b': s}][1]` is STRUCT(a, b), and 20
-# such levels (913 bytes) made a million fields counted as s. So a struct built here keeps its fields
-# by name (`Struct`), and values that meet count as their structs unified (`_Meetings`).
+# column's type width is estimated as its leaves, and no column of any query may pass MAX_TYPE_WIDTH
+# (2^12): a struct, row, map or zip of values holds the sum of theirs, a table's alias named as a
+# column (its row as a struct) the sum of its columns', a written type its own (`NULL::STRUCT(...)`),
+# a struct's field its own, a lambda's variable the elements of the lists it is given (each nested
+# `list_transform(l, x -> {'a': x, 'b': x})` doubles it), and `x.f(a)` counts as f(x, a). Where
+# values meet (a list's elements, CASE, COALESCE, UNION, VALUES, UNPIVOT, a USING join's column),
+# DuckDB unifies structs field by field: `[{'a': s}, {'b': s}][1]` is STRUCT(a, b), 20 such levels
+# (913 bytes) a million fields. So a struct built here keeps its fields by name (`Struct`) and values
+# that meet count as their structs unified (`_Meetings`); a value whose fields are not known by name
+# (`Opaque`: a call's result over structs, a part of a struct not known by name) counts beside them,
+# so the names can only overcount: round 20 found ten ways to have a value carry names it has not.
 MAX_TYPE_WIDTH = 4096
 COMBINING = {"row", "struct_pack", "struct_insert", "struct_update", "struct_concat", "list_zip", "array_zip",
              "map", "map_from_entries", "union_value"}  # DuckDB's functions typed as a STRUCT, MAP or UNION of their arguments
 STRUCT_EDITS = {"struct_insert", "struct_update", "struct_concat"}  # a struct argument's fields are the result's
+# Calls whose result is one of their arguments' values, or a list of them (lists count as their
+# elements), so its fields are among theirs: their arguments met keep their fields' names. Any
+# other call may answer a part of a struct (map_values) or a new one, so its result over structs
+# is Opaque.
+WHOLE = (exp.Coalesce, exp.Case, exp.If, exp.Array, exp.Paren, exp.Nullif, exp.Greatest, exp.Least, exp.ArrayConcat,
+         exp.DPipe, exp.ArrayAppend, exp.ArrayPrepend, exp.ArrayFilter, exp.ArraySort, exp.ArrayDistinct, exp.Flatten,
+         exp.Transform, exp.Explode, exp.Unnest, exp.First, exp.Last, exp.Min, exp.Max, exp.ArgMax, exp.ArgMin,
+         exp.ArrayAgg, exp.Mode, exp.Distinct)
+PASSING = (exp.Window, exp.Filter, exp.Order, exp.IgnoreNulls, exp.RespectNulls, exp.Lambda)  # their `this`'s value
+WHOLE_FUNCTIONS = {  # by name too: DuckDB's aliases, and `x.f(...)` written as f(x, ...)
+    "list_value", "list_pack", "ifnull", "any_value", "arbitrary", "list_reverse", "array_reverse", "list_slice",
+    "array_slice", "list_resize", "array_resize", "lag", "lead", "first_value", "last_value", "nth_value",
+    "list_reduce", "array_reduce", "reduce", "list_transform", "array_transform", "list_apply", "array_apply", "apply",
+    "transform", "list_filter", "array_filter", "filter", "list_sort", "array_sort", "list_reverse_sort",
+    "array_reverse_sort", "list_distinct", "array_distinct", "flatten", "list_append", "array_append",
+    "array_push_back", "list_prepend", "array_prepend", "array_push_front", "list_concat", "list_cat", "array_concat",
+    "array_cat", "unnest", "explode", "first", "last", "min", "max", "arg_min", "arg_max", "argmin", "argmax",
+    "min_by", "max_by", "list", "array_agg", "mode", "coalesce", "nullif", "greatest", "least"}
+EXTRACTING = {"struct_extract", "struct_extract_at", "array_extract", "list_extract", "list_element", "array_element"}
+OTHER = object()  # the key of a struct's fields not known by name: no name is it
 # Unifying structs walks their fields: a thousand meetings of two 2,000-field structs (57 kB) took
 # planning from 0.9 s to 6 s. A query's meetings may walk at most this many fields in all, about 0.3 s
 # here and 300 times the largest legal plan's (four anomaly_table over 64 columns: 832).
@@ -128,16 +147,28 @@ def check_plan_size(tree: exp.Expression) -> exp.Expression:
 
 
 class Struct(int):
-    """A width in leaves that keeps its struct's fields by name, folded as DuckDB matches them, so
-    that structs which meet are counted unified (`_Meetings`). Widths are ints everywhere else: a sum of
-    them is a plain width, and a struct built of plain widths counts what it is given."""
+    """A width in leaves that keeps its struct's fields by name (folded, as DuckDB matches them; an
+    unnamed field by its position, an int), so that structs which meet count unified (`_Meetings`).
+    One stands only for its own value, never for another's (a column not known, a part of a struct):
+    those are plain or Opaque widths. A sum of widths is a plain width."""
 
-    fields: dict[str, int]
+    fields: dict
 
     def __new__(cls, fields: dict[str, int]) -> Struct:
         built = super().__new__(cls, max(1, sum(fields.values())))
         built.fields = fields
         return built
+
+
+class Opaque(int):
+    """A width whose type may hold structs whose fields are not known by name (a call's result over
+    structs, a part of one not known by name): values that meet count it beside theirs, whatever its
+    width. A plain int is a value of no struct built here: a scalar, a written type, a table's column."""
+
+
+def _opaque(width: int) -> int:
+    """As wide, its names forgotten: a plain width stays plain."""
+    return Opaque(width) if isinstance(width, (Struct, Opaque)) else width
 
 
 class _Meetings:
@@ -147,32 +178,75 @@ class _Meetings:
         self.steps = 0
 
     def met(self, widths: list[int]) -> int:
-        """Their structs unified field by field (a field in several is their values met), a single
-        leaf (a scalar, NULL) adding nothing to them, and the widest of any others (whose fields are
-        not known here: a written type's, say) a field beside theirs, since its fields may be none
-        of theirs. A struct that meets itself is not walked, nor one past MAX_TYPE_WIDTH (refused
-        anyway)."""
-        structs = list({id(w): w for w in widths if isinstance(w, Struct)}.values())
-        others = max([1, *(w for w in widths if not isinstance(w, Struct))])
-        if not structs or max(widths) > MAX_TYPE_WIDTH:
+        """Their structs unified field by field (a field in several is their values met); beside
+        them every opaque width, and the widest plain one unless it is a scalar (one leaf, which
+        meets no struct), since their fields may be none of theirs nor each other's. Plain widths
+        alone meet as the widest. A struct meets itself as itself, and one past MAX_TYPE_WIDTH is
+        refused anyway and not walked."""
+        if max(widths) > MAX_TYPE_WIDTH:
             return max(widths)
+        structs = list({id(w): w for w in widths if isinstance(w, Struct)}.values())
+        opaque = [w for w in widths if isinstance(w, Opaque)]
+        plain = max([1, *(w for w in widths if not isinstance(w, (Struct, Opaque)))])
+        if not structs and not opaque:
+            return plain
+        others = sum(opaque) + (plain if plain > 1 else 0)
+        if not structs:
+            return Opaque(others)
         met = structs[0]
         if len(structs) > 1:
             self.steps += sum(len(struct.fields) for struct in structs)
             if self.steps > MAX_MEETING_STEPS:
                 raise InvalidQuery(f"the query's structs meet (in lists, CASE, COALESCE, UNION, ...) over more than "
                                    f"{MAX_MEETING_STEPS:,} fields in all; build fewer of them, or split the query")
-            by_name: dict[str, list[int]] = {}
+            by_name: dict = {}
             for struct in structs:
                 for name, w in struct.fields.items():
                     by_name.setdefault(name, []).append(w)
             met = Struct({name: self.met(values) for name, values in by_name.items()})
-        return met if others == 1 else Struct({**met.fields, "#other": max(others, met.fields.get("#other", 1))})
+        if others == 0:
+            return met
+        return Struct({**met.fields, OTHER: self.met([met.fields.get(OTHER, Opaque(0)), Opaque(others)])})
 
 
-def _struct(named: list[tuple[str, int]]) -> Struct:
-    """A struct of these fields (a source's row: its columns), the last of a name kept as DuckDB keeps it."""
-    return Struct({name.lower(): w for name, w in named})
+def _named(pairs: list[tuple[str | None, int]]) -> dict:
+    """Fields by name, lower case as DuckDB matches them; an unnamed one by its position (an int,
+    never a name), and a name given twice twice (DuckDB renames the second `a_1`)."""
+    fields: dict = {}
+    for i, (name, w) in enumerate(pairs):
+        key = i if name is None else name.lower()
+        fields[(key, i) if key in fields else key] = w
+    return fields
+
+
+def _kind(width: int) -> object:
+    """What tells columns' types apart here: a struct's own, or a width's value and sort."""
+    return id(width) if isinstance(width, Struct) else (type(width), int(width))
+
+
+def _field(value: int, path: list[str]) -> int:
+    """A field of a struct (its fields' fields down `path`), if known by name; else as wide as the
+    value, its names forgotten (`_opaque`)."""
+    for name in path:
+        if value > MAX_TYPE_WIDTH:  # DuckDB binds the whole: refused as that
+            return value
+        if not (isinstance(value, Struct) and name in value.fields):
+            return _opaque(value)
+        value = value.fields[name]
+    return value
+
+
+def _extraction(node: exp.Expression, function: str) -> tuple[exp.Expression, exp.Expression | None] | None:
+    """What `x[k]`, `struct_extract(x, k)` and their kin read from, and the key when it is one literal."""
+    if isinstance(node, exp.Bracket):
+        within, keys = node.this, node.expressions
+    elif isinstance(node, exp.StructExtract):
+        within, keys = node.this, [node.expression]
+    elif function in EXTRACTING and node.expressions:
+        within, keys = node.expressions[0], node.expressions[1:]
+    else:
+        return None
+    return within, keys[0] if len(keys) == 1 and isinstance(keys[0], exp.Literal) else None
 
 
 class _Out(NamedTuple):
@@ -189,10 +263,11 @@ class _Out(NamedTuple):
 class _Scope(NamedTuple):
     """The columns a select list (or a PIVOT's aggregates) may name."""
     columns: list[tuple[str, int]]  # all its sources', in order
-    names: dict[str, int]  # column name -> widest of that name
+    names: dict[str, int]  # column name -> its width (one name in two sources: both met)
     rows: dict[str, list[tuple[str, int]]]  # source alias -> its columns, when known
     widest: int  # of the scope and of any query it is correlated with
     inside: frozenset  # CTE names being read (a recursive CTE's own name is a source table there)
+    outer: _Scope | None = None  # what a correlated (or lateral) reference may name
 
 
 def _check_columns(tree: exp.Expression) -> None:
@@ -200,27 +275,40 @@ def _check_columns(tree: exp.Expression) -> None:
     FROM and joins, set operations, CTEs where named, PIVOTs), and refuse past any bound above."""
     bodies = _cte_bodies(tree)
     meetings = _Meetings()
+    as_rows: dict[int, tuple[list, Struct]] = {}  # a source's row as a struct, built once
     known: dict[str, _Out] = {}  # each CTE once, by name
-    seen: dict[tuple[int, int], _Out] = {}  # each node once per width a correlated reference may have
+    seen: dict[tuple[int, int], tuple[_Scope | None, _Out]] = {}  # each node once per scope around it (kept)
     read_once: set[int] = set()
 
-    def query(node: exp.Expression, inside: frozenset, outer: int = 1) -> _Out:
-        """`outer`: the widest column a correlated (or lateral) reference may name."""
-        key = (id(node), outer)
+    def query(node: exp.Expression, inside: frozenset, outer: _Scope | None = None) -> _Out:
+        """`outer`: what a correlated (or lateral) reference in it may name."""
+        key = (id(node), id(outer))
         if key not in seen:
-            seen[key] = read(node, inside, outer)
+            seen[key] = (outer, read(node, inside, outer))
             read_once.add(id(node))
-        return seen[key]
+        return seen[key][1]
 
-    def read(node: exp.Expression, inside: frozenset, outer: int) -> _Out:
+    def scope_of(sources: list, outs: list[_Out], inside: frozenset, outer: _Scope | None) -> _Scope:
+        scope = _Scope([c for out in outs for c in out.columns], {}, {},
+                       int(max([outer.widest if outer else 1, *(w for out in outs for _, w in out.columns)])),
+                       inside, outer)
+        for source, out in zip(sources, outs):
+            for name, w in out.columns:  # one name in two sources: a USING join's column is both met
+                scope.names[name] = meetings.met([scope.names[name], w]) if name in scope.names else w
+            if out.columns and source.alias_or_name:
+                scope.rows[source.alias_or_name.lower()] = out.columns
+        return scope
+
+    def read(node: exp.Expression, inside: frozenset, outer: _Scope | None) -> _Out:
         if isinstance(node, (exp.Subquery, exp.Lateral)):
             out = query(node.this, inside, outer)
         elif isinstance(node, exp.Pivot):  # DuckDB's PIVOT statement, as a subquery
             return pivot(node, query(node.this, inside, outer), inside, outer)
         elif isinstance(node, exp.SetOperation):
             parts = [query(part, inside, outer) for part in _set_parts(node)]
-            out = made(_side_by_side(parts, meetings), any(p.unknown for p in parts), max(p.stars for p in parts),
-                       sum(p.leaves for p in parts), sum(p.pivoted for p in parts))
+            by_name = any(n.args.get("by_name") for n in node.find_all(exp.SetOperation))
+            out = made(_side_by_side(parts, meetings, by_name), any(p.unknown for p in parts),
+                       max(p.stars for p in parts), sum(p.leaves for p in parts), sum(p.pivoted for p in parts))
         elif isinstance(node, exp.Table):
             name = node.name.lower()
             if node.args.get("db") or name not in bodies or name in inside:
@@ -231,10 +319,12 @@ def _check_columns(tree: exp.Expression) -> None:
                     known[name] = _Out(_side_by_side(found, meetings), *(max(f[i] for f in found) for i in range(1, 5)))
                 out = known[name]
         elif isinstance(node, (exp.Values, exp.Unnest)):  # a column per value of a row, or per list unnested
-            scope = _Scope([], {}, {}, outer, inside)
+            scope = _Scope([], {}, {}, outer.widest if outer else 1, inside, outer)
             rows = node.expressions if isinstance(node, exp.Values) else [node]
             values = [[width(v, scope) for v in row.expressions] for row in rows]
-            out = made([(f"#{i}", meetings.met(list(w))) for i, w in enumerate(zip_longest(*values, fillvalue=1))])
+            name = "col{}" if isinstance(node, exp.Values) else "unnest{}"  # as DuckDB names them
+            out = made([(name.format(i), meetings.met(list(w)))
+                        for i, w in enumerate(zip_longest(*values, fillvalue=1))])
         elif isinstance(node, exp.Select):
             out = select(node, inside, outer)
         else:
@@ -243,25 +333,24 @@ def _check_columns(tree: exp.Expression) -> None:
             out = pivot(p, out, inside, outer)
         return out
 
-    def select(node: exp.Select, inside: frozenset, outer: int) -> _Out:
+    def select(node: exp.Select, inside: frozenset, outer: _Scope | None) -> _Out:
         sources = [s.this for s in [node.args.get("from_") or node.args.get("from"), *(node.args.get("joins") or [])]
                    if s is not None]
-        outs, widest = [], outer
+        outs: list[_Out] = []
         for source in sources:  # a lateral reference names a source before it
-            outs.append(query(source, inside, widest))
-            widest = max([widest, *(w for _, w in outs[-1].columns)])
+            out = query(source, inside, scope_of(sources, outs, inside, outer) if outs else outer)
+            renamed = [c.name.lower() for c in getattr(source.args.get("alias"), "columns", None) or []]
+            if renamed:  # `AS t(a, b)` names its first columns
+                out = out._replace(columns=[(renamed[i] if i < len(renamed) else n, w)
+                                            for i, (n, w) in enumerate(out.columns)])
+            outs.append(out)
+        scope = scope_of(sources, outs, inside, outer)
         skip = {id(s) for s in sources}  # then the queries in its expressions (scalar, IN, EXISTS)
-        below = outs + [query(n, inside, widest) for n in node.walk(prune=lambda n: n is not node and (
+        below = outs + [query(n, inside, scope) for n in node.walk(prune=lambda n: n is not node and (
             isinstance(n, (exp.Query, exp.Pivot, exp.With)) or id(n) in skip))
             if n is not node and isinstance(n, (exp.Query, exp.Pivot)) and id(n) not in skip]
         leaves, pivoted = sum(o.leaves for o in below), sum(o.pivoted for o in below)
         _check(0, leaves, pivoted)
-        scope = _Scope([c for out in outs for c in out.columns], {}, {}, widest, inside)
-        for source, out in zip(sources, outs):
-            for name, w in out.columns:
-                scope.names[name] = max(scope.names.get(name, 1), w)
-            if out.columns and source.alias_or_name:
-                scope.rows[source.alias_or_name.lower()] = out.columns
         columns: list[tuple[str, int]] = []
         stars, made_leaves = 0, 0
         for projection in node.expressions:
@@ -273,8 +362,9 @@ def _check_columns(tree: exp.Expression) -> None:
                 replaced = {r.alias.lower(): width(r.this, scope) for r in star.args.get("replace") or []}
                 more = [(n, replaced.get(n, w)) for n, w in chosen]
             elif _starred(projection) and not all(c.args.get("unpack") for c in projection.find_all(exp.Columns)):
-                each = {w: width(projection, scope, w) for w in {w for _, w in scope.columns}}
-                more = [(n, each[w]) for n, w in scope.columns]  # sum(COLUMNS(*)), COLUMNS('regex'): one each
+                # sum(COLUMNS(*)), COLUMNS('regex'): one each, worked out once per distinct column type
+                each = {_kind(w): width(projection, scope, w) for _, w in scope.columns}
+                more = [(n, each[_kind(w)]) for n, w in scope.columns]
             else:  # f(*COLUMNS(*)) is one column of them all
                 more = [(projection.alias_or_name.lower(), width(projection, scope))]
             stars += _starred(projection)
@@ -284,14 +374,15 @@ def _check_columns(tree: exp.Expression) -> None:
         return made(columns, stars > 0 and any(o.unknown for o in outs),
                     max(1, stars) * max([1, *(o.stars for o in outs)]), leaves, pivoted)
 
-    def pivot(node: exp.Pivot, source: _Out, inside: frozenset, outer: int) -> _Out:
+    def pivot(node: exp.Pivot, source: _Out, inside: frozenset, outer: _Scope | None) -> _Out:
         """A PIVOT makes a column per value of its ON lists' product, per aggregate (or per input
         column for one over a star), after the input's columns it does not name; an UNPIVOT makes
         a name and a value column beside its input's columns (an upper bound)."""
         names: dict[str, int] = {}
         for name, w in source.columns:
             names[name] = max(names.get(name, 1), w)
-        scope = _Scope(source.columns, names, {}, max([outer, *names.values()]), inside)
+        scope = _Scope(source.columns, names, {}, int(max([outer.widest if outer else 1, *names.values()])), inside,
+                       outer)
         if node.args.get("unpivot"):  # its value column is the unpivoted columns met
             named = {c.name.lower() for c in node.find_all(exp.Column)}
             value = meetings.met([w for n, w in source.columns if n in named or _starred(node)] or [scope.widest])
@@ -311,57 +402,92 @@ def _check_columns(tree: exp.Expression) -> None:
         starred = sum(1 for a in aggregates if _starred(a)) if source.unknown else 0  # copies of columns not known
         used = {c.name.lower() for part in [*on, *aggregates] for c in part.find_all(exp.Column)}
         columns = [(n, w) for n, w in source.columns if n not in used]
-        columns += [(f"#{i}", w) for _ in range(values) for n, w in each for i in range(n)]
+        made_here = [w for _ in range(values) for n, w in each for _ in range(n)]
+        columns += [(f"#{i}", w) for i, w in enumerate(made_here)]  # a name each, as DuckDB gives them
         return made(columns, source.unknown, source.stars * max(1, values * starred), source.leaves,
                     source.pivoted + count)
 
     def width(node: exp.Expression, scope: _Scope, star: int | None = None) -> int:
         """A value's type width in leaves (MAX_TYPE_WIDTH's comment); `star`: that of the column a
-        star or COLUMNS(...) in it stands for, one at a time."""
+        star or COLUMNS(...) in it stands for, one at a time (its own width: a struct keeps its names)."""
         if isinstance(node, exp.Column) and not isinstance(node.this, exp.Star):
-            table, name = node.table.lower(), node.name.lower()
-            if table and table not in scope.rows:  # a struct's field (at most the struct), or not known
-                return scope.names.get(table, scope.widest)
-            if name not in scope.names and not table and name in scope.rows:  # a source's row, as a struct
-                return _struct(scope.rows[name])
-            if table:  # t.c is t's c, not another source's c
-                return next((w for n, w in scope.rows[table] if n == name), scope.widest)
-            return scope.names.get(name, scope.widest)
-        if isinstance(node, (exp.Star, exp.Columns, exp.Column)):
-            return scope.widest if star is None else star
-        if isinstance(node, exp.Identifier):  # a lambda's variable
-            return scope.widest
-        if isinstance(node, exp.Query):  # a scalar subquery: as wide as its widest column
-            return max([1, *(w for _, w in query(node, scope.inside, scope.widest).columns)])
+            return column(node, scope)
+        if isinstance(node, (exp.Star, exp.Columns)):
+            return int(scope.widest) if star is None else star
+        if isinstance(node, exp.Identifier):  # a lambda's variable: what it is bound to, else as a column not known
+            return scope.names.get(node.name.lower(), int(scope.widest))
+        if isinstance(node, exp.Query):  # a scalar subquery: its column
+            return max([1, *(w for _, w in query(node, scope.inside, scope).columns)])
         if isinstance(node, (exp.Alias, exp.PropertyEQ)):
             return width(node.this if isinstance(node, exp.Alias) else node.expression, scope, star)
+        if isinstance(node, PASSING) and node.this is not None:  # a window's, filter's or lambda's: its expression's
+            return width(node.this, scope, star)
         if isinstance(node, exp.DataType):
             return _type_leaves(node)
         if isinstance(node, exp.Literal):
             return 1
+        if isinstance(node, (exp.Predicate, exp.Connector, exp.Not)):  # a boolean, of values DuckDB binds all the same
+            inner = max([1, *(width(child, scope, star) for child in node.iter_expressions())])
+            return inner if inner > MAX_TYPE_WIDTH else 1
         if isinstance(node, exp.FromJson) or isinstance(node, exp.Anonymous) and node.name.lower() in TYPED_BY_TEXT:
             return _described_leaves(node)
         if isinstance(node, exp.Anonymous) and node.name.lower() in MULTIPLYING and len(node.expressions) == 3:
-            # x's fields, each wider, counted as one field of its own: it meets another struct beside its fields
-            product = width(node.expressions[0], scope, star) * width(node.expressions[2], scope, star)
-            return Struct({f"#replaced{id(node)}": product})
+            replaced, by = width(node.expressions[0], scope, star), width(node.expressions[2], scope, star)
+            return Opaque(replaced * by) if isinstance(replaced, (Struct, Opaque)) else replaced * by
         if isinstance(node, exp.Dot) and isinstance(node.expression, exp.Func):  # x.f(a) is DuckDB's f(x, a)
             call = node.expression
             name = call.name if isinstance(call, exp.Anonymous) else call.sql_name()
             return width(exp.Anonymous(this=name, expressions=[node.this, *call.iter_expressions()]), scope, star)
+        if isinstance(node, exp.Dot):  # (x).a
+            return _field(width(node.this, scope, star), [node.name.lower()])
+        function = node.name.lower() if isinstance(node, exp.Anonymous) else \
+            node.sql_name().lower() if isinstance(node, exp.Func) else ""
+        extraction = _extraction(node, function)
+        if extraction is not None:  # x['a'], x[1], struct_extract(x, 'a'): a field, or a list's element
+            within, key = width(extraction[0], scope, star), extraction[1]
+            if key is not None and key.is_string:
+                return _field(within, [key.name.lower()])
+            # An index reads an unnamed struct's field, or a list's element (the list's own width).
+            named = isinstance(within, Struct) and all(isinstance(k, str) for k in within.fields)
+            return within if key is not None and named and function != "struct_extract_at" else _opaque(within)
         children = list(node.iter_expressions())
         args = [arg for child in children if not isinstance(child, exp.Lambda)
                 for arg in arguments(child, node, scope, star)]
         lambdas = [child for child in children if isinstance(child, exp.Lambda)]
-        if lambdas:  # its variables stand for the elements of the lists it is given
-            bound = scope._replace(widest=max([scope.widest, *(w for _, w in args)]))
-            args += [(None, width(child, bound, star)) for child in lambdas]
+        if lambdas:  # its variables stand for the elements of the lists it is given, all of them met
+            element = meetings.met([w for _, w in args] or [1])
+            for child in lambdas:
+                bound = scope._replace(names={**scope.names, **{v.name.lower(): element for v in child.expressions}})
+                args.append((None, width(child, bound, star)))
         args = args or [(None, 1)]
-        function = node.name.lower() if isinstance(node, exp.Anonymous) else \
-            node.sql_name().lower() if isinstance(node, exp.Func) else ""
         if isinstance(node, (exp.Struct, exp.Tuple, exp.Map, exp.VarMap, exp.ArraysZip)) or function in COMBINING:
             return Struct(_fields(node, function, args))
-        return meetings.met([w for _, w in args])
+        met = meetings.met([w for _, w in args])
+        return met if isinstance(node, WHOLE) or function in WHOLE_FUNCTIONS else _opaque(met)
+
+    def rows(columns: list[tuple[str, int]]) -> Struct:
+        """A source's row, as the struct DuckDB makes of it (once per source: a query may name it
+        thousands of times)."""
+        if id(columns) not in as_rows:
+            as_rows[id(columns)] = (columns, Struct(_named(columns)))
+        return as_rows[id(columns)][1]
+
+    def column(node: exp.Column, scope: _Scope) -> int:
+        """`c`, `t.c`, `s.a.b`: a source's column, a source's row as a struct (`t` alone), then
+        fields by name; looked up here, then in the queries this one is correlated with. A column
+        not known (a table's) counts as the widest known."""
+        path = [part.name.lower() for part in node.parts]
+        around: _Scope | None = scope
+        while around is not None:
+            if len(path) > 1 and path[0] in around.rows:  # t.c: t's c, not another source's c
+                found = next((w for n, w in around.rows[path[0]] if n == path[1]), None)
+                return int(scope.widest) if found is None else _field(found, path[2:])
+            if path[0] in around.names:
+                return _field(around.names[path[0]], path[1:])
+            if len(path) == 1 and path[0] in around.rows:
+                return rows(around.rows[path[0]])
+            around = around.outer
+        return int(scope.widest)
 
     def arguments(child: exp.Expression, call: exp.Expression, scope: _Scope,
                   star: int | None) -> list[tuple[str | None, int]]:
@@ -408,20 +534,21 @@ def _check(own: int, leaves: int, pivoted: int) -> None:
                            "struct field counted, a CTE wherever it is named); name the columns you need, or split it")
 
 
-def _fields(node: exp.Expression, function: str, args: list[tuple[str | None, int]]) -> dict[str, int]:
+def _fields(node: exp.Expression, function: str, args: list[tuple[str | None, int]]) -> dict:
     """The fields a COMBINING call builds of its arguments: by the names DuckDB gives them (`arguments`),
     a map's as its keys and values, a struct edited (STRUCT_EDITS) by its own, and by position
     otherwise (row(), zips: DuckDB unifies unnamed structs by position)."""
-    fields: dict[str, int] = {}
-    for i, (name, w) in enumerate(args):
-        if name is None and isinstance(w, Struct) and function in STRUCT_EDITS:
-            fields.update(w.fields)
-            continue
-        if name is None:
-            name = ("key", "value")[i] if i < 2 and (isinstance(node, (exp.Map, exp.VarMap)) or function == "map") \
-                else f"#{i}"
-        fields[name.lower()] = w
-    return fields
+    if function in STRUCT_EDITS:
+        fields: dict = {}
+        for i, (name, w) in enumerate(args):
+            if name is None and isinstance(w, Struct):
+                fields.update(w.fields)
+            else:
+                fields[i if name is None else name.lower()] = w
+        return fields
+    if isinstance(node, (exp.Map, exp.VarMap)) or function == "map":
+        return _named([(("key", "value")[i] if i < 2 else None, w) for i, (_, w) in enumerate(args)])
+    return _named(args)
 
 
 def _starred(node: exp.Expression) -> bool:
@@ -430,9 +557,15 @@ def _starred(node: exp.Expression) -> bool:
                for n in node.walk(prune=lambda n: isinstance(n, exp.Query)))
 
 
-def _side_by_side(outs: list[_Out], meetings: _Meetings) -> list[tuple[str, int]]:
+def _side_by_side(outs: list[_Out], meetings: _Meetings, by_name: bool = False) -> list[tuple[str, int]]:
     """Columns of queries that answer alike (a set operation's, a CTE's bodies'): the first's names,
-    each position's values met."""
+    each position's values met; or, BY NAME, each name's."""
+    if by_name:
+        named: dict[str, list[int]] = {}
+        for out in outs:
+            for n, w in out.columns:
+                named.setdefault(n, []).append(w)
+        return [(n, meetings.met(ws)) for n, ws in named.items()]
     longest = max(outs, key=lambda o: len(o.columns)).columns
     names = [n for n, _ in outs[0].columns] + [n for n, _ in longest[len(outs[0].columns):]]
     positions = zip_longest(*([w for _, w in o.columns] for o in outs), fillvalue=1)
