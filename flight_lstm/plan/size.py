@@ -23,6 +23,7 @@ json_transform's and its kin's as the type their structure text describes (TYPED
 from __future__ import annotations
 
 import json
+import string
 from itertools import zip_longest
 from typing import NamedTuple
 
@@ -78,8 +79,9 @@ PIVOT_LIMIT = 10_000
 # DuckDB unifies structs field by field: `[{'a': s}, {'b': s}][1]` is STRUCT(a, b), 20 such levels
 # (913 bytes) a million fields. So a struct built here keeps its fields by name (`Struct`) and values
 # that meet count as their structs unified (`_Meetings`); a value whose fields are not known by name
-# (`Opaque`: a call's result over structs, a part of a struct not known by name) counts beside them,
-# so the names can only overcount: round 20 found ten ways to have a value carry names it has not.
+# (`Opaque`: a call's result over structs, a part of a struct not known by name, a column DuckDB
+# names by rules not followed here) counts beside them, so the names can only overcount. Rounds 20
+# and 21 found sixteen ways to have a value carry names it has not; each is a test.
 MAX_TYPE_WIDTH = 4096
 COMBINING = {"row", "struct_pack", "struct_insert", "struct_update", "struct_concat", "list_zip", "array_zip",
              "map", "map_from_entries", "union_value"}  # DuckDB's functions typed as a STRUCT, MAP or UNION of their arguments
@@ -92,6 +94,8 @@ WHOLE = (exp.Coalesce, exp.Case, exp.If, exp.Array, exp.Paren, exp.Nullif, exp.G
          exp.DPipe, exp.ArrayAppend, exp.ArrayPrepend, exp.ArrayFilter, exp.ArraySort, exp.ArrayDistinct, exp.Flatten,
          exp.Transform, exp.Explode, exp.Unnest, exp.First, exp.Last, exp.Min, exp.Max, exp.ArgMax, exp.ArgMin,
          exp.ArrayAgg, exp.Mode, exp.Distinct)
+SCALAR = (exp.Predicate, exp.Connector, exp.Not, exp.Count, exp.Add, exp.Sub, exp.Mul, exp.Div, exp.IntDiv, exp.Mod,
+          exp.Neg, exp.BitwiseAnd, exp.BitwiseOr, exp.BitwiseXor, exp.BitwiseNot)  # booleans, arithmetic, counts
 PASSING = (exp.Window, exp.Filter, exp.Order, exp.IgnoreNulls, exp.RespectNulls, exp.Lambda)  # their `this`'s value
 WHOLE_FUNCTIONS = {  # by name too: DuckDB's aliases, and `x.f(...)` written as f(x, ...)
     "list_value", "list_pack", "ifnull", "any_value", "arbitrary", "list_reverse", "array_reverse", "list_slice",
@@ -214,14 +218,38 @@ def _named(pairs: list[tuple[str | None, int]]) -> dict:
     never a name), and a name given twice twice (DuckDB renames the second `a_1`)."""
     fields: dict = {}
     for i, (name, w) in enumerate(pairs):
-        key = i if name is None else name.lower()
+        key = i if name is None else _fold(name)
         fields[(key, i) if key in fields else key] = w
     return fields
 
 
-def _kind(width: int) -> object:
-    """What tells columns' types apart here: a struct's own, or a width's value and sort."""
-    return id(width) if isinstance(width, Struct) else (type(width), int(width))
+def _chain(scope: _Scope | None):
+    """A scope, then those of the queries it is correlated with."""
+    while scope is not None:
+        yield scope
+        scope = scope.outer
+
+
+def _fold(name: str) -> str:
+    """A name as DuckDB matches it: ASCII letters folded to lower case, any other as written."""
+    return name.translate(_ASCII_LOWER)
+
+
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
+def _unnamed(node: exp.Expression, i: int) -> str:
+    """The name of a column that DuckDB names by rules not followed here (a PIVOT's, an aliased
+    COLUMNS(...)'s): one no other column is given, so its fields never unify with another's."""
+    return f"\0{id(node)}:{i}"
+
+
+def _renamed(out: _Out, node: exp.Expression) -> _Out:
+    """A query's columns as `AS t(a, b)` or `WITH t(a, b) AS (...)` names the first of them."""
+    names = [_fold(c.name) for c in getattr(node.args.get("alias"), "columns", None) or []]
+    if not names:
+        return out
+    return out._replace(columns=[(names[i] if i < len(names) else n, w) for i, (n, w) in enumerate(out.columns)])
 
 
 def _field(value: int, path: list[str]) -> int:
@@ -266,17 +294,17 @@ class _Scope(NamedTuple):
     names: dict[str, int]  # column name -> its width (one name in two sources: both met)
     rows: dict[str, list[tuple[str, int]]]  # source alias -> its columns, when known
     widest: int  # of the scope and of any query it is correlated with
-    inside: frozenset  # CTE names being read (a recursive CTE's own name is a source table there)
+    inside: frozenset  # the CTEs being read, by id (a recursive CTE's own name is a source table there)
     outer: _Scope | None = None  # what a correlated (or lateral) reference may name
 
 
 def _check_columns(tree: exp.Expression) -> None:
     """Estimate the columns of every query in the tree from those of what it reads (subqueries in
     FROM and joins, set operations, CTEs where named, PIVOTs), and refuse past any bound above."""
-    bodies = _cte_bodies(tree)
     meetings = _Meetings()
+    withs = {id(w): {_fold(c.alias_or_name): c for c in reversed(w.expressions)} for w in tree.find_all(exp.With)}
     as_rows: dict[int, tuple[list, Struct]] = {}  # a source's row as a struct, built once
-    known: dict[str, _Out] = {}  # each CTE once, by name
+    defined_in: dict[int, _Scope | None] = {}  # a CTE body -> the scope around its WITH (kept by `seen`)
     seen: dict[tuple[int, int], tuple[_Scope | None, _Out]] = {}  # each node once per scope around it (kept)
     read_once: set[int] = set()
 
@@ -288,18 +316,20 @@ def _check_columns(tree: exp.Expression) -> None:
             read_once.add(id(node))
         return seen[key][1]
 
-    def scope_of(sources: list, outs: list[_Out], inside: frozenset, outer: _Scope | None) -> _Scope:
-        scope = _Scope([c for out in outs for c in out.columns], {}, {},
-                       int(max([outer.widest if outer else 1, *(w for out in outs for _, w in out.columns)])),
-                       inside, outer)
-        for source, out in zip(sources, outs):
-            for name, w in out.columns:  # one name in two sources: a USING join's column is both met
-                scope.names[name] = meetings.met([scope.names[name], w]) if name in scope.names else w
-            if out.columns and source.alias_or_name:
-                scope.rows[source.alias_or_name.lower()] = out.columns
-        return scope
+    def joined(scope: _Scope, source: exp.Expression, out: _Out) -> _Scope:
+        """The scope with one more source: its columns added to the same lists (a source read before
+        was read with what came before it), so n sources cost n, not n^2."""
+        scope.columns.extend(out.columns)
+        for name, w in out.columns:  # one name in two sources: a USING join's column is both met
+            scope.names[name] = meetings.met([scope.names[name], w]) if name in scope.names else w
+        if out.columns and source.alias_or_name:
+            scope.rows[_fold(source.alias_or_name)] = out.columns
+        return scope._replace(widest=int(max([scope.widest, *(w for _, w in out.columns)])))
 
     def read(node: exp.Expression, inside: frozenset, outer: _Scope | None) -> _Out:
+        with_ = node.args.get("with_") or node.args.get("with")
+        for cte in with_.expressions if with_ else []:  # a CTE's body may name what its WITH's query may
+            defined_in[id(cte.this)] = outer
         if isinstance(node, (exp.Subquery, exp.Lateral)):
             out = query(node.this, inside, outer)
         elif isinstance(node, exp.Pivot):  # DuckDB's PIVOT statement, as a subquery
@@ -310,21 +340,19 @@ def _check_columns(tree: exp.Expression) -> None:
             out = made(_side_by_side(parts, meetings, by_name), any(p.unknown for p in parts),
                        max(p.stars for p in parts), sum(p.leaves for p in parts), sum(p.pivoted for p in parts))
         elif isinstance(node, exp.Table):
-            name = node.name.lower()
-            if node.args.get("db") or name not in bodies or name in inside:
+            cte = None if node.args.get("db") else _defining_cte(node, withs)
+            if cte is None or id(cte) in inside:  # a table's, or a recursive CTE's own (DuckDB casts to its first part)
                 out = _Out([], unknown=True)
             else:
-                if name not in known:
-                    found = [query(body, inside | {name}) for body in bodies[name]]
-                    known[name] = _Out(_side_by_side(found, meetings), *(max(f[i] for f in found) for i in range(1, 5)))
-                out = known[name]
+                out = _renamed(query(cte.this, inside | {id(cte)}, defined_in.get(id(cte.this))), cte)
         elif isinstance(node, (exp.Values, exp.Unnest)):  # a column per value of a row, or per list unnested
             scope = _Scope([], {}, {}, outer.widest if outer else 1, inside, outer)
             rows = node.expressions if isinstance(node, exp.Values) else [node]
             values = [[width(v, scope) for v in row.expressions] for row in rows]
-            name = "col{}" if isinstance(node, exp.Values) else "unnest{}"  # as DuckDB names them
-            out = made([(name.format(i), meetings.met(list(w)))
-                        for i, w in enumerate(zip_longest(*values, fillvalue=1))])
+            met = [meetings.met(list(w)) for w in zip_longest(*values, fillvalue=1)]
+            names = [f"col{i}" for i in range(len(met))] if isinstance(node, exp.Values) else \
+                ["unnest"] if len(met) == 1 else [_unnamed(node, i) for i in range(len(met))]  # as DuckDB names them
+            out = made(list(zip(names, met)))
         elif isinstance(node, exp.Select):
             out = select(node, inside, outer)
         else:
@@ -337,14 +365,10 @@ def _check_columns(tree: exp.Expression) -> None:
         sources = [s.this for s in [node.args.get("from_") or node.args.get("from"), *(node.args.get("joins") or [])]
                    if s is not None]
         outs: list[_Out] = []
+        scope = _Scope([], {}, {}, outer.widest if outer else 1, inside, outer)
         for source in sources:  # a lateral reference names a source before it
-            out = query(source, inside, scope_of(sources, outs, inside, outer) if outs else outer)
-            renamed = [c.name.lower() for c in getattr(source.args.get("alias"), "columns", None) or []]
-            if renamed:  # `AS t(a, b)` names its first columns
-                out = out._replace(columns=[(renamed[i] if i < len(renamed) else n, w)
-                                            for i, (n, w) in enumerate(out.columns)])
-            outs.append(out)
-        scope = scope_of(sources, outs, inside, outer)
+            outs.append(_renamed(query(source, inside, scope if outs else outer), source))
+            scope = joined(scope, source, outs[-1])
         skip = {id(s) for s in sources}  # then the queries in its expressions (scalar, IN, EXISTS)
         below = outs + [query(n, inside, scope) for n in node.walk(prune=lambda n: n is not node and (
             isinstance(n, (exp.Query, exp.Pivot, exp.With)) or id(n) in skip))
@@ -357,16 +381,19 @@ def _check_columns(tree: exp.Expression) -> None:
             star = projection.this if isinstance(projection, exp.Columns) else projection
             chosen = scope.columns
             if isinstance(star, exp.Column) and isinstance(star.this, exp.Star):  # t.*, COLUMNS(t.*)
-                star, chosen = star.this, scope.rows.get(star.table.lower(), scope.columns)
+                star, chosen = star.this, source_row(_fold(star.table), scope)
             if isinstance(star, exp.Star):  # *, t.*, COLUMNS(*), COLUMNS(t.*), with EXCLUDE, REPLACE, RENAME
-                replaced = {r.alias.lower(): width(r.this, scope) for r in star.args.get("replace") or []}
-                more = [(n, replaced.get(n, w)) for n, w in chosen]
+                replaced = {_fold(r.alias): width(r.this, scope) for r in star.args.get("replace") or []}
+                renamed = {_fold(r.this.name): _fold(r.alias) for r in star.args.get("rename") or []}
+                more = [(renamed.get(n, n), replaced.get(n, w)) for n, w in chosen]
             elif _starred(projection) and not all(c.args.get("unpack") for c in projection.find_all(exp.Columns)):
-                # sum(COLUMNS(*)), COLUMNS('regex'): one each, worked out once per distinct column type
-                each = {_kind(w): width(projection, scope, w) for _, w in scope.columns}
-                more = [(n, each[_kind(w)]) for n, w in scope.columns]
+                # sum(COLUMNS(*)), COLUMNS('regex'): one each, worked out once per width (a few hundred at
+                # most), each column's names forgotten
+                each = {w: width(projection, scope, Opaque(w)) for w in {int(w) for _, w in scope.columns}}
+                more = [(_unnamed(projection, i) if isinstance(projection, exp.Alias) else n, each[int(w)])
+                        for i, (n, w) in enumerate(scope.columns)]  # `COLUMNS(...) AS '\1_x'` renames them
             else:  # f(*COLUMNS(*)) is one column of them all
-                more = [(projection.alias_or_name.lower(), width(projection, scope))]
+                more = [(_fold(projection.alias_or_name) or _unnamed(projection, 0), width(projection, scope))]
             stars += _starred(projection)
             columns += more
             made_leaves += sum(w for _, w in more)
@@ -384,9 +411,9 @@ def _check_columns(tree: exp.Expression) -> None:
         scope = _Scope(source.columns, names, {}, int(max([outer.widest if outer else 1, *names.values()])), inside,
                        outer)
         if node.args.get("unpivot"):  # its value column is the unpivoted columns met
-            named = {c.name.lower() for c in node.find_all(exp.Column)}
+            named = {_fold(c.name) for c in node.find_all(exp.Column)}
             value = meetings.met([w for n, w in source.columns if n in named or _starred(node)] or [scope.widest])
-            return made([*source.columns, ("name", 1), ("value", value)], *source[1:])
+            return made([*source.columns, (_unnamed(node, 0), 1), (_unnamed(node, 1), value)], *source[1:])
         simple = "using" in node.args  # DuckDB's `PIVOT t ON a IN (...) USING sum(x)`
         on = node.expressions if simple else node.args.get("fields") or []
         aggregates = (node.args.get("using") or []) if simple else node.expressions
@@ -400,10 +427,10 @@ def _check_columns(tree: exp.Expression) -> None:
         count = values * sum(n for n, _ in each)
         _check(0, source.leaves, source.pivoted + count)
         starred = sum(1 for a in aggregates if _starred(a)) if source.unknown else 0  # copies of columns not known
-        used = {c.name.lower() for part in [*on, *aggregates] for c in part.find_all(exp.Column)}
+        used = {_fold(c.name) for part in [*on, *aggregates] for c in part.find_all(exp.Column)}
         columns = [(n, w) for n, w in source.columns if n not in used]
         made_here = [w for _ in range(values) for n, w in each for _ in range(n)]
-        columns += [(f"#{i}", w) for i, w in enumerate(made_here)]  # a name each, as DuckDB gives them
+        columns += [(_unnamed(node, i), w) for i, w in enumerate(made_here)]
         return made(columns, source.unknown, source.stars * max(1, values * starred), source.leaves,
                     source.pivoted + count)
 
@@ -415,7 +442,7 @@ def _check_columns(tree: exp.Expression) -> None:
         if isinstance(node, (exp.Star, exp.Columns)):
             return int(scope.widest) if star is None else star
         if isinstance(node, exp.Identifier):  # a lambda's variable: what it is bound to, else as a column not known
-            return scope.names.get(node.name.lower(), int(scope.widest))
+            return scope.names.get(_fold(node.name), int(scope.widest))
         if isinstance(node, exp.Query):  # a scalar subquery: its column
             return max([1, *(w for _, w in query(node, scope.inside, scope).columns)])
         if isinstance(node, (exp.Alias, exp.PropertyEQ)):
@@ -426,9 +453,12 @@ def _check_columns(tree: exp.Expression) -> None:
             return _type_leaves(node)
         if isinstance(node, exp.Literal):
             return 1
-        if isinstance(node, (exp.Predicate, exp.Connector, exp.Not)):  # a boolean, of values DuckDB binds all the same
+        if isinstance(node, SCALAR):  # one leaf, of values DuckDB binds all the same
             inner = max([1, *(width(child, scope, star) for child in node.iter_expressions())])
             return inner if inner > MAX_TYPE_WIDTH else 1
+        if isinstance(node, (exp.Cast, exp.TryCast)):  # the type written
+            inner = width(node.this, scope, star)
+            return inner if inner > MAX_TYPE_WIDTH else _type_leaves(node.args["to"])
         if isinstance(node, exp.FromJson) or isinstance(node, exp.Anonymous) and node.name.lower() in TYPED_BY_TEXT:
             return _described_leaves(node)
         if isinstance(node, exp.Anonymous) and node.name.lower() in MULTIPLYING and len(node.expressions) == 3:
@@ -439,14 +469,14 @@ def _check_columns(tree: exp.Expression) -> None:
             name = call.name if isinstance(call, exp.Anonymous) else call.sql_name()
             return width(exp.Anonymous(this=name, expressions=[node.this, *call.iter_expressions()]), scope, star)
         if isinstance(node, exp.Dot):  # (x).a
-            return _field(width(node.this, scope, star), [node.name.lower()])
+            return _field(width(node.this, scope, star), [_fold(node.name)])
         function = node.name.lower() if isinstance(node, exp.Anonymous) else \
             node.sql_name().lower() if isinstance(node, exp.Func) else ""
         extraction = _extraction(node, function)
         if extraction is not None:  # x['a'], x[1], struct_extract(x, 'a'): a field, or a list's element
             within, key = width(extraction[0], scope, star), extraction[1]
             if key is not None and key.is_string:
-                return _field(within, [key.name.lower()])
+                return _field(within, [_fold(key.name)])
             # An index reads an unnamed struct's field, or a list's element (the list's own width).
             named = isinstance(within, Struct) and all(isinstance(k, str) for k in within.fields)
             return within if key is not None and named and function != "struct_extract_at" else _opaque(within)
@@ -457,7 +487,7 @@ def _check_columns(tree: exp.Expression) -> None:
         if lambdas:  # its variables stand for the elements of the lists it is given, all of them met
             element = meetings.met([w for _, w in args] or [1])
             for child in lambdas:
-                bound = scope._replace(names={**scope.names, **{v.name.lower(): element for v in child.expressions}})
+                bound = scope._replace(names={**scope.names, **{_fold(v.name): element for v in child.expressions}})
                 args.append((None, width(child, bound, star)))
         args = args or [(None, 1)]
         if isinstance(node, (exp.Struct, exp.Tuple, exp.Map, exp.VarMap, exp.ArraysZip)) or function in COMBINING:
@@ -472,22 +502,32 @@ def _check_columns(tree: exp.Expression) -> None:
             as_rows[id(columns)] = (columns, Struct(_named(columns)))
         return as_rows[id(columns)][1]
 
+    def source_row(alias: str, scope: _Scope) -> list[tuple[str, int]]:
+        """`t.*`'s columns: source t's, here or in a query this one is correlated with (else all here)."""
+        around: _Scope | None = scope
+        while around is not None:
+            if alias in around.rows:
+                return around.rows[alias]
+            around = around.outer
+        return scope.columns
+
     def column(node: exp.Column, scope: _Scope) -> int:
         """`c`, `t.c`, `s.a.b`: a source's column, a source's row as a struct (`t` alone), then
-        fields by name; looked up here, then in the queries this one is correlated with. A column
-        not known (a table's) counts as the widest known."""
-        path = [part.name.lower() for part in node.parts]
+        fields by name; looked up here, then in the queries this one is correlated with. A name not
+        found counts as the widest known: a table's column where only tables are read, else its
+        names are not known (a column DuckDB names by rules not followed here: Opaque)."""
+        path = [_fold(part.name) for part in node.parts]
         around: _Scope | None = scope
         while around is not None:
             if len(path) > 1 and path[0] in around.rows:  # t.c: t's c, not another source's c
                 found = next((w for n, w in around.rows[path[0]] if n == path[1]), None)
-                return int(scope.widest) if found is None else _field(found, path[2:])
+                return Opaque(scope.widest) if found is None else _field(found, path[2:])
             if path[0] in around.names:
                 return _field(around.names[path[0]], path[1:])
             if len(path) == 1 and path[0] in around.rows:
                 return rows(around.rows[path[0]])
             around = around.outer
-        return int(scope.widest)
+        return Opaque(scope.widest) if any(chain.columns for chain in _chain(scope)) else int(scope.widest)
 
     def arguments(child: exp.Expression, call: exp.Expression, scope: _Scope,
                   star: int | None) -> list[tuple[str | None, int]]:
@@ -544,7 +584,7 @@ def _fields(node: exp.Expression, function: str, args: list[tuple[str | None, in
             if name is None and isinstance(w, Struct):
                 fields.update(w.fields)
             else:
-                fields[i if name is None else name.lower()] = w
+                fields[i if name is None else _fold(name)] = w
         return fields
     if isinstance(node, (exp.Map, exp.VarMap)) or function == "map":
         return _named([(("key", "value")[i] if i < 2 else None, w) for i, (_, w) in enumerate(args)])
@@ -644,6 +684,18 @@ def _bound_nodes(tree: exp.Expression) -> int:
         return total
 
     return size(tree, frozenset())
+
+
+def _defining_cte(table: exp.Table, withs: dict[int, dict[str, exp.CTE]]) -> exp.CTE | None:
+    """The CTE a table name names, as DuckDB finds it: in the nearest WITH around the name that
+    defines it (a CTE's body sees its own WITH), else none (a table). `withs`: each WITH's CTEs by name."""
+    name, node = _fold(table.name), table
+    while node.parent is not None:
+        node = node.parent
+        with_ = node.args.get("with_") or node.args.get("with")
+        if with_ is not None and name in withs[id(with_)]:
+            return withs[id(with_)][name]
+    return None
 
 
 def _cte_bodies(tree: exp.Expression) -> dict[str, list[exp.Expression]]:
