@@ -59,6 +59,9 @@ MAX_BOUND_LEAVES = 200_000
 # named), the product of each select list's star projections (`*`, `t.*`, `COLUMNS(...)`), and of a
 # PIVOT's values for an aggregate over a star of columns not known, is at most this.
 MAX_STAR_COPIES = 64
+# An expression over star columns (`sum(COLUMNS(*))`) is worked out once per width among them, at most
+# this many nodes in all: 400 widths of a 9,000-node expression had planned for 12 s.
+MAX_STAR_WORK = 100_000
 # PIVOT makes a column per value of its ON lists' product and aggregate: 4 lists of 17 values and 3
 # aggregates (337 bytes) made 250,563 columns and bound for 33 s past a 5 s limit, and an aggregate
 # over COLUMNS(*) makes one per column it reads: five PIVOTs of 10 values nested (618 bytes) made
@@ -91,12 +94,13 @@ STRUCT_EDITS = {"struct_insert", "struct_update", "struct_concat"}  # a struct a
 # other call may answer a part of a struct (map_values) or a new one, so its result over structs
 # is Opaque.
 WHOLE = (exp.Coalesce, exp.Case, exp.If, exp.Array, exp.Paren, exp.Nullif, exp.Greatest, exp.Least, exp.ArrayConcat,
-         exp.DPipe, exp.ArrayAppend, exp.ArrayPrepend, exp.ArrayFilter, exp.ArraySort, exp.ArrayDistinct, exp.Flatten,
-         exp.Transform, exp.Explode, exp.Unnest, exp.First, exp.Last, exp.Min, exp.Max, exp.ArgMax, exp.ArgMin,
-         exp.ArrayAgg, exp.Mode, exp.Distinct)
-SCALAR = (exp.Predicate, exp.Connector, exp.Not, exp.Count, exp.Add, exp.Sub, exp.Mul, exp.Div, exp.IntDiv, exp.Mod,
+         exp.DPipe, exp.Add, exp.ArrayAppend, exp.ArrayPrepend, exp.ArrayFilter, exp.ArraySort, exp.ArrayDistinct,
+         exp.Flatten, exp.Transform, exp.Explode, exp.Unnest, exp.First, exp.Last, exp.Min, exp.Max, exp.ArgMax,
+         exp.ArgMin, exp.ArrayAgg, exp.Mode, exp.Distinct)
+SCALAR = (exp.Predicate, exp.Connector, exp.Not, exp.Count, exp.Sub, exp.Mul, exp.Div, exp.IntDiv, exp.Mod,
           exp.Neg, exp.BitwiseAnd, exp.BitwiseOr, exp.BitwiseXor, exp.BitwiseNot)  # booleans, arithmetic, counts
-PASSING = (exp.Window, exp.Filter, exp.Order, exp.IgnoreNulls, exp.RespectNulls, exp.Lambda)  # their `this`'s value
+# their `this`'s value
+PASSING = (exp.Window, exp.Filter, exp.Order, exp.IgnoreNulls, exp.RespectNulls, exp.Lambda)
 WHOLE_FUNCTIONS = {  # by name too: DuckDB's aliases, and `x.f(...)` written as f(x, ...)
     "list_value", "list_pack", "ifnull", "any_value", "arbitrary", "list_reverse", "array_reverse", "list_slice",
     "array_slice", "list_resize", "array_resize", "lag", "lead", "first_value", "last_value", "nth_value",
@@ -108,6 +112,7 @@ WHOLE_FUNCTIONS = {  # by name too: DuckDB's aliases, and `x.f(...)` written as 
     "min_by", "max_by", "list", "array_agg", "mode", "coalesce", "nullif", "greatest", "least"}
 EXTRACTING = {"struct_extract", "struct_extract_at", "array_extract", "list_extract", "list_element", "array_element"}
 OTHER = object()  # the key of a struct's fields not known by name: no name is it
+MAP_PARTS = (object(), object())  # a map's keys and values, as fields no name reads (m['key'] is a value)
 # Unifying structs walks their fields: a thousand meetings of two 2,000-field structs (57 kB) took
 # planning from 0.9 s to 6 s. A query's meetings may walk at most this many fields in all, about 0.3 s
 # here and 300 times the largest legal plan's (four anomaly_table over 64 columns: 832).
@@ -336,7 +341,8 @@ def _check_columns(tree: exp.Expression) -> None:
             return pivot(node, query(node.this, inside, outer), inside, outer)
         elif isinstance(node, exp.SetOperation):
             parts = [query(part, inside, outer) for part in _set_parts(node)]
-            by_name = any(n.args.get("by_name") for n in node.find_all(exp.SetOperation))
+            links = {bool(n.args.get("by_name")) for n in _set_links(node)}
+            by_name = links.pop() if len(links) == 1 else None  # None: both kinds in one chain
             out = made(_side_by_side(parts, meetings, by_name), any(p.unknown for p in parts),
                        max(p.stars for p in parts), sum(p.leaves for p in parts), sum(p.pivoted for p in parts))
         elif isinstance(node, exp.Table):
@@ -387,14 +393,20 @@ def _check_columns(tree: exp.Expression) -> None:
                 renamed = {_fold(r.this.name): _fold(r.alias) for r in star.args.get("rename") or []}
                 more = [(renamed.get(n, n), replaced.get(n, w)) for n, w in chosen]
             elif _starred(projection) and not all(c.args.get("unpack") for c in projection.find_all(exp.Columns)):
-                # sum(COLUMNS(*)), COLUMNS('regex'): one each, worked out once per width (a few hundred at
-                # most), each column's names forgotten
-                each = {w: width(projection, scope, Opaque(w)) for w in {int(w) for _, w in scope.columns}}
+                # sum(COLUMNS(*)), COLUMNS('regex'): one each, worked out once per width, each column's names
+                # forgotten; or, for many widths and a large expression, once at the widest
+                widths = {int(w) for _, w in scope.columns}
+                if len(widths) * sum(1 for _ in projection.walk()) > MAX_STAR_WORK:
+                    each = dict.fromkeys(widths, width(projection, scope, Opaque(max(widths))))
+                else:
+                    each = {w: width(projection, scope, Opaque(w)) for w in widths}
                 more = [(_unnamed(projection, i) if isinstance(projection, exp.Alias) else n, each[int(w)])
                         for i, (n, w) in enumerate(scope.columns)]  # `COLUMNS(...) AS '\1_x'` renames them
             else:  # f(*COLUMNS(*)) is one column of them all
                 more = [(_fold(projection.alias_or_name) or _unnamed(projection, 0), width(projection, scope))]
             stars += _starred(projection)
+            for name, w in more:  # DuckDB lets a later expression name an earlier one's alias
+                scope.names.setdefault(name, w)
             columns += more
             made_leaves += sum(w for _, w in more)
             _check(made_leaves, leaves + made_leaves, pivoted)
@@ -422,7 +434,7 @@ def _check_columns(tree: exp.Expression) -> None:
             listed = isinstance(field, exp.In) and not field.args.get("query") \
                 and not any(isinstance(v, (exp.Subquery, exp.Select)) for v in field.expressions)
             values *= len(field.expressions) if listed else PIVOT_LIMIT
-        each = [(max(1, len(source.columns)) if _starred(a) else 1, width(a, scope, scope.widest))
+        each = [(max(1, len(source.columns)) if _starred(a) else 1, width(a, scope, Opaque(scope.widest)))
                 for a in aggregates] or [(1, 1)]
         count = values * sum(n for n, _ in each)
         _check(0, source.leaves, source.pivoted + count)
@@ -439,6 +451,9 @@ def _check_columns(tree: exp.Expression) -> None:
         star or COLUMNS(...) in it stands for, one at a time (its own width: a struct keeps its names)."""
         if isinstance(node, exp.Column) and not isinstance(node.this, exp.Star):
             return column(node, scope)
+        if isinstance(node, exp.PositionalColumn):  # #n: the n-th column of the sources
+            n = int(node.name) if node.name.isdigit() else 0
+            return scope.columns[n - 1][1] if 0 < n <= len(scope.columns) else Opaque(scope.widest)
         if isinstance(node, (exp.Star, exp.Columns)):
             return int(scope.widest) if star is None else star
         if isinstance(node, exp.Identifier):  # a lambda's variable: what it is bound to, else as a column not known
@@ -503,12 +518,16 @@ def _check_columns(tree: exp.Expression) -> None:
         return as_rows[id(columns)][1]
 
     def source_row(alias: str, scope: _Scope) -> list[tuple[str, int]]:
-        """`t.*`'s columns: source t's, here or in a query this one is correlated with (else all here)."""
-        around: _Scope | None = scope
-        while around is not None:
+        """`t.*`'s columns: source t's, here or in a query this one is correlated with; or struct
+        column t's fields (a field not named by a name, or t's fields not known: one column of all)."""
+        for around in _chain(scope):
             if alias in around.rows:
                 return around.rows[alias]
-            around = around.outer
+            if alias in around.names:
+                value = around.names[alias]
+                if isinstance(value, Struct) and all(isinstance(k, str) for k in value.fields):
+                    return list(value.fields.items())
+                return [(f"{alias}.*", _opaque(value) if value > 1 else Opaque(1))]
         return scope.columns
 
     def column(node: exp.Column, scope: _Scope) -> int:
@@ -587,7 +606,7 @@ def _fields(node: exp.Expression, function: str, args: list[tuple[str | None, in
                 fields[i if name is None else _fold(name)] = w
         return fields
     if isinstance(node, (exp.Map, exp.VarMap)) or function == "map":
-        return _named([(("key", "value")[i] if i < 2 else None, w) for i, (_, w) in enumerate(args)])
+        return {MAP_PARTS[i] if i < 2 else i: w for i, (_, w) in enumerate(args)}
     return _named(args)
 
 
@@ -597,14 +616,18 @@ def _starred(node: exp.Expression) -> bool:
                for n in node.walk(prune=lambda n: isinstance(n, exp.Query)))
 
 
-def _side_by_side(outs: list[_Out], meetings: _Meetings, by_name: bool = False) -> list[tuple[str, int]]:
+def _side_by_side(outs: list[_Out], meetings: _Meetings, by_name: bool | None = False) -> list[tuple[str, int]]:
     """Columns of queries that answer alike (a set operation's, a CTE's bodies'): the first's names,
-    each position's values met; or, BY NAME, each name's."""
-    if by_name:
+    each position's values met; or, BY NAME, each name's; or, both kinds of link in one chain,
+    every name's values all met."""
+    if by_name is not False:
         named: dict[str, list[int]] = {}
         for out in outs:
             for n, w in out.columns:
                 named.setdefault(n, []).append(w)
+        if by_name is None:
+            everything = meetings.met([w for out in outs for _, w in out.columns] or [1])
+            return [(n, everything) for n in named]
         return [(n, meetings.met(ws)) for n, ws in named.items()]
     longest = max(outs, key=lambda o: len(o.columns)).columns
     names = [n for n, _ in outs[0].columns] + [n for n, _ in longest[len(outs[0].columns):]]
@@ -648,6 +671,17 @@ def _described_leaves(call: exp.Expression) -> int:
     except RecursionError:
         raise InvalidQuery(f"{name}'s structure nests too deeply") from None
     return leaves(described)
+
+
+def _set_links(node: exp.SetOperation) -> list[exp.SetOperation]:
+    """The UNION/INTERSECT/EXCEPT links of one chain (not those in its parts' subqueries)."""
+    links, chain = [], [node]
+    while chain:
+        n = chain.pop()
+        if isinstance(n, exp.SetOperation):
+            links.append(n)
+            chain += [n.left, n.right]
+    return links
 
 
 def _set_parts(node: exp.SetOperation) -> list[exp.Expression]:
