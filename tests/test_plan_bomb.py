@@ -432,6 +432,35 @@ def test_an_expression_over_star_columns_of_many_widths_is_bounded_work(service)
     assert time.monotonic() - started < 5
 
 
+def test_a_cte_is_the_one_duckdb_finds_and_a_recursive_one_reads_its_first_part(service):
+    """Round 23: a CTE's body naming its own name (without RECURSIVE: the outer CTE of that name)
+    counted as a table not known, one leaf, while the type doubled at each level; and a recursive
+    CTE's own name counted as one leaf, so its recursive part could bind 2^24 fields unseen (nested
+    WITH RECURSIVE, 1.1 kB). DuckDB reads a recursive CTE's name as its first part's type."""
+    def self_named(levels: int) -> str:
+        query = "SELECT 1 AS s"
+        for _ in range(levels):
+            doubled = "WITH c AS (SELECT {'a': s, 'b': s} AS s FROM c) SELECT s FROM c"
+            query = f"WITH c AS ({query}) SELECT s FROM ({doubled})"
+        return query
+
+    def doubled_inside(doublings: int) -> str:
+        inner = "SELECT s AS y FROM r"
+        for _ in range(doublings):
+            inner = f"SELECT {{'a': y, 'b': y}} AS y FROM ({inner})"
+        return (f"WITH RECURSIVE r(s) AS (SELECT 1 AS s UNION ALL SELECT NULL AS s FROM ({inner}) "
+                "WHERE y IS NULL AND false) SELECT s FROM r")
+
+    assert _leaves(self_named(12)) == 4096 and service.plan(f"SELECT s IS NULL AS n FROM ({self_named(12)})")
+    assert service.plan(f"SELECT s IS NULL AS n FROM ({doubled_inside(12)})")
+    for refused in (self_named(13), doubled_inside(13)):
+        with pytest.raises(InvalidQuery, match="type would hold more than 4,096 fields"):
+            service.plan(f"SELECT s IS NULL AS n FROM ({refused})")
+    counted = "WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t WHERE n < 10) SELECT n FROM t"
+    schema, batches = service.stream(service.plan(counted))
+    assert sum(b.num_rows for b in batches) == 10
+
+
 def test_structs_that_meet_with_the_same_fields_count_once(service):
     """Unified, not summed: values of one struct's shape meet as that shape, however often."""
     same = "SELECT [{'a': s, 'b': s}, {'a': s, 'b': s}, {'b': s}][1] AS s FROM (SELECT {'x': 1, 'y': 2} AS s) t"

@@ -171,8 +171,9 @@ class Struct(int):
 
 class Opaque(int):
     """A width whose type may hold structs whose fields are not known by name (a call's result over
-    structs, a part of one not known by name): values that meet count it beside theirs, whatever its
-    width. A plain int is a value of no struct built here: a scalar, a written type, a table's column."""
+    structs, a part of one not known by name, a column DuckDB names by rules not followed here):
+    values that meet count it beside theirs, whatever its width. A plain int is a value of no struct
+    built here: a scalar, a written type, a table's column."""
 
 
 def _opaque(width: int) -> int:
@@ -219,8 +220,8 @@ class _Meetings:
 
 
 def _named(pairs: list[tuple[str | None, int]]) -> dict:
-    """Fields by name, lower case as DuckDB matches them; an unnamed one by its position (an int,
-    never a name), and a name given twice twice (DuckDB renames the second `a_1`)."""
+    """Fields by name, folded as DuckDB matches them; an unnamed one by its position (an int, never
+    a name), and a name given twice twice (DuckDB renames the second `a_1`)."""
     fields: dict = {}
     for i, (name, w) in enumerate(pairs):
         key = i if name is None else _fold(name)
@@ -307,7 +308,8 @@ def _check_columns(tree: exp.Expression) -> None:
     """Estimate the columns of every query in the tree from those of what it reads (subqueries in
     FROM and joins, set operations, CTEs where named, PIVOTs), and refuse past any bound above."""
     meetings = _Meetings()
-    withs = {id(w): {_fold(c.alias_or_name): c for c in reversed(w.expressions)} for w in tree.find_all(exp.With)}
+    withs = {id(w): {_fold(c.alias_or_name): i for i, c in reversed(list(enumerate(w.expressions)))}
+             for w in tree.find_all(exp.With)}
     as_rows: dict[int, tuple[list, Struct]] = {}  # a source's row as a struct, built once
     defined_in: dict[int, _Scope | None] = {}  # a CTE body -> the scope around its WITH (kept by `seen`)
     seen: dict[tuple[int, int], tuple[_Scope | None, _Out]] = {}  # each node once per scope around it (kept)
@@ -347,8 +349,12 @@ def _check_columns(tree: exp.Expression) -> None:
                        max(p.stars for p in parts), sum(p.leaves for p in parts), sum(p.pivoted for p in parts))
         elif isinstance(node, exp.Table):
             cte = None if node.args.get("db") else _defining_cte(node, withs)
-            if cte is None or id(cte) in inside:  # a table's, or a recursive CTE's own (DuckDB casts to its first part)
+            if cte is None:  # a table's
                 out = _Out([], unknown=True)
+            elif id(cte) in inside:  # a recursive CTE's own name: DuckDB reads it as its first part's type
+                first = _set_parts(cte.this)[0] if isinstance(cte.this, exp.SetOperation) else None
+                out = _Out([], unknown=True) if first is None else \
+                    _renamed(query(first, inside, defined_in.get(id(cte.this))), cte)
             else:
                 out = _renamed(query(cte.this, inside | {id(cte)}, defined_in.get(id(cte.this))), cte)
         elif isinstance(node, (exp.Values, exp.Unnest)):  # a column per value of a row, or per list unnested
@@ -720,15 +726,24 @@ def _bound_nodes(tree: exp.Expression) -> int:
     return size(tree, frozenset())
 
 
-def _defining_cte(table: exp.Table, withs: dict[int, dict[str, exp.CTE]]) -> exp.CTE | None:
+def _defining_cte(table: exp.Table, withs: dict[int, dict[str, int]]) -> exp.CTE | None:
     """The CTE a table name names, as DuckDB finds it: in the nearest WITH around the name that
-    defines it (a CTE's body sees its own WITH), else none (a table). `withs`: each WITH's CTEs by name."""
-    name, node = _fold(table.name), table
+    defines one the name may see (a CTE's body sees the CTEs before it in its WITH, and under WITH
+    RECURSIVE all of them, itself too), else none (a table). `withs`: each WITH's first position
+    of each name."""
+    name, node, within = _fold(table.name), table, None
     while node.parent is not None:
         node = node.parent
+        if isinstance(node, exp.CTE):
+            within = node
+            continue
         with_ = node.args.get("with_") or node.args.get("with")
-        if with_ is not None and name in withs[id(with_)]:
-            return withs[id(with_)][name]
+        at = withs[id(with_)].get(name) if isinstance(with_, exp.With) else None
+        if at is None:
+            continue
+        inside_one = within is not None and within.parent is with_  # the name is in one of these CTEs' bodies
+        if with_.args.get("recursive") or not inside_one or at < within.index:
+            return with_.expressions[at]
     return None
 
 
