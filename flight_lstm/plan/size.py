@@ -163,7 +163,7 @@ class Struct(int):
 
     fields: dict
 
-    def __new__(cls, fields: dict[str, int]) -> Struct:
+    def __new__(cls, fields: dict) -> Struct:
         built = super().__new__(cls, max(1, sum(fields.values())))
         built.fields = fields
         return built
@@ -623,9 +623,8 @@ def _starred(node: exp.Expression) -> bool:
 
 
 def _side_by_side(outs: list[_Out], meetings: _Meetings, by_name: bool | None = False) -> list[tuple[str, int]]:
-    """Columns of queries that answer alike (a set operation's, a CTE's bodies'): the first's names,
-    each position's values met; or, BY NAME, each name's; or, both kinds of link in one chain,
-    every name's values all met."""
+    """Columns of a set operation's queries: the first's names, each position's values met; or, BY
+    NAME, each name's; or, both kinds of link in one chain, every name's values all met."""
     if by_name is not False:
         named: dict[str, list[int]] = {}
         for out in outs:
