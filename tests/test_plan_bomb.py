@@ -461,6 +461,31 @@ def test_a_cte_is_the_one_duckdb_finds_and_a_recursive_one_reads_its_first_part(
     assert sum(b.num_rows for b in batches) == 10
 
 
+def _doubled(levels: int, key: str = "a") -> str:
+    value = "[1]"
+    for _ in range(levels):
+        value = f"list_transform({value}, lambda x: {{'{key}': x, 'b': x}})"
+    return value
+
+
+@pytest.mark.parametrize("clause", [
+    "SELECT 1 AS n FROM reviews WHERE {e} = {e2}", "SELECT 1 AS n WHERE typeof({e}) = 'x'",
+    "SELECT 1 AS n FROM reviews ORDER BY {e}", "SELECT 1 AS n FROM reviews GROUP BY ALL HAVING typeof({e}) = 'x'",
+    "SELECT 1 AS n FROM reviews JOIN reviews r ON {e} = {e2}", "SELECT sum(1) OVER (ORDER BY {e}) AS n FROM reviews",
+    "SELECT count(*) FILTER (WHERE typeof({e}) = 'x') AS n FROM reviews",
+    "SELECT 1 AS n FROM reviews QUALIFY typeof({e}) = 'x'", "SELECT DISTINCT ON ({e}) id FROM reviews",
+    "SELECT 1 AS n UNION SELECT 2 ORDER BY typeof({e})", "SELECT id FROM reviews GROUP BY id, {e}",
+])
+def test_every_clause_is_bounded_not_only_the_select_list(service, clause):
+    """Round 24: a type doubled by nested lambdas in WHERE, ORDER BY, GROUP BY, HAVING, a join's ON,
+    QUALIFY, DISTINCT ON, a window's ORDER BY or an aggregate's FILTER was never estimated: 24
+    levels (2 kB, 16.7 million fields) bound for 10 s, or ran DuckDB out of memory. Each clause is
+    bounded as a column is; 12 levels (4,096 fields) plan."""
+    assert service.plan(clause.format(e=_doubled(12), e2=_doubled(12, "c")))
+    with pytest.raises(InvalidQuery, match="type would hold more than 4,096 fields"):
+        service.plan(clause.format(e=_doubled(13), e2=_doubled(13, "c")))
+
+
 def test_structs_that_meet_with_the_same_fields_count_once(service):
     """Unified, not summed: values of one struct's shape meet as that shape, however often."""
     same = "SELECT [{'a': s, 'b': s}, {'a': s, 'b': s}, {'b': s}][1] AS s FROM (SELECT {'x': 1, 'y': 2} AS s) t"

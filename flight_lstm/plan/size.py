@@ -347,6 +347,10 @@ def _check_columns(tree: exp.Expression) -> None:
             by_name = links.pop() if len(links) == 1 else None  # None: both kinds in one chain
             out = made(_side_by_side(parts, meetings, by_name), any(p.unknown for p in parts),
                        max(p.stars for p in parts), sum(p.leaves for p in parts), sum(p.pivoted for p in parts))
+            ordered = _Scope(out.columns, dict(out.columns), {}, int(max([1, *(w for _, w in out.columns)])), inside,
+                             outer)
+            for clause in _clauses(node):
+                _bounded(width(clause, ordered))
         elif isinstance(node, exp.Table):
             cte = None if node.args.get("db") else _defining_cte(node, withs)
             if cte is None:  # a table's
@@ -416,6 +420,8 @@ def _check_columns(tree: exp.Expression) -> None:
             columns += more
             made_leaves += sum(w for _, w in more)
             _check(made_leaves, leaves + made_leaves, pivoted)
+        for clause in _clauses(node):  # WHERE, ON, GROUP BY, HAVING, QUALIFY, ORDER BY...: bound as well
+            _bounded(width(clause, scope))
         return made(columns, stars > 0 and any(o.unknown for o in outs),
                     max(1, stars) * max([1, *(o.stars for o in outs)]), leaves, pivoted)
 
@@ -469,7 +475,9 @@ def _check_columns(tree: exp.Expression) -> None:
         if isinstance(node, (exp.Alias, exp.PropertyEQ)):
             return width(node.this if isinstance(node, exp.Alias) else node.expression, scope, star)
         if isinstance(node, PASSING) and node.this is not None:  # a window's, filter's or lambda's: its expression's
-            return width(node.this, scope, star)
+            value = width(node.this, scope, star)
+            bound = max([1, *(width(c, scope, star) for c in node.iter_expressions() if c is not node.this)])
+            return bound if bound > MAX_TYPE_WIDTH else value  # its PARTITION BY, ORDER BY, FILTER are bound too
         if isinstance(node, exp.DataType):
             return _type_leaves(node)
         if isinstance(node, exp.Literal):
@@ -569,9 +577,7 @@ def _check_columns(tree: exp.Expression) -> None:
 
     def made(columns: list[tuple[str, int]], unknown: bool = False, stars: int = 1, leaves: int = 0,
              pivoted: int = 0) -> _Out:
-        if max([1, *(w for _, w in columns)]) > MAX_TYPE_WIDTH:
-            raise InvalidQuery(f"a column's type would hold more than {MAX_TYPE_WIDTH:,} fields (structs, rows or "
-                               "maps built of the same columns through nested queries); name the fields you need")
+        _bounded(max([1, *(w for _, w in columns)]))
         if stars > MAX_STAR_COPIES:
             raise InvalidQuery(f"star projections (*, t.*, COLUMNS(...)) would copy a column more than "
                                f"{MAX_STAR_COPIES} times through the nested queries; name the columns")
@@ -583,6 +589,27 @@ def _check_columns(tree: exp.Expression) -> None:
     for q in tree.find_all(exp.Query, exp.Pivot):
         if id(q) not in read_once:
             query(q, frozenset())
+
+
+def _bounded(width: int) -> None:
+    """Refuse a value DuckDB would bind wider than MAX_TYPE_WIDTH: a column's, or any clause's."""
+    if width > MAX_TYPE_WIDTH:
+        raise InvalidQuery(f"a column's type would hold more than {MAX_TYPE_WIDTH:,} fields (structs, rows or "
+                           "maps built of the same columns through nested queries); name the fields you need")
+
+
+def _clauses(node: exp.Query) -> list[exp.Expression]:
+    """The expressions of a query's clauses other than its select list, each alone: WHERE, a join's
+    ON, GROUP BY, HAVING, QUALIFY, WINDOW, ORDER BY and DISTINCT ON. DuckDB binds them all."""
+    found = [node.args[key].this for key in ("where", "having", "qualify") if node.args.get(key)]
+    found += [join.args["on"] for join in node.args.get("joins") or [] if join.args.get("on")]
+    found += list(node.args["group"].iter_expressions()) if node.args.get("group") else []
+    found += [o.this if isinstance(o, exp.Ordered) else o for o in node.args["order"].expressions] \
+        if node.args.get("order") else []
+    found += list(node.args.get("windows") or [])
+    distinct = node.args.get("distinct")
+    found += [distinct.args["on"]] if isinstance(distinct, exp.Distinct) and distinct.args.get("on") else []
+    return found
 
 
 def _check(own: int, leaves: int, pivoted: int) -> None:
