@@ -342,8 +342,9 @@ def _check_columns(tree: exp.Expression) -> None:
         elif isinstance(node, exp.Pivot):  # DuckDB's PIVOT statement, as a subquery
             return pivot(node, query(node.this, inside, outer), inside, outer)
         elif isinstance(node, exp.SetOperation):
-            parts = [query(part, inside, outer) for part in _set_parts(node)]
-            links = {bool(n.args.get("by_name")) for n in _set_links(node)}
+            queries, chain = _set_parts(node)
+            parts = [query(part, inside, outer) for part in queries]
+            links = {bool(n.args.get("by_name")) for n in chain}
             by_name = links.pop() if len(links) == 1 else None  # None: both kinds in one chain
             out = made(_side_by_side(parts, meetings, by_name), any(p.unknown for p in parts),
                        max(p.stars for p in parts), sum(p.leaves for p in parts), sum(p.pivoted for p in parts))
@@ -356,7 +357,7 @@ def _check_columns(tree: exp.Expression) -> None:
             if cte is None:  # a table's
                 out = _Out([], unknown=True)
             elif id(cte) in inside:  # a recursive CTE's own name: DuckDB reads it as its first part's type
-                first = _set_parts(cte.this)[0] if isinstance(cte.this, exp.SetOperation) else None
+                first = _set_parts(cte.this)[0][0] if isinstance(cte.this, exp.SetOperation) else None
                 out = _Out([], unknown=True) if first is None else \
                     _renamed(query(first, inside, defined_in.get(id(cte.this))), cte)
             else:
@@ -550,8 +551,7 @@ def _check_columns(tree: exp.Expression) -> None:
         found counts as the widest known: a table's column where only tables are read, else its
         names are not known (a column DuckDB names by rules not followed here: Opaque)."""
         path = [_fold(part.name) for part in node.parts]
-        around: _Scope | None = scope
-        while around is not None:
+        for around in _chain(scope):
             if len(path) > 1 and path[0] in around.rows:  # t.c: t's c, not another source's c
                 found = next((w for n, w in around.rows[path[0]] if n == path[1]), None)
                 return Opaque(scope.widest) if found is None else _field(found, path[2:])
@@ -559,7 +559,6 @@ def _check_columns(tree: exp.Expression) -> None:
                 return _field(around.names[path[0]], path[1:])
             if len(path) == 1 and path[0] in around.rows:
                 return rows(around.rows[path[0]])
-            around = around.outer
         return Opaque(scope.widest) if any(chain.columns for chain in _chain(scope)) else int(scope.widest)
 
     def arguments(child: exp.Expression, call: exp.Expression, scope: _Scope,
@@ -705,28 +704,19 @@ def _described_leaves(call: exp.Expression) -> int:
     return leaves(described)
 
 
-def _set_links(node: exp.SetOperation) -> list[exp.SetOperation]:
-    """The UNION/INTERSECT/EXCEPT links of one chain (not those in its parts' subqueries)."""
-    links, chain = [], [node]
+def _set_parts(node: exp.SetOperation) -> tuple[list[exp.Expression], list[exp.SetOperation]]:
+    """The queries a chain of UNION/INTERSECT/EXCEPT joins, left to right, and the chain's own links
+    (not those in its parts' subqueries), walked without recursing: a chain of a thousand is one
+    level, not a thousand."""
+    parts, links, chain = [], [], [node]
     while chain:
         n = chain.pop()
         if isinstance(n, exp.SetOperation):
             links.append(n)
             chain += [n.left, n.right]
-    return links
-
-
-def _set_parts(node: exp.SetOperation) -> list[exp.Expression]:
-    """The queries a chain of UNION/INTERSECT/EXCEPT joins, left to right, walked without recursing:
-    a chain of a thousand is one level, not a thousand."""
-    parts, chain = [], [node]
-    while chain:
-        n = chain.pop()
-        if isinstance(n, exp.SetOperation):
-            chain += [n.left, n.right]
         else:
             parts.append(n)
-    return parts[::-1]
+    return parts[::-1], links
 
 
 def _bound_nodes(tree: exp.Expression) -> int:
