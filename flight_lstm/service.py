@@ -199,7 +199,7 @@ class Service:
         """Run row-wise SQL over a table named `input` holding the caller's batches, one at a time:
         (output schema, one output batch per input batch, in order)."""
         with self.engine.admitted():  # planning costs CPU like any query's
-            plan = self.catalog.plan_exchange(sql)
+            plan = self.catalog.plan_exchange(sql, schema)
         return self.engine.exchange(plan, schema, batches, cancelled)
 
     def warm_up(self) -> None:

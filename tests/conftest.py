@@ -120,6 +120,18 @@ def run(client: flight.FlightClient, sql: str) -> pa.Table:
     return pa.concat_tables(client.do_get(e.ticket).read_all() for e in info.endpoints)
 
 
+def exchanged(client: flight.FlightClient, sql: str, data: pa.Table | pa.RecordBatch) -> pa.Table:
+    """`sql` over `data` by DoExchange; a refusal raises (closing the writer raises it again)."""
+    writer, reader = client.do_exchange(flight.FlightDescriptor.for_command(sql))
+    try:
+        writer.begin(data.schema)
+        writer.write(data)
+        writer.done_writing()
+        return reader.read_all()
+    finally:
+        writer.close()
+
+
 @pytest.fixture
 def reviews_lake(tmp_path) -> str:
     """A DuckDB file of this test's own with 60 `reviews` to enrich (enrichment.make_reviews), as a

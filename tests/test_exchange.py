@@ -3,6 +3,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
+from conftest import exchanged
 from flight_lstm.server import flight_sql_messages as messages
 from flight_lstm.service import Service
 from flight_lstm.sources.duckdb import DuckDBSource
@@ -104,3 +105,24 @@ def test_service_exchange_is_a_plain_function(lake):
     assert [b.to_pylist() for b in out] == [[{"r": "OK", "missing": False}, {"r": None, "missing": True}],
                                             [{"r": "X", "missing": False}]]
     assert schema.names == ["r", "missing"]
+
+
+
+def test_an_exchange_is_bounded_knowing_the_types_the_client_sent(client):
+    """The client chooses the input's types, and an exchange's query was never sized: 4,096 columns
+    copied by 64 stars (a 250-byte query) bound for 65 s. Its columns now count as sent, and its
+    result may hold 8,192 leaves: two copies plan, three are refused at once; the server serves on."""
+    wide = pa.RecordBatch.from_arrays([pa.array([i]) for i in range(4096)], [f"c{i}" for i in range(4096)])
+    assert exchanged(client, "SELECT *, * FROM input", wide).num_columns == 8192
+    with pytest.raises(pa.ArrowInvalid, match="may make at most 8,192 columns") as caught:
+        exchanged(client, "SELECT *, *, * FROM input", wide)
+    assert "Traceback" not in str(caught.value)
+    assert exchanged(client, "SELECT id FROM input", batch(["x"])).column("id").to_pylist() == [0]
+
+
+def test_a_name_given_twice_comes_back_as_the_schema_announced(client):
+    """DuckDB's schema renames a name given twice (`id_1`), its result did not, and the stream failed
+    with INTERNAL on the first batch."""
+    got = exchanged(client, "SELECT id, id, *, review AS id FROM input", batch(["x"]))
+    assert got.schema.names == ["id", "id_1", "id_2", "review", "id_3"]
+    assert got.to_pylist() == [{"id": 0, "id_1": 0, "id_2": 0, "review": "x", "id_3": "x"}]

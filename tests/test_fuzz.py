@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import udfs
-from conftest import REVIEWS, run
+from conftest import REVIEWS, exchanged, run
 from flight_lstm.errors import FlightLSTMError
 from flight_lstm.models.text import MAX_CHARS
 from flight_lstm.plan import Catalog
@@ -365,17 +365,6 @@ def _utf8(value: bytes) -> bool:
         return False
 
 
-def _exchange(client, sql: str, table: pa.Table) -> pa.Table:
-    writer, reader = client.do_exchange(flight.FlightDescriptor.for_command(sql))
-    try:
-        writer.begin(table.schema)
-        writer.write_table(table)
-        writer.done_writing()
-        return reader.read_all()
-    finally:
-        writer.close()
-
-
 def test_any_bytes_sent_to_be_scored_give_scores_or_a_clear_error(server):
     with flight.connect(server) as client:
         @fuzz("bytes_server")
@@ -383,14 +372,14 @@ def test_any_bytes_sent_to_be_scored_give_scores_or_a_clear_error(server):
         def barrage(values):
             table = pa.table({"t": pa.array(values, pa.binary())})
             # A cast to VARCHAR escapes bytes that are not UTF-8: always scored.
-            cast = _exchange(client, "SELECT sentiment(CAST(t AS VARCHAR)) AS s FROM input", table)
+            cast = exchanged(client, "SELECT sentiment(CAST(t AS VARCHAR)) AS s FROM input", table)
             scores = cast.column("s").to_pylist()
             assert len(scores) == len(values)
             assert all(s is None or -1 <= s <= 1 for s in scores)
             assert all(s is None for v, s in zip(values, scores) if v is None)
             # decode() insists on UTF-8: scores if every value is, else one clear error.
             try:
-                decoded = _exchange(client, "SELECT sentiment(decode(t)) AS s FROM input", table)
+                decoded = exchanged(client, "SELECT sentiment(decode(t)) AS s FROM input", table)
                 assert all(_utf8(v) for v in values if v is not None)
                 assert decoded.num_rows == len(values)
             except pa.ArrowInvalid as e:
@@ -405,6 +394,6 @@ def test_invalid_utf8_sent_as_a_string_column_is_a_clear_error(server):
     strings = pa.Array.from_buffers(pa.string(), 3, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
     with flight.connect(server) as client:
         with pytest.raises(pa.ArrowInvalid, match="UTF8") as caught:
-            _exchange(client, "SELECT sentiment(t) AS s FROM input", pa.table({"t": strings}))
+            exchanged(client, "SELECT sentiment(t) AS s FROM input", pa.table({"t": strings}))
         assert _clear(caught.value)
         assert run(client, "SELECT 41 + 1 AS x").column("x")[0].as_py() == 42

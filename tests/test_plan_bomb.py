@@ -288,15 +288,17 @@ def test_columns_bound_through_nested_queries_and_ctes_are_counted_together(serv
             service.plan(refused)
 
 
+def _leaves_of(t: pa.DataType) -> int:
+    if pa.types.is_struct(t):
+        return sum(_leaves_of(field.type) for field in t)
+    if pa.types.is_map(t):
+        return _leaves_of(t.key_type) + _leaves_of(t.item_type)
+    return _leaves_of(t.value_type) if pa.types.is_list(t) else 1
+
+
 def _leaves(sql: str) -> int:
     """The leaves of the first column's type, as DuckDB itself binds the query."""
-    def count(t: pa.DataType) -> int:
-        if pa.types.is_struct(t):
-            return sum(count(field.type) for field in t)
-        if pa.types.is_map(t):
-            return count(t.key_type) + count(t.item_type)
-        return count(t.value_type) if pa.types.is_list(t) else 1
-    return count(duckdb.connect().sql(f"SELECT * FROM ({sql}) LIMIT 0").arrow().schema[0].type)
+    return _leaves_of(duckdb.connect().sql(f"SELECT * FROM ({sql}) LIMIT 0").arrow().schema[0].type)
 
 
 @pytest.mark.parametrize("step, allowed", [
@@ -645,3 +647,33 @@ def test_json_transform_with_a_literal_structure_answers(service):
                                  '{"a": "INTEGER", "b": ["BIGINT"], "c": "STRUCT(x INT)"}') AS s"""))
     assert [row for batch in batches for row in batch.column("s").to_pylist()] == [
         {"a": 1, "b": [2, 3], "c": {"x": 4}}]
+
+
+def test_an_exchange_counts_the_types_its_client_sent(lake):
+    """A DoExchange's input has the types its client chose, and its query was never sized: 64 one-field
+    structs, each field named apart, met in a list make a 64-field struct, and each lambda level
+    doubles it (DuckDB: 8,192 fields at 7 levels, accepted before). Counted as sent, 5 levels plan (6,
+    DuckDB's 4,096, is refused: a lambda call's result is counted with its list's fields beside)."""
+    columns = [pa.StructArray.from_arrays([pa.array([i])], [f"f{i}"]) for i in range(64)]
+    data = pa.RecordBatch.from_arrays(columns, [f"c{i}" for i in range(64)])
+
+    def doubled(levels: int) -> str:
+        expr = f"[{', '.join(f'c{i}' for i in range(64))}]"
+        for _ in range(levels):
+            expr = f"list_transform({expr}, lambda x: {{'a': x, 'b': x}})"
+        return f"SELECT {expr} AS s FROM input"
+
+    def leaves(sql: str) -> int:
+        con = duckdb.connect()
+        con.register("input", data)
+        return _leaves_of(con.sql(f"SELECT * FROM ({sql}) LIMIT 0").arrow().schema[0].type)
+
+    assert leaves(doubled(6)) == 4096 < leaves(doubled(7))
+    service = Service(DuckDBSource(lake))
+    try:
+        schema, out = service.exchange(doubled(5), data.schema, iter([data]))
+        assert _leaves_of(schema[0].type) == 2048 and sum(b.num_rows for b in out) == 1
+        with pytest.raises(InvalidQuery, match="type would hold more than 4,096 fields"):
+            service.exchange(doubled(7), data.schema, iter([data]))
+    finally:
+        service.close()

@@ -93,6 +93,8 @@ def _run(running: Running, plan: Plan, schema, batches, engine) -> Iterator[pa.R
 
 
 def _one_batch(table: pa.Table, schema: pa.Schema) -> pa.RecordBatch:
-    """DuckDB may split a result into chunks; the client gets exactly one batch back per batch sent."""
+    """DuckDB may split a result into chunks; the client gets exactly one batch back per batch sent,
+    its columns named as announced: DuckDB's schema renames a name given twice (`id`, `id_1`), its
+    result does not, and a batch whose names differ fails the stream (it had: INTERNAL)."""
     batches = table.combine_chunks().to_batches()
-    return batches[0] if batches else pa.RecordBatch.from_pylist([], schema=schema)
+    return batches[0].rename_columns(schema.names) if batches else pa.RecordBatch.from_pylist([], schema=schema)

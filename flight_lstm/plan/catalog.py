@@ -3,7 +3,8 @@
     QUERY:    parse, expand the table functions (forecast_table, forecast_backtest, anomaly_table; at
               most 8), check read-only, inline views, check the size of the tree, check series are
               ordered, bind operators
-    EXCHANGE: parse, check read-only, check row-wise, check series are ordered, bind operators
+    EXCHANGE: parse, check read-only, check row-wise, check series are ordered, bind operators, then
+              check the size of the tree with the input's types known
     then:     push work down to a source that runs SQL, tag operator calls with their
               connection, lift operator calls out, and write SQL (emit.py, checked by DuckDB)
 
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Callable, Iterable
 
+import pyarrow as pa
 from sqlglot import exp
 from sqlglot.errors import OptimizeError
 
@@ -32,7 +34,7 @@ from flight_lstm.plan.parse import parse_one_query
 from flight_lstm.plan.pushdown import push_down
 from flight_lstm.plan.read_only import check_read_only
 from flight_lstm.plan.row_wise import check_row_wise
-from flight_lstm.plan.size import check_plan_size, check_table_functions
+from flight_lstm.plan.size import check_exchange_size, check_plan_size, check_table_functions
 from flight_lstm.plan.views import inline_views, source_tables
 
 QUERY = (check_table_functions, expand_forecast_tables, expand_forecast_backtests, expand_anomaly_tables,
@@ -84,11 +86,13 @@ class Catalog:
         placeholders = placeholders_of(tree)  # as parsed: the SQL written must hold exactly these
         return self._finish(self.prepare(tree), {t.lower() for t in local_tables}, placeholders)
 
-    def plan_exchange(self, sql: str) -> Plan:
-        """A query over a client's own batches (DoExchange): row by row, nothing pushed down."""
+    def plan_exchange(self, sql: str, schema: pa.Schema) -> Plan:
+        """A query over a client's own batches (DoExchange) of `schema`: row by row, nothing pushed
+        down, its size bounded knowing the input's types."""
         tree = parse_one_query(sql)
         placeholders = placeholders_of(tree)
-        return self._finish(self._run(EXCHANGE, tree), set(), placeholders, pushdown=False)
+        tree = check_exchange_size(self._run(EXCHANGE, tree), schema)
+        return self._finish(tree, set(), placeholders, pushdown=False)
 
     def prepare(self, tree: exp.Expression) -> exp.Query:
         return self._run(QUERY, tree)

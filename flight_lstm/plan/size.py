@@ -15,7 +15,7 @@ DuckDB's binding, which no time limit reaches either, grows with the columns it 
 bytes make many: star projections, PIVOTs and structs multiply them down nested queries. So one
 walk estimates every query's output columns, each as its type's leaves, from those of what it
 reads, and bounds them (the constants below). Left: a source table's columns (or a table
-function's, but unnest's and VALUES') are not known here: they count as none, one of them named as
+function's, but unnest's and VALUES'; and a DoExchange's input, whose Arrow types are) are not known here: they count as none, one of them named as
 the widest known in scope (a lake table's struct column may be wider), and only star copies of them
 are bounded; a function's result counts as its arguments met (to_json(t) as t's row), but
 json_transform's and its kin's as the type their structure text describes (TYPED_BY_TEXT).
@@ -25,13 +25,15 @@ from __future__ import annotations
 import json
 import string
 from itertools import zip_longest
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
+import pyarrow as pa
 from sqlglot import exp
 from sqlglot.errors import ParseError
 
 from flight_lstm.errors import InvalidQuery
 from flight_lstm.plan import anomaly_table, forecast_backtest, forecast_table
+from flight_lstm.plan.row_wise import INPUT
 
 MAX_TABLE_FUNCTIONS = 8
 MAX_PLAN_NODES = 20_000
@@ -53,6 +55,7 @@ MAX_BOUND_NODES = 500_000
 # 125,000, its structs' fields overcounted).
 MAX_OUTPUT_LEAVES = 65_536
 MAX_BOUND_LEAVES = 200_000
+MAX_EXCHANGE_LEAVES = 8_192  # an exchange's result, twice what its input may hold (server/uploads.py)
 # Star expansion of a source table, whose columns are not counted: `SELECT *, *, * FROM (...)` ten
 # deep made 59,049 columns of one and bound for 8.8 s; eleven deep ran 31 s past a 3 s limit at
 # 1.3 GB. Down any chain of nested queries, starting from any query in the tree (CTEs followed where
@@ -141,6 +144,23 @@ def check_table_functions(tree: exp.Expression) -> exp.Expression:
 
 
 def check_plan_size(tree: exp.Expression) -> exp.Expression:
+    _check_size(tree, lambda name: None)
+    return tree
+
+
+def check_exchange_size(tree: exp.Expression, schema: pa.Schema) -> exp.Expression:
+    """A DoExchange query, bounded as any other but knowing its input's types, which the client chose
+    (4,096 columns copied by 64 stars had bound for 65 s), and making at most MAX_EXCHANGE_LEAVES:
+    DuckDB binds an exchange's query a few times over (`SELECT *, *` of 4,096 columns: 1.6 s)."""
+    if _check_size(tree, {INPUT: schema}.get) > MAX_EXCHANGE_LEAVES:
+        raise InvalidQuery(f"an exchange query may make at most {MAX_EXCHANGE_LEAVES:,} columns (each struct "
+                           "field counted); name the columns you need")
+    return tree
+
+
+def _check_size(tree: exp.Expression, table_types: Callable[[str], pa.Schema | None]) -> int:
+    """Refuse a tree past any bound above; the leaves of the query at its root. `table_types`: a
+    source table's Arrow types by its name, where they are known (any other's are not)."""
     for count, _ in enumerate(tree.walk(), start=1):
         if count > MAX_PLAN_NODES:
             raise InvalidQuery(f"the query plans to more than {MAX_PLAN_NODES:,} SQL nodes (its views and "
@@ -149,10 +169,9 @@ def check_plan_size(tree: exp.Expression) -> exp.Expression:
         if _bound_nodes(tree) > MAX_BOUND_NODES:
             raise InvalidQuery(f"the query's CTEs, each counted wherever it is named, make more than "
                                f"{MAX_BOUND_NODES:,} SQL nodes; name each CTE fewer times, or split the query")
-        _check_columns(tree)
+        return _check_columns(tree, table_types)
     except RecursionError:
         raise InvalidQuery("the query nests queries or CTEs too deeply; split it") from None
-    return tree
 
 
 class Struct(int):
@@ -304,9 +323,10 @@ class _Scope(NamedTuple):
     outer: _Scope | None = None  # what a correlated (or lateral) reference may name
 
 
-def _check_columns(tree: exp.Expression) -> None:
+def _check_columns(tree: exp.Expression, table_types: Callable[[str], pa.Schema | None]) -> int:
     """Estimate the columns of every query in the tree from those of what it reads (subqueries in
-    FROM and joins, set operations, CTEs where named, PIVOTs), and refuse past any bound above."""
+    FROM and joins, set operations, CTEs where named, PIVOTs), and refuse past any bound above; the
+    leaves of the root's own columns."""
     meetings = _Meetings()
     withs = {id(w): {_fold(c.alias_or_name): i for i, c in reversed(list(enumerate(w.expressions)))}
              for w in tree.find_all(exp.With)}
@@ -354,7 +374,10 @@ def _check_columns(tree: exp.Expression) -> None:
                 _bounded(width(clause, ordered))
         elif isinstance(node, exp.Table):
             cte = None if node.args.get("db") else _defining_cte(node, withs)
-            if cte is None:  # a table's
+            types = table_types(_fold(node.name)) if cte is None and not node.args.get("db") else None
+            if types is not None:  # a table whose types are known
+                out = made([(_fold(f.name), _arrow_width(f.type)) for f in types])
+            elif cte is None:  # a table's
                 out = _Out([], unknown=True)
             elif id(cte) in inside:  # a recursive CTE's own name: DuckDB reads it as its first part's type
                 first = _set_parts(cte.this)[0][0] if isinstance(cte.this, exp.SetOperation) else None
@@ -588,6 +611,8 @@ def _check_columns(tree: exp.Expression) -> None:
     for q in tree.find_all(exp.Query, exp.Pivot):
         if id(q) not in read_once:
             query(q, frozenset())
+    root = seen.get((id(tree), id(None)))
+    return sum(w for _, w in root[1].columns) if root else 0
 
 
 def _bounded(width: int) -> None:
@@ -664,6 +689,21 @@ def _side_by_side(outs: list[_Out], meetings: _Meetings, by_name: bool | None = 
     names = [n for n, _ in outs[0].columns] + [n for n, _ in longest[len(outs[0].columns):]]
     positions = zip_longest(*([w for _, w in o.columns] for o in outs), fillvalue=1)
     return [(n, meetings.met(list(w))) for n, w in zip(names, positions)]
+
+
+def _arrow_width(t: pa.DataType) -> int:
+    """An Arrow type's leaves, a struct's fields by name (as DuckDB unifies them), a map's as its keys
+    and values, a list's its element's; a union's members summed, their names not followed."""
+    if pa.types.is_struct(t):
+        return Struct(_named([(f.name, _arrow_width(f.type)) for f in t]))
+    if pa.types.is_map(t):
+        return Struct({MAP_PARTS[0]: _arrow_width(t.key_type), MAP_PARTS[1]: _arrow_width(t.item_type)})
+    if pa.types.is_union(t):
+        return Opaque(max(1, sum(_arrow_width(f.type) for f in t)))
+    if pa.types.is_dictionary(t):
+        return _arrow_width(t.value_type)
+    value_type = getattr(t, "value_type", None)  # lists of every kind
+    return _arrow_width(value_type) if value_type is not None else 1
 
 
 def _type_leaves(node: exp.DataType) -> int:
