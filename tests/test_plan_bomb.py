@@ -364,6 +364,14 @@ def _leaves(sql: str) -> int:
     ("SELECT map(['key'], [{{'a': s, 'b': s}}])['key'] AS s FROM {p}", 11),
     ("SELECT p1 AS s FROM (SELECT z.* FROM (SELECT 1 AS k, {{'a': {{'a': s, 'b': s}}}} AS z FROM {p})) q(p1)", 12),
     ("SELECT [#1, #2][1] AS s FROM (SELECT {{'a': s}} AS x, {{'b': s}} AS y FROM {p})", 12),
+    # round 25: a call's column is named by its text, not the function's name; written struct types
+    # (a cast's, replace_type's) keep their fields' names
+    ("SELECT [x, y][1] AS s FROM {p} t, LATERAL (SELECT list_reverse([t.s])) x, "
+     "LATERAL (SELECT list_reverse([t.s, t.s])) y", 12),
+    ("SELECT [x, y][1] AS s FROM {p} t, LATERAL (SELECT [t.s] AS list_reverse) x, "
+     "LATERAL (SELECT list_reverse([t.s, t.s])) y", 12),
+    ("SELECT [replace_type(s, NULL::INT, NULL::STRUCT(a INT)), replace_type(s, NULL::INT, NULL::STRUCT(b INT))][1] "
+     "AS s FROM {p}", 12),
 ])
 def test_structs_unified_by_field_name_where_values_meet_count_every_field(service, step, allowed):
     """Round 19: where values meet, DuckDB unifies structs field by field, so `[{'a': s}, {'b': s}][1]`
@@ -677,3 +685,18 @@ def test_an_exchange_counts_the_types_its_client_sent(lake):
             service.exchange(doubled(7), data.schema, iter([data]))
     finally:
         service.close()
+
+
+@pytest.mark.parametrize("part", [
+    "NULL::STRUCT({name} STRUCT({fields}))",
+    "from_json('{{}}', '{{\"{name}\": \"STRUCT({fields})\"}}')",
+])
+def test_written_struct_types_that_meet_count_their_fields_unified(service, part):
+    """Round 25: a written type was one plain width, so three 2,100-field structs named apart met as
+    one of them (DuckDB: 6,300 fields) and planned."""
+    fields = ", ".join(f"f{i} INT" for i in range(2100))
+    parts = [part.format(name=name, fields=fields) for name in "abc"]
+    assert _leaves(f"SELECT coalesce({parts[0]}, {parts[1]}) AS s") == 4200
+    assert service.plan(f"SELECT coalesce({parts[0]}, {parts[0]}) IS NULL AS s")
+    with pytest.raises(InvalidQuery, match="type would hold more than 4,096 fields"):
+        service.plan(f"SELECT coalesce({parts[0]}, {parts[1]}) IS NULL AS s")

@@ -87,7 +87,7 @@ PIVOT_LIMIT = 10_000
 # that meet count as their structs unified (`_Meetings`); a value whose fields are not known by name
 # (`Opaque`: a call's result over structs, a part of a struct not known by name, a column DuckDB
 # names by rules not followed here) counts beside them, so the names can only overcount. Rounds 20
-# and 21 found sixteen ways to have a value carry names it has not; each is a test.
+# to 25 found thirty ways to have a value carry names it has not; each is a test.
 MAX_TYPE_WIDTH = 4096
 COMBINING = {"row", "struct_pack", "struct_insert", "struct_update", "struct_concat", "list_zip", "array_zip",
              "map", "map_from_entries", "union_value"}  # DuckDB's functions typed as a STRUCT, MAP or UNION of their arguments
@@ -120,7 +120,6 @@ MAP_PARTS = (object(), object())  # a map's keys and values, as fields no name r
 # planning from 0.9 s to 6 s. A query's meetings may walk at most this many fields in all, about 0.3 s
 # here and 300 times the largest legal plan's (four anomaly_table over 64 columns: 832).
 MAX_MEETING_STEPS = 250_000
-STRUCTURED = {exp.DataType.Type.STRUCT, exp.DataType.Type.MAP, exp.DataType.Type.UNION}  # types of several fields
 # DuckDB types these by their structure argument, JSON text it reads while binding
 # (`json_transform(j, '{"a": "INTEGER"}')` is a STRUCT(a INTEGER)): 138 bytes that built that text from
 # range(1000000) bound a million-field struct for 14 s past a 3 s limit, and three at once crashed a
@@ -267,6 +266,15 @@ def _unnamed(node: exp.Expression, i: int) -> str:
     """The name of a column that DuckDB names by rules not followed here (a PIVOT's, an aliased
     COLUMNS(...)'s): one no other column is given, so its fields never unify with another's."""
     return f"\0{id(node)}:{i}"
+
+
+def _output_name(projection: exp.Expression) -> str:
+    """The name DuckDB gives a select list's expression: an alias's, a column's own; any other (a
+    call, a cast, a bracket) it names by the expression's text, which is not followed here: a name
+    no other column is given (two calls of one function had met as one name, their fields unified)."""
+    if isinstance(projection, (exp.Alias, exp.Column)) and projection.alias_or_name:
+        return _fold(projection.alias_or_name)
+    return _unnamed(projection, 0)
 
 
 def _renamed(out: _Out, node: exp.Expression) -> _Out:
@@ -437,7 +445,7 @@ def _check_columns(tree: exp.Expression, table_types: Callable[[str], pa.Schema 
                 more = [(_unnamed(projection, i) if isinstance(projection, exp.Alias) else n, each[int(w)])
                         for i, (n, w) in enumerate(scope.columns)]  # `COLUMNS(...) AS '\1_x'` renames them
             else:  # f(*COLUMNS(*)) is one column of them all
-                more = [(_fold(projection.alias_or_name) or _unnamed(projection, 0), width(projection, scope))]
+                more = [(_output_name(projection), width(projection, scope))]
             stars += _starred(projection)
             for name, w in more:  # DuckDB lets a later expression name an earlier one's alias
                 scope.names.setdefault(name, w)
@@ -503,7 +511,7 @@ def _check_columns(tree: exp.Expression, table_types: Callable[[str], pa.Schema 
             bound = max([1, *(width(c, scope, star) for c in node.iter_expressions() if c is not node.this)])
             return bound if bound > MAX_TYPE_WIDTH else value  # its PARTITION BY, ORDER BY, FILTER are bound too
         if isinstance(node, exp.DataType):
-            return _type_leaves(node)
+            return _type_width(node)
         if isinstance(node, exp.Literal):
             return 1
         if isinstance(node, SCALAR):  # one leaf, of values DuckDB binds all the same
@@ -511,12 +519,13 @@ def _check_columns(tree: exp.Expression, table_types: Callable[[str], pa.Schema 
             return inner if inner > MAX_TYPE_WIDTH else 1
         if isinstance(node, (exp.Cast, exp.TryCast)):  # the type written
             inner = width(node.this, scope, star)
-            return inner if inner > MAX_TYPE_WIDTH else _type_leaves(node.args["to"])
+            return inner if inner > MAX_TYPE_WIDTH else _type_width(node.args["to"])
         if isinstance(node, exp.FromJson) or isinstance(node, exp.Anonymous) and node.name.lower() in TYPED_BY_TEXT:
-            return _described_leaves(node)
+            return _described_width(node)
         if isinstance(node, exp.Anonymous) and node.name.lower() in MULTIPLYING and len(node.expressions) == 3:
             replaced, by = width(node.expressions[0], scope, star), width(node.expressions[2], scope, star)
-            return Opaque(replaced * by) if isinstance(replaced, (Struct, Opaque)) else replaced * by
+            return Opaque(replaced * by) if isinstance(replaced, (Struct, Opaque)) or isinstance(by, (Struct, Opaque)) \
+                else replaced * by
         if isinstance(node, exp.Dot) and isinstance(node.expression, exp.Func):  # x.f(a) is DuckDB's f(x, a)
             call = node.expression
             name = call.name if isinstance(call, exp.Anonymous) else call.sql_name()
@@ -706,16 +715,25 @@ def _arrow_width(t: pa.DataType) -> int:
     return _arrow_width(value_type) if value_type is not None else 1
 
 
-def _type_leaves(node: exp.DataType) -> int:
-    """A written type's leaves: a struct's, map's or union's the sum of its fields', others' their widest part."""
-    fields = (p.args.get("kind") if isinstance(p, exp.ColumnDef) else p for p in node.expressions)
-    parts = [_type_leaves(t) for t in fields if isinstance(t, exp.DataType)]
-    return (sum(parts) if node.this in STRUCTURED else max(parts)) if parts else 1
+def _type_width(node: exp.DataType) -> int:
+    """A written type's width: a struct's fields by name (as DuckDB unifies them), a map's as its keys
+    and values, a union's members summed (their names not followed), a list's its element's."""
+    parts = [(p.name, p.args.get("kind")) if isinstance(p, exp.ColumnDef) else (None, p) for p in node.expressions]
+    widths = [(name, _type_width(t)) for name, t in parts if isinstance(t, exp.DataType)]
+    if not widths:
+        return 1
+    if node.this == exp.DataType.Type.STRUCT:
+        return Struct(_named(widths))
+    if node.this == exp.DataType.Type.MAP:
+        return Struct({MAP_PARTS[i] if i < 2 else i: w for i, (_, w) in enumerate(widths)})
+    if node.this == exp.DataType.Type.UNION:
+        return Opaque(sum(w for _, w in widths))
+    return max((w for _, w in widths), key=int)
 
 
-def _described_leaves(call: exp.Expression) -> int:
-    """The leaves of the type a TYPED_BY_TEXT call's structure describes: an object's the sum of its
-    values', a list's its element's, a text's those of the type it names, anything else one. JSON
+def _described_width(call: exp.Expression) -> int:
+    """The width of the type a TYPED_BY_TEXT call's structure describes: an object's its values' by
+    their keys, a list's its element's, a text's that of the type it names, anything else one. JSON
     that Python's reader refuses, and type names sqlglot cannot read, are refused."""
     name = "from_json" if isinstance(call, exp.FromJson) else call.name.lower()
     args = [call.this, call.expression] if isinstance(call, exp.FromJson) else call.expressions
@@ -725,12 +743,12 @@ def _described_leaves(call: exp.Expression) -> int:
 
     def leaves(described) -> int:
         if isinstance(described, dict):
-            return max(1, sum(leaves(v) for v in described.values()))
+            return Struct(_named([(k, leaves(v)) for k, v in described.items()])) if described else 1
         if isinstance(described, list):
             return leaves(described[0]) if described else 1
         if isinstance(described, str):  # a DuckDB type's name
             try:
-                return _type_leaves(exp.DataType.build(described, dialect="duckdb"))
+                return _type_width(exp.DataType.build(described, dialect="duckdb"))
             except (ValueError, ParseError):
                 raise InvalidQuery(f"{name}'s structure names a type not known here: {described[:80]!r}") from None
         return 1
