@@ -53,7 +53,8 @@ class Service:
         self.source = source
         self.engine = Engine(source, OPERATORS, **engine_options)
         self.catalog = Catalog(operators=OPERATORS, resolve_model=resolve_model,
-                               pushdown_dialect=source.pushdown_dialect, columns_of=source.columns)
+                               pushdown_dialect=source.pushdown_dialect, columns_of=source.columns,
+                               table_types=source.table_types)
         self.view_sql = dict(views or {})
         self._plans = SourceCache(source, plan_bytes)
         self._schemas = SourceCache(source, schema_bytes)

@@ -242,3 +242,28 @@ def test_not_on_the_allow_list(expr):
 def test_on_the_allow_list(expr):
     node = sqlglot.parse_one(f"SELECT {expr} FROM t", read="duckdb").expressions[0]
     assert unsendable(node, "dremio") is None
+
+
+def test_a_dremio_tables_struct_column_counts_as_wide_as_dremio_announces(env):
+    """Planning sizes a query by its tables' types (plan/size.py); a Dremio table's are the schema
+    Dremio announces for `SELECT *`, the look-up pushdown makes anyway (one GetFlightInfo, no job).
+    A 1,001-leaf struct column doubled twice plans; three times (8,008 fields) is refused."""
+    con = duckdb.connect()
+    con.execute(f"CREATE TABLE events (id INT, payload STRUCT({', '.join(f'f{i} INT' for i in range(1000))}, "
+                "g STRUCT(a INT)))")
+    events = "space.folder.events"
+
+    def chain(levels: int) -> str:
+        return f"WITH c0 AS (SELECT payload AS s FROM {events}), " + ", ".join(
+            f"c{i + 1} AS (SELECT {{'a': s, 'b': s}} AS s FROM c{i})" for i in range(levels)) + \
+            f" SELECT s IS NULL AS n FROM c{levels}"
+
+    s = DremioStandin(con, {events: "events"}, users={"alice": PASSWORD}).start()
+    try:
+        service = Service(open_source(f"dremio://alice@127.0.0.1:{s.port}"))
+        assert service.plan(chain(2))
+        with pytest.raises(InvalidQuery, match="type would hold more than 4,096 fields"):
+            service.plan(chain(3))
+        assert s.sql.count(f"SELECT * FROM {events}") == 1
+    finally:
+        s.stop()

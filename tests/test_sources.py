@@ -137,3 +137,24 @@ def test_listing_the_source_keeps_a_running_querys_lock_on_the_file(tmp_path):
     path.unlink()  # listed in the engine's database now: a file gone is said so there too
     with pytest.raises(SourceUnavailable, match="does not exist"):
         service.source.tables()
+
+
+def test_a_duckdb_source_gives_its_tables_types_looking_names_up_as_values(tmp_path):
+    """The planner sizes a query by its tables' types (plan/size.py). A name is looked up in the
+    file's catalog as a value, never read as a table: a file path or a quoted trick is no table."""
+    from flight_lstm.sources.duckdb import DuckDBSource
+
+    path, csv = tmp_path / "lake.db", tmp_path / "t.csv"
+    csv.write_text("a,b\n1,2\n")
+    with duckdb.connect(str(path)) as con:
+        con.execute("CREATE TABLE T (x INT, s STRUCT(a INT, b VARCHAR)); CREATE SCHEMA s; CREATE TABLE s.b (y INT)")
+    source = DuckDBSource(path)
+    for name in [("t",), ("T",), ("main", "t"), ("LAKE", "main", "t")]:
+        assert source.table_types(name).names == ["x", "s"] and source.table_types(name).field("s").type.num_fields == 2
+    assert source.table_types(("s", "b")).names == ["y"]
+    for name in [("b",), ("nope",), (str(csv),), ('t" LIMIT 0; DROP TABLE t; --',), ("memory", "main", "t"),
+                 ("a", "b", "c", "d")]:
+        assert source.table_types(name) is None, name
+    with duckdb.connect(str(path)) as writer:  # the file changed: its types are read again
+        writer.execute("ALTER TABLE t ADD COLUMN z INT")
+    assert source.table_types(("t",)).names == ["x", "s", "z"]

@@ -14,11 +14,12 @@ allowed here, four `anomaly_events` over 64 columns each).
 DuckDB's binding, which no time limit reaches either, grows with the columns it binds, and few
 bytes make many: star projections, PIVOTs and structs multiply them down nested queries. So one
 walk estimates every query's output columns, each as its type's leaves, from those of what it
-reads, and bounds them (the constants below). Left: a source table's columns (or a table
-function's, but unnest's and VALUES'; and a DoExchange's input, whose Arrow types are) are not known here: they count as none, one of them named as
-the widest known in scope (a lake table's struct column may be wider), and only star copies of them
-are bounded; a function's result counts as its arguments met (to_json(t) as t's row), but
-json_transform's and its kin's as the type their structure text describes (TYPED_BY_TEXT).
+reads, and bounds them (the constants below). A source table's columns count as the types its
+source gives (a DoExchange's input as the Arrow types sent); where a source cannot tell (a
+pushdown source's), and for a table function's (but unnest's and VALUES'), they count as none, one
+of them named as the widest known in scope, and only star copies of them are bounded. A function's
+result counts as its arguments met (to_json(t) as t's row), but json_transform's and its kin's as
+the type their structure text describes (TYPED_BY_TEXT).
 """
 from __future__ import annotations
 
@@ -130,6 +131,7 @@ TYPED_BY_TEXT = {"json_transform", "from_json", "json_transform_strict", "from_j
 # replace_type(x, from, to) is x's type with each `from` in it made `to`: as wide as x's times to's
 # (nested 10 deep, 723 bytes made a million leaves, counted as its widest argument's 4).
 MULTIPLYING = {"replace_type"}
+TableTypes = Callable[[tuple[str, ...]], "pa.Schema | None"]  # a table's types by its name's parts, or None
 EXPANDED = {forecast_table.NAME, forecast_backtest.NAME, anomaly_table.TABLE, anomaly_table.EVENTS}
 
 
@@ -142,8 +144,9 @@ def check_table_functions(tree: exp.Expression) -> exp.Expression:
     return tree
 
 
-def check_plan_size(tree: exp.Expression) -> exp.Expression:
-    _check_size(tree, lambda name: None)
+def check_plan_size(tree: exp.Expression, table_types: TableTypes | None = None) -> exp.Expression:
+    """`table_types`: a source table's types by its name's parts, where the source can tell."""
+    _check_size(tree, table_types or (lambda parts: None))
     return tree
 
 
@@ -151,15 +154,14 @@ def check_exchange_size(tree: exp.Expression, schema: pa.Schema) -> exp.Expressi
     """A DoExchange query, bounded as any other but knowing its input's types, which the client chose
     (4,096 columns copied by 64 stars had bound for 65 s), and making at most MAX_EXCHANGE_LEAVES:
     DuckDB binds an exchange's query a few times over (`SELECT *, *` of 4,096 columns: 1.6 s)."""
-    if _check_size(tree, {INPUT: schema}.get) > MAX_EXCHANGE_LEAVES:
+    if _check_size(tree, lambda parts: schema if [p.lower() for p in parts] == [INPUT] else None) > MAX_EXCHANGE_LEAVES:
         raise InvalidQuery(f"an exchange query may make at most {MAX_EXCHANGE_LEAVES:,} columns (each struct "
                            "field counted); name the columns you need")
     return tree
 
 
-def _check_size(tree: exp.Expression, table_types: Callable[[str], pa.Schema | None]) -> int:
-    """Refuse a tree past any bound above; the leaves of the query at its root. `table_types`: a
-    source table's Arrow types by its name, where they are known (any other's are not)."""
+def _check_size(tree: exp.Expression, table_types: TableTypes) -> int:
+    """Refuse a tree past any bound above; the leaves of the query at its root."""
     for count, _ in enumerate(tree.walk(), start=1):
         if count > MAX_PLAN_NODES:
             raise InvalidQuery(f"the query plans to more than {MAX_PLAN_NODES:,} SQL nodes (its views and "
@@ -331,7 +333,7 @@ class _Scope(NamedTuple):
     outer: _Scope | None = None  # what a correlated (or lateral) reference may name
 
 
-def _check_columns(tree: exp.Expression, table_types: Callable[[str], pa.Schema | None]) -> int:
+def _check_columns(tree: exp.Expression, table_types: TableTypes) -> int:
     """Estimate the columns of every query in the tree from those of what it reads (subqueries in
     FROM and joins, set operations, CTEs where named, PIVOTs), and refuse past any bound above; the
     leaves of the root's own columns."""
@@ -382,7 +384,8 @@ def _check_columns(tree: exp.Expression, table_types: Callable[[str], pa.Schema 
                 _bounded(width(clause, ordered))
         elif isinstance(node, exp.Table):
             cte = None if node.args.get("db") else _defining_cte(node, withs)
-            types = table_types(_fold(node.name)) if cte is None and not node.args.get("db") else None
+            types = table_types(tuple(p.name for p in node.parts)) \
+                if cte is None and isinstance(node.this, exp.Identifier) else None
             if types is not None:  # a table whose types are known
                 out = made([(_fold(f.name), _arrow_width(f.type)) for f in types])
             elif cte is None:  # a table's

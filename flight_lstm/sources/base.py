@@ -5,6 +5,7 @@ from abc import ABC, abstractmethod
 from typing import Hashable
 
 import duckdb
+import pyarrow as pa
 
 from flight_lstm.errors import FlightLSTMError
 from flight_lstm.plan import Plan
@@ -65,6 +66,12 @@ class Source(ABC):
     def allowed_paths(self) -> list[str]:
         """Files the engine's database may still open once file access is off (the source's own)."""
         return []
+
+    def table_types(self, table: tuple[str, ...]) -> pa.Schema | None:
+        """The types of the table whose name a query writes in these parts, where the source can
+        tell; None otherwise (the default). The planner bounds the types a query builds from its
+        columns (plan/size.py): a wide struct column, doubled level by level, is otherwise unseen."""
+        return None
 
     def columns(self, table: str) -> list[str]:
         """Column names of a table (a SQL reference in the source's dialect). Pushdown sources

@@ -101,11 +101,21 @@ class DremioSource(Source):
             names.append(quote_path((*parts, row["TABLE_NAME"])))
         return names
 
+    def table_types(self, table: tuple[str, ...]) -> pa.Schema | None:
+        """The schema Dremio announces for `SELECT *` of the table the parts name; None where Dremio
+        refuses or cannot answer (the query then fails where it runs, with Dremio's own error)."""
+        try:
+            return self._announced(f"SELECT * FROM {quote_path(table)}")
+        except FlightLSTMError:
+            return None
+
     def columns(self, table: str) -> list[str]:
-        """From the schema Dremio announces for `SELECT *` (GetFlightInfo only, cached briefly)."""
-        sql = f"SELECT * FROM {table}"
+        return self._announced(f"SELECT * FROM {table}").names
+
+    def _announced(self, sql: str) -> pa.Schema:
+        """The schema Dremio announces for `sql` (GetFlightInfo only, cached briefly)."""
         self._check(sql)
-        return self._cached(("columns", table), lambda: self.client.schema(sql).names)
+        return self._cached(("schema", sql), lambda: self.client.schema(sql))
 
     def _check(self, sql: str) -> None:
         """Refuse, before it is sent, a statement that is not one query reading Dremio tables by

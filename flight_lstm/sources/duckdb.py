@@ -14,15 +14,20 @@ import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, TypeVar
 from urllib.parse import unquote, urlparse
 
 import duckdb
+import pyarrow as pa
 
 from flight_lstm.errors import DatabaseReplaced, SourceUnavailable
+from flight_lstm.identifiers import quote
 from flight_lstm.plan import Plan
 from flight_lstm.sources.base import Source
 
 ALIAS = "lake"
+SCHEMAS_KEPT = 1024  # table schemas kept for planning (plan/size.py), all dropped past it
+T = TypeVar("T")
 # DuckDB's words for a file it cannot trust (a plain duckdb.Error or "Data Corruption Error"): a bad
 # block on disk, a torn copy. The source is unavailable then, not the server broken.
 _CORRUPT = re.compile(r"Corrupt database file|Data Corruption Error")
@@ -33,6 +38,16 @@ def _listed(con: duckdb.DuckDBPyConnection) -> list[str]:
     rows = con.execute("SELECT table_schema, table_name FROM information_schema.tables "
                        "WHERE table_catalog = ? ORDER BY 1, 2", [ALIAS]).fetchall()
     return [name if schema == "main" else f"{schema}.{name}" for schema, name in rows]
+
+
+def _schema(con: duckdb.DuckDBPyConnection, schema_name: str, name: str) -> pa.Schema | None:
+    found = con.execute("SELECT table_schema, table_name FROM information_schema.tables WHERE table_catalog = ? "
+                        "AND lower(table_schema) = lower(?) AND lower(table_name) = lower(?)",
+                        [ALIAS, schema_name, name]).fetchall()
+    if len(found) != 1:
+        return None
+    quoted = ".".join(quote(part) for part in (ALIAS, *found[0]))
+    return con.sql(f"SELECT * FROM {quoted} LIMIT 0").to_arrow_table().schema
 
 
 def _first_line(error: BaseException) -> str:
@@ -65,7 +80,8 @@ class DuckDBSource(Source):
         self._idle: tuple[duckdb.DuckDBPyConnection, float] | None = None
         self._detacher: threading.Thread | None = None
         self._closed = False
-        self._lister: duckdb.DuckDBPyConnection | None = None  # `tables`'s own DuckDB, kept
+        self._lister: duckdb.DuckDBPyConnection | None = None  # `_read`'s own DuckDB, kept
+        self._schemas: dict[tuple, pa.Schema] = {}  # (file version, table) -> its types
 
     @classmethod
     def from_uri(cls, uri: str, *, keep_attached: float = 0.0) -> "DuckDBSource":
@@ -78,18 +94,43 @@ class DuckDBSource(Source):
         return cls(path, keep_attached)
 
     def tables(self) -> list[str]:
-        """The file's tables. DuckDB locks the file with POSIX locks, which are the process's:
-        closing any descriptor of the file drops them all, so a listing that attached the file
-        elsewhere and let go of it freed a running query's file for a writer (round 16: one health
-        call, and the query read the writer's rows). So the engine's database lists it, attached as
-        for a query; before any query there is none, and a DuckDB of the source's own attaches it
-        under the source's lock, which every attachment takes (kept: opening a DuckDB trims glibc's
-        heap, which waits while a query fills it: 5-7 s beside `list_distinct(range(20000000))`)."""
-        for _ in range(3):  # a database replaced meanwhile: the new one lists
+        """The file's tables."""
+        return self._read(_listed)
+
+    def table_types(self, table: tuple[str, ...]) -> pa.Schema | None:
+        """The types of the file's table (or view) that `table`'s parts name, as a query resolves them;
+        kept while the file stays the same. None for a name that is none of the file's tables, or
+        while the file cannot be read. The name is looked up in the catalog as values, never read
+        as a table (no text of the client's is run, and no file is read in its place)."""
+        parts = list(table[1:] if len(table) == 3 and table[0].lower() == ALIAS else table)
+        if not 1 <= len(parts) <= 2:
+            return None
+        schema_name, name = (["main", *parts])[-2:]
+        key = (self.version(), schema_name.lower(), name.lower())
+        if key not in self._schemas:
+            try:
+                found = self._read(lambda con: _schema(con, schema_name, name))
+            except (duckdb.Error, SourceUnavailable, DatabaseReplaced):
+                return None
+            if len(self._schemas) >= SCHEMAS_KEPT:
+                self._schemas.clear()
+            self._schemas[key] = found
+        return self._schemas[key]
+
+    def _read(self, read: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        """`read` on a cursor with the file attached. DuckDB locks the file with POSIX locks, which
+        are the process's: closing any descriptor of the file drops them all, so a listing that
+        attached the file elsewhere and let go of it freed a running query's file for a writer
+        (round 16: one health call, and the query read the writer's rows). So the engine's database
+        reads it, attached as for a query; before any query there is none, and a DuckDB of the
+        source's own attaches it under the source's lock, which every attachment takes (kept:
+        opening a DuckDB trims glibc's heap, which waits while a query fills it: 5-7 s beside
+        `list_distinct(range(20000000))`)."""
+        for _ in range(3):  # a database replaced meanwhile: the new one reads
             with self._lock:
                 db = next(iter(self._attached), None)  # the engine's (a replaced one is forgotten)
                 if db is None:
-                    return self._list_alone()
+                    return self._read_alone(read)
             con = db.cursor()
             try:
                 self.attach(db, con, None)
@@ -99,25 +140,27 @@ class DuckDBSource(Source):
                     continue
                 raise
             try:
-                return _listed(con)
+                return read(con)
             finally:
                 con.close()
                 self.detach(db, None)
         raise DatabaseReplaced()
 
-    def _list_alone(self) -> list[str]:
-        """`tables` while no database of the engine's has ever attached the file; under the lock."""
+    def _read_alone(self, read: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        """`_read` while no database of the engine's has ever attached the file; under the lock."""
         if self._lister is None:
             self._lister = duckdb.connect(config={"threads": 1})
         con = self._lister.cursor()
         try:
             self._attach(con)
             try:
-                return _listed(con)
+                con.execute(f"USE {ALIAS}")
+                return read(con)
             finally:
+                con.execute("USE memory")
                 con.execute(f"DETACH {ALIAS}")
         except duckdb.Error:
-            self._lister = None  # not kept once DuckDB failed in it: the next listing opens one afresh
+            self._lister = None  # not kept once DuckDB failed in it: the next reading opens one afresh
             raise
         finally:
             con.close()
