@@ -49,6 +49,20 @@ def field_meta(field: pa.Field) -> dict[str, str]:
     return {k.decode().removeprefix("ARROW:FLIGHT:SQL:"): v.decode() for k, v in (field.metadata or {}).items()}
 
 
+def test_a_name_given_twice_is_read_as_announced_through_adbc(conn, uri):
+    """GetFlightInfo announces DuckDB's schema, which renames a name given twice (`id_1`); the stream
+    had kept the names as written, and ADBC refused it ("inconsistent schema"): any join that
+    selects `a.id, b.id`. Both now say the same, with or without an operator lifted."""
+    for sql, names in [("SELECT r.id, s.id, r.id AS ID FROM reviews r JOIN reviews s USING (id) ORDER BY r.id LIMIT 2",
+                        ["id", "id_1", "ID_2"]),
+                       ("SELECT id, sentiment(review) AS id FROM reviews ORDER BY 1 LIMIT 2", ["id", "id_1"])]:
+        table = query(conn, sql)
+        assert table.schema.names == names and table.column(0).to_pylist() == [0, 1]
+        client = flight.connect(uri)
+        info = client.get_flight_info(flight.FlightDescriptor.for_command(sql))
+        assert info.schema.names == names == client.do_get(info.endpoints[0].ticket).read_all().schema.names
+
+
 # --- 1. dictionary (ENUM) columns -----------------------------------------------------------
 
 def test_enum_columns_come_back_as_their_values_through_adbc(conn):

@@ -133,19 +133,23 @@ class Engine:
             # DuckDB runs a blocking query (GROUP BY, ORDER BY) to its end right here, so the
             # watchdog is already on guard.
             with running.step(), stopped_by(running.budget), translated_errors(self.source):
-                if plan.lift:  # names and types as the query wrote them; LIMIT 0 calls no operator
-                    schema = checked_sql(running.con, plan.sql, params).limit(0).to_arrow_table().schema
-                sql = plan.lift.sql if plan.lift else plan.sql
-                running.result = checked_sql(running.con, sql, params).to_arrow_reader(self.batch_rows)
+                query = checked_sql(running.con, plan.sql, params)
+                # A name given twice (`SELECT a.id, b.id`) DuckDB's schema renames (`id_1`), as
+                # GetFlightInfo announces it, and its result does not: ADBC then refused the stream.
+                renamed = len({c.lower() for c in query.columns}) < len(query.columns)
+                if plan.lift or renamed:  # names and types as announced; LIMIT 0 calls no operator
+                    schema = query.limit(0).to_arrow_table().schema
+                running.result = (checked_sql(running.con, plan.lift.sql, params) if plan.lift else query
+                                  ).to_arrow_reader(self.batch_rows)
         except BaseException:
             running.end()
             raise
-        batches = running_batches(running, self.source)
+        batches = running_batches(running, self.source, schema.names if renamed and not plan.lift else None)
         # A stream dropped before its first batch never runs its `finally`: release it on collection.
         weakref.finalize(batches, running.end)
         if plan.lift:
             return schema, apply_lift(plan.lift, schema, batches, self.operators, running.budget, running.step)
-        return running.result.schema, batches
+        return (schema if renamed else running.result.schema), batches
 
     def budget(self, cancelled: Callable[[], bool | str] = lambda: False) -> Budget:
         """A new allowance of time and rows under the server's limits, from now."""

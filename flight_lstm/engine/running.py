@@ -100,7 +100,8 @@ class Running:
 _ending = threading.Lock()
 
 
-def batches(running: Running, source: Source) -> Iterator[pa.RecordBatch]:
+def batches(running: Running, source: Source, names: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """The running query's batches, its columns renamed to `names` if given."""
     try:
         with stopped_by(running.budget), translated_errors(source):
             while True:
@@ -111,7 +112,7 @@ def batches(running: Running, source: Source) -> Iterator[pa.RecordBatch]:
                     except StopIteration:
                         return
                 running.budget.spend(batch.num_rows)
-                yield batch
+                yield batch if names is None else batch.rename_columns(names)
     finally:
         running.end()
 
