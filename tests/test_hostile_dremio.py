@@ -267,3 +267,16 @@ def test_a_dremio_tables_struct_column_counts_as_wide_as_dremio_announces(env):
         assert s.sql.count(f"SELECT * FROM {events}") == 1
     finally:
         s.stop()
+
+
+def test_a_name_is_looked_up_once_while_planning(service, standin):
+    """Round 26: each table node was a GetFlightInfo of its own, and a name Dremio refused was asked
+    again every time (3,000 of one missing name: 3,000 calls). Each name is asked once a plan, and a
+    refusal is kept as long as an answer."""
+    missing = "space.folder.nosuch"
+    sql = "SELECT " + ", ".join(f"(SELECT count(*) FROM {missing})" for _ in range(50)) + " AS n"
+    lookups = []
+    for _ in range(2):
+        sent = sent_while(standin, lambda: pytest.raises(InvalidQuery, answer, service, sql))
+        lookups.append(sent.count(f"SELECT * FROM {missing}"))
+    assert lookups == [1, 0]

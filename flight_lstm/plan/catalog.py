@@ -66,8 +66,8 @@ class Catalog:
     # A source that runs SQL itself: its sqlglot dialect, and how to learn a table's columns.
     pushdown_dialect: str | None = None
     columns_of: Callable[[str], list[str]] | None = None
-    # A source table's types by its name's parts, where the source can tell (sizes queries: size.py).
-    table_types: Callable[[tuple[str, ...]], pa.Schema | None] | None = None
+    # The types of the source tables these names' parts name, where the source can tell (size.py).
+    table_types: Callable[[list[tuple[str, ...]]], dict[tuple[str, ...], pa.Schema]] | None = None
 
     def add_view(self, name: str, sql: str) -> None:
         """Publish `sql` as a named, queryable view; it may use operators and earlier views. It is

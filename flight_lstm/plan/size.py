@@ -23,18 +23,17 @@ the type their structure text describes (TYPED_BY_TEXT).
 """
 from __future__ import annotations
 
-import json
-import string
 from itertools import zip_longest
 from typing import Callable, NamedTuple
 
 import pyarrow as pa
 from sqlglot import exp
-from sqlglot.errors import ParseError
 
 from flight_lstm.errors import InvalidQuery
 from flight_lstm.plan import anomaly_table, forecast_backtest, forecast_table
 from flight_lstm.plan.row_wise import INPUT
+from flight_lstm.plan.widths import (MAP_PARTS, MAX_TYPE_WIDTH, Meetings, Opaque, Struct, arrow_width, described_width,
+                                     field_of, fold, named, opaque, type_width)
 
 MAX_TABLE_FUNCTIONS = 8
 MAX_PLAN_NODES = 20_000
@@ -75,21 +74,10 @@ MAX_STAR_WORK = 100_000
 # DuckDB then accepts (engine/database.py sets it).
 MAX_PIVOT_COLUMNS = 10_000
 PIVOT_LIMIT = 10_000
-# Struct types grow the same way: `SELECT {'a': s, 'b': s} AS s FROM (...)` doubles s's type at
-# each level, 14 levels (542 bytes) bound for 3.65 s and 16 reached the process's memory cap. A
-# column's type width is estimated as its leaves, and no column of any query may pass MAX_TYPE_WIDTH
-# (2^12): a struct, row, map or zip of values holds the sum of theirs, a table's alias named as a
-# column (its row as a struct) the sum of its columns', a written type its own (`NULL::STRUCT(...)`),
-# a struct's field its own, a lambda's variable the elements of the lists it is given (each nested
-# `list_transform(l, x -> {'a': x, 'b': x})` doubles it), and `x.f(a)` counts as f(x, a). Where
-# values meet (a list's elements, CASE, COALESCE, UNION, VALUES, UNPIVOT, a USING join's column),
-# DuckDB unifies structs field by field: `[{'a': s}, {'b': s}][1]` is STRUCT(a, b), 20 such levels
-# (913 bytes) a million fields. So a struct built here keeps its fields by name (`Struct`) and values
-# that meet count as their structs unified (`_Meetings`); a value whose fields are not known by name
-# (`Opaque`: a call's result over structs, a part of a struct not known by name, a column DuckDB
-# names by rules not followed here) counts beside them, so the names can only overcount. Rounds 20
-# to 25 found thirty ways to have a value carry names it has not; each is a test.
-MAX_TYPE_WIDTH = 4096
+# A column's type is estimated in leaves and bounded by MAX_TYPE_WIDTH (plan/widths.py): a table's
+# alias named as a column holds its row's (the sum of its columns'), a lambda's variable the elements
+# of the lists it is given (each nested `list_transform(l, lambda x: {'a': x, 'b': x})` doubles it),
+# and `x.f(a)` counts as f(x, a).
 COMBINING = {"row", "struct_pack", "struct_insert", "struct_update", "struct_concat", "list_zip", "array_zip",
              "map", "map_from_entries", "union_value"}  # DuckDB's functions typed as a STRUCT, MAP or UNION of their arguments
 STRUCT_EDITS = {"struct_insert", "struct_update", "struct_concat"}  # a struct argument's fields are the result's
@@ -115,12 +103,6 @@ WHOLE_FUNCTIONS = {  # by name too: DuckDB's aliases, and `x.f(...)` written as 
     "array_cat", "unnest", "explode", "first", "last", "min", "max", "arg_min", "arg_max", "argmin", "argmax",
     "min_by", "max_by", "list", "array_agg", "mode", "coalesce", "nullif", "greatest", "least"}
 EXTRACTING = {"struct_extract", "struct_extract_at", "array_extract", "list_extract", "list_element", "array_element"}
-OTHER = object()  # the key of a struct's fields not known by name: no name is it
-MAP_PARTS = (object(), object())  # a map's keys and values, as fields no name reads (m['key'] is a value)
-# Unifying structs walks their fields: a thousand meetings of two 2,000-field structs (57 kB) took
-# planning from 0.9 s to 6 s. A query's meetings may walk at most this many fields in all, about 0.3 s
-# here and 300 times the largest legal plan's (four anomaly_table over 64 columns: 832).
-MAX_MEETING_STEPS = 250_000
 # DuckDB types these by their structure argument, JSON text it reads while binding
 # (`json_transform(j, '{"a": "INTEGER"}')` is a STRUCT(a INTEGER)): 138 bytes that built that text from
 # range(1000000) bound a million-field struct for 14 s past a 3 s limit, and three at once crashed a
@@ -131,7 +113,11 @@ TYPED_BY_TEXT = {"json_transform", "from_json", "json_transform_strict", "from_j
 # replace_type(x, from, to) is x's type with each `from` in it made `to`: as wide as x's times to's
 # (nested 10 deep, 723 bytes made a million leaves, counted as its widest argument's 4).
 MULTIPLYING = {"replace_type"}
-TableTypes = Callable[[tuple[str, ...]], "pa.Schema | None"]  # a table's types by its name's parts, or None
+TableTypes = Callable[[list[tuple[str, ...]]], "dict[tuple[str, ...], pa.Schema]"]  # names' parts -> types
+# The names a query reads are looked up in its source while planning (table_types: one attachment,
+# a LIMIT 0 bind each), and 1,500 had planned for 9.5 s, an attachment each; so a query may name at
+# most this many tables (256 names not in the file: 0.15-0.24 s to plan, 0.13-0.20 s for one name).
+MAX_SOURCE_TABLES = 256
 EXPANDED = {forecast_table.NAME, forecast_backtest.NAME, anomaly_table.TABLE, anomaly_table.EVENTS}
 
 
@@ -145,8 +131,16 @@ def check_table_functions(tree: exp.Expression) -> exp.Expression:
 
 
 def check_plan_size(tree: exp.Expression, table_types: TableTypes | None = None) -> exp.Expression:
-    """`table_types`: a source table's types by its name's parts, where the source can tell."""
-    _check_size(tree, table_types or (lambda parts: None))
+    """`table_types`: the types of the source tables these names name, where the source can tell
+    (asked once, for every name the tree reads but a table function's)."""
+    withs = _withs(tree)
+    names = list(dict.fromkeys(tuple(p.name for p in t.parts) for t in tree.find_all(exp.Table)
+                               if isinstance(t.this, exp.Identifier)
+                               and (t.args.get("db") or _defining_cte(t, withs) is None)))
+    if len(names) > MAX_SOURCE_TABLES:
+        raise InvalidQuery(f"the query names more than {MAX_SOURCE_TABLES} tables; split it")
+    known = table_types(names) if table_types and names else {}
+    _check_size(tree, known.get)
     return tree
 
 
@@ -160,7 +154,7 @@ def check_exchange_size(tree: exp.Expression, schema: pa.Schema) -> exp.Expressi
     return tree
 
 
-def _check_size(tree: exp.Expression, table_types: TableTypes) -> int:
+def _check_size(tree: exp.Expression, table_types: Callable[[tuple[str, ...]], pa.Schema | None]) -> int:
     """Refuse a tree past any bound above; the leaves of the query at its root."""
     for count, _ in enumerate(tree.walk(), start=1):
         if count > MAX_PLAN_NODES:
@@ -175,93 +169,11 @@ def _check_size(tree: exp.Expression, table_types: TableTypes) -> int:
         raise InvalidQuery("the query nests queries or CTEs too deeply; split it") from None
 
 
-class Struct(int):
-    """A width in leaves that keeps its struct's fields by name (folded, as DuckDB matches them; an
-    unnamed field by its position, an int), so that structs which meet count unified (`_Meetings`).
-    One stands only for its own value, never for another's (a column not known, a part of a struct):
-    those are plain or Opaque widths. A sum of widths is a plain width."""
-
-    fields: dict
-
-    def __new__(cls, fields: dict) -> Struct:
-        built = super().__new__(cls, max(1, sum(fields.values())))
-        built.fields = fields
-        return built
-
-
-class Opaque(int):
-    """A width whose type may hold structs whose fields are not known by name (a call's result over
-    structs, a part of one not known by name, a column DuckDB names by rules not followed here):
-    values that meet count it beside theirs, whatever its width. A plain int is a value of no struct
-    built here: a scalar, a written type, a table's column."""
-
-
-def _opaque(width: int) -> int:
-    """As wide, its names forgotten: a plain width stays plain."""
-    return Opaque(width) if isinstance(width, (Struct, Opaque)) else width
-
-
-class _Meetings:
-    """Values that meet in one query, counted as their structs unified (`met`), within MAX_MEETING_STEPS."""
-
-    def __init__(self):
-        self.steps = 0
-
-    def met(self, widths: list[int]) -> int:
-        """Their structs unified field by field (a field in several is their values met); beside
-        them every opaque width, and the widest plain one unless it is a scalar (one leaf, which
-        meets no struct), since their fields may be none of theirs nor each other's. Plain widths
-        alone meet as the widest. A struct meets itself as itself, and one past MAX_TYPE_WIDTH is
-        refused anyway and not walked."""
-        if max(widths) > MAX_TYPE_WIDTH:
-            return max(widths)
-        structs = list({id(w): w for w in widths if isinstance(w, Struct)}.values())
-        opaque = [w for w in widths if isinstance(w, Opaque)]
-        plain = max([1, *(w for w in widths if not isinstance(w, (Struct, Opaque)))])
-        if not structs and not opaque:
-            return plain
-        others = sum(opaque) + (plain if plain > 1 else 0)
-        if not structs:
-            return Opaque(others)
-        met = structs[0]
-        if len(structs) > 1:
-            self.steps += sum(len(struct.fields) for struct in structs)
-            if self.steps > MAX_MEETING_STEPS:
-                raise InvalidQuery(f"the query's structs meet (in lists, CASE, COALESCE, UNION, ...) over more than "
-                                   f"{MAX_MEETING_STEPS:,} fields in all; build fewer of them, or split the query")
-            by_name: dict = {}
-            for struct in structs:
-                for name, w in struct.fields.items():
-                    by_name.setdefault(name, []).append(w)
-            met = Struct({name: self.met(values) for name, values in by_name.items()})
-        if others == 0:
-            return met
-        return Struct({**met.fields, OTHER: self.met([met.fields.get(OTHER, Opaque(0)), Opaque(others)])})
-
-
-def _named(pairs: list[tuple[str | None, int]]) -> dict:
-    """Fields by name, folded as DuckDB matches them; an unnamed one by its position (an int, never
-    a name), and a name given twice twice (DuckDB renames the second `a_1`)."""
-    fields: dict = {}
-    for i, (name, w) in enumerate(pairs):
-        key = i if name is None else _fold(name)
-        fields[(key, i) if key in fields else key] = w
-    return fields
-
-
 def _chain(scope: _Scope | None):
     """A scope, then those of the queries it is correlated with."""
     while scope is not None:
         yield scope
         scope = scope.outer
-
-
-def _fold(name: str) -> str:
-    """A name as DuckDB matches it: ASCII letters folded to lower case, any other as written."""
-    return name.translate(_ASCII_LOWER)
-
-
-_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
 
 def _unnamed(node: exp.Expression, i: int) -> str:
@@ -275,28 +187,16 @@ def _output_name(projection: exp.Expression) -> str:
     call, a cast, a bracket) it names by the expression's text, which is not followed here: a name
     no other column is given (two calls of one function had met as one name, their fields unified)."""
     if isinstance(projection, (exp.Alias, exp.Column)) and projection.alias_or_name:
-        return _fold(projection.alias_or_name)
+        return fold(projection.alias_or_name)
     return _unnamed(projection, 0)
 
 
 def _renamed(out: _Out, node: exp.Expression) -> _Out:
     """A query's columns as `AS t(a, b)` or `WITH t(a, b) AS (...)` names the first of them."""
-    names = [_fold(c.name) for c in getattr(node.args.get("alias"), "columns", None) or []]
+    names = [fold(c.name) for c in getattr(node.args.get("alias"), "columns", None) or []]
     if not names:
         return out
     return out._replace(columns=[(names[i] if i < len(names) else n, w) for i, (n, w) in enumerate(out.columns)])
-
-
-def _field(value: int, path: list[str]) -> int:
-    """A field of a struct (its fields' fields down `path`), if known by name; else as wide as the
-    value, its names forgotten (`_opaque`)."""
-    for name in path:
-        if value > MAX_TYPE_WIDTH:  # DuckDB binds the whole: refused as that
-            return value
-        if not (isinstance(value, Struct) and name in value.fields):
-            return _opaque(value)
-        value = value.fields[name]
-    return value
 
 
 def _extraction(node: exp.Expression, function: str) -> tuple[exp.Expression, exp.Expression | None] | None:
@@ -333,13 +233,12 @@ class _Scope(NamedTuple):
     outer: _Scope | None = None  # what a correlated (or lateral) reference may name
 
 
-def _check_columns(tree: exp.Expression, table_types: TableTypes) -> int:
+def _check_columns(tree: exp.Expression, table_types: Callable[[tuple[str, ...]], pa.Schema | None]) -> int:
     """Estimate the columns of every query in the tree from those of what it reads (subqueries in
     FROM and joins, set operations, CTEs where named, PIVOTs), and refuse past any bound above; the
     leaves of the root's own columns."""
-    meetings = _Meetings()
-    withs = {id(w): {_fold(c.alias_or_name): i for i, c in reversed(list(enumerate(w.expressions)))}
-             for w in tree.find_all(exp.With)}
+    meetings = Meetings()
+    withs = _withs(tree)
     as_rows: dict[int, tuple[list, Struct]] = {}  # a source's row as a struct, built once
     defined_in: dict[int, _Scope | None] = {}  # a CTE body -> the scope around its WITH (kept by `seen`)
     seen: dict[tuple[int, int], tuple[_Scope | None, _Out]] = {}  # each node once per scope around it (kept)
@@ -360,7 +259,7 @@ def _check_columns(tree: exp.Expression, table_types: TableTypes) -> int:
         for name, w in out.columns:  # one name in two sources: a USING join's column is both met
             scope.names[name] = meetings.met([scope.names[name], w]) if name in scope.names else w
         if out.columns and source.alias_or_name:
-            scope.rows[_fold(source.alias_or_name)] = out.columns
+            scope.rows[fold(source.alias_or_name)] = out.columns
         return scope._replace(widest=int(max([scope.widest, *(w for _, w in out.columns)])))
 
     def read(node: exp.Expression, inside: frozenset, outer: _Scope | None) -> _Out:
@@ -387,7 +286,7 @@ def _check_columns(tree: exp.Expression, table_types: TableTypes) -> int:
             types = table_types(tuple(p.name for p in node.parts)) \
                 if cte is None and isinstance(node.this, exp.Identifier) else None
             if types is not None:  # a table whose types are known
-                out = made([(_fold(f.name), _arrow_width(f.type)) for f in types])
+                out = made([(fold(f.name), arrow_width(f.type)) for f in types])
             elif cte is None:  # a table's
                 out = _Out([], unknown=True)
             elif id(cte) in inside:  # a recursive CTE's own name: DuckDB reads it as its first part's type
@@ -432,10 +331,10 @@ def _check_columns(tree: exp.Expression, table_types: TableTypes) -> int:
             star = projection.this if isinstance(projection, exp.Columns) else projection
             chosen = scope.columns
             if isinstance(star, exp.Column) and isinstance(star.this, exp.Star):  # t.*, COLUMNS(t.*)
-                star, chosen = star.this, source_row(_fold(star.table), scope)
+                star, chosen = star.this, source_row(fold(star.table), scope)
             if isinstance(star, exp.Star):  # *, t.*, COLUMNS(*), COLUMNS(t.*), with EXCLUDE, REPLACE, RENAME
-                replaced = {_fold(r.alias): width(r.this, scope) for r in star.args.get("replace") or []}
-                renamed = {_fold(r.this.name): _fold(r.alias) for r in star.args.get("rename") or []}
+                replaced = {fold(r.alias): width(r.this, scope) for r in star.args.get("replace") or []}
+                renamed = {fold(r.this.name): fold(r.alias) for r in star.args.get("rename") or []}
                 more = [(renamed.get(n, n), replaced.get(n, w)) for n, w in chosen]
             elif _starred(projection) and not all(c.args.get("unpack") for c in projection.find_all(exp.Columns)):
                 # sum(COLUMNS(*)), COLUMNS('regex'): one each, worked out once per width, each column's names
@@ -470,7 +369,7 @@ def _check_columns(tree: exp.Expression, table_types: TableTypes) -> int:
         scope = _Scope(source.columns, names, {}, int(max([outer.widest if outer else 1, *names.values()])), inside,
                        outer)
         if node.args.get("unpivot"):  # its value column is the unpivoted columns met
-            named = {_fold(c.name) for c in node.find_all(exp.Column)}
+            named = {fold(c.name) for c in node.find_all(exp.Column)}
             value = meetings.met([w for n, w in source.columns if n in named or _starred(node)] or [scope.widest])
             return made([*source.columns, (_unnamed(node, 0), 1), (_unnamed(node, 1), value)], *source[1:])
         simple = "using" in node.args  # DuckDB's `PIVOT t ON a IN (...) USING sum(x)`
@@ -486,7 +385,7 @@ def _check_columns(tree: exp.Expression, table_types: TableTypes) -> int:
         count = values * sum(n for n, _ in each)
         _check(0, source.leaves, source.pivoted + count)
         starred = sum(1 for a in aggregates if _starred(a)) if source.unknown else 0  # copies of columns not known
-        used = {_fold(c.name) for part in [*on, *aggregates] for c in part.find_all(exp.Column)}
+        used = {fold(c.name) for part in [*on, *aggregates] for c in part.find_all(exp.Column)}
         columns = [(n, w) for n, w in source.columns if n not in used]
         made_here = [w for _ in range(values) for n, w in each for _ in range(n)]
         columns += [(_unnamed(node, i), w) for i, w in enumerate(made_here)]
@@ -504,7 +403,7 @@ def _check_columns(tree: exp.Expression, table_types: TableTypes) -> int:
         if isinstance(node, (exp.Star, exp.Columns)):
             return int(scope.widest) if star is None else star
         if isinstance(node, exp.Identifier):  # a lambda's variable: what it is bound to, else as a column not known
-            return scope.names.get(_fold(node.name), int(scope.widest))
+            return scope.names.get(fold(node.name), int(scope.widest))
         if isinstance(node, exp.Query):  # a scalar subquery: its column
             return max([1, *(w for _, w in query(node, scope.inside, scope).columns)])
         if isinstance(node, (exp.Alias, exp.PropertyEQ)):
@@ -514,7 +413,7 @@ def _check_columns(tree: exp.Expression, table_types: TableTypes) -> int:
             bound = max([1, *(width(c, scope, star) for c in node.iter_expressions() if c is not node.this)])
             return bound if bound > MAX_TYPE_WIDTH else value  # its PARTITION BY, ORDER BY, FILTER are bound too
         if isinstance(node, exp.DataType):
-            return _type_width(node)
+            return type_width(node)
         if isinstance(node, exp.Literal):
             return 1
         if isinstance(node, SCALAR):  # one leaf, of values DuckDB binds all the same
@@ -522,9 +421,9 @@ def _check_columns(tree: exp.Expression, table_types: TableTypes) -> int:
             return inner if inner > MAX_TYPE_WIDTH else 1
         if isinstance(node, (exp.Cast, exp.TryCast)):  # the type written
             inner = width(node.this, scope, star)
-            return inner if inner > MAX_TYPE_WIDTH else _type_width(node.args["to"])
+            return inner if inner > MAX_TYPE_WIDTH else type_width(node.args["to"])
         if isinstance(node, exp.FromJson) or isinstance(node, exp.Anonymous) and node.name.lower() in TYPED_BY_TEXT:
-            return _described_width(node)
+            return described_width(node)
         if isinstance(node, exp.Anonymous) and node.name.lower() in MULTIPLYING and len(node.expressions) == 3:
             replaced, by = width(node.expressions[0], scope, star), width(node.expressions[2], scope, star)
             return Opaque(replaced * by) if isinstance(replaced, (Struct, Opaque)) or isinstance(by, (Struct, Opaque)) \
@@ -534,17 +433,17 @@ def _check_columns(tree: exp.Expression, table_types: TableTypes) -> int:
             name = call.name if isinstance(call, exp.Anonymous) else call.sql_name()
             return width(exp.Anonymous(this=name, expressions=[node.this, *call.iter_expressions()]), scope, star)
         if isinstance(node, exp.Dot):  # (x).a
-            return _field(width(node.this, scope, star), [_fold(node.name)])
+            return field_of(width(node.this, scope, star), [fold(node.name)])
         function = node.name.lower() if isinstance(node, exp.Anonymous) else \
             node.sql_name().lower() if isinstance(node, exp.Func) else ""
         extraction = _extraction(node, function)
         if extraction is not None:  # x['a'], x[1], struct_extract(x, 'a'): a field, or a list's element
             within, key = width(extraction[0], scope, star), extraction[1]
             if key is not None and key.is_string:
-                return _field(within, [_fold(key.name)])
+                return field_of(within, [fold(key.name)])
             # An index reads an unnamed struct's field, or a list's element (the list's own width).
             named = isinstance(within, Struct) and all(isinstance(k, str) for k in within.fields)
-            return within if key is not None and named and function != "struct_extract_at" else _opaque(within)
+            return within if key is not None and named and function != "struct_extract_at" else opaque(within)
         children = list(node.iter_expressions())
         args = [arg for child in children if not isinstance(child, exp.Lambda)
                 for arg in arguments(child, node, scope, star)]
@@ -552,19 +451,19 @@ def _check_columns(tree: exp.Expression, table_types: TableTypes) -> int:
         if lambdas:  # its variables stand for the elements of the lists it is given, all of them met
             element = meetings.met([w for _, w in args] or [1])
             for child in lambdas:
-                bound = scope._replace(names={**scope.names, **{_fold(v.name): element for v in child.expressions}})
+                bound = scope._replace(names={**scope.names, **{fold(v.name): element for v in child.expressions}})
                 args.append((None, width(child, bound, star)))
         args = args or [(None, 1)]
         if isinstance(node, (exp.Struct, exp.Tuple, exp.Map, exp.VarMap, exp.ArraysZip)) or function in COMBINING:
             return Struct(_fields(node, function, args))
         met = meetings.met([w for _, w in args])
-        return met if isinstance(node, WHOLE) or function in WHOLE_FUNCTIONS else _opaque(met)
+        return met if isinstance(node, WHOLE) or function in WHOLE_FUNCTIONS else opaque(met)
 
     def rows(columns: list[tuple[str, int]]) -> Struct:
         """A source's row, as the struct DuckDB makes of it (once per source: a query may name it
         thousands of times)."""
         if id(columns) not in as_rows:
-            as_rows[id(columns)] = (columns, Struct(_named(columns)))
+            as_rows[id(columns)] = (columns, Struct(named(columns)))
         return as_rows[id(columns)][1]
 
     def source_row(alias: str, scope: _Scope) -> list[tuple[str, int]]:
@@ -577,7 +476,7 @@ def _check_columns(tree: exp.Expression, table_types: TableTypes) -> int:
                 value = around.names[alias]
                 if isinstance(value, Struct) and all(isinstance(k, str) for k in value.fields):
                     return list(value.fields.items())
-                return [(f"{alias}.*", _opaque(value) if value > 1 else Opaque(1))]
+                return [(f"{alias}.*", opaque(value) if value > 1 else Opaque(1))]
         return scope.columns
 
     def column(node: exp.Column, scope: _Scope) -> int:
@@ -585,13 +484,13 @@ def _check_columns(tree: exp.Expression, table_types: TableTypes) -> int:
         fields by name; looked up here, then in the queries this one is correlated with. A name not
         found counts as the widest known: a table's column where only tables are read, else its
         names are not known (a column DuckDB names by rules not followed here: Opaque)."""
-        path = [_fold(part.name) for part in node.parts]
+        path = [fold(part.name) for part in node.parts]
         for around in _chain(scope):
             if len(path) > 1 and path[0] in around.rows:  # t.c: t's c, not another source's c
                 found = next((w for n, w in around.rows[path[0]] if n == path[1]), None)
-                return Opaque(scope.widest) if found is None else _field(found, path[2:])
+                return Opaque(scope.widest) if found is None else field_of(found, path[2:])
             if path[0] in around.names:
-                return _field(around.names[path[0]], path[1:])
+                return field_of(around.names[path[0]], path[1:])
             if len(path) == 1 and path[0] in around.rows:
                 return rows(around.rows[path[0]])
         return Opaque(scope.widest) if any(chain.columns for chain in _chain(scope)) else int(scope.widest)
@@ -672,11 +571,11 @@ def _fields(node: exp.Expression, function: str, args: list[tuple[str | None, in
             if name is None and isinstance(w, Struct):
                 fields.update(w.fields)
             else:
-                fields[i if name is None else _fold(name)] = w
+                fields[i if name is None else fold(name)] = w
         return fields
     if isinstance(node, (exp.Map, exp.VarMap)) or function == "map":
         return {MAP_PARTS[i] if i < 2 else i: w for i, (_, w) in enumerate(args)}
-    return _named(args)
+    return named(args)
 
 
 def _starred(node: exp.Expression) -> bool:
@@ -685,7 +584,7 @@ def _starred(node: exp.Expression) -> bool:
                for n in node.walk(prune=lambda n: isinstance(n, exp.Query)))
 
 
-def _side_by_side(outs: list[_Out], meetings: _Meetings, by_name: bool | None = False) -> list[tuple[str, int]]:
+def _side_by_side(outs: list[_Out], meetings: Meetings, by_name: bool | None = False) -> list[tuple[str, int]]:
     """Columns of a set operation's queries: the first's names, each position's values met; or, BY
     NAME, each name's; or, both kinds of link in one chain, every name's values all met."""
     if by_name is not False:
@@ -701,68 +600,6 @@ def _side_by_side(outs: list[_Out], meetings: _Meetings, by_name: bool | None = 
     names = [n for n, _ in outs[0].columns] + [n for n, _ in longest[len(outs[0].columns):]]
     positions = zip_longest(*([w for _, w in o.columns] for o in outs), fillvalue=1)
     return [(n, meetings.met(list(w))) for n, w in zip(names, positions)]
-
-
-def _arrow_width(t: pa.DataType) -> int:
-    """An Arrow type's leaves, a struct's fields by name (as DuckDB unifies them), a map's as its keys
-    and values, a list's its element's; a union's members summed, their names not followed."""
-    if pa.types.is_struct(t):
-        return Struct(_named([(f.name, _arrow_width(f.type)) for f in t]))
-    if pa.types.is_map(t):
-        return Struct({MAP_PARTS[0]: _arrow_width(t.key_type), MAP_PARTS[1]: _arrow_width(t.item_type)})
-    if pa.types.is_union(t):
-        return Opaque(max(1, sum(_arrow_width(f.type) for f in t)))
-    if pa.types.is_dictionary(t):
-        return _arrow_width(t.value_type)
-    value_type = getattr(t, "value_type", None)  # lists of every kind
-    return _arrow_width(value_type) if value_type is not None else 1
-
-
-def _type_width(node: exp.DataType) -> int:
-    """A written type's width: a struct's fields by name (as DuckDB unifies them), a map's as its keys
-    and values, a union's members summed (their names not followed), a list's its element's."""
-    parts = [(p.name, p.args.get("kind")) if isinstance(p, exp.ColumnDef) else (None, p) for p in node.expressions]
-    widths = [(name, _type_width(t)) for name, t in parts if isinstance(t, exp.DataType)]
-    if not widths:
-        return 1
-    if node.this == exp.DataType.Type.STRUCT:
-        return Struct(_named(widths))
-    if node.this == exp.DataType.Type.MAP:
-        return Struct({MAP_PARTS[i] if i < 2 else i: w for i, (_, w) in enumerate(widths)})
-    if node.this == exp.DataType.Type.UNION:
-        return Opaque(sum(w for _, w in widths))
-    return max((w for _, w in widths), key=int)
-
-
-def _described_width(call: exp.Expression) -> int:
-    """The width of the type a TYPED_BY_TEXT call's structure describes: an object's its values' by
-    their keys, a list's its element's, a text's that of the type it names, anything else one. JSON
-    that Python's reader refuses, and type names sqlglot cannot read, are refused."""
-    name = "from_json" if isinstance(call, exp.FromJson) else call.name.lower()
-    args = [call.this, call.expression] if isinstance(call, exp.FromJson) else call.expressions
-    structure = args[1] if len(args) > 1 else None
-    if not (isinstance(structure, exp.Literal) and structure.is_string):
-        raise InvalidQuery(f"{name}'s structure must be a string literal (DuckDB reads the result's type from it)")
-
-    def leaves(described) -> int:
-        if isinstance(described, dict):
-            return Struct(_named([(k, leaves(v)) for k, v in described.items()])) if described else 1
-        if isinstance(described, list):
-            return leaves(described[0]) if described else 1
-        if isinstance(described, str):  # a DuckDB type's name
-            try:
-                return _type_width(exp.DataType.build(described, dialect="duckdb"))
-            except (ValueError, ParseError):
-                raise InvalidQuery(f"{name}'s structure names a type not known here: {described[:80]!r}") from None
-        return 1
-
-    try:
-        described = json.loads(structure.this)
-    except ValueError:
-        raise InvalidQuery(f"{name}'s structure must be JSON (keys and types quoted, no trailing commas)") from None
-    except RecursionError:
-        raise InvalidQuery(f"{name}'s structure nests too deeply") from None
-    return leaves(described)
 
 
 def _set_parts(node: exp.SetOperation) -> tuple[list[exp.Expression], list[exp.SetOperation]]:
@@ -803,12 +640,18 @@ def _bound_nodes(tree: exp.Expression) -> int:
     return size(tree, frozenset())
 
 
+def _withs(tree: exp.Expression) -> dict[int, dict[str, int]]:
+    """Each WITH's CTEs by name: the first position of each (`_defining_cte`)."""
+    return {id(w): {fold(c.alias_or_name): i for i, c in reversed(list(enumerate(w.expressions)))}
+            for w in tree.find_all(exp.With)}
+
+
 def _defining_cte(table: exp.Table, withs: dict[int, dict[str, int]]) -> exp.CTE | None:
     """The CTE a table name names, as DuckDB finds it: in the nearest WITH around the name that
     defines one the name may see (a CTE's body sees the CTEs before it in its WITH, and under WITH
     RECURSIVE all of them, itself too), else none (a table). `withs`: each WITH's first position
     of each name."""
-    name, node, within = _fold(table.name), table, None
+    name, node, within = fold(table.name), table, None
     while node.parent is not None:
         node = node.parent
         if isinstance(node, exp.CTE):

@@ -28,7 +28,7 @@ MAX_DECIMAL_DIGITS = 38  # DuckDB's widest decimal
 # DuckDB registers and plans an upload's columns before any time limit can stop it, in time that
 # grows faster than their number: 16,000 columns took 2.5 s here, 150,000 (a 16 MB schema) ran 22.7 s
 # past a 3 s limit. So an upload holds at most MAX_UPLOAD_LEAVES leaves (columns, each struct field
-# and list element counted), as many as one SQL column's type may (plan/size.py: MAX_TYPE_WIDTH; 0.4 s),
+# and list element counted), as many as one SQL column's type may (plan/widths.py: MAX_TYPE_WIDTH; 0.4 s),
 # nested at most MAX_UPLOAD_DEPTH levels (where Arrow's own import stops).
 MAX_UPLOAD_LEAVES, MAX_UPLOAD_DEPTH = 4096, 64
 

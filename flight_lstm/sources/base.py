@@ -67,11 +67,12 @@ class Source(ABC):
         """Files the engine's database may still open once file access is off (the source's own)."""
         return []
 
-    def table_types(self, table: tuple[str, ...]) -> pa.Schema | None:
-        """The types of the table whose name a query writes in these parts, where the source can
-        tell; None otherwise (the default). The planner bounds the types a query builds from its
-        columns (plan/size.py): a wide struct column, doubled level by level, is otherwise unseen."""
-        return None
+    def table_types(self, tables: list[tuple[str, ...]]) -> dict[tuple[str, ...], pa.Schema]:
+        """The types of the tables these names name (each as its parts, as a query writes them),
+        where the source can tell; none by default. The planner bounds the types a query builds
+        from their columns (plan/size.py): a wide struct column, doubled level by level, is
+        otherwise unseen. Called once per plan with all its names (at most MAX_SOURCE_TABLES)."""
+        return {}
 
     def columns(self, table: str) -> list[str]:
         """Column names of a table (a SQL reference in the source's dialect). Pushdown sources

@@ -34,6 +34,7 @@ from flight_lstm.plan import Plan
 from flight_lstm.sources.base import Source
 
 CACHE_SECONDS = 30.0
+CACHE_ENTRIES = 1024
 
 
 class DremioSource(Source):
@@ -101,9 +102,13 @@ class DremioSource(Source):
             names.append(quote_path((*parts, row["TABLE_NAME"])))
         return names
 
-    def table_types(self, table: tuple[str, ...]) -> pa.Schema | None:
-        """The schema Dremio announces for `SELECT *` of the table the parts name; None where Dremio
-        refuses or cannot answer (the query then fails where it runs, with Dremio's own error)."""
+    def table_types(self, tables: list[tuple[str, ...]]) -> dict[tuple[str, ...], pa.Schema]:
+        """The schema Dremio announces for `SELECT *` of each table, the look-up pushdown makes too;
+        a name Dremio refuses or cannot answer for is missing, and kept so for as long."""
+        found = {t: self._cached(("types", t), lambda t=t: self._types_of(t)) for t in dict.fromkeys(tables)}
+        return {t: s for t, s in found.items() if s is not None}
+
+    def _types_of(self, table: tuple[str, ...]) -> pa.Schema | None:
         try:
             return self._announced(f"SELECT * FROM {quote_path(table)}")
         except FlightLSTMError:
@@ -151,6 +156,8 @@ class DremioSource(Source):
         hit = self._cache.get(key)
         if hit is None or now - hit[0] > CACHE_SECONDS:
             self._cache = {k: v for k, v in self._cache.items() if now - v[0] <= CACHE_SECONDS}
+            if len(self._cache) >= CACHE_ENTRIES:  # a query's table names are the client's to choose
+                self._cache = {}
             hit = self._cache[key] = (now, compute())
         return hit[1]
 

@@ -26,7 +26,7 @@ from flight_lstm.plan import Plan
 from flight_lstm.sources.base import Source
 
 ALIAS = "lake"
-SCHEMAS_KEPT = 1024  # table schemas kept for planning (plan/size.py), all dropped past it
+TYPES_KEPT = 4096  # tables' types kept for planning (plan/size.py), all dropped past it
 T = TypeVar("T")
 # DuckDB's words for a file it cannot trust (a plain duckdb.Error or "Data Corruption Error"): a bad
 # block on disk, a torn copy. The source is unavailable then, not the server broken.
@@ -40,14 +40,21 @@ def _listed(con: duckdb.DuckDBPyConnection) -> list[str]:
     return [name if schema == "main" else f"{schema}.{name}" for schema, name in rows]
 
 
-def _schema(con: duckdb.DuckDBPyConnection, schema_name: str, name: str) -> pa.Schema | None:
-    found = con.execute("SELECT table_schema, table_name FROM information_schema.tables WHERE table_catalog = ? "
-                        "AND lower(table_schema) = lower(?) AND lower(table_name) = lower(?)",
-                        [ALIAS, schema_name, name]).fetchall()
-    if len(found) != 1:
+def _types(con: duckdb.DuckDBPyConnection, table: tuple[str, ...]) -> pa.Schema | None:
+    try:
+        return con.sql(f"SELECT * FROM {'.'.join(quote(part) for part in table)} LIMIT 0").to_arrow_table().schema
+    except duckdb.Error:
         return None
-    quoted = ".".join(quote(part) for part in (ALIAS, *found[0]))
-    return con.sql(f"SELECT * FROM {quoted} LIMIT 0").to_arrow_table().schema
+
+
+def _locked_down(paths: list[str]) -> duckdb.DuckDBPyConnection:
+    """A DuckDB of the source's own that opens no file but `paths` and nothing on the network."""
+    con = duckdb.connect(config={"threads": 1, "autoinstall_known_extensions": False,
+                                 "autoload_known_extensions": False, "python_enable_replacements": False})
+    con.execute("SET allowed_paths = ?", [paths])
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+    return con
 
 
 def _first_line(error: BaseException) -> str:
@@ -81,7 +88,8 @@ class DuckDBSource(Source):
         self._detacher: threading.Thread | None = None
         self._closed = False
         self._lister: duckdb.DuckDBPyConnection | None = None  # `_read`'s own DuckDB, kept
-        self._schemas: dict[tuple, pa.Schema] = {}  # (file version, table) -> its types
+        self._types: dict[tuple[str, ...], pa.Schema | None] = {}  # a table's name -> its types, for:
+        self._types_version: tuple | None = None  # the file as the kept types read it
 
     @classmethod
     def from_uri(cls, uri: str, *, keep_attached: float = 0.0) -> "DuckDBSource":
@@ -97,25 +105,26 @@ class DuckDBSource(Source):
         """The file's tables."""
         return self._read(_listed)
 
-    def table_types(self, table: tuple[str, ...]) -> pa.Schema | None:
-        """The types of the file's table (or view) that `table`'s parts name, as a query resolves them;
-        kept while the file stays the same. None for a name that is none of the file's tables, or
-        while the file cannot be read. The name is looked up in the catalog as values, never read
-        as a table (no text of the client's is run, and no file is read in its place)."""
-        parts = list(table[1:] if len(table) == 3 and table[0].lower() == ALIAS else table)
-        if not 1 <= len(parts) <= 2:
-            return None
-        schema_name, name = (["main", *parts])[-2:]
-        key = (self.version(), schema_name.lower(), name.lower())
-        if key not in self._schemas:
+    def table_types(self, tables: list[tuple[str, ...]]) -> dict[tuple[str, ...], pa.Schema]:
+        """The types of the tables these names name (parts as written), resolved by DuckDB as the
+        query's own connection resolves them (`USE lake`: `lake.t`, `main.t`, a case or a Unicode
+        spelling all as DuckDB reads them), in one attachment; kept per spelling while the file
+        stays the same. A name is only ever quoted, in a DuckDB with no file or network access but
+        the source's own: a path or a URL is no table. Missing: not a table of the file, or the
+        file cannot be read now."""
+        version = self.version()
+        if self._types_version != version:
+            self._types, self._types_version = {}, version
+        missing = [t for t in dict.fromkeys(tables) if t not in self._types]
+        if missing:
             try:
-                found = self._read(lambda con: _schema(con, schema_name, name))
+                found = self._read(lambda con: {t: _types(con, t) for t in missing})
             except (duckdb.Error, SourceUnavailable, DatabaseReplaced):
-                return None
-            if len(self._schemas) >= SCHEMAS_KEPT:
-                self._schemas.clear()
-            self._schemas[key] = found
-        return self._schemas[key]
+                found = {}
+            if len(self._types) + len(found) > TYPES_KEPT:
+                self._types = {}
+            self._types.update(found)
+        return {t: self._types[t] for t in tables if self._types.get(t) is not None}
 
     def _read(self, read: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
         """`read` on a cursor with the file attached. DuckDB locks the file with POSIX locks, which
@@ -149,7 +158,7 @@ class DuckDBSource(Source):
     def _read_alone(self, read: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
         """`_read` while no database of the engine's has ever attached the file; under the lock."""
         if self._lister is None:
-            self._lister = duckdb.connect(config={"threads": 1})
+            self._lister = _locked_down(self.allowed_paths())
         con = self._lister.cursor()
         try:
             self._attach(con)
