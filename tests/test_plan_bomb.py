@@ -722,13 +722,27 @@ def test_a_lake_tables_struct_column_counts_as_wide_as_it_is(tmp_path):
     service = Service(DuckDBSource(str(path)))
     try:
         assert service.plan(f"SELECT s IS NULL AS n FROM ({chain(2)})")
-        # round 26: `lake.events` is the catalog's table too, as DuckDB resolves it
+        # round 26: `lake.events` is the catalog's table too, as DuckDB resolves it; round 27: under
+        # WITH RECURSIVE a body that is no UNION, and a CTE named later, do not hide the table
+        recursive = chain(3).replace("WITH c0", "WITH RECURSIVE c0")
         for refused in (chain(3), chain(12), chain(3).replace("FROM events", "FROM lake.events"),
-                        chain(3).replace("FROM events", 'FROM "LAKE".main.EVENTS')):
+                        chain(3).replace("FROM events", 'FROM "LAKE".main.EVENTS'),
+                        recursive.replace("WITH RECURSIVE c0",
+                                          "WITH RECURSIVE events AS (SELECT payload FROM events), c0"),
+                        recursive.replace("SELECT s FROM c3", "SELECT s FROM c3, events").replace(
+                            "c1 AS", "events AS (SELECT 1 AS payload), c1 AS")):
             with pytest.raises(InvalidQuery, match="type would hold more than 4,096 fields"):
                 service.plan(f"SELECT s IS NULL AS n FROM ({refused})")
     finally:
         service.close()
+    viewed = Service(DuckDBSource(str(path)), views={"v": "SELECT payload AS s FROM events"})
+    try:  # a published view's body goes in front of the query's own WITH RECURSIVE, and reads the table
+        with pytest.raises(InvalidQuery, match="type would hold more than 4,096 fields"):
+            viewed.plan("WITH RECURSIVE events AS (SELECT 1 AS payload), c1 AS (SELECT {'a': s, 'b': s} AS s FROM v), "
+                        "c2 AS (SELECT {'a': s, 'b': s} AS s FROM c1), c3 AS (SELECT {'a': s, 'b': s} AS s FROM c2) "
+                        "SELECT s IS NULL AS n FROM c3")
+    finally:
+        viewed.close()
 
 
 def test_names_duckdb_tells_apart_are_looked_up_apart(tmp_path):

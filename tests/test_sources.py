@@ -159,3 +159,28 @@ def test_a_duckdb_source_gives_its_tables_types_as_duckdb_resolves_their_names(t
     with duckdb.connect(str(path)) as writer:  # the file changed: its types are read again
         writer.execute("ALTER TABLE t ADD COLUMN z INT")
     assert source.table_types([("t",)])[("t",)].names == ["x", "s", "z"]
+
+
+def test_types_are_read_from_the_file_as_it_is_now_while_a_query_holds_the_old_one(tmp_path):
+    """Round 27: a query kept the replaced file attached, the types were read there and kept under
+    the new file's version, so the new file's wide column went unseen until it changed again."""
+    import os
+
+    from flight_lstm.service import Service
+    from flight_lstm.sources.duckdb import DuckDBSource
+
+    path, new = tmp_path / "lake.db", tmp_path / "new.db"
+    with duckdb.connect(str(path)) as con:
+        con.execute("CREATE TABLE events AS SELECT range AS id, 1 AS payload FROM range(100)")
+    with duckdb.connect(str(new)) as con:
+        con.execute("CREATE TABLE events (id INT, payload STRUCT(a INT, b INT, c INT))")
+    service = Service(DuckDBSource(path), batch_rows=10)
+    try:
+        _, batches = service.stream(service.plan("SELECT id FROM events"))
+        next(batches)  # the query holds the file
+        os.replace(new, path)
+        assert service.source.table_types([("events",)])[("events",)].field("payload").type.num_fields == 3
+        assert service.source.table_types([("events",)])[("events",)].field("payload").type.num_fields == 3
+        batches.close()
+    finally:
+        service.close()

@@ -649,8 +649,9 @@ def _withs(tree: exp.Expression) -> dict[int, dict[str, int]]:
 def _defining_cte(table: exp.Table, withs: dict[int, dict[str, int]]) -> exp.CTE | None:
     """The CTE a table name names, as DuckDB finds it: in the nearest WITH around the name that
     defines one the name may see (a CTE's body sees the CTEs before it in its WITH, and under WITH
-    RECURSIVE all of them, itself too), else none (a table). `withs`: each WITH's first position
-    of each name."""
+    RECURSIVE itself too if it is a UNION; round 27: all of them had been read as seen, so a later
+    CTE, or a body that is no UNION, hid a lake table of that name), else none (a table). `withs`:
+    each WITH's first position of each name."""
     name, node, within = fold(table.name), table, None
     while node.parent is not None:
         node = node.parent
@@ -662,7 +663,8 @@ def _defining_cte(table: exp.Table, withs: dict[int, dict[str, int]]) -> exp.CTE
         if at is None:
             continue
         inside_one = within is not None and within.parent is with_  # the name is in one of these CTEs' bodies
-        if with_.args.get("recursive") or not inside_one or at < within.index:
+        if not inside_one or at < within.index or (
+                at == within.index and with_.args.get("recursive") and isinstance(within.this, exp.Union)):
             return with_.expressions[at]
     return None
 

@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from flight_lstm.errors import DatabaseReplaced, SourceUnavailable
 from flight_lstm.identifiers import quote
+from flight_lstm.plan.widths import fold
 from flight_lstm.plan import Plan
 from flight_lstm.sources.base import Source
 
@@ -40,11 +41,22 @@ def _listed(con: duckdb.DuckDBPyConnection) -> list[str]:
     return [name if schema == "main" else f"{schema}.{name}" for schema, name in rows]
 
 
-def _types(con: duckdb.DuckDBPyConnection, table: tuple[str, ...]) -> pa.Schema | None:
-    try:
-        return con.sql(f"SELECT * FROM {'.'.join(quote(part) for part in table)} LIMIT 0").to_arrow_table().schema
-    except duckdb.Error:
-        return None
+def _types(con: duckdb.DuckDBPyConnection, tables: list[tuple[str, ...]]
+           ) -> dict[tuple[str, ...], pa.Schema | None]:
+    """Each name bound as DuckDB binds it; only a name whose last part is some table's or view's
+    name (ASCII letters folded, as DuckDB matches names) is bound at all: binding a name that is
+    none searches the catalog for a near one, and 256 names of 900 characters took 4 s."""
+    known = {fold(name) for name, in con.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_catalog = ?", [ALIAS]).fetchall()}
+    found: dict[tuple[str, ...], pa.Schema | None] = {}
+    for table in tables:
+        found[table] = None
+        if fold(table[-1]) in known:
+            try:
+                found[table] = con.sql(f"SELECT * FROM {'.'.join(map(quote, table))} LIMIT 0").to_arrow_table().schema
+            except duckdb.Error:
+                pass
+    return found
 
 
 def _locked_down(paths: list[str]) -> duckdb.DuckDBPyConnection:
@@ -103,7 +115,7 @@ class DuckDBSource(Source):
 
     def tables(self) -> list[str]:
         """The file's tables."""
-        return self._read(_listed)
+        return self._read(_listed)[0]
 
     def table_types(self, tables: list[tuple[str, ...]]) -> dict[tuple[str, ...], pa.Schema]:
         """The types of the tables these names name (parts as written), resolved by DuckDB as the
@@ -118,16 +130,22 @@ class DuckDBSource(Source):
         missing = [t for t in dict.fromkeys(tables) if t not in self._types]
         if missing:
             try:
-                found = self._read(lambda con: {t: _types(con, t) for t in missing})
+                found, seen = self._read(lambda con: _types(con, missing))
+                if seen != version:  # a query holds the file a replaced one was: read the new one alone
+                    with self._lock:
+                        found, seen = self._read_alone(lambda con: _types(con, missing))
             except (duckdb.Error, SourceUnavailable, DatabaseReplaced):
-                found = {}
+                found, seen = {}, None
+            if seen != version:
+                return {t: s for t, s in found.items() if s is not None}  # not kept: the file moves on
             if len(self._types) + len(found) > TYPES_KEPT:
                 self._types = {}
             self._types.update(found)
         return {t: self._types[t] for t in tables if self._types.get(t) is not None}
 
-    def _read(self, read: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
-        """`read` on a cursor with the file attached. DuckDB locks the file with POSIX locks, which
+    def _read(self, read: Callable[[duckdb.DuckDBPyConnection], T]) -> tuple[T, tuple | None]:
+        """`read` on a cursor with the file attached, and the version of the file it read (a query
+        may hold the file as it was before a replacement: it is kept attached). DuckDB locks the file with POSIX locks, which
         are the process's: closing any descriptor of the file drops them all, so a listing that
         attached the file elsewhere and let go of it freed a running query's file for a writer
         (round 16: one health call, and the query read the writer's rows). So the engine's database
@@ -149,22 +167,25 @@ class DuckDBSource(Source):
                     continue
                 raise
             try:
-                return read(con)
+                with self._lock:
+                    seen = self._attached[db].version if db in self._attached else None
+                return read(con), seen
             finally:
                 con.close()
                 self.detach(db, None)
         raise DatabaseReplaced()
 
-    def _read_alone(self, read: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+    def _read_alone(self, read: Callable[[duckdb.DuckDBPyConnection], T]) -> tuple[T, tuple | None]:
         """`_read` while no database of the engine's has ever attached the file; under the lock."""
         if self._lister is None:
             self._lister = _locked_down(self.allowed_paths())
         con = self._lister.cursor()
         try:
+            seen = self.version()
             self._attach(con)
             try:
                 con.execute(f"USE {ALIAS}")
-                return read(con)
+                return read(con), seen
             finally:
                 con.execute("USE memory")
                 con.execute(f"DETACH {ALIAS}")
