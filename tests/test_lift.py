@@ -26,6 +26,8 @@ LIFTED = [
     "SELECT *, sentiment(upper(review), 'sst2-bilstm@4') AS shout FROM reviews LIMIT 5",
     "SELECT id, sentiment(review || ' !') AS s FROM (SELECT * FROM reviews WHERE review <> '') t",
     "SELECT id, sentiment(review) FROM reviews WHERE false",
+    # round 28: a column of the query's own named as a lifted one had made the batch's column ambiguous
+    "SELECT review AS __lift0_0, sentiment(review) AS s, id AS __LIFT1_0 FROM reviews LIMIT 3",
 ]
 NOT_LIFTED = [
     "SELECT sentiment('a fine film') AS s",  # no FROM: one row, nothing to gain

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.flight as flight
@@ -59,6 +60,21 @@ def test_forecast_interval_unnests_to_rows(client):
     assert table.num_rows == 15
     rows = table.to_pylist()
     assert all(r["lo"] <= r["mean"] <= r["hi"] for r in rows)
+
+
+@pytest.mark.parametrize("sql", [
+    "WITH sales AS (SELECT * FROM sales WHERE store = 'a') SELECT count(*) AS n FROM sales",
+    "WITH RECURSIVE reviews AS (SELECT * FROM reviews WHERE id < 3) SELECT count(*) AS n FROM reviews",
+    "WITH a AS (SELECT * FROM sales), sales AS (SELECT 1 AS x) SELECT count(*) AS n FROM a",
+    "SELECT count(*) AS n FROM reviews WHERE id IN (WITH reviews AS (SELECT 1 AS id) SELECT id FROM reviews)",
+])
+def test_a_cte_named_as_a_table_reads_the_table_where_duckdb_does(client, lake, sql):
+    """Round 28: a name any CTE had anywhere in the query was taken for that CTE, so a query whose
+    only table a CTE of its name filters (`WITH sales AS (SELECT * FROM sales ...)`) never attached
+    the source and failed ("Circular reference to CTE"). Names resolve as DuckDB resolves them."""
+    with duckdb.connect(lake, read_only=True) as con:
+        expected = con.sql(sql).fetchall()[0][0]
+    assert run(client, sql).column("n").to_pylist() == [expected] and expected > 0
 
 
 def test_flight_info_schema_matches_stream(client):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import duckdb
+import pyarrow as pa
 import pytest
 
 from flight_lstm.dremio import parse_uri
@@ -161,9 +162,11 @@ def test_a_duckdb_source_gives_its_tables_types_as_duckdb_resolves_their_names(t
     assert source.table_types([("t",)])[("t",)].names == ["x", "s", "z"]
 
 
-def test_types_are_read_from_the_file_as_it_is_now_while_a_query_holds_the_old_one(tmp_path):
+def test_types_are_those_of_the_file_queries_read_and_kept_only_while_it_is_the_files(tmp_path):
     """Round 27: a query kept the replaced file attached, the types were read there and kept under
-    the new file's version, so the new file's wide column went unseen until it changed again."""
+    the new file's version, so the new file's wide column went unseen until it changed again. While
+    a query holds a file that has changed since, queries started meanwhile read the held one: its
+    types answer, and nothing is kept (the source's version is None, so no plan is cached)."""
     import os
 
     from flight_lstm.service import Service
@@ -174,13 +177,23 @@ def test_types_are_read_from_the_file_as_it_is_now_while_a_query_holds_the_old_o
         con.execute("CREATE TABLE events AS SELECT range AS id, 1 AS payload FROM range(100)")
     with duckdb.connect(str(new)) as con:
         con.execute("CREATE TABLE events (id INT, payload STRUCT(a INT, b INT, c INT))")
+    writer = [sys.executable, "-c", f"import duckdb; duckdb.connect({str(path)!r}).execute('CREATE TABLE w (x INT)')"]
     service = Service(DuckDBSource(path), batch_rows=10)
     try:
         _, batches = service.stream(service.plan("SELECT id FROM events"))
         next(batches)  # the query holds the file
+        os.utime(path)  # touched: the same file, another version
+        # round 28: the types were then read by attaching the file alone, whose letting go dropped
+        # the query's lock (POSIX), and a writer took the file under the query
+        assert service.source.table_types([("EVENTS",)])[("EVENTS",)].field("payload").type == pa.int32()
+        locked = subprocess.run(writer, capture_output=True, text=True)
+        assert locked.returncode != 0 and "lock" in locked.stderr.lower()
         os.replace(new, path)
-        assert service.source.table_types([("events",)])[("events",)].field("payload").type.num_fields == 3
-        assert service.source.table_types([("events",)])[("events",)].field("payload").type.num_fields == 3
+        # queries started now read the file held, as the types say; none of it is kept meanwhile
+        assert service.source.version() is None
+        assert service.source.table_types([("events",)])[("events",)].field("payload").type == pa.int32()
         batches.close()
+        assert service.source.version() is not None
+        assert service.source.table_types([("events",)])[("events",)].field("payload").type.num_fields == 3
     finally:
         service.close()

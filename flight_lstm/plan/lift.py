@@ -46,6 +46,7 @@ def lift_operators(tree: exp.Expression, operators: Iterable) -> Lift | None:
     tree = tree.copy()
     calls, projections = [], []
     named = Counter(c.name.lower() for c in tree.find_all(exp.Column) if not c.table)
+    prefix = _unused_prefix(tree)
     for projection in tree.expressions:
         call = projection.this if isinstance(projection, exp.Alias) else projection
         op = by_name.get(call.name.lower()) if isinstance(call, exp.Anonymous) else None
@@ -54,11 +55,22 @@ def lift_operators(tree: exp.Expression, operators: Iterable) -> Lift | None:
             continue
         args = call.expressions[:len(op.params)]  # then the model's name, if named, and the connection
         model = call.expressions[len(op.params)].this if call.name.lower() == op.with_model_name else None
-        names = tuple(f"{PREFIX}{len(calls)}_{j}" for j in range(len(args)))
+        names = tuple(f"{prefix}{len(calls)}_{j}" for j in range(len(args)))
         projections += [exp.alias_(exp.cast(a.copy(), kind), name) for a, kind, name in zip(args, op.params, names)]
         calls.append(LiftedCall(op.name, model, names))
     tree.set("expressions", projections)
     return Lift(to_sql(tree), tuple(calls)) if calls else None
+
+
+def _unused_prefix(tree: exp.Expression) -> str:
+    """PREFIX, lengthened until no name in the query starts with it: a query's own `__lift0_0`
+    column had made the lifted batch's column ambiguous, and the call failed. (A source column of
+    such a name, read by a star, still would.)"""
+    taken = [i.name.lower() for i in tree.find_all(exp.Identifier)]
+    prefix = PREFIX
+    while any(name.startswith(prefix) for name in taken):
+        prefix += "_"
+    return prefix
 
 
 def _liftable(tree: exp.Expression) -> bool:

@@ -31,6 +31,7 @@ from sqlglot import exp
 
 from flight_lstm.errors import InvalidQuery
 from flight_lstm.plan import anomaly_table, forecast_backtest, forecast_table
+from flight_lstm.plan.ctes import cte_scopes, defining_cte, source_names
 from flight_lstm.plan.row_wise import INPUT
 from flight_lstm.plan.widths import (MAP_PARTS, MAX_TYPE_WIDTH, Meetings, Opaque, Struct, arrow_width, described_width,
                                      field_of, fold, named, opaque, type_width)
@@ -133,10 +134,8 @@ def check_table_functions(tree: exp.Expression) -> exp.Expression:
 def check_plan_size(tree: exp.Expression, table_types: TableTypes | None = None) -> exp.Expression:
     """`table_types`: the types of the source tables these names name, where the source can tell
     (asked once, for every name the tree reads but a table function's)."""
-    withs = _withs(tree)
-    names = list(dict.fromkeys(tuple(p.name for p in t.parts) for t in tree.find_all(exp.Table)
-                               if isinstance(t.this, exp.Identifier)
-                               and (t.args.get("db") or _defining_cte(t, withs) is None)))
+    _check_nodes(tree)  # first: finding the names walks up from each
+    names = source_names(tree)
     if len(names) > MAX_SOURCE_TABLES:
         raise InvalidQuery(f"the query names more than {MAX_SOURCE_TABLES} tables; split it")
     known = table_types(names) if table_types and names else {}
@@ -154,12 +153,16 @@ def check_exchange_size(tree: exp.Expression, schema: pa.Schema) -> exp.Expressi
     return tree
 
 
-def _check_size(tree: exp.Expression, table_types: Callable[[tuple[str, ...]], pa.Schema | None]) -> int:
-    """Refuse a tree past any bound above; the leaves of the query at its root."""
+def _check_nodes(tree: exp.Expression) -> None:
     for count, _ in enumerate(tree.walk(), start=1):
         if count > MAX_PLAN_NODES:
             raise InvalidQuery(f"the query plans to more than {MAX_PLAN_NODES:,} SQL nodes (its views and "
                                "table functions expanded); split it into smaller queries")
+
+
+def _check_size(tree: exp.Expression, table_types: Callable[[tuple[str, ...]], pa.Schema | None]) -> int:
+    """Refuse a tree past any bound above; the leaves of the query at its root."""
+    _check_nodes(tree)
     try:  # both walk down nested queries and CTEs one Python frame per level
         if _bound_nodes(tree) > MAX_BOUND_NODES:
             raise InvalidQuery(f"the query's CTEs, each counted wherever it is named, make more than "
@@ -238,7 +241,7 @@ def _check_columns(tree: exp.Expression, table_types: Callable[[tuple[str, ...]]
     FROM and joins, set operations, CTEs where named, PIVOTs), and refuse past any bound above; the
     leaves of the root's own columns."""
     meetings = Meetings()
-    withs = _withs(tree)
+    withs = cte_scopes(tree)
     as_rows: dict[int, tuple[list, Struct]] = {}  # a source's row as a struct, built once
     defined_in: dict[int, _Scope | None] = {}  # a CTE body -> the scope around its WITH (kept by `seen`)
     seen: dict[tuple[int, int], tuple[_Scope | None, _Out]] = {}  # each node once per scope around it (kept)
@@ -282,7 +285,7 @@ def _check_columns(tree: exp.Expression, table_types: Callable[[tuple[str, ...]]
             for clause in _clauses(node):
                 _bounded(width(clause, ordered))
         elif isinstance(node, exp.Table):
-            cte = None if node.args.get("db") else _defining_cte(node, withs)
+            cte = None if node.args.get("db") else defining_cte(node, withs)
             types = table_types(tuple(p.name for p in node.parts)) \
                 if cte is None and isinstance(node.this, exp.Identifier) else None
             if types is not None:  # a table whose types are known
@@ -638,35 +641,6 @@ def _bound_nodes(tree: exp.Expression) -> int:
         return total
 
     return size(tree, frozenset())
-
-
-def _withs(tree: exp.Expression) -> dict[int, dict[str, int]]:
-    """Each WITH's CTEs by name: the first position of each (`_defining_cte`)."""
-    return {id(w): {fold(c.alias_or_name): i for i, c in reversed(list(enumerate(w.expressions)))}
-            for w in tree.find_all(exp.With)}
-
-
-def _defining_cte(table: exp.Table, withs: dict[int, dict[str, int]]) -> exp.CTE | None:
-    """The CTE a table name names, as DuckDB finds it: in the nearest WITH around the name that
-    defines one the name may see (a CTE's body sees the CTEs before it in its WITH, and under WITH
-    RECURSIVE itself too if it is a UNION; round 27: all of them had been read as seen, so a later
-    CTE, or a body that is no UNION, hid a lake table of that name), else none (a table). `withs`:
-    each WITH's first position of each name."""
-    name, node, within = fold(table.name), table, None
-    while node.parent is not None:
-        node = node.parent
-        if isinstance(node, exp.CTE):
-            within = node
-            continue
-        with_ = node.args.get("with_") or node.args.get("with")
-        at = withs[id(with_)].get(name) if isinstance(with_, exp.With) else None
-        if at is None:
-            continue
-        inside_one = within is not None and within.parent is with_  # the name is in one of these CTEs' bodies
-        if not inside_one or at < within.index or (
-                at == within.index and with_.args.get("recursive") and isinstance(within.this, exp.Union)):
-            return with_.expressions[at]
-    return None
 
 
 def _cte_bodies(tree: exp.Expression) -> dict[str, list[exp.Expression]]:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from sqlglot import exp
 
+from flight_lstm.plan.ctes import source_names
+
 
 def cte_names(tree: exp.Expression) -> set[str]:
     return {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
@@ -10,14 +12,7 @@ def cte_names(tree: exp.Expression) -> set[str]:
 
 def source_tables(tree: exp.Expression) -> list[str]:
     """Tables the query reads from the source (CTE references and table functions left out)."""
-    local = cte_names(tree)
-    names = []
-    for table in tree.find_all(exp.Table):
-        if isinstance(table.this, exp.Identifier) and table.name.lower() not in local:
-            name = ".".join(p.name for p in table.parts)
-            if name not in names:
-                names.append(name)
-    return names
+    return list(dict.fromkeys(".".join(parts) for parts in source_names(tree)))
 
 
 def inline_views(tree: exp.Query, views: dict[str, exp.Query]) -> exp.Query:

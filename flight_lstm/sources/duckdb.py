@@ -124,24 +124,20 @@ class DuckDBSource(Source):
         stays the same. A name is only ever quoted, in a DuckDB with no file or network access but
         the source's own: a path or a URL is no table. Missing: not a table of the file, or the
         file cannot be read now."""
-        version = self.version()
-        if self._types_version != version:
-            self._types, self._types_version = {}, version
-        missing = [t for t in dict.fromkeys(tables) if t not in self._types]
+        version = self._file_version()
+        kept = self._types if self._types_version == version else {}  # this call's (others may replace it)
+        missing = [t for t in dict.fromkeys(tables) if t not in kept]
         if missing:
             try:
                 found, seen = self._read(lambda con: _types(con, missing))
-                if seen != version:  # a query holds the file a replaced one was: read the new one alone
-                    with self._lock:
-                        found, seen = self._read_alone(lambda con: _types(con, missing))
             except (duckdb.Error, SourceUnavailable, DatabaseReplaced):
                 found, seen = {}, None
-            if seen != version:
-                return {t: s for t, s in found.items() if s is not None}  # not kept: the file moves on
-            if len(self._types) + len(found) > TYPES_KEPT:
-                self._types = {}
-            self._types.update(found)
-        return {t: self._types[t] for t in tables if self._types.get(t) is not None}
+            if seen == version:  # else the file a query still holds, which queries started now read too
+                kept = {} if len(kept) + len(found) > TYPES_KEPT else kept
+                kept.update(found)
+                self._types, self._types_version = kept, version
+            kept = {**kept, **found}
+        return {t: kept[t] for t in tables if kept.get(t) is not None}
 
     def _read(self, read: Callable[[duckdb.DuckDBPyConnection], T]) -> tuple[T, tuple | None]:
         """`read` on a cursor with the file attached, and the version of the file it read (a query
@@ -181,7 +177,7 @@ class DuckDBSource(Source):
             self._lister = _locked_down(self.allowed_paths())
         con = self._lister.cursor()
         try:
-            seen = self.version()
+            seen = self._file_version()
             self._attach(con)
             try:
                 con.execute(f"USE {ALIAS}")
@@ -203,7 +199,7 @@ class DuckDBSource(Source):
             self._idle = None
             attached = self._attached.setdefault(db, _Attachment())
             if attached.queries == 0:  # no query is using the attachment: it may be (re)made
-                version = self.version()
+                version = self._file_version()
                 if attached.version not in (None, version):
                     self._detach_now(db)  # replaced or rewritten while kept: read the file as it is now
                 if attached.version is None:
@@ -274,7 +270,16 @@ class DuckDBSource(Source):
             con.execute(f"DETACH {ALIAS}")
         self._attached[db].version = None  # only once it is gone: a failed DETACH leaves it in use
 
-    def version(self) -> tuple:
+    def version(self) -> tuple | None:
+        """The file as it is now, unless a query still holds it as it was (the file replaced or
+        touched since: queries started meanwhile read the file held, so nothing planned or read
+        now may be kept for the file as it is): then None, and nothing is cached."""
+        version = self._file_version()
+        with self._lock:
+            held = [a.version for a in self._attached.values() if a.queries > 0]
+        return None if any(v not in (None, version) for v in held) else version
+
+    def _file_version(self) -> tuple:
         """The file and its WAL as the OS sees them: any write or replacement changes one."""
         stats = []
         for path in self.allowed_paths():
