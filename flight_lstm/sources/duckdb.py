@@ -141,14 +141,14 @@ class DuckDBSource(Source):
 
     def _read(self, read: Callable[[duckdb.DuckDBPyConnection], T]) -> tuple[T, tuple | None]:
         """`read` on a cursor with the file attached, and the version of the file it read (a query
-        may hold the file as it was before a replacement: it is kept attached). DuckDB locks the file with POSIX locks, which
-        are the process's: closing any descriptor of the file drops them all, so a listing that
-        attached the file elsewhere and let go of it freed a running query's file for a writer
-        (round 16: one health call, and the query read the writer's rows). So the engine's database
-        reads it, attached as for a query; before any query there is none, and a DuckDB of the
-        source's own attaches it under the source's lock, which every attachment takes (kept:
-        opening a DuckDB trims glibc's heap, which waits while a query fills it: 5-7 s beside
-        `list_distinct(range(20000000))`)."""
+        may hold the file as it was before it changed: it is kept attached). DuckDB locks the file
+        with POSIX locks, which are the process's: closing any descriptor of the file drops them
+        all, so a listing that attached the file elsewhere and let go of it freed a running query's
+        file for a writer (round 16: one health call, and the query read the writer's rows; round
+        28: a types lookup, the same). So the engine's database reads it, attached as for a query;
+        before any query there is none, and a DuckDB of the source's own attaches it under the
+        source's lock, which every attachment takes (kept: opening a DuckDB trims glibc's heap,
+        which waits while a query fills it: 5-7 s beside `list_distinct(range(20000000))`)."""
         for _ in range(3):  # a database replaced meanwhile: the new one reads
             with self._lock:
                 db = next(iter(self._attached), None)  # the engine's (a replaced one is forgotten)
