@@ -15,6 +15,7 @@ from flight_lstm.errors import InvalidQuery, QueryRefused
 from flight_lstm.engine import Engine
 from flight_lstm.plan import Catalog, Plan
 from flight_lstm.server.cancels import Cancels, ending
+from flight_lstm.service import Service
 from flight_lstm.sources.duckdb import DuckDBSource
 from udfs import OPERATORS, sentiment, sentiment_probs
 
@@ -67,6 +68,9 @@ def test_forecast_interval_unnests_to_rows(client):
     "WITH RECURSIVE reviews AS (SELECT * FROM reviews WHERE id < 3) SELECT count(*) AS n FROM reviews",
     "WITH a AS (SELECT * FROM sales), sales AS (SELECT 1 AS x) SELECT count(*) AS n FROM a",
     "SELECT count(*) AS n FROM reviews WHERE id IN (WITH reviews AS (SELECT 1 AS id) SELECT id FROM reviews)",
+    # round 29: under RECURSIVE only a UNION's last part (not BY NAME) reads the CTE itself
+    "WITH RECURSIVE sales AS (SELECT 1 AS n UNION ALL BY NAME SELECT count(*) AS n FROM sales) SELECT sum(n) AS n FROM sales",
+    "WITH RECURSIVE sales AS (SELECT count(*) AS n FROM sales UNION ALL SELECT 2) SELECT sum(n) AS n FROM sales",
 ])
 def test_a_cte_named_as_a_table_reads_the_table_where_duckdb_does(client, lake, sql):
     """Round 28: a name any CTE had anywhere in the query was taken for that CTE, so a query whose
@@ -75,6 +79,21 @@ def test_a_cte_named_as_a_table_reads_the_table_where_duckdb_does(client, lake, 
     with duckdb.connect(lake, read_only=True) as con:
         expected = con.sql(sql).fetchall()[0][0]
     assert run(client, sql).column("n").to_pylist() == [expected] and expected > 0
+
+
+def test_a_view_is_inlined_where_no_cte_of_its_name_answers(lake):
+    """Round 29: a CTE of a view's name anywhere in the query kept the view out everywhere (the outer
+    `v` then named no table); and a quoted file-like name passed the file check where a CTE of that
+    name existed anywhere."""
+    service = Service(DuckDBSource(lake), views={"v": "SELECT id FROM reviews"})
+    try:
+        schema, batches = service.stream(service.plan(
+            "SELECT count(*) AS n FROM v, (WITH v AS (SELECT 5 AS y) SELECT * FROM v) w"))
+        assert [r["n"] for b in batches for r in b.to_pylist()] == [len(REVIEWS)]
+        with pytest.raises(QueryRefused, match="file by its path"):
+            service.plan('SELECT * FROM "x.csv", (WITH "x.csv" AS (SELECT 1 AS a) SELECT a FROM "x.csv") w')
+    finally:
+        service.close()
 
 
 def test_flight_info_schema_matches_stream(client):

@@ -197,3 +197,31 @@ def test_types_are_those_of_the_file_queries_read_and_kept_only_while_it_is_the_
         assert service.source.table_types([("events",)])[("events",)].field("payload").type.num_fields == 3
     finally:
         service.close()
+
+
+def test_nothing_attaches_the_file_alone_while_a_forgotten_database_still_reads_it(tmp_path):
+    """Round 29: a renewal forgets the broken database before its queries end; a listing or a types
+    lookup meanwhile attached the file alone, and letting go dropped their lock (a writer took the
+    file under a query). It is now refused (retry) until they end."""
+    from flight_lstm.errors import SourceUnavailable
+    from flight_lstm.service import Service
+    from flight_lstm.sources.duckdb import DuckDBSource
+
+    path = tmp_path / "lake.db"
+    with duckdb.connect(str(path)) as con:
+        con.execute("CREATE TABLE big AS SELECT range AS i FROM range(5000)")
+    writer = [sys.executable, "-c", f"import duckdb; duckdb.connect({str(path)!r}).execute('CREATE TABLE w (x INT)')"]
+    service = Service(DuckDBSource(path), batch_rows=10)
+    try:
+        _, batches = service.stream(service.plan("SELECT i FROM big"))
+        next(batches)
+        service.source.forget(service.engine.db)  # as a renewal does first
+        for call in (service.source.tables, lambda: service.source.table_types([("BIG",)])):
+            with pytest.raises(SourceUnavailable, match="retry"):
+                call()
+        locked = subprocess.run(writer, capture_output=True, text=True)
+        assert locked.returncode != 0 and "lock" in locked.stderr.lower()
+        batches.close()  # its query ends: the file is free to read again
+        assert service.source.tables() == ["big"]
+    finally:
+        service.close()

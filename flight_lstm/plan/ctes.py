@@ -26,9 +26,9 @@ def cte_scopes(tree: exp.Expression) -> dict[int, dict[str, int]]:
 def defining_cte(table: exp.Table, withs: dict[int, dict[str, int]]) -> exp.CTE | None:
     """The CTE a table name names, as DuckDB finds it: in the nearest WITH around the name that
     defines one the name may see (a CTE's body sees the CTEs before it in its WITH, and under WITH
-    RECURSIVE itself too if it is a UNION; round 27: all of them had been read as seen, so a later
-    CTE, or a body that is no UNION, hid a lake table of that name), else none (a table). `withs`:
-    each WITH's first position of each name."""
+    RECURSIVE itself too, in its recursive part; round 27: all of them had been read as seen, so a
+    later CTE, or a body that is no UNION, hid a lake table of that name), else none (a table).
+    `withs`: each WITH's first position of each name."""
     name, node, within = fold(table.name), table, None
     while node.parent is not None:
         node = node.parent
@@ -41,6 +41,19 @@ def defining_cte(table: exp.Table, withs: dict[int, dict[str, int]]) -> exp.CTE 
             continue
         inside_one = within is not None and within.parent is with_  # the name is in one of these CTEs' bodies
         if not inside_one or at < within.index or (
-                at == within.index and with_.args.get("recursive") and isinstance(within.this, exp.Union)):
+                at == within.index and with_.args.get("recursive") and _in_recursive_part(table, within)):
             return with_.expressions[at]
     return None
+
+
+def _in_recursive_part(table: exp.Table, cte: exp.CTE) -> bool:
+    """Whether DuckDB reads `table`, in `cte`'s own body under WITH RECURSIVE, as the CTE itself: a
+    body that is a UNION (not BY NAME) reads it so in its last part only (round 29: in the other
+    parts, or under UNION BY NAME, DuckDB reads the table)."""
+    body = cte.this
+    if not isinstance(body, exp.Union) or body.args.get("by_name"):
+        return False
+    node = table
+    while node is not cte and node is not body.expression:
+        node = node.parent
+    return node is body.expression

@@ -10,7 +10,7 @@ import re
 from sqlglot import exp
 
 from flight_lstm.errors import QueryRefused
-from flight_lstm.plan.views import cte_names
+from flight_lstm.plan.ctes import cte_scopes, defining_cte
 
 # Table-valued functions a query may call in FROM; everything else there must be a table name.
 ALLOWED_TABLE_FUNCTIONS = {"range", "generate_series", "unnest"}
@@ -49,7 +49,7 @@ def function_name(node: exp.Func) -> str:
 def check_read_only(tree: exp.Expression) -> exp.Expression:
     if not isinstance(tree, exp.Query):
         raise QueryRefused(f"queries are read-only: only SELECT is allowed, got {tree.key.upper()}")
-    ctes = cte_names(tree)
+    scopes = cte_scopes(tree)
     for node in tree.walk():
         if isinstance(node, DENIED_NODES):
             raise QueryRefused(f"{node.key.upper()} is not allowed: queries are read-only")
@@ -61,12 +61,13 @@ def check_read_only(tree: exp.Expression) -> exp.Expression:
             name = function_name(node.this)
             if name not in ALLOWED_TABLE_FUNCTIONS:
                 raise QueryRefused(f"table function {name}() is not allowed in FROM")
-        if isinstance(node, exp.Table) and (isinstance(node.this, exp.Literal) or _file_like(node, ctes)):
+        if isinstance(node, exp.Table) and (isinstance(node.this, exp.Literal) or _file_like(node, scopes)):
             raise QueryRefused("reading a file by its path is not allowed")
     return tree
 
 
-def _file_like(table: exp.Table, ctes: set[str]) -> bool:
+def _file_like(table: exp.Table, scopes: dict) -> bool:
+    """A quoted name that reads like a file and that no CTE answers where it stands."""
     name = table.this
     return (isinstance(name, exp.Identifier) and name.quoted and not table.db and not table.catalog
-            and name.name.lower() not in ctes and bool(FILE_LIKE.search(name.name)))
+            and bool(FILE_LIKE.search(name.name)) and defining_cte(table, scopes) is None)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from sqlglot import exp
 
-from flight_lstm.plan.ctes import source_names
+from flight_lstm.plan.ctes import cte_scopes, defining_cte, source_names
+from flight_lstm.plan.widths import fold
 
 
 def cte_names(tree: exp.Expression) -> set[str]:
@@ -16,20 +17,23 @@ def source_tables(tree: exp.Expression) -> list[str]:
 
 
 def inline_views(tree: exp.Query, views: dict[str, exp.Query]) -> exp.Query:
-    """Prepend a CTE for each view the query names (its own CTEs of the same name win)."""
+    """Prepend a CTE for each view the query names (its own CTEs of the same name win where they are
+    seen; round 29: a CTE of the name anywhere had kept the view out everywhere)."""
     if not views:
         return tree
-    shadowed = cte_names(tree)
+    with_ = tree.args.get("with_")
+    scopes, shadowed = cte_scopes(tree), {fold(c.alias_or_name) for c in with_.expressions} if with_ else set()
     for table in tree.find_all(exp.Table):  # Flight SQL clients list views under schema main
         if table.db.lower() == "main" and not table.catalog and table.name.lower() in views:
             table.set("db", None)
     for column in tree.find_all(exp.Column):  # and SQLAlchemy writes main.view.column
         if column.db.lower() == "main" and not column.catalog and column.table.lower() in views:
             column.set("db", None)
-    used = [
+    used = [  # each view a name reads where no CTE answers it (its name free in the WITH it joins)
         name
-        for name in dict.fromkeys(t.name.lower() for t in tree.find_all(exp.Table) if not t.db)
-        if name in views and name not in shadowed
+        for name in dict.fromkeys(t.name.lower() for t in tree.find_all(exp.Table) if not t.db
+                                  and isinstance(t.this, exp.Identifier) and defining_cte(t, scopes) is None)
+        if name in views and fold(name) not in shadowed
     ]
     for name in reversed(used):
         tree = _prepend_cte(tree, name, views[name])

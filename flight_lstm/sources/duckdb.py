@@ -94,6 +94,8 @@ class DuckDBSource(Source):
         # old one still end, and their ends must not count against the new one's attachment.
         self._attached: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._forgotten: weakref.WeakSet = weakref.WeakSet()
+        # A forgotten database's attachment while queries there still read the file.
+        self._held: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         # The last query's database and when it ended, while a detach is pending; one thread per
         # source waits for it (`_detach_when_idle`), so ending a query starts no thread.
         self._idle: tuple[duckdb.DuckDBPyConnection, float] | None = None
@@ -122,16 +124,16 @@ class DuckDBSource(Source):
         query's own connection resolves them (`USE lake`: `lake.t`, `main.t`, a case or a Unicode
         spelling all as DuckDB reads them), in one attachment; kept per spelling while the file
         stays the same. A name is only ever quoted, in a DuckDB with no file or network access but
-        the source's own: a path or a URL is no table. Missing: not a table of the file, or the
-        file cannot be read now."""
+        the source's own: a path or a URL is no table. Missing: not a table of the file. A file
+        that cannot be read now fails the planning as it would fail the query (SourceUnavailable)."""
         version = self._file_version()
         kept = self._types if self._types_version == version else {}  # this call's (others may replace it)
         missing = [t for t in dict.fromkeys(tables) if t not in kept]
         if missing:
-            try:
+            try:  # a failure is the query's: unknown types must not pass as narrow ones
                 found, seen = self._read(lambda con: _types(con, missing))
-            except (duckdb.Error, SourceUnavailable, DatabaseReplaced):
-                found, seen = {}, None
+            except duckdb.Error as e:
+                raise SourceUnavailable(f"cannot read DuckDB file {self.path.name} now: {_first_line(e)}") from None
             if seen == version:  # else the file a query still holds, which queries started now read too
                 kept = {} if len(kept) + len(found) > TYPES_KEPT else kept
                 kept.update(found)
@@ -152,6 +154,8 @@ class DuckDBSource(Source):
         for _ in range(3):  # a database replaced meanwhile: the new one reads
             with self._lock:
                 db = next(iter(self._attached), None)  # the engine's (a replaced one is forgotten)
+                if db is None and self._held:  # round 29: attached alone, letting go dropped their lock
+                    raise SourceUnavailable(f"DuckDB file {self.path.name} is being opened again; retry shortly")
                 if db is None:
                     return self._read_alone(read)
             con = db.cursor()
@@ -211,7 +215,12 @@ class DuckDBSource(Source):
     def detach(self, db: duckdb.DuckDBPyConnection, plan: Plan) -> None:
         with self._lock:
             attached = self._attached.get(db)
-            if attached is None:  # forgotten: its attachment went with it
+            if attached is None:  # forgotten: its attachment went with it, once its queries end
+                held = self._held.get(db)
+                if held is not None:
+                    held.queries -= 1
+                    if held.queries <= 0:
+                        del self._held[db]
                 return
             attached.queries -= 1
             if attached.queries > 0:
@@ -242,7 +251,9 @@ class DuckDBSource(Source):
 
     def forget(self, db: duckdb.DuckDBPyConnection) -> None:
         with self._lock:
-            self._attached.pop(db, None)
+            attached = self._attached.pop(db, None)
+            if attached is not None and attached.queries > 0:  # they still read the file there
+                self._held[db] = attached
             self._forgotten.add(db)
             if self._idle is not None and self._idle[0] is db:
                 self._idle = None
