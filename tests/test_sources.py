@@ -113,6 +113,16 @@ def test_a_corrupt_duckdb_file_is_an_unavailable_source_not_an_internal_error(tm
     service.close()
 
 
+def _writer(path) -> list[str]:
+    """A process that writes the file (a table more)."""
+    return [sys.executable, "-c", f"import duckdb; duckdb.connect({str(path)!r}).execute('CREATE TABLE w (x INT)')"]
+
+
+def _assert_locked_out(path) -> None:
+    locked = subprocess.run(_writer(path), capture_output=True, text=True)
+    assert locked.returncode != 0 and "lock" in locked.stderr.lower()
+
+
 def test_listing_the_source_keeps_a_running_querys_lock_on_the_file(tmp_path):
     """Round 16: DuckDB's file locks are the process's (POSIX): a listing that attached the file in
     a DuckDB of its own and let go of it dropped the lock of the query reading it, and a writer then
@@ -125,16 +135,14 @@ def test_listing_the_source_keeps_a_running_querys_lock_on_the_file(tmp_path):
     path = tmp_path / "lake.db"
     with duckdb.connect(str(path)) as con:
         con.execute("CREATE TABLE big AS SELECT i FROM range(3000000) t(i)")
-    writer = [sys.executable, "-c", f"import duckdb; duckdb.connect({str(path)!r}).execute('CREATE TABLE w (x INT)')"]
     service = Service(DuckDBSource(path))
     _, batches = service.stream(service.plan("SELECT i FROM big"))
     next(batches)  # the query is reading the file
     assert service.source.tables() == ["big"]
-    locked = subprocess.run(writer, capture_output=True, text=True)
-    assert locked.returncode != 0 and "lock" in locked.stderr.lower()
+    _assert_locked_out(path)
     assert sum(len(b) for b in batches) > 0  # the query reads on to its end
     service.close()
-    assert subprocess.run(writer, capture_output=True, text=True).returncode == 0  # let go once it ended
+    assert subprocess.run(_writer(path), capture_output=True, text=True).returncode == 0  # let go once it ended
     path.unlink()  # listed in the engine's database now: a file gone is said so there too
     with pytest.raises(SourceUnavailable, match="does not exist"):
         service.source.tables()
@@ -177,7 +185,6 @@ def test_types_are_those_of_the_file_queries_read_and_kept_only_while_it_is_the_
         con.execute("CREATE TABLE events AS SELECT range AS id, 1 AS payload FROM range(100)")
     with duckdb.connect(str(new)) as con:
         con.execute("CREATE TABLE events (id INT, payload STRUCT(a INT, b INT, c INT))")
-    writer = [sys.executable, "-c", f"import duckdb; duckdb.connect({str(path)!r}).execute('CREATE TABLE w (x INT)')"]
     service = Service(DuckDBSource(path), batch_rows=10)
     try:
         _, batches = service.stream(service.plan("SELECT id FROM events"))
@@ -186,8 +193,7 @@ def test_types_are_those_of_the_file_queries_read_and_kept_only_while_it_is_the_
         # round 28: the types were then read by attaching the file alone, whose letting go dropped
         # the query's lock (POSIX), and a writer took the file under the query
         assert service.source.table_types([("EVENTS",)])[("EVENTS",)].field("payload").type == pa.int32()
-        locked = subprocess.run(writer, capture_output=True, text=True)
-        assert locked.returncode != 0 and "lock" in locked.stderr.lower()
+        _assert_locked_out(path)
         os.replace(new, path)
         # queries started now read the file held, as the types say; none of it is kept meanwhile
         assert service.source.version() is None
@@ -210,7 +216,6 @@ def test_nothing_attaches_the_file_alone_while_a_forgotten_database_still_reads_
     path = tmp_path / "lake.db"
     with duckdb.connect(str(path)) as con:
         con.execute("CREATE TABLE big AS SELECT range AS i FROM range(5000)")
-    writer = [sys.executable, "-c", f"import duckdb; duckdb.connect({str(path)!r}).execute('CREATE TABLE w (x INT)')"]
     service = Service(DuckDBSource(path), batch_rows=10)
     try:
         _, batches = service.stream(service.plan("SELECT i FROM big"))
@@ -219,8 +224,7 @@ def test_nothing_attaches_the_file_alone_while_a_forgotten_database_still_reads_
         for call in (service.source.tables, lambda: service.source.table_types([("BIG",)])):
             with pytest.raises(SourceUnavailable, match="retry"):
                 call()
-        locked = subprocess.run(writer, capture_output=True, text=True)
-        assert locked.returncode != 0 and "lock" in locked.stderr.lower()
+        _assert_locked_out(path)
         batches.close()  # its query ends: the file is free to read again
         assert service.source.tables() == ["big"]
     finally:
