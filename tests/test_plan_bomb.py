@@ -775,3 +775,17 @@ def test_a_query_names_at_most_256_tables(service):
         service.plan("SELECT " + ", ".join(f"(FROM m{i})" for i in range(257)))
     assert service.plan("WITH " + ", ".join(f"m{i} AS (SELECT 1 AS x)" for i in range(300)) + " SELECT "
                         + ", ".join(f"(FROM m{i})" for i in range(300)) + " AS n")
+
+
+def test_pivot_and_unpivot_clauses_in_from_plan_run_and_are_bounded(service, lake):
+    """A `FROM t PIVOT (...)` clause (the SQL-standard form) failed with INTERNAL: the size walk read
+    every PIVOT as a statement of its own, whose source it is, and a clause has none."""
+    for sql in ["SELECT * FROM sales PIVOT (sum(amount) FOR store IN ('a', 'b', 'c')) ORDER BY ts",
+                "SELECT * FROM (SELECT store, amount FROM sales) PIVOT (sum(amount) FOR store IN ('a', 'b', 'c'))",
+                "SELECT * FROM (SELECT 1 AS a, 2 AS b) UNPIVOT (v FOR k IN (a, b)) ORDER BY k"]:
+        schema, batches = service.stream(service.plan(sql))
+        with duckdb.connect(lake, read_only=True) as con:
+            assert pa.Table.from_batches(list(batches), schema).to_pylist() == con.sql(sql).to_arrow_table().to_pylist()
+    many = ", ".join(map(str, range(4000)))  # three aggregates each: 12,000 columns
+    with pytest.raises(InvalidQuery, match="a PIVOT would make more than 10,000 columns"):
+        service.plan(f"SELECT * FROM sales PIVOT (sum(amount), min(amount), max(amount) FOR store IN ({many}))")

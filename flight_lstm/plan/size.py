@@ -522,8 +522,8 @@ def _check_columns(tree: exp.Expression, table_types: Callable[[tuple[str, ...]]
         return _Out(columns, unknown, stars, leaves + own, pivoted)
 
     # Every query in the tree heads a chain, once: read from the top, or else alone (a CTE not named).
-    for q in tree.find_all(exp.Query, exp.Pivot):
-        if id(q) not in read_once:
+    for q in tree.find_all(exp.Query, exp.Pivot):  # a `FROM t PIVOT (...)` clause is read with its t
+        if id(q) not in read_once and not (isinstance(q, exp.Pivot) and q.this is None):
             query(q, frozenset())
     root = seen.get((id(tree), id(None)))
     return sum(w for _, w in root[1].columns) if root else 0
