@@ -34,7 +34,7 @@ from flight_lstm.plan.parse import parse_one_query
 from flight_lstm.plan.pushdown import push_down
 from flight_lstm.plan.read_only import check_read_only
 from flight_lstm.plan.row_wise import check_row_wise
-from flight_lstm.plan.size import check_exchange_size, check_plan_size, check_table_functions
+from flight_lstm.plan.size import TableTypes, check_exchange_size, check_plan_size, check_table_functions
 from flight_lstm.plan.views import inline_views, source_tables
 
 QUERY = (check_table_functions, expand_forecast_tables, expand_forecast_backtests, expand_anomaly_tables,
@@ -67,7 +67,7 @@ class Catalog:
     pushdown_dialect: str | None = None
     columns_of: Callable[[str], list[str]] | None = None
     # The types of the source tables these names' parts name, where the source can tell (size.py).
-    table_types: Callable[[list[tuple[str, ...]]], dict[tuple[str, ...], pa.Schema]] | None = None
+    table_types: TableTypes | None = None
 
     def add_view(self, name: str, sql: str) -> None:
         """Publish `sql` as a named, queryable view; it may use operators and earlier views. It is

@@ -147,6 +147,7 @@ def check_exchange_size(tree: exp.Expression, schema: pa.Schema) -> exp.Expressi
     """A DoExchange query, bounded as any other but knowing its input's types, which the client chose
     (4,096 columns copied by 64 stars had bound for 65 s), and making at most MAX_EXCHANGE_LEAVES:
     DuckDB binds an exchange's query a few times over (`SELECT *, *` of 4,096 columns: 1.6 s)."""
+    _check_nodes(tree)
     if _check_size(tree, lambda parts: schema if [p.lower() for p in parts] == [INPUT] else None) > MAX_EXCHANGE_LEAVES:
         raise InvalidQuery(f"an exchange query may make at most {MAX_EXCHANGE_LEAVES:,} columns (each struct "
                            "field counted); name the columns you need")
@@ -161,8 +162,7 @@ def _check_nodes(tree: exp.Expression) -> None:
 
 
 def _check_size(tree: exp.Expression, table_types: Callable[[tuple[str, ...]], pa.Schema | None]) -> int:
-    """Refuse a tree past any bound above; the leaves of the query at its root."""
-    _check_nodes(tree)
+    """Refuse a tree (its nodes counted already) past any bound above; the leaves of its root query."""
     try:  # both walk down nested queries and CTEs one Python frame per level
         if _bound_nodes(tree) > MAX_BOUND_NODES:
             raise InvalidQuery(f"the query's CTEs, each counted wherever it is named, make more than "
