@@ -7,12 +7,14 @@ import time
 from decimal import Decimal
 
 import adbc_driver_flightsql.dbapi as flight_sql
+import duckdb
 import adbc_driver_manager
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
 from conftest import REVIEWS, VIEWS, start_server
+from flight_lstm.identifiers import quote
 from flight_lstm.server import FlightLSTMServer
 from flight_lstm.server.auth import BasicBearerAuth, Tokens, Users
 from flight_lstm.service import Service
@@ -150,6 +152,38 @@ def test_adbc_sees_sql_type_names_of_every_column(conn):
     assert {k: c["xdbc_type_name"] for k, c in columns.items() if k[0] in ("sales", "moods")} == {
         ("sales", "store"): "VARCHAR", ("sales", "ts"): "TIMESTAMP", ("sales", "amount"): "DOUBLE",
         ("moods", "id"): "BIGINT", ("moods", "mood"): "VARCHAR"}
+
+
+ODD_NAMES = {("main", "my table"): 1, ("main", "select"): 2, ("main", 'a"b'): 3, ("odd sch", "t.x"): 4,
+             ("main", "Ünï"): 5, ("main", "Mixed"): 6}
+
+
+def test_tables_with_any_name_are_listed_described_and_read_through_every_client(tmp_path):
+    """A table named `my table` broke ListFlights and ADBC's get_objects for every table: it was
+    listed unquoted, and read back as the table `my`. Each part is now quoted unless DuckDB reads
+    it bare as itself."""
+    path = tmp_path / "odd.db"
+    with duckdb.connect(str(path)) as con:
+        con.execute('CREATE SCHEMA "odd sch"')
+        for (schema, table), value in ODD_NAMES.items():
+            con.execute(f"CREATE TABLE {quote(schema)}.{quote(table)} AS SELECT {value} AS v")
+    srv, uri = start_server(Service(DuckDBSource(path)))
+    try:
+        infos = list(flight.connect(uri).list_flights())
+        read = {i.descriptor.path[0].decode(): flight.connect(uri).do_get(i.endpoints[0].ticket).read_all()
+                for i in infos}
+        assert sorted(t["v"][0].as_py() for t in read.values()) == sorted(ODD_NAMES.values())
+        assert {"Mixed", '"my table"', '"select"', '"a""b"', '"odd sch"."t.x"', '"Ünï"'} == set(read)
+        with flight_sql.connect(uri) as conn:
+            objects = conn.adbc_get_objects(depth="all").read_all().to_pylist()
+            listed = {(s["db_schema_name"], t["table_name"]): t["table_columns"][0]["column_name"]
+                      for s in objects[0]["catalog_db_schemas"] for t in s["db_schema_tables"]}
+            assert listed == {name: "v" for name in ODD_NAMES}
+            for (schema, table), value in ODD_NAMES.items():
+                assert conn.adbc_get_table_schema(table, db_schema_filter=schema).names == ["v"]
+                assert query(conn, f"SELECT v FROM {quote(schema)}.{quote(table)}")["v"][0].as_py() == value
+    finally:
+        srv.shutdown()
 
 
 def test_result_schemas_carry_flight_sql_column_metadata(conn):

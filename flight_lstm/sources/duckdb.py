@@ -32,13 +32,19 @@ T = TypeVar("T")
 # DuckDB's words for a file it cannot trust (a plain duckdb.Error or "Data Corruption Error"): a bad
 # block on disk, a torn copy. The source is unavailable then, not the server broken.
 _CORRUPT = re.compile(r"Corrupt database file|Data Corruption Error")
+_BARE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # a name DuckDB reads unquoted as itself, unless a keyword
 log = logging.getLogger(__name__)
 
 
 def _listed(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Each table as SQL names it: a part bare where DuckDB reads it back as itself (a plain ASCII
+    word that is no keyword), quoted otherwise (`"my table"`, `"select"`, `"odd schema"."t.x"`)."""
+    keywords = {k for k, in con.execute("SELECT keyword_name FROM duckdb_keywords()").fetchall()}
     rows = con.execute("SELECT table_schema, table_name FROM information_schema.tables "
                        "WHERE table_catalog = ? ORDER BY 1, 2", [ALIAS]).fetchall()
-    return [name if schema == "main" else f"{schema}.{name}" for schema, name in rows]
+    def part(name: str) -> str:
+        return name if _BARE.fullmatch(name) and name.lower() not in keywords else quote(name)
+    return [part(name) if schema == "main" else f"{part(schema)}.{part(name)}" for schema, name in rows]
 
 
 def _types(con: duckdb.DuckDBPyConnection, tables: list[tuple[str, ...]]
