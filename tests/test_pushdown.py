@@ -145,3 +145,25 @@ def test_a_table_function_sends_dremio_only_the_columns_it_reads(client, standin
     scans = [q for q in reached(standin, before) if q != "SELECT * FROM shop.sales"]  # that one learns the columns
     assert scans and all(q in ('SELECT "store", "ts", "amount" FROM shop.sales',
                                'SELECT "store", "ts", "amount" FROM shop.sales WHERE NOT "ts" IS NULL') for q in scans), scans
+
+
+@pytest.mark.parametrize("sql", [
+    f"WITH reviews AS (SELECT * FROM {DEEP} WHERE id < 5) SELECT id, sentiment(review) AS s FROM reviews ORDER BY id",
+    f"WITH x AS (SELECT 1 AS one), reviews AS (SELECT id, review FROM {DEEP} WHERE id < 5) "
+    "SELECT r.id, sentiment(r.review) AS s FROM reviews r, x ORDER BY r.id",
+    f"SELECT id, s FROM (WITH reviews AS (SELECT * FROM {DEEP}) SELECT id, sentiment(review) AS s FROM reviews) "
+    "WHERE id < 5 ORDER BY id",
+])
+def test_a_cte_named_as_the_last_part_of_the_table_it_reads_reads_that_table(client, standin, sql):
+    """Only a name written alone can name a CTE: `WITH reviews AS (SELECT * FROM space.folder.reviews)`
+    sends the body's table to Dremio (it had been taken for the CTE, and failed with a catalog error)."""
+    before = len(standin.sql)
+    assert run(client, sql).column("id").to_pylist() == [0, 1, 2, 3, 4]
+    assert any('"folder.with.dots"' in q for q in reached(standin, before))
+
+
+def test_a_query_of_names_like_the_scans_reads_the_source_not_its_own_cte(client):
+    """A CTE named `_scan_0` had stood for the source's scan: the query read its own rows instead."""
+    sql = (f"WITH _scan_0 AS (SELECT -1 AS id) SELECT x.id FROM (SELECT id FROM {DEEP} WHERE id < 3) x, _scan_0 "
+           "ORDER BY x.id")
+    assert run(client, sql).column("id").to_pylist() == [0, 1, 2]

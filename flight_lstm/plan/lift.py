@@ -21,6 +21,7 @@ from typing import Iterable
 from sqlglot import exp
 
 from flight_lstm.plan.emit import to_sql
+from flight_lstm.plan.fresh_names import unused_prefix
 
 PREFIX = "__lift"
 
@@ -46,7 +47,7 @@ def lift_operators(tree: exp.Expression, operators: Iterable) -> Lift | None:
     tree = tree.copy()
     calls, projections = [], []
     named = Counter(c.name.lower() for c in tree.find_all(exp.Column) if not c.table)
-    prefix = _unused_prefix(tree)
+    prefix = unused_prefix(tree, PREFIX)
     for projection in tree.expressions:
         call = projection.this if isinstance(projection, exp.Alias) else projection
         op = by_name.get(call.name.lower()) if isinstance(call, exp.Anonymous) else None
@@ -60,17 +61,6 @@ def lift_operators(tree: exp.Expression, operators: Iterable) -> Lift | None:
         calls.append(LiftedCall(op.name, model, names))
     tree.set("expressions", projections)
     return Lift(to_sql(tree), tuple(calls)) if calls else None
-
-
-def _unused_prefix(tree: exp.Expression) -> str:
-    """PREFIX, lengthened until no name in the query starts with it: a query's own `__lift0_0`
-    column had made the lifted batch's column ambiguous, and the call failed. (A source column of
-    such a name, read by a star, still would.)"""
-    taken = [i.name.lower() for i in tree.find_all(exp.Identifier)]
-    prefix = PREFIX
-    while any(name.startswith(prefix) for name in taken):
-        prefix += "_"
-    return prefix
 
 
 def _liftable(tree: exp.Expression) -> bool:

@@ -6,9 +6,9 @@ What reaches the source, in its own dialect:
 - per source table, only the columns the query uses and the WHERE conjuncts that touch that
   table alone (not on the null-supplying side of an outer join, no operator, no subquery).
 
-Each piece becomes a scan `_scan_N` that the source streams into the local query, which keeps
-the operators and everything above them. A registered stream can be read once, so a CTE that is
-referenced more than once is materialized locally.
+Each piece becomes a scan `_scan_N` (a name the query has nowhere) that the source streams into
+the local query, which keeps the operators and everything above them. A registered stream can be
+read once, so a CTE that is referenced more than once is materialized locally.
 
 What may be sent is decided on the approved tree, node by node, by an allow-list (`unsendable`);
 the text sent is then written from that tree by emit.to_sql. Every node of a piece must be one of
@@ -50,7 +50,9 @@ from sqlglot.optimizer.scope import Scope, traverse_scope
 from flight_lstm.errors import QueryRefused, first_line
 from flight_lstm.plan.arguments import LOCAL_ONLY
 from flight_lstm.plan.emit import PLAIN_WORD, to_sql
-from flight_lstm.plan.views import cte_names
+from flight_lstm.plan.fresh_names import unused_prefix
+from flight_lstm.plan.ctes import cte_scopes, defining_cte
+from flight_lstm.plan.widths import fold
 
 Scans = list[tuple[str, str]]
 
@@ -60,33 +62,55 @@ def push_down(tree: exp.Query, dialect: str, operators: set[str],
     """Returns the local query and its scans; `columns_of` names a source table's columns, given
     the table as SQL in the source's dialect; `local_tables` live in the local connection."""
     scans: Scans = []
-    local = cte_names(tree) | set(local_tables)
+    _mark_local(tree, local_tables)
+    prefix = unused_prefix(tree, "_scan_")
     if tree.find(exp.Placeholder) is not None:
         raise QueryRefused("bound parameters ($1, ?, $name) cannot be used with a source that runs part "
                            "of the query itself; write the values into the query")
 
-    def scan(query: exp.Query) -> str:
+    def scan(query: exp.Query) -> exp.Table:
         problem = unsendable(query, dialect)
         if problem:  # every caller checked already: fail closed
             raise QueryRefused(f"cannot send this part of the query to the source: {problem}")
-        name = f"_scan_{len(scans)}"
+        name = f"{prefix}{len(scans)}"
         scans.append((name, to_sql(query, dialect)))
-        return name
+        scanned = exp.to_table(name)
+        scanned.meta[_LOCAL] = True
+        return scanned
 
-    if _pushable(tree, operators, local, dialect):
+    if _pushable(tree, operators, dialect):
         return exp.select("*").from_(scan(tree)), scans
     for select in list(tree.find_all(exp.Select)):
-        _split_aggregation(select, operators, local, dialect)
+        _split_aggregation(select, operators, dialect)
     for query in _whole_candidates(tree):
-        if _pushable(query, operators, local, dialect):
+        if _pushable(query, operators, dialect):
             query.replace(exp.select("*").from_(scan(query)))
     for scope in reversed(list(traverse_scope(tree))):
-        _push_tables(scope, operators, local, lambda t: columns_of(t.sql(dialect=dialect)), scan, dialect)
+        _push_tables(scope, operators, lambda t: columns_of(t.sql(dialect=dialect)), scan, dialect)
     _materialize_shared_ctes(tree)
     return tree, scans
 
 
-def _split_aggregation(select: exp.Select, operators: set[str], local: set[str], dialect: str) -> None:
+def _mark_local(tree: exp.Query, local_tables: set[str]) -> None:
+    """Tag each table name that reads no source table: one that names a CTE where it stands, as
+    DuckDB finds it (plan/ctes.py: only a name written alone can), or a table of the local
+    connection. Tagged once, on the whole query: the tag goes with the copies made while splitting
+    it (a name had been taken for a CTE whenever any CTE had its last part, so
+    `WITH reviews AS (SELECT * FROM space.folder.reviews)` read no table)."""
+    scopes = cte_scopes(tree)
+    for table in tree.find_all(exp.Table):
+        if not table.args.get("db") and (fold(table.name) in local_tables or defining_cte(table, scopes)):
+            table.meta[_LOCAL] = True
+
+
+_LOCAL = "flight_lstm.local"  # the tag `_mark_local` sets
+
+
+def _reads_source(table: exp.Table) -> bool:
+    return isinstance(table.this, (exp.Identifier, exp.Dot)) and not table.meta.get(_LOCAL)
+
+
+def _split_aggregation(select: exp.Select, operators: set[str], dialect: str) -> None:
     """`SELECT k, op(agg(x)) FROM t WHERE w GROUP BY k HAVING h` becomes
     `SELECT _k0 AS k, op(_a0) FROM (SELECT k AS _k0, agg(x) AS _a0 FROM t WHERE w GROUP BY k) WHERE h'`
     so the grouping and aggregation run in the source, when the operators sit only above them."""
@@ -99,7 +123,7 @@ def _split_aggregation(select: exp.Select, operators: set[str], local: set[str],
     if any(isinstance(k, exp.Literal) for k in group.expressions):
         return  # GROUP BY 1: positions would change meaning
     probe = exp.select("1").from_(select.args["from_"].this.copy())
-    if not _pushable(probe, operators, local, dialect) or select.args.get("joins"):
+    if not _pushable(probe, operators, dialect) or select.args.get("joins"):
         return
     aggs = [_with_modifiers(a) for a in select.find_all(exp.AggFunc) if not a.find_ancestor(exp.AggFunc)]
     if any(_calls_operator(a, operators) or a.find_ancestor(exp.Window) for a in aggs):
@@ -155,27 +179,23 @@ def _whole_candidates(tree: exp.Query):
                 yield node
 
 
-def _pushable(query: exp.Query, operators: set[str], local: set[str], dialect: str) -> bool:
+def _pushable(query: exp.Query, operators: set[str], dialect: str) -> bool:
     if _calls_operator(query, operators) or query.find(exp.Lateral, exp.Unnest):
         return False
     tables = list(query.find_all(exp.Table))
-    inner = cte_names(query)
-    return bool(tables) and all(
-        isinstance(t.this, (exp.Identifier, exp.Dot)) and t.name.lower() not in local | inner for t in tables
-    ) and unsendable(query, dialect) is None
+    return bool(tables) and all(map(_reads_source, tables)) and unsendable(query, dialect) is None
 
 
 def _calls_operator(node: exp.Expression, operators: set[str]) -> bool:
     return any(f.name.lower() in operators for f in node.find_all(exp.Anonymous))
 
 
-def _push_tables(scope: Scope, operators, local, columns_of, scan, dialect: str) -> None:
+def _push_tables(scope: Scope, operators, columns_of, scan, dialect: str) -> None:
     select = scope.expression
     if not isinstance(select, exp.Select):
         return
     tables = {alias: t for alias, t in scope.sources.items()
-              if isinstance(t, exp.Table) and isinstance(t.this, (exp.Identifier, exp.Dot))
-              and t.name.lower() not in local and not t.name.startswith("_scan_")}
+              if isinstance(t, exp.Table) and _reads_source(t)}
     if not tables:
         return
     bare = {alias: _bare(t) for alias, t in tables.items()}
@@ -211,8 +231,10 @@ def _push_tables(scope: Scope, operators, local, columns_of, scan, dialect: str)
                 col.set("table", None)
             piece = piece.where(f, copy=False)
         # A sample is taken here, of what the source streams.
-        table.replace(exp.Table(this=exp.to_identifier(scan(piece)),
-                                alias=exp.TableAlias(this=exp.to_identifier(alias)), sample=table.args.get("sample")))
+        scanned = scan(piece)
+        scanned.set("alias", exp.TableAlias(this=exp.to_identifier(alias)))
+        scanned.set("sample", table.args.get("sample"))
+        table.replace(scanned)
 
 
 def _bare(table: exp.Table) -> exp.Table:

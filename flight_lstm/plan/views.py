@@ -7,10 +7,6 @@ from flight_lstm.plan.ctes import cte_scopes, defining_cte, source_names
 from flight_lstm.plan.widths import fold
 
 
-def cte_names(tree: exp.Expression) -> set[str]:
-    return {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
-
-
 def source_tables(tree: exp.Expression) -> list[str]:
     """Tables the query reads from the source (CTE references and table functions left out)."""
     return list(dict.fromkeys(".".join(parts) for parts in source_names(tree)))
