@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Iterator
 import pyarrow as pa
 
 from flight_lstm.engine import Engine, Limits
-from flight_lstm.errors import InvalidQuery, ResourceExhausted, SourceUnavailable
+from flight_lstm.errors import InvalidQuery, QueryRefused, ResourceExhausted, SourceUnavailable
 from flight_lstm.identifiers import quote
 from flight_lstm.models import ModelNotFound
 from flight_lstm.plan import Catalog, Plan
@@ -124,8 +124,7 @@ class Service:
     def datasets(self) -> Iterator[tuple[str, str, pa.Schema]]:
         """(name, the query behind it, its schema) for each table and view, listing the source once."""
         for name, kind in self.relations():
-            sql = self.dataset_sql(name, kind)
-            yield name, sql, self.schema(self.plan(sql))
+            yield name, self.dataset_sql(name, kind), self.listed_schema(name, kind)
 
     def relations(self) -> list[tuple[str, str]]:
         """(name, "TABLE" or "VIEW"): the source's tables, then the published views."""
@@ -138,6 +137,15 @@ class Service:
 
     def dataset_schema(self, name: str, kind: str | None = None) -> pa.Schema:
         return self.schema(self.plan(self.dataset_sql(name, kind)))
+
+    def listed_schema(self, name: str, kind: str) -> pa.Schema:
+        """A dataset's schema as a listing shows it (ListFlights, GetTables): one that its own query
+        cannot read (a lake view over a dropped table, a table past the limits) has no columns, and
+        its error is told to whoever reads it. One such relation had failed every listing."""
+        try:
+            return self.dataset_schema(name, kind)
+        except (InvalidQuery, QueryRefused):
+            return pa.schema([])
 
     def schema(self, plan: Plan, params: list | None = None, user: str | None = None) -> pa.Schema:
         """The result schema. Cached per user and query (as `plan`) while the source stays the

@@ -186,6 +186,29 @@ def test_tables_with_any_name_are_listed_described_and_read_through_every_client
         srv.shutdown()
 
 
+def test_a_relation_that_cannot_be_read_is_listed_without_columns_and_the_rest_as_before(tmp_path):
+    """A lake view over a dropped table failed ListFlights and ADBC's get_objects for every table.
+    It is listed with no columns now; reading it tells its error."""
+    path = tmp_path / "broken.db"
+    with duckdb.connect(str(path)) as con:
+        con.execute("CREATE TABLE good AS SELECT 1 AS v; CREATE TABLE gone AS SELECT 2 AS w; "
+                    "CREATE VIEW broken AS SELECT * FROM gone; DROP TABLE gone")
+    srv, uri = start_server(Service(DuckDBSource(path), views={"scored": "SELECT v + 1 AS u FROM good"}))
+    try:
+        listed = {i.descriptor.path[0].decode(): i.schema.names for i in flight.connect(uri).list_flights()}
+        assert listed == {"good": ["v"], "broken": [], "scored": ["u"]}
+        with flight_sql.connect(uri) as conn:
+            objects = conn.adbc_get_objects(depth="all").read_all().to_pylist()
+            columns = {t["table_name"]: [c["column_name"] for c in t["table_columns"]]
+                       for s in objects[0]["catalog_db_schemas"] for t in s["db_schema_tables"]}
+            assert columns == {"good": ["v"], "broken": [], "scored": ["u"]}
+            with pytest.raises(adbc_driver_manager.ProgrammingError, match="gone does not exist"):
+                query(conn, "SELECT * FROM broken")
+            assert query(conn, "SELECT u FROM scored")["u"].to_pylist() == [2]
+    finally:
+        srv.shutdown()
+
+
 def test_result_schemas_carry_flight_sql_column_metadata(conn):
     with conn.cursor() as cur:
         cur.execute("SELECT id, sentiment(review) AS s, 1.25::DECIMAL(9, 2) AS d, TIMESTAMPTZ '2026-01-01' AS t "

@@ -140,7 +140,7 @@ class FlightSQL:
         raise unsupported(name)
 
     def _dataset_schema(self, name: str, kind: str) -> pa.Schema:
-        return columns.described(self.service.dataset_schema(name, kind))
+        return columns.described(self.service.listed_schema(name, kind))
 
     # --- DoPut ----------------------------------------------------------------------------------
 
