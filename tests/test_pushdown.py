@@ -167,3 +167,20 @@ def test_a_query_of_names_like_the_scans_reads_the_source_not_its_own_cte(client
     sql = (f"WITH _scan_0 AS (SELECT -1 AS id) SELECT x.id FROM (SELECT id FROM {DEEP} WHERE id < 3) x, _scan_0 "
            "ORDER BY x.id")
     assert run(client, sql).column("id").to_pylist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("sql, column, expected", [
+    (f"SELECT a.id, sentiment(a.review) AS s FROM {DEEP} a JOIN {DEEP} b USING (id) WHERE b.stars >= 4 ORDER BY a.id",
+     "id", [i for i in range(len(REVIEWS)) if i % 5 >= 4]),
+    (f"SELECT COLUMNS('sta.*'), sentiment(review) AS s FROM {DEEP} ORDER BY id", "stars",
+     [i % 5 for i in range(len(REVIEWS))]),
+    (f"SELECT r AS row, sentiment(r.review) AS s FROM {DEEP} r ORDER BY r.id", "row",
+     [{"id": i, "review": text, "stars": i % 5} for i, text in enumerate(REVIEWS)]),
+    (f"SELECT A.stars, sentiment(A.review) AS s FROM {DEEP} a ORDER BY a.ID", "stars",
+     [i % 5 for i in range(len(REVIEWS))]),
+])
+def test_a_scan_keeps_every_column_the_query_reads_however_it_names_them(client, sql, column, expected):
+    """A scan sends only the columns a query uses; a USING column, a COLUMNS(...) pattern and a
+    table read as a whole row name theirs without a column reference, and had been left out, as
+    had columns qualified by their table's alias in another case."""
+    assert run(client, sql).column(column).to_pylist() == expected

@@ -205,20 +205,11 @@ def _push_tables(scope: Scope, operators, columns_of, scan, dialect: str) -> Non
             raise QueryRefused(f"cannot send the table {'.'.join(p.name for p in t.parts)[:80]!r} "
                                f"to the source: {problem}")
     known = {alias: columns_of(t) for alias, t in bare.items()}
-    star = any(isinstance(e, exp.Star) or (isinstance(e, exp.Column) and isinstance(e.this, exp.Star))
-               for e in select.expressions)
     nullable = _null_supplying(select, tables)
     where = select.args.get("where")
     conjuncts = list(where.this.flatten()) if where and isinstance(where.this, exp.And) else ([where.this] if where else [])
     for alias, table in tables.items():
-        cols = known[alias]
-        lower = {c.lower(): c for c in cols}
-        if star:
-            needed = cols
-        else:
-            used = {lower[c.name.lower()] for c in select.find_all(exp.Column)
-                    if c.name.lower() in lower and _belongs(c, alias, known)}
-            needed = [c for c in cols if c in used] or cols[:1]
+        needed = _needed(select, alias, known)
         filters = [] if alias in nullable else [
             c.copy() for c in conjuncts
             if not _calls_operator(c, operators) and not c.find(exp.Query, exp.AggFunc, exp.Window)
@@ -373,11 +364,34 @@ def _text_problem(node: exp.Expression, key: str, value) -> str | None:
     return None if KEYWORDS.fullmatch(value) else f"{value[:40]!r} in {node.key.upper()}"
 
 
+def _needed(select: exp.Select, alias: str, known: dict[str, list[str]]) -> list[str]:
+    """The columns of `alias`'s table that the query reads: those its column references may mean
+    (an unqualified name any source of the scope has counts for each), and a join's USING columns;
+    all of them where a star, a COLUMNS(...) pattern, a NATURAL join or the table read as a whole
+    row (`SELECT t FROM x t`, `to_json(t)`) names columns without a reference to each. Those had
+    been left out: a USING join failed, COLUMNS matched nothing, a whole row lost fields."""
+    cols = known[alias]
+    lower = {c.lower(): c for c in cols}
+    sources = {c.lower() for columns in known.values() for c in columns}
+    whole = any(isinstance(n, exp.Star) and not isinstance(n.parent, exp.Count) for n in select.find_all(exp.Star)) \
+        or select.find(exp.Columns) is not None \
+        or any(str(j.args.get("method") or "").upper() == "NATURAL" for j in select.args.get("joins") or []) \
+        or any(not c.table and c.name.lower() not in sources and fold(c.name) == fold(alias)
+               for c in select.find_all(exp.Column))
+    if whole:
+        return cols
+    used = {lower[c.name.lower()] for c in select.find_all(exp.Column)
+            if c.name.lower() in lower and (fold(c.table) == fold(alias) if c.table else True)}
+    used |= {lower[i.name.lower()] for j in select.args.get("joins") or [] for i in j.args.get("using") or []
+             if i.name.lower() in lower}
+    return [c for c in cols if c in used] or cols[:1]
+
+
 def _belongs(column: exp.Column, alias: str, known: dict[str, list[str]]) -> bool:
     """Whether a column reference means `alias`'s column: qualified with it, or unqualified and
     found in no other source of the scope."""
     if column.table:
-        return column.table == alias
+        return fold(column.table) == fold(alias)
     owners = [a for a, cols in known.items() if column.name.lower() in {c.lower() for c in cols}]
     return owners == [alias]
 
