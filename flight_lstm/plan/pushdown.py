@@ -8,7 +8,8 @@ What reaches the source, in its own dialect:
 
 Each piece becomes a scan `_scan_N` (a name the query has nowhere) that the source streams into
 the local query, which keeps the operators and everything above them. A registered stream can be
-read once, so a CTE that is referenced more than once is materialized locally.
+read once, so a CTE that is referenced more than once is materialized locally, and under WITH
+RECURSIVE (which reads its recursive part again at every step) so is every scan.
 
 What may be sent is decided on the approved tree, node by node, by an allow-list (`unsendable`);
 the text sent is then written from that tree by emit.to_sql. Every node of a piece must be one of
@@ -88,6 +89,7 @@ def push_down(tree: exp.Query, dialect: str, operators: set[str],
     for scope in reversed(list(traverse_scope(tree))):
         _push_tables(scope, operators, lambda t: columns_of(t.sql(dialect=dialect)), scan, dialect)
     _materialize_shared_ctes(tree)
+    _read_scans_once(tree, {name for name, _ in scans})
     return tree, scans
 
 
@@ -194,8 +196,9 @@ def _push_tables(scope: Scope, operators, columns_of, scan, dialect: str) -> Non
     select = scope.expression
     if not isinstance(select, exp.Select):
         return
-    tables = {alias: t for alias, t in scope.sources.items()
-              if isinstance(t, exp.Table) and _reads_source(t)}
+    # The scope's tables as DuckDB reads them (`_mark_local`), not as sqlglot's scope sees them: it
+    # takes a recursive CTE's own name in its first part for the CTE, where DuckDB reads the table.
+    tables = {t.alias_or_name: t for t in scope.tables if _reads_source(t)}
     if not tables:
         return
     bare = {alias: _bare(t) for alias, t in tables.items()}
@@ -408,6 +411,25 @@ def _null_supplying(select: exp.Select, tables: dict) -> set[str]:
             nullable.update(order)
         order.append(name)
     return nullable
+
+
+def _read_scans_once(tree: exp.Query, scans: set[str]) -> None:
+    """Under WITH RECURSIVE, each scan is read through a MATERIALIZED CTE of the whole query
+    (`_scan_0_m`): DuckDB reads a recursive part, and what it names, again at every step, and a
+    scan streams once ("already been consumed"). The names are free: no name of the query starts
+    with the scans' prefix."""
+    if not any(w.args.get("recursive") for w in tree.find_all(exp.With)):
+        return
+    read = [t for t in tree.find_all(exp.Table) if t.meta.get(_LOCAL) and t.name in scans]
+    for table in read:
+        table.set("this", exp.to_identifier(f"{table.name}_m"))
+    ctes = [exp.CTE(this=exp.select("*").from_(name), alias=exp.TableAlias(this=exp.to_identifier(f"{name}_m")),
+                    materialized=True) for name in sorted({t.name.removesuffix("_m") for t in read})]
+    with_ = tree.args.get("with_")
+    if with_ is None:
+        tree.set("with_", exp.With(expressions=ctes))
+    else:
+        with_.set("expressions", [*ctes, *with_.expressions])
 
 
 def _materialize_shared_ctes(tree: exp.Query) -> None:
