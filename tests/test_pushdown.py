@@ -21,6 +21,7 @@ from flight_lstm.sources.duckdb import DuckDBSource  # noqa: E402
 
 PASSWORD = "pw-for-pushdown"
 DEEP = '"my space"."folder.with.dots".sub.reviews'
+DEEP_SALES = '"my space"."folder.with.dots".sub.sales'
 OPERATORS = ("sentiment", "forecast", "forecast_interval")
 
 
@@ -35,7 +36,7 @@ def standin(lake):
     con.execute(f"ATTACH '{lake}' AS lake (READ_ONLY)")
     con.execute("CREATE TABLE reviews AS SELECT id, review, id % 5 AS stars FROM lake.reviews")
     con.execute("CREATE TABLE sales AS SELECT * FROM lake.sales")
-    s = DremioStandin(con, {DEEP: "reviews", "shop.sales": "sales", "sales": "sales"}, users={"alice": PASSWORD}).start()
+    s = DremioStandin(con, {DEEP: "reviews", "shop.sales": "sales", "sales": "sales", DEEP_SALES: "sales"}, users={"alice": PASSWORD}).start()
     yield s
     s.stop()
 
@@ -207,3 +208,12 @@ def test_the_first_part_of_a_recursive_cte_reads_the_table_of_its_name(client, s
            "SELECT n + 1, c FROM sales WHERE n < 3) SELECT n, c FROM sales ORDER BY n")
     t = run(client, sql)
     assert t.column("n").to_pylist() == [1, 2, 3] and t.column("c").to_pylist() == [720] * 3
+
+
+@pytest.mark.parametrize("function", ["forecast_table", "anomaly_table"])
+def test_a_table_function_reads_a_source_path_of_any_length(client, function):
+    """A Dremio path has as many parts as its folders: names of more than three had been refused."""
+    horizon = ", horizon => 2" if function == "forecast_table" else ""
+    quoted = DEEP_SALES.replace("'", "''")
+    sql = f"SELECT count(*) AS n FROM {function}('{quoted}', key => 'store', ts => 'ts', value => 'amount'{horizon})"
+    assert run(client, sql).column("n").to_pylist() == [6 if horizon else 720]

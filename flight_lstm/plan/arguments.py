@@ -25,7 +25,8 @@ NUMERIC = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "U
            "UBIGINT", "UHUGEINT", "FLOAT", "DOUBLE", "BOOLEAN")  # DuckDB's number types (and DECIMAL(p, s))
 LOCAL_ONLY = "local_only"  # meta of a function call that runs in the local DuckDB, never in a source
 _PART = r'(?:[A-Za-z_][A-Za-z0-9_$]*|"(?:[^"]|"")+")'
-TABLE_NAME = re.compile(rf"\s*{_PART}(?:\s*\.\s*{_PART}){{0,2}}\s*")  # table, schema.table, catalog.schema.table
+# table, schema.table, catalog.schema.table, or a source's longer path (Dremio: space.folder.table)
+TABLE_NAME = re.compile(rf"\s*{_PART}(?:\s*\.\s*{_PART})*\s*")
 
 
 def expansion(sql: str) -> exp.Query:
