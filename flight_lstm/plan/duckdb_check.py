@@ -38,7 +38,8 @@ _parser_lock = threading.Lock()  # for the shared connection's catalog look-ups 
 _cursors = threading.local()  # each thread parses on its own cursor: no query waits for another
 
 
-def _cursor() -> duckdb.DuckDBPyConnection:
+def parser_cursor() -> duckdb.DuckDBPyConnection:
+    """This thread's cursor of the DuckDB that only parses (no catalog of ours, no file)."""
     cursor = getattr(_cursors, "cursor", None)
     if cursor is None:
         with _parser_lock:
@@ -75,12 +76,12 @@ _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 def placeholder_names(sql: str) -> list[str]:
     """The placeholders DuckDB's parser reads in `sql` ("1" for `$1` or the first `?`, "name" for
     `$name`): the values it will bind."""
-    return [name for statement in _cursor().extract_statements(sql) for name in statement.named_parameters]
+    return [name for statement in parser_cursor().extract_statements(sql) for name in statement.named_parameters]
 
 
 def syntax_error(sql: str) -> str | None:
     """DuckDB's own words for a syntax error in `sql` (`at or near "SELEC"`), if it finds one."""
-    (text,), = _cursor().execute("SELECT json_serialize_sql(?)", [sql]).fetchall()
+    (text,), = parser_cursor().execute("SELECT json_serialize_sql(?)", [sql]).fetchall()
     parsed = json.loads(text)
     if parsed.get("error") and parsed.get("error_type") == "parser":
         return (parsed.get("error_message") or "").splitlines()[0] or None
@@ -92,7 +93,7 @@ def column_name(expression: str) -> str:
     expression as DuckDB writes it back from its parse (`(sentiment(review) + 1)`), or as given
     where DuckDB's parser does not take it alone."""
     try:
-        (text,), = _cursor().execute("SELECT json_deserialize_sql(json_serialize_sql(?))",
+        (text,), = parser_cursor().execute("SELECT json_deserialize_sql(json_serialize_sql(?))",
                                      ["SELECT " + expression]).fetchall()
     except duckdb.Error:
         return expression
@@ -101,7 +102,7 @@ def column_name(expression: str) -> str:
 
 def check_with_duckdb(sql: str) -> None:
     """Refuse `sql` unless DuckDB reads it as one SELECT within the read-only rule."""
-    (text,), = _cursor().execute("SELECT json_serialize_sql(?)", [sql]).fetchall()
+    (text,), = parser_cursor().execute("SELECT json_serialize_sql(?)", [sql]).fetchall()
     try:
         parsed = json.loads(text)
     except RecursionError:

@@ -1,0 +1,52 @@
+"""A column without an alias is named as DuckDB names it, from the text the user wrote, though the
+planner runs the text sqlglot writes (`list(x)` as `array_agg(x)`, `x::VARCHAR` as a cast to TEXT)."""
+import duckdb
+import pyarrow.flight as flight
+import pytest
+
+from conftest import run, start_server
+from flight_lstm.plan.duckdb_check import column_name
+from flight_lstm.service import Service
+from flight_lstm.sources.duckdb import DuckDBSource
+
+QUERIES = [
+    "SELECT list(id), string_agg(review, ','), bool_and(id > 0), count(DISTINCT id) FROM reviews",
+    "SELECT id::VARCHAR, CAST(id AS TEXT) AS t, id ** 2, pow(id, 3), substr(review, 1, 2), len(review) FROM reviews",
+    "SELECT date_trunc('day', ts), strftime(ts, '%Y'), amount // 2, list(amount ORDER BY ts DESC) FROM sales "
+    "GROUP BY ALL",
+    "SELECT [id, 1], {'a': id}, CASE WHEN id > 1 THEN 'x' END, coalesce(review, '') FROM reviews",
+    "SELECT * FROM (SELECT list(id), id::VARCHAR FROM reviews GROUP BY id) sub ORDER BY ALL LIMIT 3",
+    'SELECT "list(id)" FROM (SELECT list(id) FROM reviews)',
+    "WITH a AS (SELECT list(id) FROM reviews), b AS (SELECT * FROM a) SELECT * FROM b",
+    "SELECT len(review) FROM reviews UNION ALL SELECT length(review) FROM reviews UNION ALL SELECT 1",
+    "WITH RECURSIVE t AS (SELECT 1 AS n UNION ALL SELECT n + 1 FROM t WHERE n < 3) SELECT list(n), max(n) ** 2 FROM t",
+    "SELECT r.id ** 2, s.amount::INT FROM reviews r JOIN (SELECT amount::DOUBLE AS amount FROM sales LIMIT 1) s "
+    "ON true",
+    "SELECT * EXCLUDE (review), id::VARCHAR FROM reviews",
+]
+
+
+@pytest.fixture(scope="module")
+def service(lake):
+    return Service(DuckDBSource(lake))
+
+
+@pytest.mark.parametrize("sql", QUERIES)
+def test_columns_are_named_as_duckdb_names_the_text(service, lake, sql):
+    with duckdb.connect(lake, read_only=True) as con:
+        expected = con.sql(sql).to_arrow_table().schema.names
+    assert service.schema(service.plan(sql)).names == expected
+
+
+def test_operator_columns_are_named_from_the_text_written_through_a_client(lake):
+    """An operator call's column too: its arguments as written (`list(...)`, not sqlglot's
+    `array_agg(...)`), through a real client."""
+    calls = ["sentiment(any_value(review))", "forecast(list(amount ORDER BY ts), 3)"]
+    srv, uri = start_server(Service(DuckDBSource(lake)))
+    try:
+        with flight.connect(uri) as client:
+            got = run(client, f"SELECT store, {', '.join(calls)} FROM sales JOIN reviews ON true GROUP BY store")
+        assert got.schema.names == ["store", *map(column_name, calls)]
+        assert got.schema.names[2].startswith("forecast(list(amount ORDER BY ts")
+    finally:
+        srv.shutdown()
