@@ -19,10 +19,13 @@ QUERIES = [
     'SELECT "list(id)" FROM (SELECT list(id) FROM reviews)',
     "WITH a AS (SELECT list(id) FROM reviews), b AS (SELECT * FROM a) SELECT * FROM b",
     "SELECT len(review) FROM reviews UNION ALL SELECT length(review) FROM reviews UNION ALL SELECT 1",
+    "WITH a AS (SELECT 1) SELECT list(id) FROM reviews UNION ALL SELECT [1] UNION ALL SELECT [2]",
+    "(SELECT id::VARCHAR FROM reviews EXCEPT SELECT '1') UNION SELECT len(review)::VARCHAR FROM reviews",
     "WITH RECURSIVE t AS (SELECT 1 AS n UNION ALL SELECT n + 1 FROM t WHERE n < 3) SELECT list(n), max(n) ** 2 FROM t",
     "SELECT r.id ** 2, s.amount::INT FROM reviews r JOIN (SELECT amount::DOUBLE AS amount FROM sales LIMIT 1) s "
     "ON true",
     "SELECT * EXCLUDE (review), id::VARCHAR FROM reviews",
+    "SELECT count(*)::VARCHAR, (SELECT list(id) FROM (SELECT * FROM reviews)), [x::VARCHAR FOR x IN [1]] FROM reviews",
 ]
 
 
@@ -50,3 +53,10 @@ def test_operator_columns_are_named_from_the_text_written_through_a_client(lake)
         assert got.schema.names[2].startswith("forecast(list(amount ORDER BY ts")
     finally:
         srv.shutdown()
+
+
+def test_names_count_against_no_bound_the_user_did_not_write(service):
+    """The names are aliases the planner adds after its bounds counted the tree: a query of 4,000
+    computed columns plans as it did (its aliases had taken it past 20,000 nodes)."""
+    sql = "SELECT " + ", ".join(f"id + {i}" for i in range(4000)) + " FROM reviews"
+    assert service.schema(service.plan(sql)).names[:2] == ["(id + 0)", "(id + 1)"]

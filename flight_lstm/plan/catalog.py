@@ -5,8 +5,9 @@
               ordered, bind operators
     EXCHANGE: parse, check read-only, check row-wise, check series are ordered, bind operators, then
               check the size of the tree with the input's types known
-    then:     push work down to a source that runs SQL, tag operator calls with their
-              connection, lift operator calls out, and write SQL (emit.py, checked by DuckDB)
+    then:     push work down to a source that runs SQL, name columns as DuckDB names the text
+              the user wrote, tag operator calls with their connection, lift operator calls
+              out, and write SQL (emit.py, checked by DuckDB)
 
 Each step is one module's function over the shared sqlglot tree (the sqlglot optimizer pattern);
 a step takes the tree and, by name, what it needs of the catalog, and returns the tree.
@@ -29,6 +30,7 @@ from flight_lstm.plan.forecast_backtest import expand_forecast_backtests
 from flight_lstm.plan.forecast_table import expand_forecast_tables
 from flight_lstm.plan.lift import Lift, lift_operators
 from flight_lstm.plan.operators import bind_operators, models_called, operator_names, operators_called, tag_connection
+from flight_lstm.plan.output_names import name_columns
 from flight_lstm.plan.ordered import check_ordered_series
 from flight_lstm.plan.parse import parse_one_query
 from flight_lstm.plan.pushdown import push_down
@@ -116,7 +118,7 @@ class Catalog:
                                         self.columns_of, local_tables)
             except OptimizeError as e:  # sqlglot finds no scopes in it: a query that cannot run anywhere
                 raise InvalidQuery(f"cannot plan this query: {first_line(e)}") from None
-        tree = tag_connection(tree, self.operators)
+        tree = tag_connection(name_columns(tree), self.operators)
         return Plan(to_sql(tree, placeholders=placeholders), tables, called, tuple(scans),
                     lift_operators(tree, self.operators), models, parameters)
 

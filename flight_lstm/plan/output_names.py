@@ -4,10 +4,10 @@ DuckDB names such a column by its expression, written back from its own parse (`
 `CAST(x AS VARCHAR)`, `(x ** 2)`). The planner runs the text sqlglot writes, which spells many
 expressions its own way (`array_agg(x)`, `CAST(x AS TEXT)`, `power(x, 2)`): a client saw other
 names than DuckDB gives, and an outer query naming an inner column by DuckDB's name
-(`SELECT "list(x)" FROM (SELECT list(x) FROM t)`) failed. So each such projection gets, as its
-alias, the name DuckDB gives the user's text: read from DuckDB's parse of the whole query
-(`json_serialize_sql`), the projections written back in one call (about 0.5-1.5 ms a query
-that has any; plans are cached per text).
+(`SELECT "list(x)" FROM (SELECT list(x) FROM t)`) failed. So each such projection notes, when
+the text is parsed, the name DuckDB gives the user's text (DuckDB's parse of the whole query,
+`json_serialize_sql`, the projections written back in one call: 0.5-1.5 ms a query that has
+any, and plans are cached per text), and takes it as its alias when the SQL is written.
 
 The two parses are matched by structure: the branches of set operations, CTE bodies (by name)
 and derived tables in FROM and JOIN, each where both parses hold as many items. Where they do not
@@ -17,6 +17,7 @@ shows, a column keeps the name of the text sqlglot writes. Projections that make
 from __future__ import annotations
 
 import json
+import secrets
 
 import duckdb
 from sqlglot import exp
@@ -29,34 +30,54 @@ _MANY_COLUMNS = (exp.Star, exp.Columns, exp.Unnest, exp.Explode)
 _EMPTY_FROM = {"type": "EMPTY", "alias": "", "sample": None, "query_location": 2 ** 64 - 1,
                "query_location_length": 0}
 
-Slot = tuple[exp.Select, int, dict]  # a SELECT, a projection's position in it, and DuckDB's parse of it
+NAME = "duckdb_name"  # a projection's meta: the name DuckDB gives the user's text for it
+Slot = tuple[exp.Expression, dict]  # a projection, and DuckDB's parse of it
 
 
-def name_projections(tree: exp.Expression, sql: str) -> exp.Expression:
-    """Alias each unaliased computed projection of `tree` (parsed from `sql`) with DuckDB's name."""
+def note_names(tree: exp.Expression, sql: str) -> exp.Expression:
+    """Note on each unaliased computed projection of `tree` (parsed from `sql`) DuckDB's name for
+    it. The note goes with the tree's copies; `name_columns` makes it the alias when the query is
+    written, after the planner's bounds have counted only what the user wrote."""
     if not any(_computed(item) for select in tree.find_all(exp.Select) for item in select.expressions):
         return tree  # nothing to name: DuckDB's parse is not needed
     (text,), = parser_cursor().execute("SELECT json_serialize_sql(?)", [sql]).fetchall()
-    parsed = json.loads(text)
-    if parsed.get("error") or len(parsed.get("statements") or []) != 1:
-        return tree
     slots: list[Slot] = []
-    _pair_query(tree, parsed["statements"][0]["node"], slots)
-    names = _written_back([entry for _, _, entry in slots], sql)
-    if names is None:
+    try:  # DuckDB's parse of `1 + 1 + ... + 1` nests as deep as it is long: past Python's recursion, no names
+        parsed = json.loads(text)
+        if parsed.get("error") or len(parsed.get("statements") or []) != 1:
+            return tree
+        _pair_query(tree, parsed["statements"][0]["node"], slots)
+        names = _written_back([entry for _, entry in slots], sql)
+    except (RecursionError, KeyError, TypeError, IndexError):  # a parse too deep, or shaped unlike this DuckDB's
         return tree
-    named: dict[int, tuple[exp.Select, dict[int, str]]] = {}
-    for (select, i, _), name in zip(slots, names):
-        named.setdefault(id(select), (select, {}))[1][i] = name
-    for select, names_at in named.values():  # each SELECT's list set once (each set re-parents it all)
-        select.set("expressions", [exp.Alias(this=item, alias=exp.to_identifier(names_at[i], quoted=True))
-                                   if i in names_at else item for i, item in enumerate(select.expressions)])
+    for (item, _), name in zip(slots, names or []):
+        item.meta[NAME] = name
+    return tree
+
+
+def name_columns(tree: exp.Expression) -> exp.Expression:
+    """Alias each projection that has no alias but a noted name with it."""
+    for select in tree.find_all(exp.Select):
+        items = select.expressions
+        if any(not isinstance(item, exp.Alias) and NAME in item.meta for item in items):
+            # the list set once: each set re-parents all of it
+            select.set("expressions", [exp.Alias(this=item, alias=exp.to_identifier(item.meta[NAME], quoted=True))
+                                       if not isinstance(item, exp.Alias) and NAME in item.meta else item
+                                       for item in items])
     return tree
 
 
 def _computed(item: exp.Expression) -> bool:
-    """A projection DuckDB names by its text: no alias, no column, not several columns."""
-    return not isinstance(item, (exp.Alias, exp.Column)) and not item.find(*_MANY_COLUMNS)
+    """A projection DuckDB names by its text: no alias, no column, not several columns (a star in
+    `count(*)` or in a subquery makes one)."""
+    if isinstance(item, (exp.Alias, exp.Column)):
+        return False
+    for node in item.find_all(*_MANY_COLUMNS):
+        while node is not item and not isinstance(node.parent, (exp.Query, exp.Count)):
+            node = node.parent
+        if node is item:
+            return False
+    return True
 
 
 def _pair_query(query: exp.Expression, node: dict, slots: list[Slot]) -> None:
@@ -85,9 +106,9 @@ def _pair_query(query: exp.Expression, node: dict, slots: list[Slot]) -> None:
 def _pair_select(select: exp.Select, node: dict, slots: list[Slot]) -> None:
     entries = node["select_list"]
     if len(entries) == len(select.expressions):
-        for i, (item, entry) in enumerate(zip(select.expressions, entries)):
+        for item, entry in zip(select.expressions, entries):
             if _computed(item) and not entry.get("alias") and entry.get("class") not in _NAMED_BY_DUCKDB:
-                slots.append((select, i, entry))
+                slots.append((item, entry))
     from_ = select.args.get("from_")
     sources = [from_.this, *(j.this for j in select.args.get("joins") or [])] if from_ else []
     items = _from_items(node.get("from_table") or {})
@@ -99,11 +120,14 @@ def _pair_select(select: exp.Select, node: dict, slots: list[Slot]) -> None:
 
 def _branches(query: exp.Expression, kind: type) -> list[exp.Expression]:
     """A chain of one set operation, left to right (DuckDB keeps `a UNION b UNION c` as one node
-    of three children; sqlglot nests it)."""
-    query = _unparenthesized(query)
-    if isinstance(query, kind) and not query.args.get("with_"):
-        return [*_branches(query.this, kind), query.expression]
-    return [query]
+    of three children; sqlglot nests it, as deep as the chain is long)."""
+    rights = []
+    while isinstance(query, kind):
+        rights.append(query.expression)
+        query = _unparenthesized(query.this)
+        if query.args.get("with_"):  # a WITH of its own: a query DuckDB keeps apart
+            break
+    return [query, *reversed(rights)]
 
 
 def _from_items(table: dict) -> list[dict]:
@@ -124,9 +148,9 @@ def _written_back(entries: list[dict], sql: str) -> list[str] | None:
     cut at them (one call: one SELECT per expression took 0.13 ms each)."""
     if not entries:
         return None
-    marker = "__name"
-    while marker in sql:
-        marker += "_"
+    marker = f"__name_{secrets.token_hex(8)}_"  # unguessable: no query can hold it (or make us search long)
+    if marker in sql:
+        return None
     items = [dict(entry, alias=f"{marker}{i}") for i, entry in enumerate(entries)]
     document = json.dumps({"error": False, "statements": [{"named_param_map": [], "node": {
         "type": "SELECT_NODE", "modifiers": [], "cte_map": {"map": []}, "select_list": items,

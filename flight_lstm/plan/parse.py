@@ -8,8 +8,8 @@ numbered here, `$1` .. `$n` in the order the user wrote them (as DuckDB numbers 
 written as that number wherever the writer puts it; emit.py checks the written text holds
 exactly the tree's placeholders. `?` and `$1`/`$name` in one query are refused: DuckDB numbers a
 `?` after the `$n` written before it, which no one means. For the same reason (the writer's
-spelling is not the user's), columns without an alias are named here as DuckDB names the text
-(output_names.py).
+spelling is not the user's), each column without an alias notes here the name DuckDB gives the
+text (output_names.py).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from sqlglot.tokens import Token, TokenType
 
 from flight_lstm.errors import InvalidQuery, QueryRefused, first_line
 from flight_lstm.plan.duckdb_check import syntax_error
-from flight_lstm.plan.output_names import name_projections
+from flight_lstm.plan.output_names import note_names
 
 MAX_SQL_BYTES = 256 * 1024  # a dense 0.6 MB IN list took 11 s to plan (sqlglot)
 # sqlglot tokenizes and parses about 100,000 tokens a second here, before the planned tree's
@@ -82,7 +82,7 @@ def parse_one_query(sql: str) -> exp.Expression:
         if missing:
             raise InvalidQuery(f"syntax error: {_plain(missing[0].split(' for <')[0])} in {node.key.upper()}")
     _check_placeholders(sql, statements[0], anonymous, tokens)
-    return name_projections(statements[0], sql)
+    return note_names(statements[0], sql)
 
 
 def _check_tokens(sql: str) -> None:

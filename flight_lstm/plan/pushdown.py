@@ -52,6 +52,7 @@ from flight_lstm.errors import QueryRefused, first_line
 from flight_lstm.plan.arguments import LOCAL_ONLY
 from flight_lstm.plan.emit import PLAIN_WORD, to_sql
 from flight_lstm.plan.fresh_names import unused_prefix
+from flight_lstm.plan.output_names import NAME
 from flight_lstm.plan.ctes import cte_scopes, defining_cte
 from flight_lstm.plan.widths import fold
 
@@ -133,8 +134,8 @@ def _split_aggregation(select: exp.Select, operators: set[str], dialect: str) ->
     if any(unsendable(part, dialect) for part in [*group.expressions, *aggs, select.args.get("where")] if part):
         return  # the inner query could not be sent: keep the query as it is
     keys = {k.sql(): f"_k{i}" for i, k in enumerate(group.expressions)}
-    # Output names the query would have had: an alias, a column's name, or the expression's text.
-    names = [e.alias_or_name if isinstance(e, (exp.Alias, exp.Column)) else e.sql(dialect="duckdb")
+    # Output names the query would have had: an alias, a column's name, or DuckDB's name for the text.
+    names = [e.alias_or_name if isinstance(e, (exp.Alias, exp.Column)) else e.meta.get(NAME, e.sql(dialect="duckdb"))
              for e in select.expressions]
     inner = exp.select(*[exp.alias_(k.copy(), f"_k{i}") for i, k in enumerate(group.expressions)])
     inner = inner.from_(select.args["from_"].this.copy())
