@@ -1,14 +1,23 @@
 """A column without an alias is named as DuckDB names it, from the text the user wrote, though the
 planner runs the text sqlglot writes (`list(x)` as `array_agg(x)`, `x::VARCHAR` as a cast to TEXT)."""
 import duckdb
+import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
 from conftest import run, start_server
+from flight_lstm.errors import InvalidQuery
 from flight_lstm.plan.duckdb_check import column_name
 from flight_lstm.service import Service
 from flight_lstm.sources.duckdb import DuckDBSource
 
+# A name written in the SELECT that is a computed column's name: DuckDB binds it to the table's
+# column (an alias would have taken it, and sorted by the other column).
+COLLIDING = [
+    'SELECT i + 1 FROM (SELECT id AS i, -id AS "(i + 1)" FROM reviews) ORDER BY "(i + 1)" LIMIT 3',
+    'SELECT count(*) FROM (SELECT id % 2, count(*) FROM reviews GROUP BY ALL) GROUP BY "count_star()" '
+    'ORDER BY "count_star()" DESC',
+]
 QUERIES = [
     "SELECT list(id), string_agg(review, ','), bool_and(id > 0), count(DISTINCT id) FROM reviews",
     "SELECT id::VARCHAR, CAST(id AS TEXT) AS t, id ** 2, pow(id, 3), substr(review, 1, 2), len(review) FROM reviews",
@@ -26,6 +35,7 @@ QUERIES = [
     "ON true",
     "SELECT * EXCLUDE (review), id::VARCHAR FROM reviews",
     "SELECT count(*)::VARCHAR, (SELECT list(id) FROM (SELECT * FROM reviews)), [x::VARCHAR FOR x IN [1]] FROM reviews",
+    *COLLIDING,
 ]
 
 
@@ -39,6 +49,26 @@ def test_columns_are_named_as_duckdb_names_the_text(service, lake, sql):
     with duckdb.connect(lake, read_only=True) as con:
         expected = con.sql(sql).to_arrow_table().schema.names
     assert service.schema(service.plan(sql)).names == expected
+    if sql in COLLIDING:
+        schema, batches = service.stream(service.plan(sql))
+        with duckdb.connect(lake, read_only=True) as con:
+            assert pa.Table.from_batches(list(batches), schema).to_pylist() == con.sql(sql).to_arrow_table().to_pylist()
+
+
+def test_a_users_alias_named_as_a_computed_column_keeps_the_order_by(service, lake):
+    sql = 'SELECT -i AS "(i + 1)", i + 1 FROM (SELECT id AS i FROM reviews) ORDER BY "(i + 1)" LIMIT 3'
+    schema, batches = service.stream(service.plan(sql))
+    with duckdb.connect(lake, read_only=True) as con:
+        expected = con.sql(sql).fetchall()
+    assert [tuple(r.values()) for r in pa.Table.from_batches(list(batches), schema).to_pylist()] == expected
+
+
+@pytest.mark.parametrize("sql", ['SELECT id + 1 FROM reviews WHERE "(id + 1)" > 2',
+                                 'SELECT id + 1, "(id + 1)" * 10 FROM reviews'])
+def test_a_computed_columns_name_is_no_alias_in_its_own_select(service, sql):
+    """DuckDB refuses these (no column of that name); an alias would have answered them."""
+    with pytest.raises(InvalidQuery, match="not found"):
+        service.stream(service.plan(sql))
 
 
 def test_operator_columns_are_named_from_the_text_written_through_a_client(lake):

@@ -40,7 +40,10 @@ def note_names(tree: exp.Expression, sql: str) -> exp.Expression:
     written, after the planner's bounds have counted only what the user wrote."""
     if not any(_computed(item) for select in tree.find_all(exp.Select) for item in select.expressions):
         return tree  # nothing to name: DuckDB's parse is not needed
-    (text,), = parser_cursor().execute("SELECT json_serialize_sql(?)", [sql]).fetchall()
+    try:
+        (text,), = parser_cursor().execute("SELECT json_serialize_sql(?)", [sql]).fetchall()
+    except duckdb.Error:  # text DuckDB cannot take (a lone surrogate): planning says why, later
+        return tree
     slots: list[Slot] = []
     try:  # DuckDB's parse of `1 + 1 + ... + 1` nests as deep as it is long: past Python's recursion, no names
         parsed = json.loads(text)
@@ -56,10 +59,15 @@ def note_names(tree: exp.Expression, sql: str) -> exp.Expression:
 
 
 def name_columns(tree: exp.Expression) -> exp.Expression:
-    """Alias each projection that has no alias but a noted name with it."""
+    """Alias each projection that has no alias but a noted name with it, in each SELECT where no
+    name written in it is one of those: DuckDB binds ORDER BY (and WHERE, GROUP BY, ...) to a
+    select list's aliases, not to the names it gives columns, so `ORDER BY "(i + 1)"` had sorted
+    by the alias where DuckDB sorts by the table's column of that name. Such a SELECT keeps the
+    names of the text sqlglot writes."""
     for select in tree.find_all(exp.Select):
         items = select.expressions
-        if any(not isinstance(item, exp.Alias) and NAME in item.meta for item in items):
+        noted = {fold(item.meta[NAME]) for item in items if not isinstance(item, exp.Alias) and NAME in item.meta}
+        if noted and not any(fold(i.name) in noted for i in select.find_all(exp.Identifier)):
             # the list set once: each set re-parents all of it
             select.set("expressions", [exp.Alias(this=item, alias=exp.to_identifier(item.meta[NAME], quoted=True))
                                        if not isinstance(item, exp.Alias) and NAME in item.meta else item
