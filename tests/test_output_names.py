@@ -30,6 +30,8 @@ QUERIES = [
     "SELECT len(review) FROM reviews UNION ALL SELECT length(review) FROM reviews UNION ALL SELECT 1",
     "WITH a AS (SELECT 1) SELECT list(id) FROM reviews UNION ALL SELECT [1] UNION ALL SELECT [2]",
     "(SELECT id::VARCHAR FROM reviews EXCEPT SELECT '1') UNION SELECT len(review)::VARCHAR FROM reviews",
+    "SELECT id ** 2 FROM reviews UNION ALL SELECT 1 UNION SELECT 2 INTERSECT SELECT 2",
+    "WITH a AS (SELECT 2) SELECT id ** 2 FROM reviews UNION ALL SELECT 1 UNION SELECT * FROM a",
     "WITH RECURSIVE t AS (SELECT 1 AS n UNION ALL SELECT n + 1 FROM t WHERE n < 3) SELECT list(n), max(n) ** 2 FROM t",
     "SELECT r.id ** 2, s.amount::INT FROM reviews r JOIN (SELECT amount::DOUBLE AS amount FROM sales LIMIT 1) s "
     "ON true",

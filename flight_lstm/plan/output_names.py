@@ -101,11 +101,17 @@ def _pair_query(query: exp.Expression, node: dict, slots: list[Slot]) -> None:
     if kind == "SELECT_NODE" and isinstance(query, exp.Select):
         _pair_select(query, node, slots)
     elif kind == "SET_OPERATION_NODE" and isinstance(query, exp.SetOperation):
-        branches = _branches(query, type(query))
-        children = node["children"]
-        pairs = zip(branches, children) if len(branches) == len(children) else [(branches[0], children[0])]
-        for branch, child in pairs:
-            _pair_query(branch, child, slots)
+        branches, children = _branches(query, type(query)), node["children"]
+        if len(branches) == len(children):
+            for branch, child in zip(branches, children):
+                _pair_query(branch, child, slots)
+        else:  # chained apart (UNION ALL after UNION): the first SELECTs, which name the columns
+            first, child = _unparenthesized(query.this), children[0]
+            while isinstance(first, exp.SetOperation) and not first.args.get("with_"):
+                first = _unparenthesized(first.this)
+            while child["type"] == "SET_OPERATION_NODE" and not child["cte_map"]["map"]:
+                child = child["children"][0]
+            _pair_query(first, child, slots)
     elif kind == "RECURSIVE_CTE_NODE" and isinstance(query, exp.Union):
         _pair_query(query.this, node["left"], slots)
         _pair_query(query.expression, node["right"], slots)
