@@ -157,7 +157,7 @@ SAFE_EXPRESSIONS = [
 ]
 ESCAPE_EXPRESSIONS = ["getenv('HOME')", "current_setting('threads')", "sentiment(review, 'nope@9')",
                       "(SELECT count(*) FROM read_csv('/etc/passwd'))", "load_extension('httpfs')"]
-SUFFIXES = ["", ";", " ;", " -- trailing", " /* ; DROP TABLE reviews */"]
+SUFFIXES = ["", ";", " ;", " -- trailing", " /* ; DROP TABLE reviews */", "; -- trailing", "; /* end */"]
 HIDDEN = ["; {}", " -- \n; {}", " /* x */; {}", " /* */ ; /* */ {}", ";\n{}"]
 TOKENS = ["SELECT", "FROM", "WHERE", "GROUP BY", "ORDER BY", "LIMIT", "WITH", "AS", "(", ")", ",", ";", "'",
           '"', "/*", "*/", "--", "\n", "UNION ALL", "JOIN", "ON", "LATERAL", "..", "::", "$1", "?", "\\", "\x00",

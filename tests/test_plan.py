@@ -64,6 +64,17 @@ def test_comment_cannot_hide_a_second_statement(catalog):
     assert "DROP" not in plan.sql.split("/*")[0]
 
 
+@pytest.mark.parametrize("sql", ["SELECT 1 AS one; -- done", "SELECT 1 AS one; /* end */", "SELECT 1 AS one;\n-- a\n-- b\n"])
+def test_a_comment_after_the_last_semicolon_is_no_statement(catalog, sql):
+    assert catalog.plan(sql).sql.startswith("SELECT 1 AS one")
+
+
+@pytest.mark.parametrize("sql", ["SELECT 1; -- done\n; DROP TABLE reviews", "SELECT 1; /* x */ SELECT 2"])
+def test_a_statement_after_a_comment_still_counts(catalog, sql):
+    with pytest.raises(QueryRefused, match="exactly one statement"):
+        catalog.plan(sql)
+
+
 def test_a_cte_may_have_a_file_like_name(catalog):
     assert catalog.plan('WITH "x.csv" AS (SELECT 1 AS a) SELECT a FROM "x.csv"').tables == ()
 

@@ -68,7 +68,9 @@ def parse_one_query(sql: str) -> exp.Expression:
         anonymous = [t for t in tokens if t.token_type == TokenType.PLACEHOLDER]
         parser = _Parser(dialect=_DUCKDB)
         parser.numbers = {t.start: str(n) for n, t in enumerate(anonymous, start=1)}
-        statements = [s for s in parser.parse(tokens, sql) if s is not None]
+        # A comment after the last `;` (`SELECT 1; -- done`, as editors save it) is no statement:
+        # sqlglot keeps it as a Semicolon node, which holds comments and nothing else.
+        statements = [s for s in parser.parse(tokens, sql) if s is not None and not isinstance(s, exp.Semicolon)]
     except (ParseError, TokenError) as e:
         raise InvalidQuery(_syntax_error(sql, e)) from None
     except RecursionError:  # sqlglot's parser recurses ~16 frames per bracket: ~60 nested brackets
