@@ -202,6 +202,13 @@ def test_a_recursive_cte_reads_a_scan_at_every_step(client, sql):
     assert run(client, sql).column("id").to_pylist() == [0, 1, 2, 3, 4]
 
 
+def test_a_recursive_cte_that_reads_no_source_runs_here(client):
+    """Nested in a query that reads no source: no scan to read once, and nothing added to its SQL."""
+    sql = ("SELECT id, sentiment('good') > 0 AS s FROM (WITH RECURSIVE t AS (SELECT 0 AS id UNION ALL "
+           "SELECT id + 1 FROM t WHERE id < 4) SELECT id FROM t) ORDER BY id")
+    assert run(client, sql).column("id").to_pylist() == [0, 1, 2, 3, 4]
+
+
 def test_the_first_part_of_a_recursive_cte_reads_the_table_of_its_name(client, standin):
     """DuckDB reads a recursive CTE's own name in its first part as the table: that part had been
     kept out of the scans, and the local query answered "Circular reference"."""

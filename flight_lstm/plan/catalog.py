@@ -30,8 +30,8 @@ from flight_lstm.plan.forecast_backtest import expand_forecast_backtests
 from flight_lstm.plan.forecast_table import expand_forecast_tables
 from flight_lstm.plan.lift import Lift, lift_operators
 from flight_lstm.plan.operators import bind_operators, models_called, operator_names, operators_called, tag_connection
-from flight_lstm.plan.output_names import name_columns
 from flight_lstm.plan.ordered import check_ordered_series
+from flight_lstm.plan.output_names import name_columns
 from flight_lstm.plan.parse import parse_one_query
 from flight_lstm.plan.pushdown import push_down
 from flight_lstm.plan.read_only import check_read_only

@@ -50,13 +50,14 @@ from sqlglot.optimizer.scope import Scope, traverse_scope
 
 from flight_lstm.errors import QueryRefused, first_line
 from flight_lstm.plan.arguments import LOCAL_ONLY
+from flight_lstm.plan.ctes import cte_scopes, defining_cte
 from flight_lstm.plan.emit import PLAIN_WORD, to_sql
 from flight_lstm.plan.fresh_names import unused_prefix
 from flight_lstm.plan.output_names import NAME
-from flight_lstm.plan.ctes import cte_scopes, defining_cte
 from flight_lstm.plan.widths import fold
 
 Scans = list[tuple[str, str]]
+_LOCAL = "flight_lstm.local"  # a table name's meta: it reads no source table (`_mark_local`)
 
 
 def push_down(tree: exp.Query, dialect: str, operators: set[str],
@@ -104,9 +105,6 @@ def _mark_local(tree: exp.Query, local_tables: set[str]) -> None:
     for table in tree.find_all(exp.Table):
         if not table.args.get("db") and (fold(table.name) in local_tables or defining_cte(table, scopes)):
             table.meta[_LOCAL] = True
-
-
-_LOCAL = "flight_lstm.local"  # the tag `_mark_local` sets
 
 
 def _reads_source(table: exp.Table) -> bool:
@@ -422,10 +420,13 @@ def _read_scans_once(tree: exp.Query, scans: set[str]) -> None:
     if not any(w.args.get("recursive") for w in tree.find_all(exp.With)):
         return
     read = [t for t in tree.find_all(exp.Table) if t.meta.get(_LOCAL) and t.name in scans]
+    if not read:
+        return
+    names = sorted({t.name for t in read})
     for table in read:
         table.set("this", exp.to_identifier(f"{table.name}_m"))
     ctes = [exp.CTE(this=exp.select("*").from_(name), alias=exp.TableAlias(this=exp.to_identifier(f"{name}_m")),
-                    materialized=True) for name in sorted({t.name.removesuffix("_m") for t in read})]
+                    materialized=True) for name in names]
     with_ = tree.args.get("with_")
     if with_ is None:
         tree.set("with_", exp.With(expressions=ctes))
