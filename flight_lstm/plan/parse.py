@@ -84,7 +84,14 @@ def parse_one_query(sql: str) -> exp.Expression:
         if missing:
             raise InvalidQuery(f"syntax error: {_plain(missing[0].split(' for <')[0])} in {node.key.upper()}")
     _check_placeholders(sql, statements[0], anonymous, tokens)
-    return note_names(statements[0], sql)
+    tree = statements[0]
+    for pivot in tree.find_all(exp.Pivot):
+        if not pivot.unpivot and pivot.args.get("using") and not all(isinstance(e, exp.In) for e in pivot.expressions):
+            raise InvalidQuery("a PIVOT here lists the values it makes columns of (`ON store IN ('a', 'b')`): "
+                               "DuckDB runs one that reads them from the data as several statements")
+    if isinstance(tree, exp.Pivot):  # DuckDB's PIVOT and UNPIVOT statements are queries
+        tree = exp.select("*").from_(exp.Subquery(this=tree))
+    return note_names(tree, sql)
 
 
 def _check_tokens(sql: str) -> None:
