@@ -1,4 +1,5 @@
-"""Parse user SQL into exactly one statement tree, with a clear error otherwise.
+"""Parse user SQL into exactly one statement tree, with a clear error otherwise. DuckDB's PIVOT and
+UNPIVOT statements become the queries they stand for (`SELECT * FROM (PIVOT ...)`).
 
 Placeholders are bound by number. DuckDB numbers each anonymous `?` by where it stands in the
 text it runs, but the planner runs the text sqlglot writes from the tree, and sqlglot's writer
