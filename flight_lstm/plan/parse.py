@@ -24,6 +24,7 @@ from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokens import Token, TokenType
 
 from flight_lstm.errors import InvalidQuery, QueryRefused, first_line
+from flight_lstm.plan.copies import check_copies
 from flight_lstm.plan.duckdb_check import syntax_error
 from flight_lstm.plan.output_names import note_names
 
@@ -86,8 +87,10 @@ def parse_one_query(sql: str) -> exp.Expression:
             raise InvalidQuery(f"syntax error: {_plain(missing[0].split(' for <')[0])} in {node.key.upper()}")
     _check_placeholders(sql, statements[0], anonymous, tokens)
     tree = statements[0]
-    for pivot in tree.find_all(exp.Pivot):
-        if not pivot.unpivot and pivot.args.get("using") and not all(isinstance(e, exp.In) for e in pivot.expressions):
+    check_copies(tree)  # before DuckDB's parse of it (output_names.py) makes the copies
+    for pivot in tree.find_all(exp.Pivot):  # DuckDB's own form (`PIVOT t ON a IN (...)`): no `fields`
+        listed = all(isinstance(e, exp.In) for e in pivot.expressions)
+        if not pivot.unpivot and not pivot.args.get("fields") and not listed:
             raise InvalidQuery("a PIVOT here lists the values it makes columns of (`ON store IN ('a', 'b')`): "
                                "DuckDB runs one that reads them from the data as several statements")
     if isinstance(tree, exp.Pivot):  # DuckDB's PIVOT and UNPIVOT statements are queries
