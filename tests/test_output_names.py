@@ -92,3 +92,12 @@ def test_names_count_against_no_bound_the_user_did_not_write(service):
     computed columns plans as it did (its aliases had taken it past 20,000 nodes)."""
     sql = "SELECT " + ", ".join(f"id + {i}" for i in range(4000)) + " FROM reviews"
     assert service.schema(service.plan(sql)).names[:2] == ["(id + 0)", "(id + 1)"]
+
+
+def test_a_position_is_named_by_its_column_and_a_nul_leaves_names_alone(service):
+    """`#1` is the column it stands for (it had been named `#1`); DuckDB's names end at a NUL, so
+    a query holding one keeps the names it had (a cut name had landed on another column)."""
+    assert service.schema(service.plan("SELECT #1, #2 FROM sales")).names == ["store", "ts"]
+    sql = 'SELECT "(a + 1)" FROM (SELECT "a\x00b" + 1, a + 1 FROM (SELECT 1 AS "a\x00b", 5 AS a))'
+    schema, batches = service.stream(service.plan(sql))
+    assert [r for b in batches for r in b.column(0).to_pylist()] == [6]

@@ -25,7 +25,7 @@ from sqlglot import exp
 from flight_lstm.plan.duckdb_check import parser_cursor
 from flight_lstm.plan.widths import fold
 
-_NAMED_BY_DUCKDB = ("COLUMN_REF", "STAR")  # named by the column, or many columns
+_NAMED_BY_DUCKDB = ("COLUMN_REF", "POSITIONAL_REFERENCE", "STAR")  # named by the column, or many columns
 _MANY_COLUMNS = (exp.Star, exp.Columns, exp.Unnest, exp.Explode)
 _EMPTY_FROM = {"type": "EMPTY", "alias": "", "sample": None, "query_location": 2 ** 64 - 1,
                "query_location_length": 0}
@@ -38,8 +38,8 @@ def note_names(tree: exp.Expression, sql: str) -> exp.Expression:
     """Note on each unaliased computed projection of `tree` (parsed from `sql`) DuckDB's name for
     it. The note goes with the tree's copies; `name_columns` makes it the alias when the query is
     written, after the planner's bounds have counted only what the user wrote."""
-    if not any(_computed(item) for select in tree.find_all(exp.Select) for item in select.expressions):
-        return tree  # nothing to name: DuckDB's parse is not needed
+    if "\x00" in sql or not any(_computed(item) for select in tree.find_all(exp.Select) for item in select.expressions):
+        return tree  # nothing to name (or a NUL, at which DuckDB's names end): DuckDB's parse is not needed
     try:
         (text,), = parser_cursor().execute("SELECT json_serialize_sql(?)", [sql]).fetchall()
     except duckdb.Error:  # text DuckDB cannot take (a lone surrogate): planning says why, later
