@@ -180,11 +180,16 @@ def test_a_query_of_names_like_the_scans_reads_the_source_not_its_own_cte(client
      [{"id": i, "review": text, "stars": i % 5} for i, text in enumerate(REVIEWS)]),
     (f"SELECT A.stars, sentiment(A.review) AS s FROM {DEEP} a ORDER BY a.ID", "stars",
      [i % 5 for i in range(len(REVIEWS))]),
+    (f"SELECT #1 AS first, sentiment(review) AS s FROM {DEEP} ORDER BY 1", "first", list(range(len(REVIEWS)))),
+    (f"SELECT stars AS first, sentiment(id) AS s FROM {DEEP} AS r(stars, id, orig) WHERE stars >= 4 ORDER BY stars",
+     "first", list(range(4, len(REVIEWS)))),
 ])
 def test_a_scan_keeps_every_column_the_query_reads_however_it_names_them(client, sql, column, expected):
     """A scan sends only the columns a query uses; a USING column, a COLUMNS(...) pattern and a
     table read as a whole row name theirs without a column reference, and had been left out, as
-    had columns qualified by their table's alias in another case."""
+    had columns qualified by their table's alias in another case. A position (`#1`) read another
+    column, and a column list on the alias (`r(stars, id, orig)`) had its filter sent under the source's
+    names (wrong rows)."""
     assert run(client, sql).column(column).to_pylist() == expected
 
 

@@ -211,8 +211,11 @@ def _push_tables(scope: Scope, operators, columns_of, scan, dialect: str) -> Non
     where = select.args.get("where")
     conjuncts = list(where.this.flatten()) if where and isinstance(where.this, exp.And) else ([where.this] if where else [])
     for alias, table in tables.items():
-        needed = _needed(select, alias, known)
-        filters = [] if alias in nullable else [
+        # A column list on the alias (`t AS r(a, b)`) renames the table's columns here: the query's
+        # names are not the source's, so the scan sends every column and no filter.
+        renamed = bool(table.args.get("alias") and table.args["alias"].columns)
+        needed = known[alias] if renamed else _needed(select, alias, known)
+        filters = [] if alias in nullable or renamed else [
             c.copy() for c in conjuncts
             if not _calls_operator(c, operators) and not c.find(exp.Query, exp.AggFunc, exp.Window)
             and c.find(exp.Column) and all(_belongs(col, alias, known) for col in c.find_all(exp.Column))
@@ -225,7 +228,7 @@ def _push_tables(scope: Scope, operators, columns_of, scan, dialect: str) -> Non
             piece = piece.where(f, copy=False)
         # A sample is taken here, of what the source streams.
         scanned = scan(piece)
-        scanned.set("alias", exp.TableAlias(this=exp.to_identifier(alias)))
+        scanned.set("alias", table.args["alias"].copy() if renamed else exp.TableAlias(this=exp.to_identifier(alias)))
         scanned.set("sample", table.args.get("sample"))
         table.replace(scanned)
 
@@ -369,14 +372,15 @@ def _text_problem(node: exp.Expression, key: str, value) -> str | None:
 def _needed(select: exp.Select, alias: str, known: dict[str, list[str]]) -> list[str]:
     """The columns of `alias`'s table that the query reads: those its column references may mean
     (an unqualified name any source of the scope has counts for each), and a join's USING columns;
-    all of them where a star, a COLUMNS(...) pattern, a NATURAL join or the table read as a whole
-    row (`SELECT t FROM x t`, `to_json(t)`) names columns without a reference to each. Those had
-    been left out: a USING join failed, COLUMNS matched nothing, a whole row lost fields."""
+    all of them where a star, a COLUMNS(...) pattern, a position (`#1`), a NATURAL join or the
+    table read as a whole row (`SELECT t FROM x t`, `to_json(t)`) names columns without a reference
+    to each. Those had been left out: a USING join failed, COLUMNS matched nothing, a whole row lost
+    fields, `#1` read another column."""
     cols = known[alias]
     lower = {c.lower(): c for c in cols}
     sources = {c.lower() for columns in known.values() for c in columns}
     whole = any(isinstance(n, exp.Star) and not isinstance(n.parent, exp.Count) for n in select.find_all(exp.Star)) \
-        or select.find(exp.Columns) is not None \
+        or select.find(exp.Columns, exp.PositionalColumn) is not None \
         or any(str(j.args.get("method") or "").upper() == "NATURAL" for j in select.args.get("joins") or []) \
         or any(not c.table and c.name.lower() not in sources and fold(c.name) == fold(alias)
                for c in select.find_all(exp.Column))
