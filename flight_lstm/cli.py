@@ -413,12 +413,12 @@ def _query(args) -> int:
             raise SystemExit(f"error: --user {args.user} needs a password: set FLIGHT_LSTM_PASSWORD, or run "
                              "in a terminal to be asked")
         password = password or getpass(f"password for {args.user}: ")
-    try:
-        client = connect(args.server, args.user, password, tls_ca)
-        if args.explain:
-            print(json.dumps(action(client, "explain", args.sql), indent=2))
-            return 0
-        table = query(client, args.sql)
+    try:  # the client closed before the interpreter ends: gRPC's threads torn down at exit had crashed it
+        with connect(args.server, args.user, password, tls_ca) as client:
+            if args.explain:
+                print(json.dumps(action(client, "explain", args.sql), indent=2))
+                return 0
+            table = query(client, args.sql)
     except (pa.ArrowException, OSError) as e:
         hint = connection_hint(args.server, e, tls_ca is not None)
         print(f"error: {short_message(e)}" + (f"\n{hint}" if hint else ""), file=sys.stderr)

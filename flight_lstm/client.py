@@ -32,7 +32,11 @@ def connect(server: str, user: str | None = None, password: str | None = None,
     options = {"tls_root_certs": tls_root_certs} if tls_root_certs else {}
     client = flight.connect(server, middleware=[bearer], **options)
     if user is not None:
-        bearer.header = client.authenticate_basic_token(user, password or "")
+        try:
+            bearer.header = client.authenticate_basic_token(user, password or "")
+        except BaseException:
+            client.close()
+            raise
     return client
 
 
