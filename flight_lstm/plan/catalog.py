@@ -1,10 +1,10 @@
 """What a plan is, and the catalog that makes one: the query steps composed as data.
 
-    QUERY:    parse, expand the table functions (forecast_table, forecast_backtest, anomaly_table; at
-              most 8), check read-only, inline views, check the size of the tree, check series are
-              ordered, bind operators
-    EXCHANGE: parse, check read-only, check row-wise, check series are ordered, bind operators, then
-              check the size of the tree with the input's types known
+    QUERY:    parse, count the relations read, expand the table functions (forecast_table,
+              forecast_backtest, anomaly_table; at most 8), check read-only, inline views, check
+              the size of the tree, check series are ordered, bind operators
+    EXCHANGE: parse, count the relations read, check read-only, check row-wise, check series are
+              ordered, bind operators, then check the size of the tree with the input's types known
     then:     push work down to a source that runs SQL, name columns as DuckDB names the text
               the user wrote, tag operator calls with their connection, lift operator calls
               out, and write SQL (emit.py, checked by DuckDB)
@@ -36,12 +36,13 @@ from flight_lstm.plan.parse import parse_one_query
 from flight_lstm.plan.pushdown import push_down
 from flight_lstm.plan.read_only import check_read_only
 from flight_lstm.plan.row_wise import check_row_wise
-from flight_lstm.plan.size import TableTypes, check_exchange_size, check_plan_size, check_table_functions
+from flight_lstm.plan.size import (TableTypes, check_exchange_size, check_plan_size, check_relations,
+                                   check_table_functions)
 from flight_lstm.plan.views import inline_views, source_tables
 
-QUERY = (check_table_functions, expand_forecast_tables, expand_forecast_backtests, expand_anomaly_tables,
-         check_read_only, inline_views, check_plan_size, check_ordered_series, bind_operators)
-EXCHANGE = (check_read_only, check_row_wise, check_ordered_series, bind_operators)
+QUERY = (check_table_functions, check_relations, expand_forecast_tables, expand_forecast_backtests,
+         expand_anomaly_tables, check_read_only, inline_views, check_plan_size, check_ordered_series, bind_operators)
+EXCHANGE = (check_relations, check_read_only, check_row_wise, check_ordered_series, bind_operators)
 
 
 @dataclass(frozen=True)
