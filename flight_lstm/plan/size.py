@@ -9,7 +9,9 @@ slot for a minute. So a query may expand at most MAX_TABLE_FUNCTIONS table funct
 before any is expanded; none can hide in another's arguments, which are literals and plain table
 names: arguments.py), and its planned tree may hold at most MAX_PLAN_NODES nodes (counted
 before it is written as SQL): planning stays within a few seconds (2.6 s for the largest
-allowed here, four `anomaly_events` over 64 columns each).
+allowed here, four `anomaly_events` over 64 columns each). DuckDB's own planning is out of reach
+too where it orders joins and builds grouping sets: a query reads at most MAX_RELATIONS relations,
+and a GROUP BY makes at most MAX_GROUPING_SETS sets (a simple CASE's copies: copies.py).
 
 DuckDB's binding, which no time limit reaches either, grows with the columns it binds, and few
 bytes make many: star projections, PIVOTs and structs multiply them down nested queries. So one
