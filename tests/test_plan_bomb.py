@@ -823,3 +823,8 @@ def test_a_query_reads_at_most_128_relations(service):
             service.plan(sql)
     schema, batches = service.stream(service.plan(chain(64)))
     assert [r for b in batches for r in b.column(0).to_pylist()] == [0]
+    # Each branch of a UNION is ordered apart, and the orderings count by their squares together:
+    # 300 branches of one table plan, 11 branches of 128 do not.
+    assert service.plan(" UNION ALL ".join(f"SELECT id FROM reviews r{i} WHERE id = {i}" for i in range(300)))
+    with pytest.raises(InvalidQuery, match="at most 128 tables, subqueries and table functions"):
+        service.plan(" UNION ALL ".join(chain(127, 200 * j) for j in range(11)))

@@ -140,12 +140,25 @@ def check_table_functions(tree: exp.Expression) -> exp.Expression:
 
 
 def check_relations(tree: exp.Expression) -> exp.Expression:
-    """At most MAX_RELATIONS tables, subqueries and table calls read in FROM and JOIN clauses, as
-    written (a table function or a view counts once: their own are bounded with them)."""
-    relations = sum(1 for node in tree.walk() if isinstance(node, (exp.From, exp.Join)))
-    if relations > MAX_RELATIONS:
-        raise InvalidQuery(f"a query may read at most {MAX_RELATIONS} tables, subqueries and table functions "
-                           f"in its FROM and JOIN clauses; this one reads {relations}: split it")
+    """Bound the joins DuckDB orders: each SELECT with all it holds (subqueries and CTEs, which it
+    may pull into its own joins) is one ordering, of the tables, subqueries and table calls read in
+    their FROM and JOIN clauses as written (a table function or a view counts once: their own are
+    bounded with them); each branch of a set operation is one of its own. The work grows faster
+    than the count, so the squares of the counts of all orderings together make at most
+    MAX_RELATIONS squared: one of 128 relations, or four of 64, or 300 branches of one."""
+    counts: dict[int, int] = {}
+    work = 0
+    for node in reversed(list(tree.walk())):  # breadth first: reversed, each child comes before its parent
+        parts = [counts.pop(id(c)) for c in node.iter_expressions()]
+        count = sum(parts) + isinstance(node, (exp.From, exp.Join))
+        if isinstance(node, exp.SetOperation):
+            work, count = work + sum(p * p for p in parts), 0
+        counts[id(node)] = count
+    work += counts[id(tree)] ** 2
+    if work > MAX_RELATIONS ** 2:
+        raise InvalidQuery(f"a query may join at most {MAX_RELATIONS} tables, subqueries and table functions (in "
+                           "the FROM and JOIN clauses of one SELECT and its subqueries; fewer in each where "
+                           "several are joined apart, as the branches of a UNION): split it")
     return tree
 
 
