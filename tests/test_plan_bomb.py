@@ -828,3 +828,11 @@ def test_a_query_reads_at_most_128_relations(service):
     assert service.plan(" UNION ALL ".join(f"SELECT id FROM reviews r{i} WHERE id = {i}" for i in range(300)))
     with pytest.raises(InvalidQuery, match="at most 128 tables, subqueries and table functions"):
         service.plan(" UNION ALL ".join(chain(127, 200 * j) for j in range(11)))
+
+
+def test_a_long_or_chain_is_refused_with_what_to_write_instead(service):
+    """600 `(...) OR (...)` terms nest 600 deep in the planner's tree: the error had spoken only of
+    queries and CTEs."""
+    sql = "SELECT count(*) FROM reviews WHERE " + " OR ".join(f"(id = {i} AND id > 0)" for i in range(600))
+    with pytest.raises(InvalidQuery, match=r"too deeply .*write IN \(\.\.\.\) for a long OR"):
+        service.plan(sql)

@@ -217,7 +217,9 @@ def _check_size(tree: exp.Expression, table_types: Callable[[tuple[str, ...]], p
                                f"{MAX_BOUND_NODES:,} SQL nodes; name each CTE fewer times, or split the query")
         return _check_columns(tree, table_types)
     except RecursionError:
-        raise InvalidQuery("the query nests queries or CTEs too deeply; split it") from None
+        raise InvalidQuery("the query nests queries, CTEs or expressions too deeply (a chain of a few "
+                           "hundred `+`, AND or OR nests as deep as it is long: write IN (...) for a long OR); "
+                           "split it") from None
 
 
 def _chain(scope: _Scope | None):
